@@ -53,6 +53,15 @@ class Lattice(ABC):
     wire_tag: ClassVar[str] = ""
     wire_version: ClassVar[int] = 1
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        tag = cls.__dict__.get("wire_tag")
+        if tag:
+            known = _REGISTRY.get(tag)
+            if known is not None and known.__qualname__ != cls.__qualname__:
+                raise RuntimeError(f"wire tag {tag!r} used by both {known!r} and {cls!r}")
+            _REGISTRY[tag] = cls
+
     # -- the lattice ---------------------------------------------------------------------------
     @abstractmethod
     def merge(self, other: Self) -> bool:
@@ -129,6 +138,20 @@ class Lattice(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.value()!r})"
+
+
+_REGISTRY: dict[str, type[Lattice]] = {}
+
+
+def lattice_class(tag: str) -> type[Lattice] | None:
+    """The lattice class registered under wire tag ``tag`` (every concrete class with a
+    ``wire_tag`` registers itself when it is defined), or None."""
+    return _REGISTRY.get(tag)
+
+
+def registered_lattices() -> dict[str, type[Lattice]]:
+    """A copy of the tag → class registry."""
+    return dict(_REGISTRY)
 
 
 LatticeSpec: TypeAlias = type[Lattice] | Lattice
