@@ -1,0 +1,148 @@
+"""Every Prometheus metric lasp_streams exports, created against a registry the caller gives.
+
+Nothing is registered on import: a process (or a test) makes ``Metrics(registry)`` once and
+passes it to the agents and the sink it runs. Two ``Metrics`` on two registries never clash,
+which is what lets tests and several runtimes share one interpreter.
+
+Labels are bounded: the variable and topic names of a topology, the partition number, and a
+short reason code for dead letters. Keys (ad ids, actors) are never labels.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["DLQ_REASONS", "Metrics"]
+
+#: Reason codes a dead letter is counted under (the free-text reason goes in its headers).
+DLQ_REASONS: tuple[str, ...] = ("decode", "wrong_type", "invariant", "validation")
+
+_BATCH_BUCKETS = (1, 10, 100, 1_000, 5_000, 10_000, 20_000, 50_000, 100_000)
+_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """The metrics of agents and of the trusted sink, on one registry.
+
+    Agents: ``records_consumed`` (every record read from a delta topic), ``records_applied``
+    (joined into state), ``records_dead_lettered`` (sent to the DLQ, by reason),
+    ``state_writes`` (full states written to a state topic), ``strict_inflations`` (keys whose
+    state strictly grew in a batch), ``crossings_published``, ``batch_records`` and
+    ``batch_seconds`` (size and wall time of one consume-join-write-commit batch),
+    ``consumer_lag`` (records behind the high watermark, per partition, when the agent knows it
+    cheaply) and ``recovered_keys`` (states loaded from a state topic at assignment).
+
+    Sink: ``sink_crossings`` (crossings read), ``sink_billed`` (billing events committed),
+    ``sink_duplicates_suppressed`` (crossings whose event id was already billed),
+    ``sink_transactions`` (committed / aborted).
+    """
+
+    def __init__(self, registry: CollectorRegistry, *, namespace: str = "lasp") -> None:
+        self.registry = registry
+        ns = namespace
+        self.records_consumed = Counter(
+            "records_consumed",
+            "Delta records read from a delta topic.",
+            ["variable"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.records_applied = Counter(
+            "records_applied",
+            "Delta records decoded, validated and joined into state.",
+            ["variable"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.records_dead_lettered = Counter(
+            "records_dead_lettered",
+            "Records sent to the dead-letter topic, by reason code.",
+            ["variable", "reason"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.state_writes = Counter(
+            "state_writes",
+            "Full states written to a compacted state topic.",
+            ["variable"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.strict_inflations = Counter(
+            "strict_inflations",
+            "Keys whose state strictly grew in a batch.",
+            ["variable"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.crossings_published = Counter(
+            "crossings_published",
+            "Threshold crossings published for the trusted sink.",
+            ["variable", "trigger"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.batch_records = Histogram(
+            "batch_records",
+            "Records in one agent batch.",
+            ["variable"],
+            buckets=_BATCH_BUCKETS,
+            namespace=ns,
+            registry=registry,
+        )
+        self.batch_seconds = Histogram(
+            "batch_seconds",
+            "Wall time of one consume-join-write-commit batch.",
+            ["variable"],
+            buckets=_SECONDS_BUCKETS,
+            namespace=ns,
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "consumer_lag",
+            "Records behind the high watermark after the last batch.",
+            ["variable", "partition"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.recovered_keys = Counter(
+            "recovered_keys",
+            "Key states loaded from a state topic on partition assignment.",
+            ["variable"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.sink_crossings = Counter(
+            "sink_crossings",
+            "Threshold crossings read by the trusted sink.",
+            ["trigger"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.sink_billed = Counter(
+            "sink_billed",
+            "Billing events committed by the trusted sink.",
+            ["trigger"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.sink_duplicates_suppressed = Counter(
+            "sink_duplicates_suppressed",
+            "Crossings not billed because their event id was billed already.",
+            ["trigger"],
+            namespace=ns,
+            registry=registry,
+        )
+        self.sink_transactions = Counter(
+            "sink_transactions",
+            "Sink transactions, by outcome (committed, aborted).",
+            ["outcome"],
+            namespace=ns,
+            registry=registry,
+        )
+
+    def dead_lettered(self, variable: str, reason: str) -> None:
+        """Count one dead letter; ``reason`` must be one of :data:`DLQ_REASONS`."""
+        if reason not in DLQ_REASONS:
+            raise ValueError(f"unknown dead-letter reason {reason!r}; use one of {DLQ_REASONS}")
+        self.records_dead_lettered.labels(variable, reason).inc()

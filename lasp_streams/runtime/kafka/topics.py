@@ -1,0 +1,285 @@
+"""The topics a topology lives on: their names, their configs, and declaring them on a cluster.
+
+Names (``DESIGN.md``, "Kafka mapping")::
+
+    <topology>.<variable>.deltas     delta records, keyed by the variable's key
+    <topology>.<variable>.state      compacted: the latest full state per key (recovery point)
+    <topology>.crossings             threshold crossings, keyed by the variable's key
+    <topology>.billing               billing events, keyed by event id (the sink's durable record)
+    <topology>.dlq                   dead letters: the original bytes, the reason in headers
+
+The broker runs with topic auto-creation off, so :func:`ensure_topics` creates what is missing
+with explicit configs and checks what already exists. A partition count or cleanup policy that
+differs from the plan is refused with :class:`TopicMismatch`, because running on it would be
+silently wrong: a key's deltas and its state must share a partition number, and a state topic
+that deletes instead of compacting loses recovery points.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
+
+from lasp_streams.errors import KafkaSetupError
+from lasp_streams.runtime.kafka.settings import KafkaSettings
+
+# Kafka's own rule for topic names; '.' separates our name parts, so parts may not hold one.
+_PART = re.compile(r"^[A-Za-z0-9_-]+$")
+_MAX_TOPIC_NAME = 249
+
+
+class TopicMismatch(KafkaSetupError):
+    """A topic exists on the cluster with a shape this topology cannot run on.
+
+    The message names the topic, what was expected, what was found, and what to do."""
+
+
+def _check_part(kind: str, name: str) -> str:
+    if not _PART.match(name):
+        raise ValueError(
+            f"{kind} name {name!r} cannot be part of a Kafka topic name: use letters, digits, "
+            "'_' and '-' only"
+        )
+    return name
+
+
+def _topic(*parts: str) -> str:
+    name = ".".join(parts)
+    if len(name) > _MAX_TOPIC_NAME:
+        raise ValueError(f"topic name {name!r} is longer than Kafka's {_MAX_TOPIC_NAME} characters")
+    return name
+
+
+def delta_topic(topology: str, variable: str) -> str:
+    """``<topology>.<variable>.deltas``."""
+    return _topic(_check_part("topology", topology), _check_part("variable", variable), "deltas")
+
+
+def state_topic(topology: str, variable: str) -> str:
+    """``<topology>.<variable>.state`` (compacted)."""
+    return _topic(_check_part("topology", topology), _check_part("variable", variable), "state")
+
+
+def crossings_topic(topology: str) -> str:
+    """``<topology>.crossings``: threshold crossings for the trusted sink."""
+    return _topic(_check_part("topology", topology), "crossings")
+
+
+def billing_topic(topology: str) -> str:
+    """``<topology>.billing``."""
+    return _topic(_check_part("topology", topology), "billing")
+
+
+def dlq_topic(topology: str) -> str:
+    """``<topology>.dlq``."""
+    return _topic(_check_part("topology", topology), "dlq")
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """One topic as the runtime wants it: name, partition count, and the configs it sets."""
+
+    name: str
+    partitions: int
+    configs: Mapping[str, str] = field(default_factory=dict)
+    purpose: str = ""
+
+    @property
+    def cleanup_policy(self) -> str:
+        return self.configs.get("cleanup.policy", "delete")
+
+
+def plan_topics(
+    topology: str, variables: Iterable[str], settings: KafkaSettings
+) -> list[TopicSpec]:
+    """Every topic a topology with these variables needs, with its configs."""
+    retention = str(settings.delta_retention_ms)
+    specs: list[TopicSpec] = []
+    for variable in variables:
+        specs.append(
+            TopicSpec(
+                delta_topic(topology, variable),
+                settings.delta_partitions,
+                {"cleanup.policy": "delete", "retention.ms": retention},
+                f"deltas of variable {variable!r}",
+            )
+        )
+        specs.append(
+            TopicSpec(
+                state_topic(topology, variable),
+                settings.delta_partitions,
+                # Compaction keeps the latest full state per key; a low dirty ratio and a
+                # short segment let the log cleaner keep recovery reads short.
+                {
+                    "cleanup.policy": "compact",
+                    "min.cleanable.dirty.ratio": "0.1",
+                    "segment.ms": str(60 * 60 * 1000),
+                },
+                f"compacted full states of variable {variable!r}",
+            )
+        )
+    specs.append(
+        TopicSpec(
+            crossings_topic(topology),
+            settings.delta_partitions,
+            {"cleanup.policy": "delete", "retention.ms": retention},
+            "threshold crossings for the trusted sink",
+        )
+    )
+    specs.append(
+        TopicSpec(
+            billing_topic(topology),
+            settings.billing_partitions,
+            {"cleanup.policy": "delete", "retention.ms": str(settings.billing_retention_ms)},
+            "billing events (the sink's durable record of what was billed)",
+        )
+    )
+    specs.append(
+        TopicSpec(
+            dlq_topic(topology),
+            settings.dlq_partitions,
+            {"cleanup.policy": "delete", "retention.ms": str(settings.dlq_retention_ms)},
+            "dead letters",
+        )
+    )
+    return specs
+
+
+@dataclass(frozen=True, slots=True)
+class ExistingTopic:
+    """What the cluster says about a topic that already exists."""
+
+    name: str
+    partitions: int
+    cleanup_policy: str
+
+
+def check_existing(spec: TopicSpec, found: ExistingTopic) -> None:
+    """Raise :class:`TopicMismatch` unless ``found`` can serve as ``spec``."""
+    if found.partitions != spec.partitions:
+        raise TopicMismatch(
+            f"topic {spec.name!r} ({spec.purpose}) exists with {found.partitions} partitions, "
+            f"but this runtime is configured for {spec.partitions}. Keys are spread over "
+            "partitions by count, so the two cannot mix. Either set the partition count in "
+            f"KafkaSettings to {found.partitions}, or delete the topic (losing its data) and "
+            "let the runtime create it again."
+        )
+    expected_policy = set(spec.cleanup_policy.split(","))
+    found_policy = set(found.cleanup_policy.split(","))
+    if expected_policy != found_policy:
+        raise TopicMismatch(
+            f"topic {spec.name!r} ({spec.purpose}) exists with cleanup.policy="
+            f"{found.cleanup_policy!r}, but it must be {spec.cleanup_policy!r}. Change it with "
+            f"kafka-configs --alter --entity-type topics --entity-name {spec.name} "
+            f"--add-config cleanup.policy={spec.cleanup_policy}, or delete the topic and let "
+            "the runtime create it again."
+        )
+
+
+async def describe_topics(admin: Any, names: Sequence[str]) -> dict[str, ExistingTopic]:
+    """Partition counts and cleanup policies of those of ``names`` that exist."""
+    metadata = await admin.describe_topics(list(names))
+    partitions: dict[str, int] = {}
+    for topic in metadata:
+        # error_code 3 is UNKNOWN_TOPIC_OR_PARTITION: the topic does not exist (yet).
+        if topic["error_code"] == 0:
+            partitions[topic["topic"]] = len(topic["partitions"])
+    if not partitions:
+        return {}
+    responses = await admin.describe_configs(
+        [
+            ConfigResource(ConfigResourceType.TOPIC, name, {"cleanup.policy": None})
+            for name in partitions
+        ]
+    )
+    policies: dict[str, str] = {}
+    for response in responses:
+        for resource in response.resources:
+            error_code, _message, _rtype, name, entries = resource[:5]
+            if error_code != 0:
+                raise KafkaSetupError(
+                    f"the cluster refused to describe the configs of topic {name!r} "
+                    f"(error code {error_code}); check the client's ACLs"
+                )
+            for entry in entries:
+                if entry[0] == "cleanup.policy":
+                    policies[name] = entry[1]
+    return {
+        name: ExistingTopic(name, count, policies.get(name, "delete"))
+        for name, count in partitions.items()
+    }
+
+
+async def ensure_topics(
+    settings: KafkaSettings, specs: Sequence[TopicSpec], *, admin: Any = None
+) -> list[str]:
+    """Create the topics of ``specs`` that are missing and check those that exist.
+
+    Returns the names of the topics it created. Raises :class:`TopicMismatch` when an existing
+    topic has the wrong shape, :class:`KafkaSetupError` when the cluster cannot be reached or
+    refuses to create a topic. Creating a topic another process created a moment earlier is
+    fine: it is then checked like any existing one.
+    """
+    own_admin = admin is None
+    if own_admin:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.bootstrap_servers,
+            client_id=f"{settings.client_id}-admin",
+            request_timeout_ms=settings.request_timeout_ms,
+        )
+        try:
+            await admin.start()
+        except KafkaError as exc:
+            raise KafkaSetupError(
+                f"cannot reach Kafka at {settings.bootstrap_servers} to declare topics ({exc!r}); "
+                "is the broker running (lasp-streams kafka status)?"
+            ) from exc
+    try:
+        by_name = {spec.name: spec for spec in specs}
+        existing = await describe_topics(admin, list(by_name))
+        for spec in specs:
+            if spec.name in existing:
+                check_existing(spec, existing[spec.name])
+        missing = [spec for spec in specs if spec.name not in existing]
+        created: list[str] = []
+        if missing:
+            response = await admin.create_topics(
+                [
+                    NewTopic(
+                        spec.name,
+                        spec.partitions,
+                        settings.replication_factor,
+                        topic_configs=dict(spec.configs),
+                    )
+                    for spec in missing
+                ]
+            )
+            raced: list[str] = []
+            for entry in response.topic_errors:
+                name, error_code = entry[0], entry[1]
+                message = entry[2] if len(entry) > 2 else None
+                if error_code == 0:
+                    created.append(name)
+                elif error_code == 36:  # TOPIC_ALREADY_EXISTS: someone else won the race
+                    raced.append(name)
+                else:
+                    raise KafkaSetupError(
+                        f"the cluster refused to create topic {name!r} "
+                        f"({by_name[name].purpose}): error code {error_code}"
+                        f"{': ' + message if message else ''}. Check replication_factor "
+                        f"({settings.replication_factor}) against the number of brokers, and "
+                        "the client's ACLs."
+                    )
+            if raced:
+                for name, found in (await describe_topics(admin, raced)).items():
+                    check_existing(by_name[name], found)
+        return created
+    finally:
+        if own_admin:
+            await admin.close()
