@@ -21,20 +21,27 @@ lets an observed-remove work with no tombstones.
 
 from __future__ import annotations
 
+import contextlib
+from abc import abstractmethod
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, Self, TypeAlias, TypeVar
 
-from lasp_streams.lattices.base import WireContext
+from lasp_streams.errors import MutatorError
+from lasp_streams.lattices.base import Lattice, WireContext
 
 __all__ = [
     "MAX_COUNTER",
     "CausalContext",
+    "CausalLattice",
     "Dot",
     "causal_join_dot_map",
     "causal_join_dots",
+    "check_actor",
+    "check_element",
     "dot_from_wire",
     "dot_to_wire",
+    "ordered_items",
 ]
 
 Dot: TypeAlias = tuple[str, int]
@@ -44,6 +51,7 @@ MAX_COUNTER = 2**63 - 1
 """The largest dot counter accepted from the wire (a signed 64-bit integer)."""
 
 K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
 class CausalContext:
@@ -177,6 +185,8 @@ class CausalContext:
 
     def merge(self, other: CausalContext) -> bool:
         """Join ``other`` into ``self`` (set union); True exactly when a dot was added."""
+        if other is self:
+            return False
         changed = False
         vv = self._vv
         cloud = self._cloud
@@ -187,27 +197,37 @@ class CausalContext:
                 changed = True
                 if actor in cloud:
                     touched.append(actor)
+        for actor in touched:
+            self._compact_actor(actor)
         for actor, ons in other._cloud.items():
             m = vv.get(actor, 0)
             mine = cloud.get(actor)
-            if mine is None:
-                fresh = {n for n in ons if n > m}
-                if fresh:
-                    cloud[actor] = fresh
-                    changed = True
-                    if m + 1 in fresh:
-                        touched.append(actor)
-                continue
-            before = len(mine)
+            grew = False
             for n in ons:
-                if n > m:
+                if n <= m:
+                    continue
+                if n == m + 1:
+                    # Extends the contiguous run: straight into the vector (the common case of
+                    # a delta's fresh dot), and never left behind in the cloud.
+                    m = n
+                    grew = True
+                    if mine is not None:
+                        mine.discard(n)
+                elif mine is None:
+                    mine = cloud[actor] = {n}
+                    changed = True
+                elif n not in mine:
                     mine.add(n)
-            if len(mine) != before:
+                    changed = True
+            if grew:
                 changed = True
-                if m + 1 in mine:
-                    touched.append(actor)
-        for actor in touched:
-            self._compact_actor(actor)
+                if mine is not None:
+                    while m + 1 in mine:
+                        m += 1
+                        mine.remove(m)
+                    if not mine:
+                        del cloud[actor]
+                vv[actor] = m
         return changed
 
     def compact(self) -> None:
@@ -299,6 +319,36 @@ def dot_from_wire(raw: Any, ctx: WireContext, where: str = "dot") -> Dot:
     return (actor, n)
 
 
+def check_actor(actor: object) -> str:
+    """Return ``actor`` if it is a non-empty string, else raise MutatorError."""
+    if type(actor) is not str or not actor:
+        raise MutatorError(f"actor must be a non-empty string, got {_show(actor)}")
+    return actor
+
+
+def check_element(element: object, what: str = "element") -> None:
+    """Raise MutatorError unless ``element`` is hashable (set elements, map keys, values)."""
+    try:
+        hash(element)
+    except TypeError:
+        raise MutatorError(
+            f"{what} must be hashable (str, int, float, bytes, bool, None, tuples of these or a "
+            f"registered frozen dataclass), got {_show(element)}"
+        ) from None
+
+
+def ordered_items(entries: Mapping[K, V]) -> list[tuple[K, V]]:
+    """Items sorted by key when the keys sort (a deterministic wire form), else insertion order."""
+    items = list(entries.items())
+    with contextlib.suppress(TypeError):
+        items.sort(key=_first)
+    return items
+
+
+def _first(item: tuple[Any, Any]) -> Any:
+    return item[0]
+
+
 def _is_counter(n: object) -> bool:
     return type(n) is int and 1 <= n <= MAX_COUNTER
 
@@ -333,3 +383,131 @@ def causal_join_dot_map(
         if joined:
             out[key] = frozenset(joined)
     return out
+
+
+# -- the shared shape of dot-based lattices --------------------------------------------------
+class CausalLattice(Lattice):
+    """Base of the dot-based lattices: a *dot store* (what the type keeps per dot) plus a
+    :class:`CausalContext` of every dot the replica has seen.
+
+    Invariant: every dot in the store is in the context, and no dot appears twice in the store.
+    Join: the store is joined causally (a dot survives when both sides hold it or the other
+    side has not seen it) and the contexts are united. Order: ``a <= b`` when ``a ⊔ b == b``.
+    Bottom: empty store, empty context. A removal is growth of the context only, so it flows
+    through joins like any other inflation.
+
+    A store can live inside an :class:`~lasp_streams.lattices.awmap.AWMap`: then it shares the
+    map's context object (``_ctx`` is the map's), which makes fresh dots unique across the map
+    and lets the map join every nested store against one pair of contexts. Subclasses
+    implement the ``_store_*`` hooks; the hooks never touch the context.
+    """
+
+    __slots__ = ("_ctx",)
+
+    _ctx: CausalContext
+
+    @property
+    def context(self) -> CausalContext:
+        """The causal context (the live object: read it, never mutate it)."""
+        return self._ctx
+
+    # -- hooks ---------------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def _empty_store(cls, ctx: CausalContext) -> Self:
+        """A bottom store bound to ``ctx`` (for parametrised types: use :meth:`_new_store`)."""
+
+    def _new_store(self, ctx: CausalContext) -> Self:
+        """An empty store of this type and parameters, bound to ``ctx``."""
+        return self._empty_store(ctx)
+
+    @abstractmethod
+    def _store_dots(self) -> Iterator[Dot]:
+        """Every dot held in the store."""
+
+    @abstractmethod
+    def _store_is_empty(self) -> bool:
+        """True when the store holds no dot."""
+
+    @abstractmethod
+    def _join_store(self, other: Self, my_ctx: CausalContext, other_ctx: CausalContext) -> bool:
+        """Causally join ``other``'s store into this one; True when the store changed."""
+
+    @abstractmethod
+    def _store_eq(self, other: Self) -> bool:
+        """Store equality (contexts are compared by the caller)."""
+
+    @abstractmethod
+    def _copy_store(self, ctx: CausalContext) -> Self:
+        """An independent copy of the store, bound to ``ctx``."""
+
+    @abstractmethod
+    def _decompose_store(self) -> Iterator[Self]:
+        """One standalone state per stored dot: that dot's payload, context = {that dot}."""
+
+    @abstractmethod
+    def _store_to_wire(self) -> Any:
+        """The store's wire form (the context is written by the caller)."""
+
+    @abstractmethod
+    def _store_from_wire(self, raw: Any, wctx: WireContext, ctx: CausalContext) -> Self:
+        """Rebuild a store of this type bound to ``ctx`` from :meth:`_store_to_wire` output,
+        checking every dot is well formed, unique and in ``ctx``; fail through ``wctx``."""
+
+    @abstractmethod
+    def _store_repr(self) -> str:
+        """The store, for repr."""
+
+    # -- the lattice ---------------------------------------------------------------------------
+    def merge(self, other: Self) -> bool:
+        """Causal join: see the class docstring. True exactly when the state changed."""
+        if not self.same_type(other):
+            self.check_same_type(other)
+        changed = self._join_store(other, self._ctx, other._ctx)
+        if self._ctx.merge(other._ctx):
+            changed = True
+        return changed
+
+    def copy(self) -> Self:
+        return self._copy_store(self._ctx.copy())
+
+    def bottom(self) -> Self:
+        return self._new_store(CausalContext())
+
+    def is_bottom(self) -> bool:
+        # The store's dots are in the context, so an empty context means an empty store.
+        return self._ctx.is_empty()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CausalLattice) or not self.same_type(other):
+            return NotImplemented if not isinstance(other, Lattice) else False
+        return self._ctx == other._ctx and self._store_eq(other)
+
+    def decompose(self) -> Iterator[Self]:
+        """One part per stored dot (its payload and the dot), one per seen-but-removed dot
+        (context only). Expands the version vector: meant for small states."""
+        held: set[Dot] = set()
+        for part in self._decompose_store():
+            held.update(part._store_dots())
+            yield part
+        for dot in self._ctx.dots():
+            if dot not in held:
+                yield self._context_only([dot])
+
+    def _context_only(self, dots: Iterable[Dot]) -> Self:
+        """A state with an empty store whose context is ``dots`` (a pure removal delta)."""
+        return self._new_store(CausalContext.from_dots(dots))
+
+    def to_wire(self) -> Any:
+        """``[store, context]``."""
+        return [self._store_to_wire(), self._ctx.to_wire()]
+
+    @classmethod
+    def from_wire(cls, payload: Any, ctx: WireContext) -> Self:
+        if not isinstance(payload, (list, tuple)) or len(payload) != 2:
+            ctx.fail(f"{cls.__name__}: expected [store, causal context], got {_show(payload)}")
+        context = CausalContext.from_wire(payload[1], ctx, f"{cls.__name__} context")
+        return cls._empty_store(context)._store_from_wire(payload[0], ctx, context)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._store_repr()}, {self._ctx!r})"
