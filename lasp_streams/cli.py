@@ -2,10 +2,220 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
 import click
+
+from lasp_streams.errors import KafkaSetupError
+from lasp_streams.localkafka import (
+    DEFAULT_BROKER_PORT,
+    DEFAULT_CONTROLLER_PORT,
+    DEFAULT_HEAP,
+    DEFAULT_VERSION,
+    LocalKafka,
+    ensure_jars,
+)
+from lasp_streams.localkafka.broker import DEFAULT_START_TIMEOUT_S, DEFAULT_STOP_TIMEOUT_S
+from lasp_streams.localkafka.config import CACHE_ENV, DATA_ENV, default_data_dir
+
+F = TypeVar("F", bound=Callable[..., object])
 
 
 @click.group()
 @click.version_option(package_name="lasp-streams")
 def main() -> None:
     """lasp_streams: Lasp's CRDT dataflow on Apache Kafka."""
+
+
+@main.group()
+@click.option("-v", "--verbose", is_flag=True, help="Also show debug messages.")
+def kafka(verbose: bool) -> None:
+    """A local Apache Kafka broker for development and tests.
+
+    The broker is a single-node KRaft broker (broker and controller in one JVM) on 127.0.0.1,
+    run from jars that `fetch` downloads once from Maven Central (needs Maven and Java 17+).
+    Typical use: `lasp-streams kafka start`, then `status`, `logs`, and `stop`.
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="lasp-streams: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _version_option(func: F) -> F:
+    return click.option(
+        "--version",
+        "version",
+        default=DEFAULT_VERSION,
+        show_default=True,
+        help="Apache Kafka version (a 4.x release on Maven Central).",
+    )(func)
+
+
+def _data_dir_option(func: F) -> F:
+    return click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help=f"Where the broker keeps its storage, logs and pid file "
+        f"[default: ${DATA_ENV} or {default_data_dir()}].",
+    )(func)
+
+
+def _cache_dir_option(func: F) -> F:
+    return click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help=f"Where the jars are cached [default: ${CACHE_ENV} or ~/.cache/lasp-streams].",
+    )(func)
+
+
+def _fail(exc: KafkaSetupError) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+@kafka.command()
+@_version_option
+@_cache_dir_option
+@click.option("--force", is_flag=True, help="Fetch again even if the cache is complete.")
+def fetch(version: str, cache_dir: Path | None, force: bool) -> None:
+    """Download the broker's jars with Maven (once; later runs only verify the cache)."""
+    try:
+        directory = ensure_jars(version, cache_dir, force=force)
+    except KafkaSetupError as exc:
+        raise _fail(exc) from None
+    click.echo(f"Kafka {version} jars ready in {directory}")
+
+
+@kafka.command()
+@_data_dir_option
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=DEFAULT_BROKER_PORT,
+    show_default=True,
+    envvar="LASP_STREAMS_KAFKA_PORT",
+    help="Client (broker) port on 127.0.0.1. Env: LASP_STREAMS_KAFKA_PORT.",
+)
+@click.option(
+    "--controller-port",
+    type=click.IntRange(1, 65535),
+    default=DEFAULT_CONTROLLER_PORT,
+    show_default=True,
+    help="KRaft controller port on 127.0.0.1 (fixed once the data dir is formatted).",
+)
+@click.option("--heap", default=DEFAULT_HEAP, show_default=True, help="JVM maximum heap (-Xmx).")
+@click.option(
+    "--timeout",
+    type=float,
+    default=DEFAULT_START_TIMEOUT_S,
+    show_default=True,
+    help="Seconds to wait for the broker to answer metadata requests.",
+)
+@click.option(
+    "--no-fetch",
+    is_flag=True,
+    help="Never run Maven: fail unless the jar cache is complete.",
+)
+@_version_option
+@_cache_dir_option
+def start(
+    data_dir: Path | None,
+    port: int,
+    controller_port: int,
+    heap: str,
+    timeout: float,
+    no_fetch: bool,
+    version: str,
+    cache_dir: Path | None,
+) -> None:
+    """Start the broker in the background and wait until it serves clients.
+
+    Starting a broker that is already running only reports it. On failure the last lines of
+    the broker's log and the likely cause are printed, and no process is left behind.
+    """
+    try:
+        broker = LocalKafka(
+            data_dir,
+            port=port,
+            controller_port=controller_port,
+            version=version,
+            heap=heap,
+            cache_dir=cache_dir,
+            start_timeout=timeout,
+        )
+        status = broker.start(fetch=not no_fetch)
+    except KafkaSetupError as exc:
+        raise _fail(exc) from None
+    click.echo(status.describe())
+
+
+@kafka.command()
+@_data_dir_option
+@click.option(
+    "--timeout",
+    type=float,
+    default=DEFAULT_STOP_TIMEOUT_S,
+    show_default=True,
+    help="Seconds to wait for a clean shutdown before SIGKILL.",
+)
+def stop(data_dir: Path | None, timeout: float) -> None:
+    """Stop the broker started from this data directory (and nothing else)."""
+    try:
+        stopped = LocalKafka(data_dir).stop(timeout=timeout)
+    except KafkaSetupError as exc:
+        raise _fail(exc) from None
+    click.echo("stopped" if stopped else "not running")
+
+
+@kafka.command()
+@_data_dir_option
+def status(data_dir: Path | None) -> None:
+    """Say whether the broker runs, its version, address, pid and data directory.
+
+    Exits with status 0 when it is running and answering, 3 otherwise.
+    """
+    try:
+        current = LocalKafka(data_dir).status()
+    except KafkaSetupError as exc:
+        raise _fail(exc) from None
+    click.echo(current.describe())
+    if not (current.running and current.answering):
+        sys.exit(3)
+
+
+@kafka.command()
+@_data_dir_option
+@click.option(
+    "-n", "--lines", type=click.IntRange(1), default=50, show_default=True, help="Lines to show."
+)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C to stop).")
+def logs(data_dir: Path | None, lines: int, follow: bool) -> None:
+    """Show the end of the broker's log (logs/server.log in the data directory)."""
+    broker = LocalKafka(data_dir)
+    click.echo(broker.tail_log(lines))
+    if not follow:
+        return
+    path = broker.log_path
+    position = path.stat().st_size if path.exists() else 0
+    try:
+        while True:
+            if path.exists() and path.stat().st_size < position:
+                position = 0  # the log rolled over
+            if path.exists():
+                with path.open("rb") as stream:
+                    stream.seek(position)
+                    chunk = stream.read()
+                    position = stream.tell()
+                if chunk:
+                    click.echo(chunk.decode("utf-8", "replace"), nl=False)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return
