@@ -1,5 +1,40 @@
-"""Delta-state CRDT lattices. See :mod:`lasp_streams.lattices.base` for the contract."""
+"""Delta-state CRDT lattices. See :mod:`lasp_streams.lattices.base` for the contract.
+
+Every type here is importable from this package; ``__all__`` is the curated public surface.
+"""
 
 from lasp_streams.lattices.base import Lattice, LatticeSpec, new_bottom
+from lasp_streams.lattices.composite import GMap, Pair
+from lasp_streams.lattices.counters import BCounter, GCounter, LexCounter, MaxInt, PNCounter
+from lasp_streams.lattices.derived import delta, is_inflation, is_strict_inflation
+from lasp_streams.lattices.registers import Boolean, IVar, LWWRegister, value_order_key
+from lasp_streams.lattices.sets import GSet, TwoPSet
+from lasp_streams.lattices.threshold import Threshold, is_monotone, threshold_met
 
-__all__ = ["Lattice", "LatticeSpec", "new_bottom"]
+__all__ = [
+    "BCounter",
+    "Boolean",
+    "GCounter",
+    "GMap",
+    "GSet",
+    "IVar",
+    "LWWRegister",
+    "Lattice",
+    "LatticeSpec",
+    "LexCounter",
+    "MaxInt",
+    "PNCounter",
+    "Pair",
+    "Threshold",
+    "TwoPSet",
+    "delta",
+    "is_inflation",
+    "is_monotone",
+    "is_strict_inflation",
+    "new_bottom",
+    "threshold_met",
+    "value_order_key",
+]
+
+# Causal (dot-based) types are appended below as one import block plus ``__all__ += [...]``
+# (imports placed after code need a noqa for E402).

@@ -1,0 +1,431 @@
+"""The wire format of lattices: msgpack, one envelope ``[type tag, wire version, payload]``.
+
+``encode(lattice) -> bytes`` and ``decode(bytes) -> Lattice``. The payload is whatever the
+type's ``to_wire`` returns; nested lattices (map values, pair components) are enveloped too and
+decoded through :meth:`WireContext.nested`. Decoding never runs code other than the registered
+lattice classes' ``from_wire`` and the constructors of registered record classes, and every
+malformed input raises :class:`~lasp_streams.errors.DecodeError` saying what was wrong and where
+(the chain of types being decoded, outermost first).
+
+Elements (set members, register values, map keys) are ``str``, ``int`` (64-bit), ``float``
+(never NaN), ``bytes``, ``bool``, ``None``, tuples of elements, and instances of frozen
+dataclasses registered with :func:`register_record` (a msgpack ext type holding the record's
+registered name and its fields by name). Arrays decode as tuples where an element is expected.
+
+Limits on decoding (module constants): :data:`MAX_PAYLOAD_BYTES` of input,
+:data:`MAX_COLLECTION_LEN` items in any array or map, :data:`MAX_NESTING_DEPTH` lattices inside
+lattices, :data:`MAX_ELEMENT_DEPTH` tuples/records inside an element.
+
+Parametrised types (``GMap(GCounter)``) write their type parameters through
+:meth:`Lattice.wire_spec` (``["gmap", "gc"]``). To rebuild one, the codec calls the class's
+optional classmethod ``from_wire_spec(params: list, ctx) -> bottom prototype``; a class without
+it takes no parameters and its spec is just its tag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Hashable
+from typing import Any, Final, NoReturn, TypeVar
+
+import msgpack
+
+from lasp_streams.errors import DecodeError, EncodeError
+from lasp_streams.lattices.base import _REGISTRY, Lattice, LatticeSpec
+
+__all__ = [
+    "MAX_COLLECTION_LEN",
+    "MAX_ELEMENT_DEPTH",
+    "MAX_NESTING_DEPTH",
+    "MAX_PAYLOAD_BYTES",
+    "RECORD_EXT_CODE",
+    "decode",
+    "element_problem",
+    "encode",
+    "register_record",
+    "registered_records",
+]
+
+MAX_PAYLOAD_BYTES: Final = 64 * 1024 * 1024
+"""Largest encoded lattice ``decode`` accepts (bytes)."""
+MAX_COLLECTION_LEN: Final = 4_000_000
+"""Most items in one msgpack array or map (and so in one set, map or counter)."""
+MAX_NESTING_DEPTH: Final = 16
+"""Most lattices nested inside one another (a GMap of Pairs of GMaps ... counts each level)."""
+MAX_ELEMENT_DEPTH: Final = 16
+"""Most tuples / records nested inside one element."""
+RECORD_EXT_CODE: Final = 1
+"""The msgpack ext type code of a registered record."""
+
+_INT_MIN: Final = -(2**63)
+_INT_MAX: Final = 2**64 - 1
+
+# -- records ---------------------------------------------------------------------------------
+
+_RECORD_BY_NAME: dict[str, tuple[type[Any], tuple[str, ...]]] = {}
+_RECORD_BY_CLASS: dict[type[Any], tuple[str, tuple[str, ...]]] = {}
+
+T = TypeVar("T")
+
+
+def register_record(cls: type[T] | None = None, *, name: str | None = None) -> Any:
+    """Register a frozen dataclass so its instances can be elements on the wire.
+
+    Use as ``@register_record`` or ``@register_record(name="ad")``. The wire name defaults to
+    ``module.QualName``; it must be unique. Decoding rebuilds the record by calling the class
+    with its fields by name (after checking the names), so only registered classes are ever
+    constructed. Re-registering the same class is a no-op.
+    """
+
+    def register(klass: type[T]) -> type[T]:
+        if not isinstance(klass, type) or not dataclasses.is_dataclass(klass):
+            raise TypeError(f"register_record: {klass!r} is not a dataclass")
+        if not klass.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+            raise TypeError(
+                f"register_record: {klass.__qualname__} must be frozen "
+                "(@dataclass(frozen=True)) so it can be a set element"
+            )
+        fields = dataclasses.fields(klass)
+        if any(not f.init for f in fields):
+            raise TypeError(
+                f"register_record: every field of {klass.__qualname__} must be an __init__ "
+                "argument, or the decoder could not rebuild it"
+            )
+        wire_name = name if name is not None else f"{klass.__module__}.{klass.__qualname__}"
+        known = _RECORD_BY_NAME.get(wire_name)
+        if known is not None and known[0] is not klass:
+            raise ValueError(
+                f"register_record: name {wire_name!r} already belongs to {known[0]!r}; "
+                "pass name=... to pick another"
+            )
+        names = tuple(f.name for f in fields)
+        _RECORD_BY_NAME[wire_name] = (klass, names)
+        _RECORD_BY_CLASS[klass] = (wire_name, names)
+        return klass
+
+    if cls is None:
+        return register
+    return register(cls)
+
+
+def registered_records() -> dict[str, type[Any]]:
+    """A copy of the wire name → record class registry."""
+    return {wire_name: entry[0] for wire_name, entry in _RECORD_BY_NAME.items()}
+
+
+def element_problem(value: object, depth: int = 0) -> str | None:
+    """Why ``value`` cannot be a set element / register value, or None when it can."""
+    t = type(value)
+    if t is str or t is bytes or t is bool or value is None:
+        return None
+    if t is int:
+        if _INT_MIN <= value <= _INT_MAX:  # type: ignore[operator]
+            return None
+        return f"int {value!r} does not fit in 64 bits"
+    if t is float:
+        return "NaN is not a valid element (it is not equal to itself)" if value != value else None
+    if depth >= MAX_ELEMENT_DEPTH:
+        return f"element nested deeper than {MAX_ELEMENT_DEPTH} levels"
+    if t is tuple:
+        for item in value:  # type: ignore[attr-defined]
+            problem = element_problem(item, depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    entry = _RECORD_BY_CLASS.get(t)
+    if entry is not None:
+        for field in entry[1]:
+            problem = element_problem(getattr(value, field), depth + 1)
+            if problem is not None:
+                return f"field {field!r} of {t.__qualname__}: {problem}"
+        return None
+    if dataclasses.is_dataclass(value):
+        return f"{t.__qualname__} is a dataclass not registered with register_record"
+    return (
+        f"{t.__name__} is not an element type (str, int, float, bytes, bool, None, tuple, "
+        "registered record)"
+    )
+
+
+# -- encoding --------------------------------------------------------------------------------
+
+
+def _default(obj: Any) -> Any:
+    entry = _RECORD_BY_CLASS.get(type(obj))
+    if entry is None:
+        if isinstance(obj, float):
+            raise TypeError("float subclass")
+        raise TypeError(
+            f"cannot encode {type(obj).__qualname__} {obj!r}: not an element type "
+            "(a dataclass must be registered with register_record)"
+        )
+    wire_name, fields = entry
+    # A fresh packb: the thread's shared Packer is busy with the outer value.
+    body = msgpack.packb(
+        [wire_name, {f: getattr(obj, f) for f in fields}], default=_default, use_bin_type=True
+    )
+    return msgpack.ExtType(RECORD_EXT_CODE, body)
+
+
+_local = threading.local()
+
+
+def _new_packer() -> Callable[[Any], bytes]:
+    pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True, default=_default).pack
+    _local.pack = pack
+    return pack
+
+
+def encode(lattice: Lattice) -> bytes:
+    """The wire bytes of ``lattice``: ``msgpack([tag, version, payload])``.
+
+    Raises :class:`~lasp_streams.errors.EncodeError` when the state holds something that has no
+    wire form (an unregistered record, an int beyond 64 bits).
+    """
+    try:
+        pack = _local.pack
+    except AttributeError:
+        pack = _new_packer()
+    tag = lattice.wire_tag
+    if not tag:
+        raise EncodeError(f"{type(lattice).__qualname__} has no wire_tag, it cannot be encoded")
+    try:
+        encoded: bytes = pack([tag, lattice.wire_version, lattice.to_wire()])
+        return encoded
+    except (TypeError, ValueError, OverflowError) as exc:
+        # The Packer may hold a half-written buffer after an error: start a fresh one.
+        _new_packer()
+        raise EncodeError(f"cannot encode {type(lattice).__name__}: {exc}") from None
+
+
+# -- decoding --------------------------------------------------------------------------------
+
+
+class _PendingRecord:
+    """A record ext seen by msgpack, decoded only where an element is expected (so nesting is
+    depth-checked there instead of recursing inside msgpack's ext hook)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __hash__(self) -> int:
+        return hash(self.data)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is _PendingRecord and other.data == self.data
+
+    def __repr__(self) -> str:
+        return f"<record ext, {len(self.data)} bytes>"
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code != RECORD_EXT_CODE:
+        raise DecodeError(f"unknown msgpack ext type {code} (only {RECORD_EXT_CODE}: record)")
+    return _PendingRecord(data)
+
+
+_UNPACK_OPTIONS: Final[dict[str, Any]] = {
+    "raw": False,
+    "use_list": True,
+    "strict_map_key": False,
+    "ext_hook": _ext_hook,
+    "max_array_len": MAX_COLLECTION_LEN,
+    "max_map_len": MAX_COLLECTION_LEN,
+}
+
+
+def _unpack(data: bytes | bytearray | memoryview, what: str) -> Any:
+    try:
+        return msgpack.unpackb(data, **_UNPACK_OPTIONS)
+    except DecodeError:
+        raise
+    except msgpack.ExtraData:
+        raise DecodeError(f"{what}: trailing bytes after the msgpack value") from None
+    except msgpack.StackError:
+        raise DecodeError(f"{what}: msgpack nesting too deep") from None
+    except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as exc:
+        raise DecodeError(f"{what}: not valid msgpack ({type(exc).__name__}: {exc})") from None
+
+
+_LOADED = False
+
+
+def _lattice_for(tag: str) -> type[Lattice] | None:
+    global _LOADED
+    cls = _REGISTRY.get(tag)
+    if cls is None and not _LOADED:
+        # Classes register on import; load the whole library once, on the first unknown tag
+        # (importing it at module level would be circular: lattices use element_problem).
+        import lasp_streams.lattices  # noqa: F401
+
+        _LOADED = True
+        cls = _REGISTRY.get(tag)
+    return cls
+
+
+class _Context:
+    """The decoder's :class:`~lasp_streams.lattices.base.WireContext` at one nesting depth.
+
+    One immutable instance per depth, made once, so decoding allocates no context objects.
+    """
+
+    __slots__ = ("_child", "depth")
+
+    def __init__(self, depth: int, child: _Context | None) -> None:
+        self.depth = depth
+        self._child = child
+
+    def fail(self, message: str) -> NoReturn:
+        raise DecodeError(message)
+
+    def nested(self, raw: Any) -> Lattice:
+        child = self._child
+        if child is None:
+            self.fail(f"lattices nested deeper than MAX_NESTING_DEPTH={MAX_NESTING_DEPTH}")
+        return child.envelope(raw)
+
+    def spec(self, raw: Any) -> LatticeSpec:
+        child = self._child
+        if child is None:
+            self.fail(f"type parameters nested deeper than MAX_NESTING_DEPTH={MAX_NESTING_DEPTH}")
+        if type(raw) is str:
+            tag, params = raw, []
+        elif type(raw) is list and raw and type(raw[0]) is str:
+            tag, params = raw[0], raw[1:]
+        else:
+            self.fail(f"a type descriptor must be a tag or [tag, params...], got {raw!r}")
+        cls = _lattice_for(tag)
+        if cls is None:
+            self.fail(f"unknown lattice type tag {tag!r} in a type descriptor")
+        from_wire_spec = getattr(cls, "from_wire_spec", None)
+        if from_wire_spec is None:
+            if params:
+                self.fail(f"{cls.__name__} takes no type parameters, got {params!r}")
+            return cls
+        try:
+            prototype = from_wire_spec(params, child)
+        except DecodeError as exc:
+            raise DecodeError(f"type {cls.__name__}: {exc}") from None
+        if not isinstance(prototype, Lattice):
+            self.fail(f"{cls.__name__}.from_wire_spec returned {prototype!r}")
+        return prototype
+
+    def element(self, raw: Any) -> Hashable:
+        t = type(raw)
+        if t is str or t is int or t is bytes or t is bool or raw is None:
+            return raw  # type: ignore[no-any-return]
+        return self._element(raw, 0)
+
+    def _element(self, raw: Any, depth: int) -> Hashable:
+        t = type(raw)
+        if t is str or t is int or t is bytes or t is bool or raw is None:
+            return raw  # type: ignore[no-any-return]
+        if t is float:
+            if raw != raw:
+                self.fail("NaN is not a valid element")
+            return raw  # type: ignore[no-any-return]
+        if depth >= MAX_ELEMENT_DEPTH:
+            self.fail(f"element nested deeper than MAX_ELEMENT_DEPTH={MAX_ELEMENT_DEPTH}")
+        if t is list:
+            return tuple([self._element(item, depth + 1) for item in raw])
+        if t is _PendingRecord:
+            return self._record(raw.data, depth + 1)
+        self.fail(f"{t.__name__} {raw!r} is not a valid element")
+
+    def _record(self, data: bytes, depth: int) -> Hashable:
+        body = _unpack(data, "record")
+        if type(body) is not list or len(body) != 2 or type(body[1]) is not dict:
+            self.fail("a record must be [name, {field: value}]")
+        wire_name, raw_fields = body
+        entry = _RECORD_BY_NAME.get(wire_name) if type(wire_name) is str else None
+        if entry is None:
+            self.fail(f"unknown record type {wire_name!r} (not registered with register_record)")
+        cls, names = entry
+        if len(raw_fields) != len(names) or set(raw_fields) != set(names):
+            self.fail(
+                f"record {wire_name!r} has fields {sorted(map(str, raw_fields))}, "
+                f"expected {sorted(names)}"
+            )
+        values = {name: self._element(raw_fields[name], depth) for name in names}
+        try:
+            record: Hashable = cls(**values)
+        except Exception as exc:
+            # A registered class validating its fields in __post_init__ refuses this input.
+            self.fail(f"record {wire_name!r} refused its fields: {type(exc).__name__}: {exc}")
+        return record
+
+    def envelope(self, obj: Any) -> Lattice:
+        if type(obj) is not list or len(obj) != 3:
+            self.fail(f"expected an envelope [tag, version, payload], got {_short(obj)}")
+        tag, version, payload = obj
+        cls = _REGISTRY.get(tag) if type(tag) is str else None
+        if cls is None:
+            if type(tag) is not str:
+                self.fail(f"the type tag must be a str, got {_short(tag)}")
+            cls = _lattice_for(tag)
+            if cls is None:
+                self.fail(f"unknown lattice type tag {tag!r}")
+        if version != cls.wire_version or type(version) is not int:
+            self.fail(
+                f"unsupported wire version {_short(version)} for {cls.__name__} "
+                f"(tag {tag!r}); this build reads version {cls.wire_version}"
+            )
+        try:
+            return cls.from_wire(payload, self)
+        except DecodeError as exc:
+            raise DecodeError(f"{cls.__name__} > {exc}") from None
+        except (
+            KeyError,
+            IndexError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            OverflowError,
+            RecursionError,
+        ) as exc:
+            # Safety net: from_wire validates shapes, but an escaping built-in error must
+            # still surface as a DecodeError, never as a KeyError from deep inside.
+            raise DecodeError(
+                f"{cls.__name__} > malformed payload ({type(exc).__name__}: {exc})"
+            ) from None
+
+
+def _short(obj: object) -> str:
+    text = repr(obj)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _make_contexts() -> _Context:
+    ctx: _Context | None = None
+    for depth in range(MAX_NESTING_DEPTH, -1, -1):
+        ctx = _Context(depth, ctx)
+    assert ctx is not None
+    return ctx
+
+
+_ROOT: Final = _make_contexts()
+
+
+def decode(data: bytes | bytearray | memoryview, expect: LatticeSpec | None = None) -> Lattice:
+    """Rebuild a lattice from :func:`encode`'s bytes; raise DecodeError on anything malformed.
+
+    With ``expect`` (a lattice class or prototype), a state of another type is refused too.
+    """
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise DecodeError(f"input of {len(data)} bytes exceeds MAX_PAYLOAD_BYTES")
+    state = _ROOT.envelope(_unpack(data, "envelope"))
+    if expect is not None:
+        wanted = expect if isinstance(expect, Lattice) else None
+        ok = wanted.same_type(state) if wanted is not None else type(state) is expect
+        if not ok:
+            raise DecodeError(f"expected a {_describe(expect)}, got a {_describe(state)}")
+    return state
+
+
+def _describe(spec: LatticeSpec) -> str:
+    from lasp_streams.lattices.base import describe_type
+
+    return describe_type(spec)

@@ -1,0 +1,326 @@
+"""Lattices built from lattices: GMap (grow-only map of nested lattices) and Pair.
+
+Both are parametrised by :data:`~lasp_streams.lattices.base.LatticeSpec` values:
+``GMap(GCounter)``, ``Pair(GCounter, GMap(GSet))``. The instance is bottom; ``bottom()`` keeps
+the parameters, and states only merge with states of the same parameters.
+
+Nested mutators are called by name (``apply(actor, key, "increment", 2)``); an unknown name
+raises :class:`~lasp_streams.errors.MutatorError` listing the nested type's mutators.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any, ClassVar, Self
+
+from lasp_streams.codec import element_problem
+from lasp_streams.errors import DecodeError, MutatorError
+from lasp_streams.lattices.base import Lattice, LatticeSpec, WireContext, new_bottom
+from lasp_streams.lattices.counters import _require_actor
+
+__all__ = ["GMap", "Pair", "mutator_names"]
+
+# Lattice API methods that take arguments but are not mutators.
+_NOT_MUTATORS = frozenset(
+    {"merge", "join", "check_same_type", "same_type", "to_wire", "from_wire", "copy", "bottom"}
+)
+
+
+def mutator_names(state: Lattice) -> tuple[str, ...]:
+    """The mutators of ``state``'s type: its ``mutators`` class attribute when it has one."""
+    declared = getattr(type(state), "mutators", None)
+    if isinstance(declared, tuple):
+        return declared
+    return tuple(
+        name
+        for name in dir(type(state))
+        if not name.startswith("_")
+        and name not in _NOT_MUTATORS
+        and callable(getattr(type(state), name))
+        and name not in dir(Lattice)
+    )
+
+
+def _resolve(owner: str, state: Lattice, name: object) -> Callable[..., Lattice]:
+    names = mutator_names(state)
+    if type(name) is not str or name not in names:
+        raise MutatorError(
+            f"{owner}: {type(state).__name__} has no mutator {name!r}; "
+            f"its mutators are {', '.join(names) or '(none)'}"
+        )
+    method: Callable[..., Lattice] = getattr(state, name)
+    return method
+
+
+def _prototype(spec: LatticeSpec, what: str) -> Lattice:
+    try:
+        prototype = new_bottom(spec)
+    except TypeError:
+        raise TypeError(f"{what}: expected a lattice class or instance, got {spec!r}") from None
+    return prototype
+
+
+class GMap(Lattice):
+    """Grow-only map from keys (elements) to states of one nested lattice type.
+
+    Join: union of keys, per-key join of the nested states; order: per key; bottom: the empty
+    map. Keys only grow (a key never maps to a nested bottom). Value: ``{key: nested value}``.
+
+    Mutator: ``apply(actor, key, mutator_name, *args)`` runs the nested mutator on the key's
+    state (bottom if absent) and returns a GMap delta holding only that key's nested delta.
+    """
+
+    __slots__ = ("_m", "_proto", "_spec")
+    wire_tag: ClassVar[str] = "gmap"
+    mutators: ClassVar[tuple[str, ...]] = ("apply",)
+
+    def __init__(self, nested_type: LatticeSpec) -> None:
+        self._proto = _prototype(nested_type, "GMap(nested_type)")
+        self._spec: Any = self._proto.wire_spec()
+        self._m: dict[Hashable, Lattice] = {}
+
+    def _empty(self) -> GMap:
+        state = GMap.__new__(GMap)
+        state._proto, state._spec, state._m = self._proto, self._spec, {}
+        return state
+
+    def bottom(self) -> Self:
+        return self._empty()  # type: ignore[return-value]
+
+    def same_type(self, other: object) -> bool:
+        return type(other) is GMap and (other._proto is self._proto or other._spec == self._spec)
+
+    @property
+    def nested_type(self) -> Lattice:
+        """A bottom state of the nested type (use as a prototype)."""
+        return self._proto.bottom()
+
+    def apply(self, actor: str, key: Hashable, mutator_name: str, *args: Any) -> GMap:
+        """Run nested mutator ``mutator_name(actor, *args)`` on ``key``'s state."""
+        _require_actor("GMap.apply", actor)
+        problem = element_problem(key)
+        if problem is not None:
+            raise MutatorError(f"GMap.apply: invalid key {key!r}: {problem}")
+        current = self._m.get(key)
+        nested = current if current is not None else self._proto.bottom()
+        nested_delta = _resolve("GMap.apply", nested, mutator_name)(actor, *args)
+        delta = self._empty()
+        if not nested_delta.is_bottom():
+            if current is None:
+                self._m[key] = nested
+            delta._m[key] = nested_delta
+        return delta
+
+    def get(self, key: Hashable) -> Lattice:
+        """A copy of ``key``'s nested state (bottom when absent)."""
+        current = self._m.get(key)
+        return current.copy() if current is not None else self._proto.bottom()
+
+    def keys(self) -> frozenset[Hashable]:
+        """The keys present."""
+        return frozenset(self._m)
+
+    def merge(self, other: GMap) -> bool:
+        if not self.same_type(other):
+            self.check_same_type(other)
+        mine = self._m
+        grew = False
+        for key, theirs in other._m.items():
+            current = mine.get(key)
+            if current is None:
+                if not theirs.is_bottom():
+                    mine[key] = theirs.copy()
+                    grew = True
+            elif current.merge(theirs):
+                grew = True
+        return grew
+
+    def value(self) -> dict[Hashable, Any]:
+        return {key: nested.value() for key, nested in self._m.items()}
+
+    def copy(self) -> GMap:
+        state = self._empty()
+        state._m = {key: nested.copy() for key, nested in self._m.items()}
+        return state
+
+    def is_bottom(self) -> bool:
+        return not self._m
+
+    def decompose(self) -> Iterator[GMap]:
+        for key, nested in self._m.items():
+            for part in nested.decompose():
+                state = self._empty()
+                state._m[key] = part
+                yield state
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, GMap):
+            return NotImplemented
+        return self.same_type(other) and self._m == other._m
+
+    def __le__(self, other: GMap) -> bool:
+        self.check_same_type(other)
+        theirs = other._m
+        for key, nested in self._m.items():
+            there = theirs.get(key)
+            if there is None or not nested <= there:
+                return False
+        return True
+
+    def __repr__(self) -> str:
+        return f"GMap[{self._spec!r}]({self.value()!r})"
+
+    def wire_spec(self) -> Any:
+        return [self.wire_tag, self._spec]
+
+    @classmethod
+    def from_wire_spec(cls, params: list[Any], ctx: WireContext) -> GMap:
+        """A bottom GMap from the parameters of :meth:`wire_spec` (``[nested_spec]``)."""
+        if len(params) != 1:
+            ctx.fail(f"GMap takes one type parameter (the nested type), got {len(params)}")
+        return cls(ctx.spec(params[0]))
+
+    def to_wire(self) -> Any:
+        return [
+            self._spec,
+            [
+                [key, [nested.wire_tag, nested.wire_version, nested.to_wire()]]
+                for key, nested in self._m.items()
+            ],
+        ]
+
+    @classmethod
+    def from_wire(cls, payload: Any, ctx: WireContext) -> Self:
+        if type(payload) is not list or len(payload) != 2 or type(payload[1]) is not list:
+            ctx.fail("GMap payload must be [nested type, [[key, nested state], ...]]")
+        state = cls(ctx.spec(payload[0]))
+        proto = state._proto
+        entries = state._m
+        for entry in payload[1]:
+            if type(entry) is not list or len(entry) != 2:
+                ctx.fail(f"GMap entry must be [key, nested state], got {entry!r:.80}")
+            key = ctx.element(entry[0])
+            if key in entries:
+                ctx.fail(f"GMap key {key!r} appears twice")
+            try:
+                nested = ctx.nested(entry[1])
+            except DecodeError as exc:
+                ctx.fail(f"key {key!r}: {exc}")
+            if not proto.same_type(nested):
+                ctx.fail(
+                    f"GMap key {key!r} holds a {type(nested).__name__}, expected {state._spec!r}"
+                )
+            if nested.is_bottom():
+                ctx.fail(f"GMap key {key!r} holds a bottom state (keys never map to bottom)")
+            entries[key] = nested
+        return state
+
+
+class Pair(Lattice):
+    """The product of two lattices: join, order and bottom are componentwise.
+
+    Mutators: ``fst(actor, mutator_name, *args)`` and ``snd(...)`` run a mutator on one
+    component; the delta is ``(component delta, bottom)`` or ``(bottom, component delta)``.
+    Value: ``(first value, second value)``.
+    """
+
+    __slots__ = ("_a", "_b", "_spec")
+    wire_tag: ClassVar[str] = "pair"
+    mutators: ClassVar[tuple[str, ...]] = ("fst", "snd")
+
+    def __init__(self, type_a: LatticeSpec, type_b: LatticeSpec) -> None:
+        self._a = _prototype(type_a, "Pair(type_a, ...)")
+        self._b = _prototype(type_b, "Pair(..., type_b)")
+        self._spec: Any = [self.wire_tag, self._a.wire_spec(), self._b.wire_spec()]
+
+    @classmethod
+    def _of(cls, a: Lattice, b: Lattice, spec: Any) -> Self:
+        state = cls.__new__(cls)
+        state._a, state._b, state._spec = a, b, spec
+        return state
+
+    def bottom(self) -> Self:
+        return self._of(self._a.bottom(), self._b.bottom(), self._spec)
+
+    def same_type(self, other: object) -> bool:
+        return type(other) is Pair and other._spec == self._spec
+
+    @property
+    def first(self) -> Lattice:
+        """A copy of the first component."""
+        return self._a.copy()
+
+    @property
+    def second(self) -> Lattice:
+        """A copy of the second component."""
+        return self._b.copy()
+
+    def fst(self, actor: str, mutator_name: str, *args: Any) -> Pair:
+        """Run ``mutator_name(actor, *args)`` on the first component."""
+        _require_actor("Pair.fst", actor)
+        delta = _resolve("Pair.fst", self._a, mutator_name)(actor, *args)
+        return Pair._of(delta, self._b.bottom(), self._spec)
+
+    def snd(self, actor: str, mutator_name: str, *args: Any) -> Pair:
+        """Run ``mutator_name(actor, *args)`` on the second component."""
+        _require_actor("Pair.snd", actor)
+        delta = _resolve("Pair.snd", self._b, mutator_name)(actor, *args)
+        return Pair._of(self._a.bottom(), delta, self._spec)
+
+    def merge(self, other: Pair) -> bool:
+        if not self.same_type(other):
+            self.check_same_type(other)
+        grew = self._a.merge(other._a)
+        return self._b.merge(other._b) or grew
+
+    def value(self) -> tuple[Any, Any]:
+        return (self._a.value(), self._b.value())
+
+    def copy(self) -> Pair:
+        return Pair._of(self._a.copy(), self._b.copy(), self._spec)
+
+    def is_bottom(self) -> bool:
+        return self._a.is_bottom() and self._b.is_bottom()
+
+    def decompose(self) -> Iterator[Pair]:
+        for part in self._a.decompose():
+            yield Pair._of(part, self._b.bottom(), self._spec)
+        for part in self._b.decompose():
+            yield Pair._of(self._a.bottom(), part, self._spec)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Pair):
+            return NotImplemented
+        return self.same_type(other) and self._a == other._a and self._b == other._b
+
+    def __le__(self, other: Pair) -> bool:
+        self.check_same_type(other)
+        return self._a <= other._a and self._b <= other._b
+
+    def __repr__(self) -> str:
+        return f"Pair({self._a!r}, {self._b!r})"
+
+    def wire_spec(self) -> Any:
+        return self._spec
+
+    @classmethod
+    def from_wire_spec(cls, params: list[Any], ctx: WireContext) -> Pair:
+        """A bottom Pair from the parameters of :meth:`wire_spec` (``[spec_a, spec_b]``)."""
+        if len(params) != 2:
+            ctx.fail(f"Pair takes two type parameters, got {len(params)}")
+        return cls(ctx.spec(params[0]), ctx.spec(params[1]))
+
+    def to_wire(self) -> Any:
+        a, b = self._a, self._b
+        return [
+            [a.wire_tag, a.wire_version, a.to_wire()],
+            [b.wire_tag, b.wire_version, b.to_wire()],
+        ]
+
+    @classmethod
+    def from_wire(cls, payload: Any, ctx: WireContext) -> Self:
+        if type(payload) is not list or len(payload) != 2:
+            ctx.fail("Pair payload must be [first state, second state]")
+        a = ctx.nested(payload[0])
+        b = ctx.nested(payload[1])
+        return cls._of(a, b, [cls.wire_tag, a.wire_spec(), b.wire_spec()])
