@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from lasp_streams.lattices.base import WireContext
 from lasp_streams.lattices.causal import (
@@ -48,7 +48,9 @@ class AWSet(CausalLattice):
 
     __slots__ = ("_entries", "_index")
 
-    wire_tag = "awset"
+    wire_tag: ClassVar[str] = "awset"
+    mutators: ClassVar[tuple[str, ...]] = ("add", "remove", "add_all", "remove_all")
+    monotone_value: ClassVar[bool] = False
 
     _entries: dict[Hashable, frozenset[Dot]]
     _index: dict[Dot, Hashable]
