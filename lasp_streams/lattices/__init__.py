@@ -38,3 +38,23 @@ __all__ = [
 
 # Causal (dot-based) types are appended below as one import block plus ``__all__ += [...]``
 # (imports placed after code need a noqa for E402).
+
+from lasp_streams.lattices.awmap import AWMap, MVMap
+from lasp_streams.lattices.awset import AWSet
+from lasp_streams.lattices.causal import CausalContext, CausalLattice, Dot
+from lasp_streams.lattices.flags import DWFlag, EWFlag
+from lasp_streams.lattices.mvregister import MVRegister
+from lasp_streams.lattices.orset import ORSet
+
+__all__ += [
+    "AWMap",
+    "AWSet",
+    "CausalContext",
+    "CausalLattice",
+    "DWFlag",
+    "Dot",
+    "EWFlag",
+    "MVMap",
+    "MVRegister",
+    "ORSet",
+]
