@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any, ClassVar, Self
 
-from lasp_streams.codec import element_problem
+import lasp_streams.codec as _codec
 from lasp_streams.errors import DecodeError, MutatorError
 from lasp_streams.lattices.base import Lattice, LatticeSpec, WireContext, new_bottom
 from lasp_streams.lattices.counters import _require_actor
@@ -98,7 +98,7 @@ class GMap(Lattice):
     def apply(self, actor: str, key: Hashable, mutator_name: str, *args: Any) -> GMap:
         """Run nested mutator ``mutator_name(actor, *args)`` on ``key``'s state."""
         _require_actor("GMap.apply", actor)
-        problem = element_problem(key)
+        problem = _codec.element_problem(key)
         if problem is not None:
             raise MutatorError(f"GMap.apply: invalid key {key!r}: {problem}")
         current = self._m.get(key)
