@@ -261,7 +261,7 @@ class LocalKafka:
             if fetch
             else verify_jars(self.version, self.cache_dir)
         )
-        self._check_ports()
+        self.check_ports()
         self._write_config()
         self._format_storage(java, jars)
         return self._launch(java, jars)
@@ -383,7 +383,8 @@ class LocalKafka:
         return state if isinstance(state, dict) else None
 
     # -- start steps -------------------------------------------------------------------------
-    def _check_ports(self) -> None:
+    def check_ports(self) -> None:
+        """Raise KafkaSetupError naming the port and the option to change it if one is taken."""
         for label, port, option in (
             ("broker", self.port, "--port"),
             ("controller", self.controller_port, "--controller-port"),

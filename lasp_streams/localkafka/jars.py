@@ -280,25 +280,26 @@ def _run_maven(command: list[str], maven_log: Path) -> int:
     try:
         with maven_log.open("w") as sink:
             sink.write("$ " + " ".join(command) + "\n")
-            process = subprocess.Popen(
+            with subprocess.Popen(
                 command,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 text=True,
-            )
-            assert process.stdout is not None
-            deadline = time.monotonic() + FETCH_TIMEOUT_S
-            for line in process.stdout:
-                sink.write(line)
-                if "Downloaded from" in line:
-                    downloaded += 1
-                    if downloaded % 50 == 0:
-                        log.info("... %d files downloaded so far", downloaded)
-                if time.monotonic() > deadline:
-                    process.kill()
-                    break
-            return process.wait()
+            ) as process:
+                assert process.stdout is not None
+                deadline = time.monotonic() + FETCH_TIMEOUT_S
+                for line in process.stdout:
+                    sink.write(line)
+                    if "Downloaded from" in line:
+                        downloaded += 1
+                        if downloaded % 50 == 0:
+                            log.info("... %d files downloaded so far", downloaded)
+                    if time.monotonic() > deadline:
+                        sink.write(f"lasp-streams: gave up after {FETCH_TIMEOUT_S:.0f} s\n")
+                        process.kill()
+                        break
+                return process.wait()
     except OSError as exc:
         raise KafkaSetupError(f"cannot run Maven ({command[0]}): {exc}") from exc
 
