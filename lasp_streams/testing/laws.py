@@ -297,6 +297,7 @@ def check_lattice_laws(
         max_examples=max_examples,
         deadline=None,
         database=None,
+        report_multiple_bugs=False,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )
     @given(a=states, b=states, c=states, op=op_strategy)

@@ -202,6 +202,7 @@ def check_convergence(
         max_examples=max_examples,
         deadline=None,
         database=None,
+        report_multiple_bugs=False,
         suppress_health_check=[HealthCheck.too_slow],
     )
     @given(steps=schedules(ops, n, max_steps))
