@@ -317,13 +317,8 @@ class LocalKafka:
         return "\n".join(parts) if parts else f"(no broker log yet in {self.log_dir})"
 
     # -- pid file ----------------------------------------------------------------------------
-    def _owns(self, pid: int) -> bool:
-        cmdline = process_cmdline(pid)
-        return (
-            cmdline is not None
-            and "kafka.Kafka" in cmdline
-            and str(self.properties_path) in cmdline
-        )
+    def _owns_cmdline(self, cmdline: str) -> bool:
+        return "kafka.Kafka" in cmdline and str(self.properties_path) in cmdline
 
     def _alive(self, pid: int) -> bool:
         if self._process is not None and self._process.pid == pid:
@@ -352,11 +347,12 @@ class LocalKafka:
         except ValueError:
             reason = f"it holds {text[:40]!r}, not a pid"
         else:
-            if not self._alive(pid):
+            cmdline = process_cmdline(pid) if self._alive(pid) else None
+            if cmdline is None:
+                # Also a process caught mid-exit: it has no command line any more.
                 reason = f"process {pid} no longer exists"
-            elif not self._owns(pid):
-                other = (process_cmdline(pid) or "?")[:80]
-                reason = f"pid {pid} now belongs to another program ({other})"
+            elif not self._owns_cmdline(cmdline):
+                reason = f"pid {pid} now belongs to another program ({cmdline[:80]})"
             else:
                 return pid
         self._note = f"removed stale pid file {self.pid_path}: {reason}"
@@ -367,6 +363,11 @@ class LocalKafka:
         return None
 
     def _forget(self) -> None:
+        """Drop the pid file and state; reap our own child so it is not left a zombie."""
+        if self._process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=10)
+                self._process = None
         try:
             self.pid_path.unlink(missing_ok=True)
             self._state_path.unlink(missing_ok=True)

@@ -5,13 +5,20 @@ offsets, and log compaction."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
+
+from lasp_streams.localkafka import DEFAULT_VERSION, LocalKafka
+from lasp_streams.localkafka.broker import process_cmdline
 
 pytestmark = pytest.mark.integration
 
@@ -242,3 +249,39 @@ async def test_compacted_topic_keeps_latest_value_per_key(
     assert {record.key: record.value for record in records} == latest
     # Compaction removed records but kept the surviving ones at their original offsets.
     assert sorted(record.offset for record in records) == list(range(45, 50))
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_local_broker_lifecycle(tmp_path: Path, kafka_broker: object) -> None:
+    """A second, private broker: start twice, status, a killed broker's stale pid file, restart
+    on the same storage, and stop leaving no process. (``kafka_broker`` only orders this after
+    the session broker fetched the jars.)"""
+    broker = LocalKafka(tmp_path / "kafka", port=_free_port(), controller_port=_free_port())
+    first = broker.start()
+    try:
+        assert first.running and first.answering and first.pid is not None
+        again = broker.start()
+        assert again.pid == first.pid  # starting twice only reports the running broker
+        status = LocalKafka(tmp_path / "kafka").status()  # as `lasp-streams kafka status` sees it
+        assert status.running and status.bootstrap_servers == broker.bootstrap_servers
+        assert status.version == DEFAULT_VERSION
+
+        os.kill(first.pid, signal.SIGKILL)  # a crash: the pid file stays behind
+        deadline = time.monotonic() + DEADLINE_S
+        while broker.status().running:
+            assert time.monotonic() < deadline, "SIGKILLed broker still looks alive"
+            time.sleep(0.1)
+        assert "stale pid file" in str(broker.status().note)
+
+        restarted = broker.start()  # same storage, no re-format
+        assert restarted.running and restarted.pid != first.pid
+    finally:
+        broker.stop()
+    assert not broker.pid_path.exists()
+    assert restarted.pid is not None and process_cmdline(restarted.pid) is None
