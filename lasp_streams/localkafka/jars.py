@@ -31,7 +31,12 @@ from pathlib import Path
 from typing import Final
 
 from lasp_streams.errors import KafkaSetupError
-from lasp_streams.localkafka.config import DEFAULT_VERSION, SCALA_VERSION, default_cache_dir
+from lasp_streams.localkafka.config import (
+    CACHE_ENV,
+    DEFAULT_VERSION,
+    SCALA_VERSION,
+    default_cache_dir,
+)
 from lasp_streams.localkafka.java import find_java
 
 log = logging.getLogger("lasp_streams.localkafka.jars")
@@ -200,22 +205,22 @@ def render_pom(version: str) -> str:
     )
 
 
-def _require_maven() -> str:
+def _require_maven(cache_root: Path) -> str:
     found = shutil.which("mvn")
     if found is None:
         raise KafkaSetupError(
             "Maven is missing: `mvn` is not on PATH, and it is needed once to fetch the Kafka "
             "jars. Install it (Debian/Ubuntu: `apt-get install maven`; macOS: "
             "`brew install maven`), or copy a filled cache from another machine into "
-            f"{default_cache_dir()} (set {'LASP_STREAMS_CACHE'} to use another place)"
+            f"{cache_root} (set {CACHE_ENV} to use another place)"
         )
     return found
 
 
 def _fetch(version: str, cache_dir: Path | None) -> None:
-    mvn = _require_maven()
-    find_java()  # Maven itself runs on Java; say so plainly instead of Maven's JAVA_HOME error.
     root = cache_dir or default_cache_dir()
+    mvn = _require_maven(root)
+    find_java()  # Maven itself runs on Java; say so plainly instead of Maven's JAVA_HOME error.
     vdir = version_dir(version, cache_dir)
     vdir.mkdir(parents=True, exist_ok=True)
     partial = vdir / "jars.partial"
@@ -313,7 +318,14 @@ def _tail(path: Path, lines: int) -> str:
 
 def _maven_failure(version: str, maven_log: Path, returncode: int) -> KafkaSetupError:
     text = maven_log.read_text(errors="replace") if maven_log.exists() else ""
-    errors = "\n".join(line for line in text.splitlines() if "[ERROR]" in line)
+    boilerplate = ("re-run Maven", "Re-run Maven", "For more information", "[ERROR] [Help")
+    errors = "\n".join(
+        line
+        for line in text.splitlines()
+        if line.startswith("[ERROR] ")
+        and line.strip() != "[ERROR]"
+        and not any(phrase in line for phrase in boilerplate)
+    )
     tail = errors or _tail(maven_log, 15)
     if any(marker in text for marker in _NETWORK_MARKERS):
         cause = (
