@@ -1,0 +1,22 @@
+"""Dataflow: topologies (a frozen graph of variables and operator steps), the operators'
+semantics as pure functions, folds and windows. No I/O, no Kafka: runtimes execute these."""
+
+from lasp_streams.dataflow.events import TriggerEvent, Update
+from lasp_streams.dataflow.fold import Folded, count_distinct, sum_by
+from lasp_streams.dataflow.steps import Var
+from lasp_streams.dataflow.topology import Topology
+from lasp_streams.dataflow.windows import LateDelta, WindowClosed, Windowed, WindowSpec
+
+__all__ = [
+    "Folded",
+    "LateDelta",
+    "Topology",
+    "TriggerEvent",
+    "Update",
+    "Var",
+    "WindowClosed",
+    "WindowSpec",
+    "Windowed",
+    "count_distinct",
+    "sum_by",
+]
