@@ -427,17 +427,19 @@ def prepared_broker(tmp_path: Path) -> LocalKafka:
     return broker
 
 
-def test_start_timeout_kills_the_half_started_process(bin_dir: Path, tmp_path: Path) -> None:
-    pid_file = tmp_path / "java.pid"
-    fake_java(bin_dir, run=f'echo $$ > "{pid_file}"\nexec /bin/sleep 60')
+def test_start_timeout_kills_the_half_started_process(
+    bin_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_java(bin_dir, run="exec /bin/sleep 60")  # never answers a Metadata request
     broker = prepared_broker(tmp_path)
-    with pytest.raises(KafkaSetupError) as caught:
+    with caplog.at_level("INFO", logger="lasp_streams"), pytest.raises(KafkaSetupError) as caught:
         broker.start(fetch=False)
     message = str(caught.value)
     assert "did not answer a Metadata request" in message
     assert "--timeout" in message
-    pid = int(pid_file.read_text())
-    assert not alive(pid)
+    killed = re.search(r"killing the half-started broker \(pid (\d+)\)", caplog.text)
+    assert killed is not None, caplog.text
+    assert not alive(int(killed.group(1)))
     assert not broker.pid_path.exists()
 
 
