@@ -151,12 +151,12 @@ class AWSet(CausalLattice):
             doomed: list[Dot] | None = None
             ovv = other_ctx._vv
             ocloud = other_ctx._cloud
-            size = 0
-            for m in ovv.values():
-                size += m
-            for ns in ocloud.values():
-                size += len(ns)
-            if size <= len(index):
+            size = sum(ovv.values()) + sum(map(len, ocloud.values()))
+            if size == len(oindex):
+                # other holds every dot it has seen (an add delta of new elements): it removed
+                # nothing. Exact because other's held dots are a subset of its context.
+                pass
+            elif size <= len(index):
                 for actor, m in ovv.items():
                     for n in range(1, m + 1):
                         dot = (actor, n)
@@ -189,6 +189,20 @@ class AWSet(CausalLattice):
             vv = my_ctx._vv
             cloud = my_ctx._cloud
             for element, odots in other._entries.items():
+                if len(odots) == 1:
+                    (dot,) = odots
+                    actor, n = dot
+                    if n <= vv.get(actor, 0):
+                        continue
+                    seen = cloud.get(actor)
+                    if seen is not None and n in seen:
+                        continue
+                    current = entries.get(element)
+                    # Frozensets are immutable, so the delta's own set can be shared.
+                    entries[element] = odots if current is None else current | odots
+                    index[dot] = element
+                    changed = True
+                    continue
                 fresh: list[Dot] | None = None
                 for dot in odots:
                     actor, n = dot
@@ -204,7 +218,12 @@ class AWSet(CausalLattice):
                 if fresh is not None:
                     changed = True
                     current = entries.get(element)
-                    entries[element] = frozenset(fresh) if current is None else current.union(fresh)
+                    if current is not None:
+                        entries[element] = current.union(fresh)
+                    elif len(fresh) == len(odots):
+                        entries[element] = odots
+                    else:
+                        entries[element] = frozenset(fresh)
                     for dot in fresh:
                         index[dot] = element
         return changed

@@ -184,31 +184,50 @@ class CausalContext:
         return changed
 
     def merge(self, other: CausalContext) -> bool:
-        """Join ``other`` into ``self`` (set union); True exactly when a dot was added."""
+        """Join ``other`` into ``self`` (set union); True exactly when a dot was added.
+
+        Costs O(size of ``other``'s representation): merging a delta's few dots never walks
+        this context."""
         if other is self:
             return False
         changed = False
         vv = self._vv
         cloud = self._cloud
-        touched: list[str] = []
-        for actor, m in other._vv.items():
-            if m > vv.get(actor, 0):
-                vv[actor] = m
-                changed = True
-                if actor in cloud:
-                    touched.append(actor)
-        for actor in touched:
-            self._compact_actor(actor)
+        ovv = other._vv
+        if ovv:
+            touched: list[str] | None = None
+            for actor, m in ovv.items():
+                if m > vv.get(actor, 0):
+                    vv[actor] = m
+                    changed = True
+                    if actor in cloud:
+                        if touched is None:
+                            touched = [actor]
+                        else:
+                            touched.append(actor)
+            if touched is not None:
+                for actor in touched:
+                    self._compact_actor(actor)
         for actor, ons in other._cloud.items():
             m = vv.get(actor, 0)
             mine = cloud.get(actor)
+            if mine is None and len(ons) == 1:
+                # The common delta: one fresh dot of an actor we hold no gaps for.
+                (n,) = ons
+                if n == m + 1:
+                    vv[actor] = n
+                    changed = True
+                elif n > m:
+                    cloud[actor] = {n}
+                    changed = True
+                continue
             grew = False
             for n in ons:
                 if n <= m:
                     continue
                 if n == m + 1:
-                    # Extends the contiguous run: straight into the vector (the common case of
-                    # a delta's fresh dot), and never left behind in the cloud.
+                    # Extends the contiguous run: straight into the vector, never left behind
+                    # in the cloud.
                     m = n
                     grew = True
                     if mine is not None:
