@@ -250,6 +250,8 @@ def _unpack(data: bytes | bytearray | memoryview, what: str) -> Any:
         raise DecodeError(f"{what}: not valid msgpack ({type(exc).__name__}: {exc})") from None
 
 
+_unpackb = msgpack.unpackb
+
 _LOADED = False
 
 
@@ -414,9 +416,33 @@ def decode(data: bytes | bytearray | memoryview, expect: LatticeSpec | None = No
 
     With ``expect`` (a lattice class or prototype), a state of another type is refused too.
     """
-    if len(data) > MAX_PAYLOAD_BYTES:
-        raise DecodeError(f"input of {len(data)} bytes exceeds MAX_PAYLOAD_BYTES")
-    state = _ROOT.envelope(_unpack(data, "envelope"))
+    size = len(data)
+    if size <= MAX_COLLECTION_LEN:
+        # msgpack bounds every array/map length by the input size, so for inputs this small
+        # MAX_COLLECTION_LEN holds already, and the call needs only the two keyword arguments
+        # that differ from msgpack's defaults (keyword parsing dominates small decodes).
+        try:
+            obj = _unpackb(data, strict_map_key=False, ext_hook=_ext_hook)
+        except Exception:
+            obj = _unpack(data, "envelope")
+    elif size > MAX_PAYLOAD_BYTES:
+        raise DecodeError(f"input of {size} bytes exceeds MAX_PAYLOAD_BYTES")
+    else:
+        obj = _unpack(data, "envelope")
+    # The common case inline (a known tag at its current version); anything else, including
+    # every error, goes through the context's envelope(), which words the message.
+    if type(obj) is list and len(obj) == 3:
+        tag, version, payload = obj
+        cls = _REGISTRY.get(tag) if type(tag) is str else None
+        if cls is not None and version == cls.wire_version and type(version) is int:
+            try:
+                state = cls.from_wire(payload, _ROOT)
+            except Exception:
+                state = _ROOT.envelope(obj)
+        else:
+            state = _ROOT.envelope(obj)
+    else:
+        state = _ROOT.envelope(obj)
     if expect is not None:
         wanted = expect if isinstance(expect, Lattice) else None
         ok = wanted.same_type(state) if wanted is not None else type(state) is expect

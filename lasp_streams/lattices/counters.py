@@ -15,6 +15,9 @@ from lasp_streams.lattices.base import Lattice, WireContext
 
 __all__ = ["BCounter", "GCounter", "LexCounter", "MaxInt", "PNCounter"]
 
+# Faster than cls.__new__(cls) for building states without running __init__.
+_new = object.__new__
+
 
 def _require_actor(type_name: str, actor: object) -> str:
     if type(actor) is not str or not actor:
@@ -71,7 +74,7 @@ class GCounter(Lattice):
 
     @classmethod
     def _of(cls, counts: dict[str, int]) -> Self:
-        state = cls.__new__(cls)
+        state = _new(cls)
         state._counts = counts
         return state
 
@@ -130,7 +133,16 @@ class GCounter(Lattice):
 
     @classmethod
     def from_wire(cls, payload: Any, ctx: WireContext) -> Self:
-        return cls._of(dict(_counts_from_wire(payload, ctx, "GCounter payload")))
+        """Rebuild from ``{actor: count}``; takes ownership of ``payload`` (the decoder made
+        it and keeps no reference), so decoding a delta copies nothing."""
+        if type(payload) is not dict:
+            _counts_from_wire(payload, ctx, "GCounter payload")
+        for actor, n in payload.items():
+            if type(actor) is not str or type(n) is not int or n < 1 or not actor:
+                _counts_from_wire(payload, ctx, "GCounter payload")
+        state = _new(cls)
+        state._counts = payload
+        return state
 
 
 class PNCounter(Lattice):
