@@ -4,7 +4,7 @@ Every type here is importable from this package; ``__all__`` is the curated publ
 """
 
 from lasp_streams.lattices.base import Lattice, LatticeSpec, new_bottom
-from lasp_streams.lattices.composite import GMap, Pair
+from lasp_streams.lattices.composite import GMap, Pair, mutator_names
 from lasp_streams.lattices.counters import BCounter, GCounter, LexCounter, MaxInt, PNCounter
 from lasp_streams.lattices.derived import delta, is_inflation, is_strict_inflation
 from lasp_streams.lattices.registers import Boolean, IVar, LWWRegister, value_order_key
@@ -31,6 +31,7 @@ __all__ = [
     "is_inflation",
     "is_monotone",
     "is_strict_inflation",
+    "mutator_names",
     "new_bottom",
     "threshold_met",
     "value_order_key",
