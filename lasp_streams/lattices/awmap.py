@@ -30,8 +30,9 @@ states. Nesting one raises :class:`~lasp_streams.errors.IncompatibleLattices`; u
 ``MVMap()`` is ``AWMap(MVRegister)`` with ``set(actor, key, value)``; ``value()`` is
 ``{key: frozenset of concurrent values}``.
 
-Merging into a map costs O(dots in the map): a key the other side does not hold must still be
-checked against the other side's context.
+Merging into a map costs O(dots in the map) when the other side removed something (a key the
+other side does not hold must be checked against its context), and O(size of the other side)
+when it removed nothing (an update delta of fresh dots).
 """
 
 from __future__ import annotations
@@ -205,11 +206,12 @@ class AWMap(CausalLattice):
                 changed = True
                 if mine._store_is_empty():
                     del entries[key]
-        # Keys other does not hold: other may have removed what it saw of them.
-        gone = [k for k in entries if k not in oentries]
-        if gone:
+        # Keys other does not hold: other may have removed what it saw of them -- unless other
+        # holds every dot it has seen (an update delta of fresh dots), which is exact because
+        # other's held dots are a subset of its context.
+        if entries and len(other_ctx) != sum(1 for _ in other._store_dots()):
             empty = self._nested
-            for key in gone:
+            for key in [k for k in entries if k not in oentries]:
                 mine = entries[key]
                 if mine._join_store(empty, my_ctx, other_ctx):
                     changed = True
