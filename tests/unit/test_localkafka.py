@@ -10,9 +10,11 @@ import os
 import re
 import socket
 import stat
+import struct
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,7 @@ from lasp_streams.localkafka.config import (
 )
 from lasp_streams.localkafka.jars import build_manifest, render_pom
 from lasp_streams.localkafka.java import parse_java_major, require_java
+from lasp_streams.localkafka.probe import BrokerEndpoint, answers_metadata, metadata_brokers
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process handling")
@@ -463,6 +466,62 @@ def test_diagnose_names_corrupt_cache() -> None:
         "Error: Could not find or load main class kafka.Kafka", host="h", port=1, controller_port=2
     )
     assert "fetch --force" in hint
+
+
+# -- metadata probe ---------------------------------------------------------------------------
+def kstring(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack(">h", len(raw)) + raw
+
+
+def serve_once(reply: Callable[[bytes], bytes]) -> tuple[int, threading.Thread, list[bytes]]:
+    """A one-shot TCP server: reads one size-prefixed request, sends ``reply(request)``."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    requests: list[bytes] = []
+
+    def run() -> None:
+        with server:
+            conn, _ = server.accept()
+            with conn:
+                (size,) = struct.unpack(">i", conn.recv(4, socket.MSG_WAITALL))
+                request = conn.recv(size, socket.MSG_WAITALL)
+                requests.append(request)
+                conn.sendall(reply(request))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return server.getsockname()[1], thread, requests
+
+
+def test_probe_sends_metadata_v4_and_parses_brokers() -> None:
+    def reply(request: bytes) -> bytes:
+        _, _, correlation = struct.unpack_from(">hhi", request)
+        body = (
+            struct.pack(">ii", correlation, 0)  # correlation id, throttle
+            + struct.pack(">i", 1)  # one broker
+            + struct.pack(">i", 1)
+            + kstring("127.0.0.1")
+            + struct.pack(">ih", 9092, -1)  # port, null rack
+            + kstring("cluster")
+            + struct.pack(">ii", 1, 0)  # controller id, no topics
+        )
+        return struct.pack(">i", len(body)) + body
+
+    port, thread, requests = serve_once(reply)
+    brokers = metadata_brokers("127.0.0.1", port, timeout=5)
+    thread.join(5)
+    assert brokers == [BrokerEndpoint(1, "127.0.0.1", 9092)]
+    api_key, api_version = struct.unpack_from(">hh", requests[0])
+    assert (api_key, api_version) == (3, 4)
+
+
+def test_probe_is_false_for_a_silent_or_closed_port() -> None:
+    port, thread, _ = serve_once(lambda request: b"")  # accepts, then closes without a reply
+    assert not answers_metadata("127.0.0.1", port, timeout=5)
+    thread.join(5)
+    assert not answers_metadata("127.0.0.1", free_port(), timeout=1)
 
 
 # -- CLI --------------------------------------------------------------------------------------
