@@ -101,7 +101,7 @@ class ProvenanceSet(Lattice):
     :meth:`derive` makes an operator's output delta from facts plus the input's sources.
     """
 
-    __slots__ = ("_dropped", "_facts", "_sources")
+    __slots__ = ("_dropped", "_facts", "_shared", "_sources")
 
     wire_tag = "pset"
     monotone_value: ClassVar[bool] = False
@@ -115,6 +115,9 @@ class ProvenanceSet(Lattice):
         self._facts = {}
         self._sources = {}
         self._dropped = None
+        # True for operator outputs whose sources are shared with their input (and whose facts
+        # are not indexed): such a value is made private before anything merges into it.
+        self._shared = False
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -152,13 +155,7 @@ class ProvenanceSet(Lattice):
         The operators' output-delta builder. The sources are shared, not copied: treat both
         this set and the result as immutable values afterwards (deltas are)."""
         out = ProvenanceSet()
-        ofacts = out._facts
-        for element, prov in facts:
-            provs = ofacts.get(element)
-            if provs is None:
-                ofacts[element] = {prov}
-            else:
-                provs.add(prov)
+        out._shared = True
         out._sources = dict(self._sources)
         for other in others:
             for name, src in other._sources.items():
@@ -170,12 +167,25 @@ class ProvenanceSet(Lattice):
                     _join_source(joined, mine)
                     _join_source(joined, src)
                     out._sources[name] = joined
+        # A fact may pair a live fact of one input with one the other input's news just killed
+        # (the other side's state lags): leave it out, so deltas stay canonical.
+        ofacts = out._facts
+        check = bool(out._sources)
+        for element, prov in facts:
+            if check and out._cites_dead(prov):
+                continue
+            provs = ofacts.get(element)
+            if provs is None:
+                ofacts[element] = {prov}
+            else:
+                provs.add(prov)
         return out
 
     def sources_only(self) -> ProvenanceSet:
         """The same sources and no facts (shared, treat as immutable): what an operator passes
         on when a delta produced no fact but may carry removals."""
         out = ProvenanceSet()
+        out._shared = True
         out._sources = dict(self._sources)
         return out
 
@@ -251,6 +261,8 @@ class ProvenanceSet(Lattice):
             self.check_same_type(other)
         if other is self:
             return False
+        if self._shared:
+            self._make_private()
         changed = False
         sources = self._sources
         for name, osrc in other._sources.items():
@@ -334,8 +346,19 @@ class ProvenanceSet(Lattice):
     def copy(self) -> Self:
         out = type(self)()
         out._facts = {e: set(ps) for e, ps in self._facts.items()}
-        out._sources = {n: s.copy() for n, s in self._sources.items()}
+        if self._shared:
+            out._sources = {
+                n: _Source(s.ctx.copy(), set(s.alive)) for n, s in self._sources.items()
+            }
+            out._index_all()
+        else:
+            out._sources = {n: s.copy() for n, s in self._sources.items()}
         return out
+
+    def _make_private(self) -> None:
+        self._sources = {n: _Source(s.ctx.copy(), set(s.alive)) for n, s in self._sources.items()}
+        self._shared = False
+        self._index_all()
 
     def is_bottom(self) -> bool:
         return not self._facts and all(s.ctx.is_empty() for s in self._sources.values())
