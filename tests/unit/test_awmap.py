@@ -24,6 +24,7 @@ from lasp_streams.lattices import (
     ORSet,
 )
 from lasp_streams.testing.laws import check_lattice_laws, mutations
+from lasp_streams.testing.replicas import check_convergence
 from lasp_streams.testing.strategies_causal import (
     ACTORS,
     awmap_ops,
@@ -285,3 +286,8 @@ def test_deeply_nested_round_trip() -> None:
     assert back == m and back.same_type(m)
     check_invariants(back)
     assert back.value() == {1: {2: {3: frozenset({("v", 1)})}}}
+
+
+@pytest.mark.parametrize(("name", "bottom", "ops"), CASES, ids=[c[0] for c in CASES])
+def test_converges_in_the_shared_network_simulator(name: str, bottom: Any, ops: Any) -> None:
+    check_convergence(bottom, ops, max_examples=25)

@@ -13,6 +13,7 @@ from lasp_streams.codec import decode, encode
 from lasp_streams.errors import DecodeError, IncompatibleLattices, MutatorError
 from lasp_streams.lattices import AWSet, ORSet
 from lasp_streams.testing.laws import check_lattice_laws, mutations
+from lasp_streams.testing.replicas import check_convergence
 from lasp_streams.testing.strategies_causal import (
     ACTORS,
     causal_states,
@@ -241,3 +242,7 @@ def test_round_trip_keeps_dots_and_context() -> None:
     assert back == s
     assert back.entries() == s.entries()
     check_invariants(back)
+
+
+def test_converges_in_the_shared_network_simulator() -> None:
+    check_convergence(AWSet, set_ops(), max_examples=30)

@@ -13,6 +13,7 @@ from lasp_streams.codec import decode, encode
 from lasp_streams.errors import DecodeError, IncompatibleLattices, MutatorError
 from lasp_streams.lattices import DWFlag, EWFlag
 from lasp_streams.testing.laws import check_lattice_laws, mutations
+from lasp_streams.testing.replicas import check_convergence
 from lasp_streams.testing.strategies_causal import (
     ACTORS,
     causal_states,
@@ -155,3 +156,8 @@ def test_mutated_encodings_decode_cleanly(flag: Any, data: st.DataObject) -> Non
 def test_malformed_payloads_are_refused(tag: str, payload: Any, message: str) -> None:
     with pytest.raises(DecodeError, match=message):
         decode(bytes(msgpack.packb([tag, 1, payload], use_bin_type=True)))
+
+
+@pytest.mark.parametrize("flag", FLAGS)
+def test_converges_in_the_shared_network_simulator(flag: Any) -> None:
+    check_convergence(flag, flag_ops(), max_examples=25)

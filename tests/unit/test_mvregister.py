@@ -13,6 +13,7 @@ from lasp_streams.codec import decode, encode
 from lasp_streams.errors import DecodeError, MutatorError
 from lasp_streams.lattices import MVRegister
 from lasp_streams.testing.laws import check_lattice_laws, mutations
+from lasp_streams.testing.replicas import check_convergence
 from lasp_streams.testing.strategies_causal import (
     ACTORS,
     causal_states,
@@ -129,3 +130,7 @@ def test_mutated_encodings_decode_cleanly(state: MVRegister, data: st.DataObject
 def test_malformed_payloads_are_refused(payload: Any, message: str) -> None:
     with pytest.raises(DecodeError, match=message):
         decode(bytes(msgpack.packb(["mvreg", 1, payload], use_bin_type=True)))
+
+
+def test_converges_in_the_shared_network_simulator() -> None:
+    check_convergence(MVRegister, mvregister_ops(), max_examples=30)
