@@ -433,8 +433,7 @@ class LocalKafka:
             "format",
             "--config",
             str(self.properties_path),
-            "--cluster-id",
-            cluster_id,
+            f"--cluster-id={cluster_id}",
             "--standalone",
         )
         log.info("formatting KRaft storage in %s (cluster id %s)", self._storage_dir, cluster_id)

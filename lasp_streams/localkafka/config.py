@@ -112,8 +112,15 @@ def parse_properties(text: str) -> dict[str, str]:
 
 
 def new_cluster_id() -> str:
-    """A KRaft cluster id: a random UUID in URL-safe base64 without padding (22 characters)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+    """A KRaft cluster id: a random UUID in URL-safe base64 without padding (22 characters).
+
+    Like Kafka's own ``Uuid.randomUuid``, never one starting with ``-``: command-line parsers
+    (kafka-storage's included) would take it for an option.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def default_cache_dir() -> Path:

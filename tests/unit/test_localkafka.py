@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -153,6 +154,13 @@ def test_broker_properties_single_node_kraft(tmp_path: Path) -> None:
 def test_properties_render_and_parse_round_trip(tmp_path: Path) -> None:
     props = broker_properties(tmp_path / "dir with space")
     assert parse_properties(render_properties(props)) == props
+
+
+def test_cluster_id_never_starts_with_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 0xF8 encodes to "-" as the first base64url character; the second draw is fine.
+    draws = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x10" + bytes(15))])
+    monkeypatch.setattr(uuid, "uuid4", lambda: next(draws))
+    assert new_cluster_id() == "EAAAAAAAAAAAAAAAAAAAAA"
 
 
 def test_cluster_id_is_base64_of_16_bytes() -> None:
