@@ -129,6 +129,11 @@ def bench_codec(runs: int, n: int = 200_000) -> Result:
     )
 
 
+def _invocation() -> str:
+    program = f"-m {__spec__.name}" if __spec__ is not None else sys.argv[0]
+    return " ".join([Path(sys.executable).name, program, *sys.argv[1:]])
+
+
 def _report(results: list[Result], runs: int) -> str:
     try:
         cpus = sorted(os.sched_getaffinity(0))
@@ -138,7 +143,7 @@ def _report(results: list[Result], runs: int) -> str:
         "## Lattice core",
         "",
         "Command: `taskset -c 0 .venv/bin/python -m tests.benchmarks.bench_lattices`",
-        f"(this run: `{' '.join([Path(sys.executable).name, *sys.argv])}`, CPU affinity {cpus}, "
+        f"(this run: `{_invocation()}`, CPU affinity {cpus}, "
         f"Python {platform.python_version()}, median of {runs} runs, GC paused while timing).",
         "",
         "Rates are operations per CPU-second of the benchmark process (`time.process_time`),",
