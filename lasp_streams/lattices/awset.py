@@ -12,6 +12,7 @@ the set while it has at least one dot.
   delta (Lasp returns ``{error, {precondition, {not_present, e}}}``; we do not, because with
   deltas flowing asynchronously "not present here yet" is normal, and a no-op is the observed
   remove of nothing). The same holds for each absent element of ``remove_all``.
+- ``filter(actor, keep)``: ``remove_all`` of the elements for which ``keep`` is false.
 - Join: causal join of the dot stores (see :mod:`.causal`) and union of the contexts.
   Order: ``a <= b`` when ``a ⊔ b == b``. Bottom: ``AWSet()``. ``value()``: frozenset of the
   elements that hold a dot.
@@ -23,7 +24,7 @@ scanning the set instead.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar, Self
 
@@ -49,7 +50,13 @@ class AWSet(CausalLattice):
     __slots__ = ("_entries", "_index")
 
     wire_tag: ClassVar[str] = "awset"
-    mutators: ClassVar[tuple[str, ...]] = ("add", "remove", "add_all", "remove_all")
+    mutators: ClassVar[tuple[str, ...]] = (
+        "add",
+        "remove",
+        "add_all",
+        "remove_all",
+        "filter",
+    )
     monotone_value: ClassVar[bool] = False
 
     _entries: dict[Hashable, frozenset[Dot]]
@@ -129,6 +136,12 @@ class AWSet(CausalLattice):
         delta = self._new_store(dctx)
         self.merge(delta)
         return delta
+
+    def filter(self, actor: str, keep: Callable[[Any], bool]) -> Self:
+        """Remove (as observed here) every element for which ``keep`` is false: Lasp's
+        ``{filter, Fun}`` update. One delta, like :meth:`remove_all`."""
+        check_actor(actor)
+        return self.remove_all(actor, [e for e in self._entries if not keep(e)])
 
     # -- join ----------------------------------------------------------------------------------
     def merge(self, other: Self) -> bool:

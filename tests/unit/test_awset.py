@@ -246,3 +246,15 @@ def test_round_trip_keeps_dots_and_context() -> None:
 
 def test_converges_in_the_shared_network_simulator() -> None:
     check_convergence(AWSet, set_ops(), max_examples=30)
+
+
+def test_filter_removes_what_fails_the_predicate() -> None:
+    a, b = AWSet(), AWSet()
+    b.merge(a.add_all("a", [1, 2, 3, 4]))
+    concurrent = b.add("b", 5)  # a never sees 5 before filtering
+    delta = a.filter("a", lambda e: e % 2 == 0)
+    assert a.value() == frozenset({2, 4})
+    b.merge(delta)
+    a.merge(concurrent)
+    assert a == b and a.value() == frozenset({2, 4, 5})  # the unobserved add survives
+    assert a.filter("a", lambda e: True).is_bottom()
