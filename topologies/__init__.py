@@ -1,0 +1,1 @@
+"""Runnable example topologies: the advertisement counter and a sliding-window aggregation."""
