@@ -154,8 +154,6 @@ def element_problem(value: object, depth: int = 0) -> str | None:
 def _default(obj: Any) -> Any:
     entry = _RECORD_BY_CLASS.get(type(obj))
     if entry is None:
-        if isinstance(obj, float):
-            raise TypeError("float subclass")
         raise TypeError(
             f"cannot encode {type(obj).__qualname__} {obj!r}: not an element type "
             "(a dataclass must be registered with register_record)"
@@ -416,7 +414,11 @@ def decode(data: bytes | bytearray | memoryview, expect: LatticeSpec | None = No
 
     With ``expect`` (a lattice class or prototype), a state of another type is refused too.
     """
-    size = len(data)
+    try:
+        size = len(data)
+    except TypeError:
+        # e.g. a Kafka tombstone's None value reaching the decoder
+        raise DecodeError(f"expected bytes to decode, got {type(data).__name__}") from None
     if size <= MAX_COLLECTION_LEN:
         # msgpack bounds every array/map length by the input size, so for inputs this small
         # MAX_COLLECTION_LEN holds already, and the call needs only the two keyword arguments

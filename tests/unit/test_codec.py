@@ -241,6 +241,11 @@ class TestMalformed:
         with pytest.raises(DecodeError):
             decode(b"\x93\xa4gset\x01" + header)
 
+    @pytest.mark.parametrize("data", [None, 42, "text"])
+    def test_not_bytes(self, data: Any) -> None:
+        with pytest.raises(DecodeError):
+            decode(data)
+
     def test_invalid_utf8(self) -> None:
         with pytest.raises(DecodeError, match="not valid msgpack"):
             decode(b"\x93\xa2\xff\xfe\x01\x80")
