@@ -20,6 +20,7 @@ from lasp_streams.lattices.provenance import ProvenanceSet
 from lasp_streams.lattices.sets import GSet
 from lasp_streams.runtime.local import LocalRuntime
 from lasp_streams.runtime.network import SimulatedNetwork
+from lasp_streams.testing import runtime as runtime_testing
 
 REPLICAS = 3
 ELEMENTS = st.integers(0, 4)
@@ -62,15 +63,7 @@ op = st.one_of(
     st.tuples(st.just("remove"), st.sampled_from("ab"), ELEMENTS, st.integers(0, REPLICAS - 1)),
     st.tuples(st.just("deliver"), st.integers(1, 8)),
 )
-networks = st.builds(
-    SimulatedNetwork,
-    st.just(REPLICAS),
-    seed=st.integers(0, 2**16),
-    max_delay=st.integers(0, 4),
-    reorder=st.booleans(),
-    duplicate=st.sampled_from([0.0, 0.3]),
-    drop=st.sampled_from([0.0, 0.2]),
-)
+networks = runtime_testing.networks(REPLICAS)
 
 
 @settings(
@@ -115,7 +108,7 @@ async def test_operators_match_oracle_after_quiescence(
             assert rt.query("a", replica=r) == a_value
             got = rt.query(name, replica=r)
             assert got == expected, f"{name} on replica {r}: {got!r} != oracle {expected!r}"
-        assert rt.converged(name), f"{name} differs between replicas"
+    runtime_testing.assert_converged(rt)
 
 
 @settings(max_examples=40, deadline=None)
