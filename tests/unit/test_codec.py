@@ -309,6 +309,10 @@ def test_fuzz_mutated_valid_encodings(data: bytes) -> None:
     _decode_or_reject(data)
 
 
+def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3)
+
+
 _RANDOM_VALUES = st.recursive(
     st.one_of(
         st.integers(-3, 3),
@@ -320,9 +324,7 @@ _RANDOM_VALUES = st.recursive(
         st.floats(),
         st.binary(max_size=3),
     ),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3)
-    ),
+    _containers,
     max_leaves=8,
 )
 
