@@ -69,5 +69,6 @@ Action: TypeAlias = Callable[[TriggerEvent], "Awaitable[object] | object"]
 
 ThresholdFn: TypeAlias = Callable[[Hashable, StateView], "Threshold | None"]
 """A per-key threshold: ``fn(key, view)`` returns the threshold for that key, or None while it
-is not known yet (the ad counter's minimum comes from the ad's contract). Re-evaluated when the
-trigger's variable or one of its ``watch`` variables grows."""
+is not known yet (the ad counter's minimum comes from the ad's contract). A runtime evaluates it
+once per key and again after one of the trigger's ``watch`` variables grew: list there every
+variable the function reads."""

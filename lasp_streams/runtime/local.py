@@ -123,6 +123,7 @@ class LocalRuntime:
         self._use_codec = use_codec
         self._vars = dict(topology.variables)
         self._replicas = [_Replica(i, topology) for i in range(replicas)]
+        self._peers = replicas > 1
         self._plans = {v: self._plan(v) for v in self._vars}
         self._mirrored = {
             v
@@ -134,6 +135,9 @@ class LocalRuntime:
             s.id: s for s in topology.steps if isinstance(s, WindowStep)
         }
         self._fired: dict[tuple[str, Hashable], TriggerEvent] = {}
+        # Per-key thresholds resolved by threshold functions: trigger id -> key -> threshold.
+        # Cleared when one of the trigger's watch variables grows.
+        self._thresholds: dict[str, dict[Hashable, Threshold | None]] = {}
         self._closed: list[WindowClosed] = []
         self._late_deltas: list[LateDelta] = []
         self._pending: deque[tuple[str, Callable[[Any], object], Any]] = deque()
@@ -388,7 +392,7 @@ class LocalRuntime:
         queue: deque[_Work],
     ) -> None:
         var = self._vars[var_id]
-        if publish and (var.kind != "derived" or self.replicate_derived):
+        if publish and self._peers and (var.kind != "derived" or self.replicate_derived):
             self.network.publish(rep.index, var_id, key, self._wire(delta))
         if self._waiters:
             self._changed.set()
@@ -435,6 +439,7 @@ class LocalRuntime:
             elif role == "trigger":
                 self._check_trigger(rep, op, key)
             elif role == "watch":
+                self._thresholds.pop(op.id, None)
                 for k in list(rep.states[op.var]):
                     self._check_trigger(rep, op, k)
 
@@ -458,13 +463,29 @@ class LocalRuntime:
         state = rep.states[step.var].get(key)
         if state is None:
             return
-        try:
-            threshold = step.threshold_for(key, _SinkView(self, rep.index))
-        except Exception as exc:
-            raise StepError(
-                f"trigger step {step.id!r}: threshold function {describe_fn(step.threshold)} "
-                f"raised {type(exc).__name__}: {exc} for key {key!r}"
-            ) from exc
+        threshold: Threshold | None
+        if isinstance(step.threshold, Threshold):
+            threshold = step.threshold
+        else:
+            known = self._thresholds.setdefault(step.id, {})
+            if key in known:
+                threshold = known[key]
+            else:
+                try:
+                    threshold = step.threshold(key, _SinkView(self, rep.index))
+                except Exception as exc:
+                    raise StepError(
+                        f"trigger step {step.id!r}: threshold function "
+                        f"{describe_fn(step.threshold)} raised {type(exc).__name__}: {exc} "
+                        f"for key {key!r}"
+                    ) from exc
+                if threshold is not None and not isinstance(threshold, Threshold):
+                    raise StepError(
+                        f"trigger step {step.id!r}: threshold function "
+                        f"{describe_fn(step.threshold)} returned {threshold!r} for key {key!r}, "
+                        "expected a Threshold or None"
+                    )
+                known[key] = threshold
         if threshold is None or not threshold_met(state, threshold):
             return
         event = TriggerEvent(step.id, step.var, key, threshold, state.value(), state.copy(), self)
