@@ -182,6 +182,14 @@ def _check_decomposition(a: Lattice) -> None:
             raise _fail("decompose() yielded a bottom part", state=a, parts=parts)
         if not part <= a:
             raise _fail("decompose() yielded a part not <= the state", state=a, part=part)
+        subparts = list(part.decompose())
+        if len(subparts) != 1 or subparts[0] != part:
+            raise _fail(
+                "a part from decompose() is not irreducible (it decomposes further)",
+                state=a,
+                part=part,
+                subparts=subparts,
+            )
         rebuilt.merge(part)
     if rebuilt != a:
         raise _fail("the join of decompose() differs from the state", state=a, parts=parts)
