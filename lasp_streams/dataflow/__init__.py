@@ -3,6 +3,7 @@ semantics as pure functions, folds and windows. No I/O, no Kafka: runtimes execu
 
 from lasp_streams.dataflow.events import TriggerEvent, Update
 from lasp_streams.dataflow.fold import Folded, count_distinct, sum_by
+from lasp_streams.dataflow.propagation import Propagation
 from lasp_streams.dataflow.steps import Var
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.dataflow.windows import LateDelta, WindowClosed, Windowed, WindowSpec
@@ -10,6 +11,7 @@ from lasp_streams.dataflow.windows import LateDelta, WindowClosed, Windowed, Win
 __all__ = [
     "Folded",
     "LateDelta",
+    "Propagation",
     "Topology",
     "TriggerEvent",
     "Update",

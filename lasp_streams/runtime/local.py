@@ -32,26 +32,9 @@ from typing import Any
 
 from lasp_streams.codec import decode, encode
 from lasp_streams.dataflow.events import TriggerEvent, Update
-from lasp_streams.dataflow.fold import FoldOp
-from lasp_streams.dataflow.operators import (
-    FilterOp,
-    IntersectionOp,
-    MapOp,
-    ProductOp,
-    UnionOp,
-    describe_fn,
-)
-from lasp_streams.dataflow.sources import to_provenance
-from lasp_streams.dataflow.steps import (
-    BinaryStep,
-    BindToStep,
-    FoldStep,
-    StreamStep,
-    TriggerStep,
-    UnaryStep,
-    Var,
-    WindowStep,
-)
+from lasp_streams.dataflow.operators import describe_fn
+from lasp_streams.dataflow.propagation import Propagation
+from lasp_streams.dataflow.steps import TriggerStep, Var, WindowStep
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.dataflow.windows import LateDelta, WindowClock, WindowClosed, Windowed
 from lasp_streams.errors import InvalidTopology, MutatorError, ReadTimeout, StepError
@@ -124,13 +107,7 @@ class LocalRuntime:
         self._vars = dict(topology.variables)
         self._replicas = [_Replica(i, topology) for i in range(replicas)]
         self._peers = replicas > 1
-        self._plans = {v: self._plan(v) for v in self._vars}
-        self._mirrored = {
-            v
-            for v, var in self._vars.items()
-            if not isinstance(var.prototype, ProvenanceSet)
-            and any(isinstance(s, UnaryStep | BinaryStep | FoldStep) for s in topology.consumers(v))
-        }
+        self._propagation = Propagation(topology)
         self._windows: dict[str, WindowStep] = {
             s.id: s for s in topology.steps if isinstance(s, WindowStep)
         }
@@ -145,34 +122,6 @@ class LocalRuntime:
         self._waiters = 0
         # Plain copies when not using the codec (a debugging aid).
         self._copies: dict[bytes, Lattice] = {}
-
-    # -- the plan: what runs when a variable grows ---------------------------------------------
-    def _plan(self, var_id: str) -> list[tuple[Any, str]]:
-        plan: list[tuple[Any, str]] = []
-        for step in self.topology.consumers(var_id):
-            if isinstance(step, UnaryStep):
-                op: Any = (
-                    MapOp(step.id, step.fn) if step.kind == "map" else FilterOp(step.id, step.fn)
-                )
-                plan.append((op, "unary"))
-            elif isinstance(step, BinaryStep):
-                if step.kind == "union":
-                    plan.append((UnionOp(step.id), "union"))
-                    continue
-                bop = ProductOp(step.id) if step.kind == "product" else IntersectionOp(step.id)
-                if step.left == var_id:
-                    plan.append(((bop, step), "left"))
-                if step.right == var_id:
-                    plan.append(((bop, step), "right"))
-            elif isinstance(step, FoldStep):
-                plan.append((FoldOp(step.id, step.accumulator, step.fn), "fold"))
-            elif isinstance(step, BindToStep):
-                plan.append((step, "bind"))
-            elif isinstance(step, StreamStep):
-                plan.append((step, "stream"))
-            elif isinstance(step, TriggerStep):
-                plan.append((step, "trigger" if step.var == var_id else "watch"))
-        return plan
 
     # -- public API ----------------------------------------------------------------------------
     @property
@@ -397,54 +346,39 @@ class LocalRuntime:
         if self._waiters:
             self._changed.set()
             self._changed = asyncio.Event()
-        plan = self._plans[var_id]
+        prop = self._propagation
         if isinstance(state, Windowed):
             clock = self._clock(rep, var_id, key)
             self._close_windows(rep, var_id, key, state, clock)
-        if not plan:
+        if prop.has_outputs(var_id):
+            pdelta: ProvenanceSet | None = None
+            if prop.mirrored(var_id):
+                pdelta = prop.provenance_delta(var_id, delta)
+                mirrors = rep.mirrors.setdefault(var_id, {})
+                mirror = mirrors.get(key)
+                if mirror is None:
+                    mirror = mirrors[key] = ProvenanceSet()
+                mirror.merge(pdelta)
+            elif isinstance(delta, ProvenanceSet):
+                pdelta = delta
+            for out_var, out in prop.outputs(
+                var_id, key, delta, pdelta, lambda v, k: self._pstate(rep, v, k)
+            ):
+                queue.append((out_var, key, out, True))
+        if rep.index != self.sink:
             return
-        pdelta: ProvenanceSet | None = None
-        if var_id in self._mirrored:
-            pdelta = to_provenance(var_id, delta)
-            mirrors = rep.mirrors.setdefault(var_id, {})
-            mirror = mirrors.get(key)
-            if mirror is None:
-                mirror = mirrors[key] = ProvenanceSet()
-            mirror.merge(pdelta)
-        elif isinstance(delta, ProvenanceSet):
-            pdelta = delta
-        sink = rep.index == self.sink
-        for op, role in plan:
-            if role == "unary" or role == "union" or role == "fold":
-                assert pdelta is not None
-                queue.append((op.step, key, op.apply(pdelta), True))
-            elif role == "left" or role == "right":
-                assert pdelta is not None
-                bop, step = op
-                left = self._pstate(rep, step.left, key)
-                right = self._pstate(rep, step.right, key)
-                out = (
-                    bop.left(pdelta, left, right)
-                    if role == "left"
-                    else bop.right(pdelta, left, right)
-                )
-                queue.append((step.id, key, out, True))
-            elif role == "bind":
-                queue.append((op.target, key, delta, True))
-            elif not sink:
-                continue
-            elif role == "stream":
-                update = Update(var_id, key, state.value(), state.copy(), rep.index)
-                self._pending.append((f"stream step {op.id!r}", op.callback, update))
-            elif role == "trigger":
-                self._check_trigger(rep, op, key)
-            elif role == "watch":
-                self._thresholds.pop(op.id, None)
-                for k in list(rep.states[op.var]):
-                    self._check_trigger(rep, op, k)
+        for stream in prop.streams(var_id):
+            update = Update(var_id, key, state.value(), state.copy(), rep.index)
+            self._pending.append((f"stream step {stream.id!r}", stream.callback, update))
+        for trigger in prop.triggers(var_id):
+            self._check_trigger(rep, trigger, key)
+        for trigger in prop.watchers(var_id):
+            self._thresholds.pop(trigger.id, None)
+            for k in list(rep.states[trigger.var]):
+                self._check_trigger(rep, trigger, k)
 
     def _pstate(self, rep: _Replica, var_id: str, key: Hashable) -> ProvenanceSet:
-        if var_id in self._mirrored:
+        if self._propagation.mirrored(var_id):
             mirrors = rep.mirrors.setdefault(var_id, {})
             mirror = mirrors.get(key)
             if mirror is None:

@@ -270,3 +270,19 @@ async def test_partition_then_heal_converges() -> None:
         assert rt.query(size, replica=r) == {60}
     assert rt.converged(size) and rt.converged(s)
     assert net.stats.resent_as_state > 0
+
+
+async def test_keyed_set_operators_work_key_by_key() -> None:
+    topo = Topology("t")
+    a = topo.declare("a", AWSet, keyed=True)
+    b = topo.declare("b", AWSet, keyed=True)
+    both = topo.intersection("both", a, b)
+    shifted = topo.map("shifted", both, lambda x: x + 100)
+    rt = LocalRuntime(topo, replicas=2, network=faulty(2, seed=4))
+    await rt.update(a, "x", "add_all", [1, 2], key="k1")
+    await rt.update(b, "y", "add_all", [2, 3], key="k1", replica=1)
+    await rt.update(b, "y", "add_all", [1], key="k2", replica=1)
+    await rt.settle()
+    for r in range(2):
+        assert rt.query(shifted, key="k1", replica=r) == {102}
+        assert rt.query(shifted, key="k2", replica=r) == frozenset()

@@ -1,0 +1,160 @@
+"""What has to happen when a variable grows: the downstream steps' output deltas, computed as
+pure functions. Shared by the runtimes (the LocalRuntime per replica; a Kafka agent per
+partition), which own the states, the I/O and the side effects.
+
+Per grown ``(variable, key)`` with delta ``d`` a runtime:
+
+1. joins ``d`` into its state (and acts only when that strictly grew);
+2. if :meth:`Propagation.mirrored` — a declared set that feeds set operators but is not itself
+   a provenance set (an AWSet, ORSet or GSet) — converts ``d`` with
+   :meth:`Propagation.provenance_delta` and joins it into its *provenance mirror* of that
+   variable (the state binary operators read as "the other side");
+3. calls :meth:`Propagation.outputs`, which returns ``(output variable, output delta)`` for every
+   operator step and ``bind_to`` fed by the variable, and joins each into its state the same
+   way (recursively; outputs of one key stay on that key);
+4. runs the observers (:meth:`Propagation.streams`, :meth:`Propagation.triggers`,
+   :meth:`Propagation.watchers`) where it keeps side effects (the trusted sink).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from lasp_streams.dataflow.fold import FoldOp
+from lasp_streams.dataflow.operators import (
+    FilterOp,
+    IntersectionOp,
+    MapOp,
+    ProductOp,
+    UnionOp,
+)
+from lasp_streams.dataflow.sources import to_provenance
+from lasp_streams.dataflow.steps import (
+    BinaryStep,
+    BindToStep,
+    FoldStep,
+    StreamStep,
+    TriggerStep,
+    UnaryStep,
+)
+from lasp_streams.dataflow.topology import Topology
+from lasp_streams.lattices.base import Lattice
+from lasp_streams.lattices.provenance import ProvenanceSet
+
+__all__ = ["Propagation", "ProvenanceLookup"]
+
+ProvenanceLookup = Callable[[str, Hashable], ProvenanceSet]
+"""``lookup(var_id, key)``: a variable's current state in provenance form (the state itself for
+a derived set, the mirror for a mirrored one)."""
+
+_UNARY = "unary"
+_LEFT = "left"
+_RIGHT = "right"
+_BIND = "bind"
+
+
+class Propagation:
+    """The compiled plan of a frozen topology (see the module docstring)."""
+
+    __slots__ = ("_mirrored", "_plans", "_streams", "_triggers", "_watchers")
+
+    def __init__(self, topology: Topology) -> None:
+        topology.freeze()
+        self._plans: dict[str, list[tuple[str, Any, BinaryStep | BindToStep | None]]] = {}
+        self._streams: dict[str, tuple[StreamStep, ...]] = {}
+        self._triggers: dict[str, tuple[TriggerStep, ...]] = {}
+        self._watchers: dict[str, tuple[TriggerStep, ...]] = {}
+        mirrored = set()
+        for var_id, var in topology.variables.items():
+            plan: list[tuple[str, Any, BinaryStep | BindToStep | None]] = []
+            streams: list[StreamStep] = []
+            triggers: list[TriggerStep] = []
+            watchers: list[TriggerStep] = []
+            for step in topology.consumers(var_id):
+                if isinstance(step, UnaryStep):
+                    op: Any = (
+                        MapOp(step.id, step.fn)
+                        if step.kind == "map"
+                        else FilterOp(step.id, step.fn)
+                    )
+                    plan.append((_UNARY, op, None))
+                elif isinstance(step, BinaryStep):
+                    if step.kind == "union":
+                        plan.append((_UNARY, UnionOp(step.id), None))
+                        continue
+                    bop = ProductOp(step.id) if step.kind == "product" else IntersectionOp(step.id)
+                    if step.left == var_id:
+                        plan.append((_LEFT, bop, step))
+                    if step.right == var_id:
+                        plan.append((_RIGHT, bop, step))
+                elif isinstance(step, FoldStep):
+                    plan.append((_UNARY, FoldOp(step.id, step.accumulator, step.fn), None))
+                elif isinstance(step, BindToStep):
+                    plan.append((_BIND, None, step))
+                elif isinstance(step, StreamStep):
+                    streams.append(step)
+                elif isinstance(step, TriggerStep):
+                    (triggers if step.var == var_id else watchers).append(step)
+            if not isinstance(var.prototype, ProvenanceSet) and any(
+                kind != _BIND for kind, _, _ in plan
+            ):
+                mirrored.add(var_id)
+            self._plans[var_id] = plan
+            self._streams[var_id] = tuple(streams)
+            self._triggers[var_id] = tuple(triggers)
+            self._watchers[var_id] = tuple(watchers)
+        self._mirrored = frozenset(mirrored)
+
+    def mirrored(self, var_id: str) -> bool:
+        """True when the runtime must keep a provenance mirror of ``var_id``."""
+        return var_id in self._mirrored
+
+    def has_outputs(self, var_id: str) -> bool:
+        """True when some operator step or binding reads ``var_id``."""
+        return bool(self._plans[var_id])
+
+    def provenance_delta(self, var_id: str, delta: Lattice) -> ProvenanceSet:
+        """``delta`` of ``var_id`` in provenance form (unchanged when it already is one)."""
+        if isinstance(delta, ProvenanceSet):
+            return delta
+        return to_provenance(var_id, delta)
+
+    def outputs(
+        self,
+        var_id: str,
+        key: Hashable,
+        delta: Lattice,
+        pdelta: ProvenanceSet | None,
+        lookup: ProvenanceLookup,
+    ) -> list[tuple[str, Lattice]]:
+        """``(output variable, delta)`` of every step fed by ``var_id`` growing by ``delta``
+        (``pdelta``: its provenance form, None when no set step reads it). Raises
+        :class:`~lasp_streams.errors.StepError` when a user function fails."""
+        out: list[tuple[str, Lattice]] = []
+        for kind, op, step in self._plans[var_id]:
+            if kind == _UNARY:
+                assert pdelta is not None
+                out.append((op.step, op.apply(pdelta)))
+            elif kind == _BIND:
+                assert isinstance(step, BindToStep)
+                out.append((step.target, delta))
+            else:
+                assert pdelta is not None and isinstance(step, BinaryStep)
+                left = lookup(step.left, key)
+                right = lookup(step.right, key)
+                apply = op.left if kind == _LEFT else op.right
+                out.append((step.id, apply(pdelta, left, right)))
+        return out
+
+    def streams(self, var_id: str) -> tuple[StreamStep, ...]:
+        """The ``stream`` steps watching ``var_id``."""
+        return self._streams[var_id]
+
+    def triggers(self, var_id: str) -> tuple[TriggerStep, ...]:
+        """The triggers on ``var_id`` (check the grown key)."""
+        return self._triggers[var_id]
+
+    def watchers(self, var_id: str) -> tuple[TriggerStep, ...]:
+        """The triggers whose threshold function reads ``var_id`` (re-check every key)."""
+        return self._watchers[var_id]
