@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lasp_streams.codec import decode, encode
-from lasp_streams.lattices import GCounter, Lattice
+from lasp_streams.lattices import GCounter
 
 REPORT = Path(__file__).parent / "reports" / "lattices.md"
 
@@ -93,13 +93,13 @@ def bench_awset_merge(runs: int, n: int = 50_000) -> Result:
     for i in range(1000):
         base.add(actors[i % 100], ("element", i))
     writer = base.copy()
-    deltas: list[Lattice] = [writer.add(actors[i % 100], ("new", i)) for i in range(n)]
+    deltas = [writer.add(actors[i % 100], ("new", i)) for i in range(n)]
     rates = []
     for _ in range(runs):
         target = base.copy()
         merge = target.merge
 
-        def loop(merge: Callable[[Lattice], bool] = merge) -> int:
+        def loop(merge: Callable[[AWSet], bool] = merge) -> int:
             for delta in deltas:
                 merge(delta)
             return len(deltas)

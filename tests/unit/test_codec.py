@@ -361,7 +361,8 @@ def test_decoded_states_are_independent_of_the_input_buffer() -> None:
 def test_lexcounter_decoded_shape_is_tuple() -> None:
     c = LexCounter()
     c.decrement("a")
-    decoded = decode(encode(c))
+    decoded = decode(encode(c), expect=LexCounter)
     assert decoded == c
+    assert isinstance(decoded, LexCounter)
     decoded.increment("a")
     assert decoded.value() == 0

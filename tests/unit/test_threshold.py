@@ -115,7 +115,7 @@ def test_bad_threshold_arguments() -> None:
 def test_threshold_is_immutable_value_object() -> None:
     t = Threshold.value(3, strict=True)
     with pytest.raises(AttributeError):
-        t._n = 4  # type: ignore[misc]
+        t._n = 4
     assert t == Threshold.value(3, strict=True)
     assert t != Threshold.value(3)
     assert repr(t) == "Threshold.value(3, strict=True)"
