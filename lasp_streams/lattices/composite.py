@@ -55,8 +55,12 @@ def _resolve(owner: str, state: Lattice, name: object) -> Callable[..., Lattice]
 def _prototype(spec: LatticeSpec, what: str) -> Lattice:
     try:
         prototype = new_bottom(spec)
-    except TypeError:
-        raise TypeError(f"{what}: expected a lattice class or instance, got {spec!r}") from None
+    except TypeError as exc:
+        # A parametrised class passed bare (GMap instead of GMap(GCounter)) lands here too.
+        raise TypeError(
+            f"{what}: expected a lattice class or a bottom instance such as GMap(GCounter), "
+            f"got {spec!r} ({exc})"
+        ) from None
     return prototype
 
 

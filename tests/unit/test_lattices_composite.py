@@ -127,3 +127,5 @@ class TestPair:
     def test_constructor_needs_lattice_types(self) -> None:
         with pytest.raises(TypeError, match="expected a lattice class or instance"):
             Pair(GCounter, int)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="such as GMap"):
+            GMap(GMap)
