@@ -52,6 +52,10 @@ def _resolve(owner: str, state: Lattice, name: object) -> Callable[..., Lattice]
     return method
 
 
+def _can_conflict(state: Lattice) -> bool:
+    return bool(getattr(state, "can_conflict", False))
+
+
 def _prototype(spec: LatticeSpec, what: str) -> Lattice:
     try:
         prototype = new_bottom(spec)
@@ -74,7 +78,7 @@ class GMap(Lattice):
     state (bottom if absent) and returns a GMap delta holding only that key's nested delta.
     """
 
-    __slots__ = ("_m", "_proto", "_spec")
+    __slots__ = ("_m", "_proto", "_spec", "can_conflict")
     wire_tag: ClassVar[str] = "gmap"
     mutators: ClassVar[tuple[str, ...]] = ("apply",)
 
@@ -82,10 +86,13 @@ class GMap(Lattice):
         self._proto = _prototype(nested_type, "GMap(nested_type)")
         self._spec: Any = self._proto.wire_spec()
         self._m: dict[Hashable, Lattice] = {}
+        self.can_conflict: bool = _can_conflict(self._proto)
+        """Whether some states have no join (the nested type can raise ConflictingMerge)."""
 
     def _empty(self) -> GMap:
         state = GMap.__new__(GMap)
         state._proto, state._spec, state._m = self._proto, self._spec, {}
+        state.can_conflict = self.can_conflict
         return state
 
     def bottom(self) -> Self:
@@ -128,6 +135,12 @@ class GMap(Lattice):
         if not self.same_type(other):
             self.check_same_type(other)
         mine = self._m
+        if self.can_conflict:
+            # Dry run first, so a ConflictingMerge on one key leaves every key unchanged.
+            for key, theirs in other._m.items():
+                current = mine.get(key)
+                if current is not None:
+                    current.copy().merge(theirs)
         grew = False
         for key, theirs in other._m.items():
             current = mine.get(key)
@@ -228,7 +241,7 @@ class Pair(Lattice):
     Value: ``(first value, second value)``.
     """
 
-    __slots__ = ("_a", "_b", "_spec")
+    __slots__ = ("_a", "_b", "_spec", "can_conflict")
     wire_tag: ClassVar[str] = "pair"
     mutators: ClassVar[tuple[str, ...]] = ("fst", "snd")
 
@@ -236,11 +249,14 @@ class Pair(Lattice):
         self._a = _prototype(type_a, "Pair(type_a, ...)")
         self._b = _prototype(type_b, "Pair(..., type_b)")
         self._spec: Any = [self.wire_tag, self._a.wire_spec(), self._b.wire_spec()]
+        self.can_conflict: bool = _can_conflict(self._a) or _can_conflict(self._b)
+        """Whether some states have no join (a component can raise ConflictingMerge)."""
 
     @classmethod
     def _of(cls, a: Lattice, b: Lattice, spec: Any) -> Self:
         state = cls.__new__(cls)
         state._a, state._b, state._spec = a, b, spec
+        state.can_conflict = _can_conflict(a) or _can_conflict(b)
         return state
 
     def bottom(self) -> Self:
@@ -274,6 +290,10 @@ class Pair(Lattice):
     def merge(self, other: Pair) -> bool:
         if not self.same_type(other):
             self.check_same_type(other)
+        if self.can_conflict:
+            # Dry run the second component: if it conflicts, it must raise before the first
+            # is merged (each component's own merge leaves it unchanged when it raises).
+            self._b.copy().merge(other._b)
         grew = self._a.merge(other._a)
         return self._b.merge(other._b) or grew
 

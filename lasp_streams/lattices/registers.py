@@ -126,6 +126,8 @@ class IVar(Lattice):
     __slots__ = ("_is_set", "_v")
     wire_tag: ClassVar[str] = "ivar"
     mutators: ClassVar[tuple[str, ...]] = ("set",)
+    can_conflict: ClassVar[bool] = True
+    """Some pairs of states have no join (composites dry-run merges of such types)."""
 
     def __init__(self) -> None:
         self._is_set = False

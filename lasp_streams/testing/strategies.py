@@ -185,6 +185,28 @@ def _cases() -> dict[str, LatticeCase]:
             ],
         ),
         LatticeCase(
+            "GMap(IVar)",
+            lambda: GMap(IVar),
+            [
+                (
+                    "apply",
+                    st.tuples(
+                        a, st.sampled_from(["k", "l"]), st.just("set"), st.sampled_from(["v", "w"])
+                    ),
+                )
+            ],
+            conflicts=True,
+        ),
+        LatticeCase(
+            "Pair(GCounter, IVar)",
+            lambda: Pair(GCounter, IVar),
+            [
+                ("fst", st.tuples(a, st.just("increment"), _amount())),
+                ("snd", st.tuples(a, st.just("set"), st.sampled_from(["v", "w"]))),
+            ],
+            conflicts=True,
+        ),
+        LatticeCase(
             "Pair(MaxInt, LWWRegister)",
             lambda: Pair(MaxInt, LWWRegister),
             [

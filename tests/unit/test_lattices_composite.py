@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 
 from lasp_streams.codec import decode, encode
-from lasp_streams.errors import IncompatibleLattices, InsufficientRights, MutatorError
-from lasp_streams.lattices import BCounter, GCounter, GMap, GSet, MaxInt, Pair, TwoPSet
+from lasp_streams.errors import (
+    ConflictingMerge,
+    IncompatibleLattices,
+    InsufficientRights,
+    MutatorError,
+)
+from lasp_streams.lattices import BCounter, GCounter, GMap, GSet, IVar, MaxInt, Pair, TwoPSet
 from lasp_streams.testing.laws import lattice_law_test
 from lasp_streams.testing.replicas import check_convergence
 from lasp_streams.testing.strategies import CASES
@@ -19,6 +24,12 @@ test_gmap_twopset_laws = lattice_law_test(
 )
 test_pair_laws = lattice_law_test(
     CASES["Pair(GCounter, GMap(GSet))"].states(), CASES["Pair(GCounter, GMap(GSet))"].ops
+)
+test_gmap_ivar_laws = lattice_law_test(
+    CASES["GMap(IVar)"].states(), CASES["GMap(IVar)"].ops, conflicts=True
+)
+test_pair_ivar_laws = lattice_law_test(
+    CASES["Pair(GCounter, IVar)"].states(), CASES["Pair(GCounter, IVar)"].ops, conflicts=True
 )
 test_pair_register_laws = lattice_law_test(
     CASES["Pair(MaxInt, LWWRegister)"].states(), CASES["Pair(MaxInt, LWWRegister)"].ops
@@ -129,3 +140,22 @@ class TestPair:
             Pair(GCounter, int)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="such as GMap"):
             GMap(GMap)
+
+
+def test_conflicting_nested_merge_changes_nothing() -> None:
+    mine, theirs = GMap(IVar), GMap(IVar)
+    mine.apply("a", "k", "set", 1)
+    theirs.apply("b", "a-new-key", "set", 5)
+    theirs.apply("b", "k", "set", 2)
+    before = mine.copy()
+    with pytest.raises(ConflictingMerge):
+        mine.merge(theirs)
+    assert mine == before
+    pair, other = Pair(GCounter, IVar), Pair(GCounter, IVar)
+    pair.snd("a", "set", "x")
+    other.fst("b", "increment")
+    other.snd("b", "set", "y")
+    before_pair = pair.copy()
+    with pytest.raises(ConflictingMerge):
+        pair.merge(other)
+    assert pair == before_pair
