@@ -500,6 +500,9 @@ class LocalKafka:
                 )
             except OSError as exc:
                 raise KafkaSetupError(f"cannot run {java}: {exc}") from exc
+        if self._process is not None:
+            # An earlier broker of ours that someone else stopped (and reaped): forget it too.
+            self._process.poll()
         self._process = process
         self.pid_path.write_text(f"{process.pid}\n")
         self._state_path.write_text(

@@ -259,29 +259,35 @@ def _free_port() -> int:
 
 
 def test_local_broker_lifecycle(tmp_path: Path, kafka_broker: object) -> None:
-    """A second, private broker: start twice, status, a killed broker's stale pid file, restart
-    on the same storage, and stop leaving no process. (``kafka_broker`` only orders this after
-    the session broker fetched the jars.)"""
-    broker = LocalKafka(tmp_path / "kafka", port=_free_port(), controller_port=_free_port())
-    first = broker.start()
+    """A second, private broker: start twice, status, stop, restart on the same storage, and a
+    crashed broker's stale pid file. (``kafka_broker`` only orders this after the session
+    broker fetched the jars.) The crash comes last: a restart right after one waits ~9 s for
+    the controller to expire the dead broker's session (broker.session.timeout.ms)."""
+    data = tmp_path / "kafka"
+    broker = LocalKafka(data, port=_free_port(), controller_port=_free_port())
     try:
+        first = broker.start()
         assert first.running and first.answering and first.pid is not None
         again = broker.start()
         assert again.pid == first.pid  # starting twice only reports the running broker
-        status = LocalKafka(tmp_path / "kafka").status()  # as `lasp-streams kafka status` sees it
+        status = LocalKafka(data).status()  # as `lasp-streams kafka status` sees it
         assert status.running and status.bootstrap_servers == broker.bootstrap_servers
         assert status.version == DEFAULT_VERSION
 
-        os.kill(first.pid, signal.SIGKILL)  # a crash: the pid file stays behind
+        assert LocalKafka(data).stop() is True  # `lasp-streams kafka stop` from anywhere
+        assert process_cmdline(first.pid) is None
+        assert not broker.pid_path.exists() and not broker.status().running
+
+        restarted = broker.start()  # same storage, no re-format
+        assert restarted.running and restarted.answering and restarted.pid is not None
+        assert restarted.pid != first.pid
+
+        os.kill(restarted.pid, signal.SIGKILL)  # a crash: the pid file stays behind
         deadline = time.monotonic() + DEADLINE_S
         while broker.status().running:
             assert time.monotonic() < deadline, "SIGKILLed broker still looks alive"
             time.sleep(0.1)
         assert "stale pid file" in str(broker.status().note)
-
-        restarted = broker.start()  # same storage, no re-format
-        assert restarted.running and restarted.pid != first.pid
+        assert not broker.pid_path.exists()
     finally:
         broker.stop()
-    assert not broker.pid_path.exists()
-    assert restarted.pid is not None and process_cmdline(restarted.pid) is None
