@@ -30,14 +30,14 @@ states. Nesting one raises :class:`~lasp_streams.errors.IncompatibleLattices`; u
 ``MVMap()`` is ``AWMap(MVRegister)`` with ``set(actor, key, value)``; ``value()`` is
 ``{key: frozenset of concurrent values}``.
 
-Merging into a map costs O(dots in the map) when the other side removed something (a key the
-other side does not hold must be checked against its context), and O(size of the other side)
-when it removed nothing (an update delta of fresh dots).
+Merging a delta costs O(size of the delta + dots of the keys it touches): a dot -> key index
+finds the keys whose dots a delta's context removes. Only a context larger than the map (a full
+state) is compared by walking the map's keys.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from typing import Any, ClassVar, Self
 
 from lasp_streams.errors import IncompatibleLattices, MutatorError
@@ -74,19 +74,23 @@ def _causal_prototype(spec: LatticeSpec) -> CausalLattice:
 class AWMap(CausalLattice):
     """Add-wins map of nested causal lattices. See the module docstring for the semantics."""
 
-    __slots__ = ("_entries", "_nested", "_spec")
+    __slots__ = ("_entries", "_index", "_nested", "_spec")
 
     wire_tag: ClassVar[str] = "awmap"
     mutators: ClassVar[tuple[str, ...]] = ("apply", "remove")
     monotone_value: ClassVar[bool] = False
 
     _entries: dict[Hashable, CausalLattice]
+    # dot -> the key whose nested store holds it (every dot of the subtree), so that a delta's
+    # removals find their keys without a walk over the map.
+    _index: dict[Dot, Hashable]
     _nested: CausalLattice
     _spec: Any
 
     def __init__(self, nested_type: LatticeSpec) -> None:
         self._ctx = CausalContext()
         self._entries = {}
+        self._index = {}
         self._nested = _causal_prototype(nested_type)
         self._spec = [self.wire_tag, self._nested.wire_spec()]
 
@@ -98,6 +102,7 @@ class AWMap(CausalLattice):
         store = type(self).__new__(type(self))
         store._ctx = ctx
         store._entries = {}
+        store._index = {}
         store._nested = self._nested
         store._spec = self._spec
         return store
@@ -166,6 +171,9 @@ class AWMap(CausalLattice):
         fresh = nested is None
         if nested is None:
             nested = self._nested._new_store(self._ctx)
+            before: list[Dot] = []
+        else:
+            before = list(nested._store_dots())
         # The nested mutator merges its delta into the nested store and, through the shared
         # context, into the map's context: the map is then exactly map ⊔ (map delta below).
         nested_delta: CausalLattice = getattr(nested, mutator_name)(actor, *args)
@@ -174,6 +182,7 @@ class AWMap(CausalLattice):
                 del self._entries[key]
         elif fresh:
             self._entries[key] = nested
+        self._reindex(key, before, nested)
         delta = self._new_store(nested_delta._ctx)
         if not nested_delta._store_is_empty():
             delta._entries[key] = nested_delta
@@ -202,26 +211,50 @@ class AWMap(CausalLattice):
                 if mine._join_store(theirs, my_ctx, other_ctx):
                     changed = True
                     entries[key] = mine
-            elif mine._join_store(theirs, my_ctx, other_ctx):
-                changed = True
-                if mine._store_is_empty():
-                    del entries[key]
-        # Keys other does not hold: other may have removed what it saw of them -- unless other
-        # holds every dot it has seen (an update delta of fresh dots), which is exact because
-        # other's held dots are a subset of its context.
-        if entries and len(other_ctx) != sum(1 for _ in other._store_dots()):
-            empty = self._nested
-            for key in [k for k in entries if k not in oentries]:
-                mine = entries[key]
-                if mine._join_store(empty, my_ctx, other_ctx):
+                    self._reindex(key, (), mine)
+            else:
+                before = list(mine._store_dots())
+                if mine._join_store(theirs, my_ctx, other_ctx):
                     changed = True
                     if mine._store_is_empty():
                         del entries[key]
+                    self._reindex(key, before, mine)
+        # Keys other does not hold: other may have removed what it saw of them. Nothing to do
+        # when other holds every dot it has seen (an update delta of fresh dots: exact, since
+        # other's held dots are a subset of its context).
+        index = self._index
+        osize = len(other_ctx)
+        if not index or osize == len(other._index):
+            return changed
+        oindex = other._index
+        if osize <= len(index):
+            # A delta: its seen-but-not-held dots point straight at the keys they remove from.
+            gone = {
+                index[d] for d in other_ctx.dots() if d not in oindex and d in index
+            }.difference(oentries)
+        else:
+            gone = {k for k in entries if k not in oentries}
+        empty = self._nested
+        for key in gone:
+            mine = entries[key]
+            before = list(mine._store_dots())
+            if mine._join_store(empty, my_ctx, other_ctx):
+                changed = True
+                if mine._store_is_empty():
+                    del entries[key]
+                self._reindex(key, before, mine)
         return changed
 
+    def _reindex(self, key: Hashable, before: Iterable[Dot], nested: CausalLattice) -> None:
+        """Point the index at ``nested``'s dots for ``key`` (``before``: the dots it held)."""
+        index = self._index
+        for dot in before:
+            del index[dot]
+        for dot in nested._store_dots():
+            index[dot] = key
+
     def _store_dots(self) -> Iterator[Dot]:
-        for nested in self._entries.values():
-            yield from nested._store_dots()
+        return iter(self._index)
 
     def _store_is_empty(self) -> bool:
         return not self._entries
@@ -235,6 +268,7 @@ class AWMap(CausalLattice):
     def _copy_store(self, ctx: CausalContext) -> Self:
         store = self._new_store(ctx)
         store._entries = {key: nested._copy_store(ctx) for key, nested in self._entries.items()}
+        store._index = dict(self._index)
         return store
 
     def _decompose_store(self) -> Iterator[Self]:
@@ -242,6 +276,7 @@ class AWMap(CausalLattice):
             for part in nested._decompose_store():
                 wrapped = self._new_store(part._ctx)
                 wrapped._entries[key] = part
+                wrapped._index = dict.fromkeys(part._store_dots(), key)
                 yield wrapped
 
     def _store_to_wire(self) -> Any:
@@ -252,7 +287,6 @@ class AWMap(CausalLattice):
         if not isinstance(raw, (list, tuple)):
             wctx.fail(f"{name} entries: expected a list of [key, nested store]")
         store = self._new_store(ctx)
-        seen: set[Dot] = set()
         for item in raw:
             if not isinstance(item, (list, tuple)) or len(item) != 2:
                 wctx.fail(f"{name} entry: expected [key, nested store]")
@@ -266,9 +300,9 @@ class AWMap(CausalLattice):
                     "are absent)"
                 )
             for dot in nested._store_dots():
-                if dot in seen:
+                if dot in store._index:
                     wctx.fail(f"{name}: dot {dot!r} appears under two keys")
-                seen.add(dot)
+                store._index[dot] = key
             store._entries[key] = nested
         return store
 

@@ -285,6 +285,8 @@ def check_invariants(state: Lattice) -> None:
             assert all(state._index[d] == element for d in held), "AWSet dot index is stale"
         assert len(state._index) == len(dots), "AWSet dot index holds removed dots"
     if isinstance(state, AWMap):
+        expected = {d: k for k, nested in state._entries.items() for d in nested._store_dots()}
+        assert state._index == expected, f"AWMap dot index is stale: {state._index!r}"
         for key, nested in state._entries.items():
             assert nested.context is ctx, f"AWMap key {key!r} does not share the map's context"
             assert not nested._store_is_empty(), f"AWMap key {key!r} holds an empty state"
