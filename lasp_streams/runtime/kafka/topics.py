@@ -17,7 +17,9 @@ that deletes instead of compacting loses recovery points.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -216,6 +218,27 @@ async def describe_topics(admin: Any, names: Sequence[str]) -> dict[str, Existin
     }
 
 
+async def _wait_for_leaders(admin: Any, wanted: Mapping[str, int], timeout: float = 30.0) -> None:
+    """Return once every partition of the new topics has a leader, so the first produce does
+    not meet NOT_LEADER_OR_FOLLOWER while the metadata spreads."""
+    deadline = time.monotonic() + timeout
+    while True:
+        led: dict[str, int] = {}
+        for topic in await admin.describe_topics(list(wanted)):
+            if topic["error_code"] == 0:
+                led[topic["topic"]] = sum(
+                    1 for p in topic["partitions"] if p["error_code"] == 0 and p["leader"] >= 0
+                )
+        if all(led.get(name) == count for name, count in wanted.items()):
+            return
+        if time.monotonic() > deadline:
+            raise KafkaSetupError(
+                f"topics {sorted(wanted)} were created but not all their partitions got a "
+                f"leader within {timeout:.0f} s; check the broker log"
+            )
+        await asyncio.sleep(0.05)
+
+
 async def ensure_topics(
     settings: KafkaSettings, specs: Sequence[TopicSpec], *, admin: Any = None
 ) -> list[str]:
@@ -279,6 +302,8 @@ async def ensure_topics(
             if raced:
                 for name, found in (await describe_topics(admin, raced)).items():
                     check_existing(by_name[name], found)
+            if created:
+                await _wait_for_leaders(admin, {name: by_name[name].partitions for name in created})
         return created
     finally:
         if own_admin:

@@ -1,0 +1,417 @@
+"""The variable agent: consume a variable's delta topic in batches, join, write states, commit.
+
+One batch, in this order (the order is what makes a crash at any point harmless)::
+
+    getmany (≤ max_batch_records)            read deltas of the assigned partitions
+    PartitionJoiner.apply per partition      decode, check, join; dead letters set aside
+    send crossings, dead letters; await acks crossings before states: a state that meets a
+                                             trigger is on the state topic only after its
+                                             crossing is durable
+    send one full state per changed key;     coalesced: a key written once per batch however
+    await acks                               many of its deltas the batch held
+    commit offsets (last + 1)                only now: everything the batch caused is durable
+
+A crash before the commit redelivers the batch; re-joining it is harmless (joins are
+idempotent) and re-publishing a crossing is harmless (the sink deduplicates by event id).
+
+Recovery: when a partition is assigned, its keys' states are read from the same partition of the
+compacted state topic (the latest full state per key), then consumption resumes from the
+committed offset — the delta tail. States on the state topic may already include some of the
+tail; joining it again changes nothing. No full rebuild, no lost update.
+
+Rebalances: batches run under a lock that ``on_partitions_revoked`` also takes, so a partition
+is given up only between batches, after its last batch was written and committed; the revoked
+partitions' states are dropped and the new owner loads them from the state topic.
+
+Known limit: a worker that stalls longer than the session timeout in the middle of a batch (a
+zombie, not a crashed process) can write one stale state after the new owner took over. The
+stale state is ⊑ the true state, so readers never see a wrong value, only an old one until the
+next write of that key; but if the new owner has meanwhile committed past deltas that the stale
+state lacks, a later recovery could miss them. Transactional per-partition state writers would
+close this window (see the sink for the fencing mechanism); they are not in this version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+
+from lasp_streams import codec
+from lasp_streams.errors import CodecError
+from lasp_streams.lattices.base import Lattice, LatticeSpec, describe_type, new_bottom
+from lasp_streams.metrics import Metrics
+from lasp_streams.runtime.kafka.crossing import Crossing, TriggerSpec
+from lasp_streams.runtime.kafka.dlq import DeadLetter
+from lasp_streams.runtime.kafka.joiner import BatchOutcome, PartitionJoiner, Validator
+from lasp_streams.runtime.kafka.settings import KafkaSettings
+from lasp_streams.runtime.kafka.topics import (
+    crossings_topic,
+    delta_topic,
+    dlq_topic,
+    state_topic,
+)
+
+__all__ = ["VariableAgent", "read_state_partition"]
+
+log = logging.getLogger(__name__)
+
+
+class VariableAgent:
+    """Runs one declared (keyed) variable of a topology on Kafka. See the module docstring.
+
+    ``run()`` loops until :meth:`stop`; ``step()`` runs one batch (tests and benchmarks drive
+    it directly). ``state(key)`` reads the local joined state of a key this agent owns.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topology: str,
+        variable: str,
+        spec: LatticeSpec,
+        *,
+        triggers: Sequence[TriggerSpec] = (),
+        validate: Validator | None = None,
+        metrics: Metrics | None = None,
+        group_id: str | None = None,
+        on_batch: Callable[[int, BatchOutcome], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topology = topology
+        self.variable = variable
+        self.spec = spec
+        self._proto = new_bottom(spec)
+        self.triggers = tuple(triggers)
+        self.validate = validate
+        self.metrics = metrics
+        self.group_id = group_id or f"{topology}.{variable}.agent"
+        self.on_batch = on_batch
+        self.delta_topic = delta_topic(topology, variable)
+        self.state_topic = state_topic(topology, variable)
+        self.crossings_topic = crossings_topic(topology)
+        self.dlq_topic = dlq_topic(topology)
+        self._joiners: dict[int, PartitionJoiner] = {}
+        self._lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._stopping = asyncio.Event()
+        self._running: asyncio.Task[None] | None = None
+        self._assigned_once = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect and join the consumer group; partitions arrive with the first batch."""
+        s = self.settings
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap_servers,
+            client_id=f"{s.client_id}-{self.variable}-agent",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=s.linger_ms,
+            max_batch_size=1024 * 1024,
+            request_timeout_ms=s.request_timeout_ms,
+        )
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers,
+            client_id=f"{s.client_id}-{self.variable}-agent",
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=s.max_batch_records,
+            max_partition_fetch_bytes=s.max_partition_fetch_bytes,
+            fetch_max_bytes=s.fetch_max_bytes,
+            request_timeout_ms=s.request_timeout_ms,
+        )
+        await self._producer.start()
+        try:
+            await self._consumer.start()
+        except BaseException:
+            await self._producer.stop()
+            raise
+        self._consumer.subscribe([self.delta_topic], listener=_Listener(self))
+
+    async def stop(self) -> None:
+        """Finish the batch in flight, then leave the group and close the clients."""
+        self._stopping.set()
+        if self._running is not None and self._running is not asyncio.current_task():
+            await asyncio.gather(self._running, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def run(self) -> None:
+        """Run batches until :meth:`stop`; a failed write or commit error ends it by raising."""
+        self._running = asyncio.current_task()
+        while not self._stopping.is_set():
+            await self.step()
+
+    async def wait_assigned(self, timeout: float) -> None:
+        """Wait until this agent has been given its first partitions (and loaded their state)."""
+        await asyncio.wait_for(self._assigned_once.wait(), timeout)
+
+    # -- reads ---------------------------------------------------------------------------------
+    @property
+    def partitions(self) -> frozenset[int]:
+        """The delta-topic partitions this agent owns now."""
+        return frozenset(self._joiners)
+
+    def state(self, key: bytes) -> Lattice | None:
+        """The joined state of ``key`` if this agent owns its partition and has seen it."""
+        for joiner in self._joiners.values():
+            found = joiner.state(key)
+            if found is not None:
+                return found
+        return None
+
+    def states(self) -> dict[bytes, Lattice]:
+        """Every key's joined state this agent holds (a snapshot of references)."""
+        merged: dict[bytes, Lattice] = {}
+        for joiner in self._joiners.values():
+            merged.update(joiner.states)
+        return merged
+
+    # -- one batch -----------------------------------------------------------------------------
+    async def step(self) -> int:
+        """Consume, join, write and commit one batch; returns how many records it read."""
+        consumer, producer = self._clients()
+        s = self.settings
+        # Not under the lock: aiokafka runs the rebalance listener (which takes the lock)
+        # while a getmany may be waiting for data.
+        data = await consumer.getmany(timeout_ms=s.poll_timeout_ms, max_records=s.max_batch_records)
+        if not data:
+            return 0
+        async with self._lock:
+            started = time.perf_counter()
+            outcomes: dict[TopicPartition, BatchOutcome] = {}
+            count = 0
+            for tp, records in data.items():
+                joiner = self._joiners.get(tp.partition)
+                if joiner is None:
+                    # Revoked between getmany and now: the new owner reads these records
+                    # again from the committed offset.
+                    continue
+                outcomes[tp] = joiner.apply(records)
+                count += len(records)
+            if not outcomes:
+                return 0
+
+            first_wave: list[asyncio.Future[Any]] = []
+            for tp, outcome in outcomes.items():
+                for crossing in outcome.crossings:
+                    first_wave.append(await self._send_crossing(producer, tp.partition, crossing))
+                for dead in outcome.dead:
+                    first_wave.append(await self._send_dead(producer, dead))
+            if first_wave:
+                await asyncio.gather(*first_wave)
+
+            second_wave: list[asyncio.Future[Any]] = []
+            for tp, outcome in outcomes.items():
+                for key, state in outcome.changed.items():
+                    second_wave.append(
+                        await producer.send(
+                            self.state_topic,
+                            key=key,
+                            value=codec.encode(state),
+                            partition=tp.partition,
+                        )
+                    )
+            if second_wave:
+                await asyncio.gather(*second_wave)
+
+            offsets = {tp: o.last_offset + 1 for tp, o in outcomes.items()}
+            try:
+                await consumer.commit(offsets)
+            except (CommitFailedError, IllegalStateError) as exc:
+                # The group rebalanced under us: the new owner redelivers these records and
+                # re-joins them (harmless); our writes were joins of correct states.
+                log.warning("agent %s: commit skipped after a rebalance: %s", self.variable, exc)
+            self._record_metrics(outcomes, count, time.perf_counter() - started, consumer)
+            if self.on_batch is not None:
+                for tp, outcome in outcomes.items():
+                    self.on_batch(tp.partition, outcome)
+            return count
+
+    # -- rebalance -----------------------------------------------------------------------------
+    async def _revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        async with self._lock:
+            for tp in revoked:
+                if tp.topic == self.delta_topic:
+                    self._joiners.pop(tp.partition, None)
+
+    async def _assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        _, producer = self._clients()
+        mine = sorted(tp.partition for tp in assigned if tp.topic == self.delta_topic)
+        async with self._lock:
+            fresh = [p for p in mine if p not in self._joiners]
+            loaded = await read_state_partition(self.settings, self.state_topic, fresh, self._proto)
+            republish: list[asyncio.Future[Any]] = []
+            for partition in fresh:
+                joiner = self._new_joiner()
+                for key, state in loaded.get(partition, {}).items():
+                    for crossing in joiner.load(key, state):
+                        republish.append(await self._send_crossing(producer, partition, crossing))
+                self._joiners[partition] = joiner
+                if self.metrics is not None:
+                    self.metrics.recovered_keys.labels(self.variable).inc(
+                        len(loaded.get(partition, {}))
+                    )
+            if republish:
+                await asyncio.gather(*republish)
+        self._assigned_once.set()
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _new_joiner(self) -> PartitionJoiner:
+        return PartitionJoiner(
+            self.topology,
+            self.variable,
+            self.spec,
+            triggers=self.triggers,
+            validate=self.validate,
+        )
+
+    def _clients(self) -> tuple[AIOKafkaConsumer, AIOKafkaProducer]:
+        if self._consumer is None or self._producer is None:
+            raise RuntimeError(f"agent for variable {self.variable!r} is not started")
+        return self._consumer, self._producer
+
+    async def _send_crossing(
+        self, producer: AIOKafkaProducer, partition: int, crossing: Crossing
+    ) -> asyncio.Future[Any]:
+        if self.metrics is not None:
+            self.metrics.crossings_published.labels(self.variable, crossing.trigger).inc()
+        fut: asyncio.Future[Any] = await producer.send(
+            self.crossings_topic, key=crossing.key, value=crossing.encode(), partition=partition
+        )
+        return fut
+
+    async def _send_dead(self, producer: AIOKafkaProducer, dead: DeadLetter) -> asyncio.Future[Any]:
+        log.warning(
+            "agent %s: %s:%d@%d to the dead-letter topic (%s): %s",
+            self.variable,
+            dead.topic,
+            dead.partition,
+            dead.offset,
+            dead.reason,
+            dead.error,
+        )
+        if self.metrics is not None:
+            self.metrics.dead_lettered(self.variable, dead.reason)
+        fut: asyncio.Future[Any] = await producer.send(
+            self.dlq_topic, key=dead.key, value=dead.value, headers=dead.headers()
+        )
+        return fut
+
+    def _record_metrics(
+        self,
+        outcomes: dict[TopicPartition, BatchOutcome],
+        count: int,
+        seconds: float,
+        consumer: AIOKafkaConsumer,
+    ) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        var = self.variable
+        m.records_consumed.labels(var).inc(count)
+        m.records_applied.labels(var).inc(sum(o.applied for o in outcomes.values()))
+        changed = sum(len(o.changed) for o in outcomes.values())
+        m.state_writes.labels(var).inc(changed)
+        m.strict_inflations.labels(var).inc(changed)
+        m.batch_records.labels(var).observe(count)
+        m.batch_seconds.labels(var).observe(seconds)
+        for tp, outcome in outcomes.items():
+            high = consumer.highwater(tp)
+            if high is not None:
+                m.consumer_lag.labels(var, str(tp.partition)).set(
+                    max(0, high - outcome.last_offset - 1)
+                )
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped aiokafka base
+    def __init__(self, agent: VariableAgent) -> None:
+        self._agent = agent
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._agent._revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._agent._assigned(assigned)
+
+
+async def read_state_partition(
+    settings: KafkaSettings,
+    topic: str,
+    partitions: Sequence[int],
+    proto: Lattice,
+) -> dict[int, dict[bytes, Lattice]]:
+    """Join every state record of ``partitions`` of a state topic, per partition and key.
+
+    Records are joined, not replaced: if compaction has not yet dropped an older state, joining
+    it is harmless; a record that does not decode to the variable's type is skipped with a
+    warning (it cannot have been written by an agent of this variable).
+    """
+    result: dict[int, dict[bytes, Lattice]] = {p: {} for p in partitions}
+    if not partitions:
+        return result
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=f"{settings.client_id}-state-reader",
+        group_id=None,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+        fetch_max_bytes=settings.fetch_max_bytes,
+        request_timeout_ms=settings.request_timeout_ms,
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        pending = {tp for tp in tps if ends[tp] > 0}
+        while pending:
+            data = await consumer.getmany(*pending, timeout_ms=500, max_records=50_000)
+            for tp, records in data.items():
+                states = result[tp.partition]
+                for record in records:
+                    if record.key is None or record.value is None:
+                        continue
+                    try:
+                        state = codec.decode(record.value)
+                    except CodecError as exc:
+                        log.warning(
+                            "state topic %s:%d@%d skipped: %s",
+                            topic,
+                            tp.partition,
+                            record.offset,
+                            exc,
+                        )
+                        continue
+                    if not proto.same_type(state):
+                        log.warning(
+                            "state topic %s:%d@%d skipped: holds %s, expected %s",
+                            topic,
+                            tp.partition,
+                            record.offset,
+                            describe_type(state),
+                            describe_type(proto),
+                        )
+                        continue
+                    known = states.get(record.key)
+                    if known is None:
+                        states[record.key] = state
+                    else:
+                        known.merge(state)
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+    finally:
+        await consumer.stop()
+    return result

@@ -1,0 +1,72 @@
+"""The dead-letter topic: records an agent refuses, with why and where they came from.
+
+A record is refused when it does not decode (malformed bytes, unknown tag, unsupported wire
+version, a state that breaks its type's invariants — the codec checks all of these), when it
+decodes to a lattice of another type than the variable's, when joining it is impossible (two
+different IVar values), or when the variable's validator rejects it (an untrusted client
+writing another actor's entries). The agent sends the *original* key and value bytes to
+``<topology>.dlq`` with these headers and carries on; the variable's state is not touched.
+
+======================== =========================================================
+header                   value (utf-8)
+======================== =========================================================
+``lasp.reason``          reason code: ``decode``, ``wrong_type``, ``invariant``, ``validation``
+``lasp.error``           the error message (at most 2,000 characters)
+``lasp.variable``        the variable the record was meant for
+``lasp.source.topic``    topic of the refused record
+``lasp.source.partition``  its partition
+``lasp.source.offset``   its offset
+======================== =========================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from lasp_streams.metrics import DLQ_REASONS
+
+__all__ = ["HEADER_PREFIX", "DeadLetter", "parse_headers"]
+
+HEADER_PREFIX = "lasp."
+_MAX_ERROR = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A refused record: original bytes, reason code and message, and its source position."""
+
+    variable: str
+    reason: str
+    error: str
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    def __post_init__(self) -> None:
+        if self.reason not in DLQ_REASONS:
+            raise ValueError(
+                f"unknown dead-letter reason {self.reason!r}; use one of {DLQ_REASONS}"
+            )
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        """The Kafka headers of the dead-letter record."""
+        return [
+            ("lasp.reason", self.reason.encode()),
+            ("lasp.error", self.error[:_MAX_ERROR].encode("utf-8", "replace")),
+            ("lasp.variable", self.variable.encode()),
+            ("lasp.source.topic", self.topic.encode()),
+            ("lasp.source.partition", str(self.partition).encode()),
+            ("lasp.source.offset", str(self.offset).encode()),
+        ]
+
+
+def parse_headers(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
+    """The ``lasp.*`` headers of a dead-letter record, decoded, without the prefix."""
+    return {
+        name[len(HEADER_PREFIX) :]: value.decode("utf-8", "replace")
+        for name, value in headers
+        if name.startswith(HEADER_PREFIX)
+    }

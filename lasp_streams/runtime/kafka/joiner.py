@@ -1,0 +1,193 @@
+"""The pure core of a variable agent: join a batch of delta records into per-key state.
+
+No I/O here: :class:`PartitionJoiner` takes records (anything with ``topic``, ``partition``,
+``offset``, ``key``, ``value``) and returns what the batch did — the keys whose state strictly
+grew (their full states are to be written, one per key per batch: coalesced), the crossings to
+publish, and the dead letters. The agent does the writing and the committing.
+
+Why this is safe under redelivery and reordering: a key's state only changes by ``merge``, the
+join, which is idempotent, commutative and associative; a record delivered twice, late, or after
+its effect was already loaded from the state topic changes nothing.
+
+Crossings: a trigger fires for a key when the key's state first meets it in this joiner's life.
+:meth:`PartitionJoiner.load` (recovery) counts states that already meet a trigger as crossings
+to publish again, because the joiner cannot know whether the previous owner's crossing was
+delivered; the sink drops the duplicates by event id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from lasp_streams import codec
+from lasp_streams.errors import CodecError, LatticeError
+from lasp_streams.lattices.base import Lattice, LatticeSpec, describe_type, new_bottom
+from lasp_streams.runtime.kafka.crossing import Crossing, TriggerSpec
+from lasp_streams.runtime.kafka.dlq import DeadLetter
+
+__all__ = ["BatchOutcome", "PartitionJoiner", "Record", "Validator"]
+
+#: Checks a decoded delta before it is joined: returns None to accept, or why it is refused.
+Validator = Callable[[bytes, Lattice], "str | None"]
+
+#: The key under which a record without a Kafka key (a non-keyed variable) is stored.
+UNKEYED = b""
+
+
+class Record(Protocol):
+    """What the joiner reads of a Kafka record (aiokafka's ``ConsumerRecord`` has these)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    """What one batch did to a partition's state."""
+
+    applied: int = 0
+    changed: dict[bytes, Lattice] = field(default_factory=dict)
+    crossings: list[Crossing] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    last_offset: int = -1
+
+
+class PartitionJoiner:
+    """The joined states of one variable's keys in one partition, and its triggers."""
+
+    def __init__(
+        self,
+        topology: str,
+        variable: str,
+        spec: LatticeSpec,
+        *,
+        triggers: Sequence[TriggerSpec] = (),
+        validate: Validator | None = None,
+        decode: Callable[[bytes], Lattice] = codec.decode,
+    ) -> None:
+        self.topology = topology
+        self.variable = variable
+        self._proto = new_bottom(spec)
+        self._triggers = tuple(triggers)
+        self._validate = validate
+        self._decode = decode
+        self.states: dict[bytes, Lattice] = {}
+        # (trigger name, key) pairs whose crossing this joiner already published.
+        self._crossed: set[tuple[str, bytes]] = set()
+
+    def state(self, key: bytes) -> Lattice | None:
+        """The joined state of ``key`` (None when this partition has seen nothing for it)."""
+        return self.states.get(key)
+
+    def load(self, key: bytes, state: Lattice) -> list[Crossing]:
+        """Join a recovered full state (from the state topic); returns the crossings that the
+        state already meets, to be published again (the sink deduplicates them)."""
+        current = self.states.get(key)
+        if current is None:
+            self.states[key] = state
+        else:
+            current.merge(state)
+        return self._new_crossings(key, self.states[key])
+
+    def apply(self, records: Iterable[Record]) -> BatchOutcome:
+        """Decode, check and join ``records``; see the module docstring."""
+        outcome = BatchOutcome()
+        states = self.states
+        changed = outcome.changed
+        proto = self._proto
+        decode = self._decode
+        validate = self._validate
+        for record in records:
+            outcome.last_offset = record.offset
+            key = record.key if record.key is not None else UNKEYED
+            raw = record.value
+            try:
+                if raw is None:
+                    raise CodecError("record has no value (a tombstone is not a delta)")
+                delta = decode(raw)
+            except CodecError as exc:
+                outcome.dead.append(self._dead(record, "decode", str(exc)))
+                continue
+            if not proto.same_type(delta):
+                outcome.dead.append(
+                    self._dead(
+                        record,
+                        "wrong_type",
+                        f"variable {self.variable!r} holds {describe_type(proto)}, "
+                        f"the record decodes to {describe_type(delta)}",
+                    )
+                )
+                continue
+            if validate is not None:
+                refusal = validate(key, delta)
+                if refusal is not None:
+                    outcome.dead.append(self._dead(record, "validation", refusal))
+                    continue
+            state = states.get(key)
+            if state is None:
+                # The first delta of a key becomes its state: it is fresh from the decoder.
+                if not delta.is_bottom():
+                    states[key] = delta
+                    changed[key] = delta
+                outcome.applied += 1
+                continue
+            try:
+                grew = state.merge(delta)
+            except LatticeError as exc:
+                outcome.dead.append(self._dead(record, "invariant", str(exc)))
+                continue
+            outcome.applied += 1
+            if grew:
+                changed[key] = state
+        if self._triggers:
+            for key, state in changed.items():
+                outcome.crossings.extend(self._new_crossings(key, state))
+        return outcome
+
+    def _new_crossings(self, key: bytes, state: Lattice) -> list[Crossing]:
+        found: list[Crossing] = []
+        for trigger in self._triggers:
+            marker = (trigger.name, key)
+            if marker in self._crossed or not trigger.met(state):
+                continue
+            self._crossed.add(marker)
+            found.append(
+                Crossing(
+                    self.topology,
+                    self.variable,
+                    trigger.name,
+                    key,
+                    _value(state),
+                    trigger.describe,
+                )
+            )
+        return found
+
+    def _dead(self, record: Record, reason: str, error: str) -> DeadLetter:
+        return DeadLetter(
+            self.variable,
+            reason,
+            error,
+            record.topic,
+            record.partition,
+            record.offset,
+            record.key,
+            record.value,
+        )
+
+
+def _value(state: Lattice) -> Any:
+    try:
+        return state.value()
+    except Exception as exc:  # informational only: a value that cannot be computed is noted
+        return f"<value unavailable: {exc!r}>"

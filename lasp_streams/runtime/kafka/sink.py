@@ -1,0 +1,303 @@
+"""The trusted sink: threshold crossings in, billing events out, exactly once per (trigger, key).
+
+Agents publish crossings at least once (duplicates after restarts, rebalances, replays). The
+sink turns them into billing events on ``<topology>.billing`` so that a ``read_committed``
+reader of that topic sees exactly one event per (trigger, key), whatever crashes, redeliveries
+or duplicate sink processes happen. Three mechanisms, each covering what the others cannot:
+
+1. **Deterministic event ids** (:func:`~lasp_streams.runtime.kafka.crossing.event_id`): every
+   duplicate of a crossing names the same event.
+2. **A durable record of what was billed, read back at start.** The billing topic itself is
+   that record (keyed by event id, kept for ever by default). At start the sink reads it to the
+   end with ``read_committed`` and refuses to bill any id it finds; ids billed later are added
+   when their transaction commits. This is what stops a *redelivered* crossing — same event, a
+   different offset — from billing twice; offsets alone cannot.
+3. **One transaction per crossings partition and batch**, holding the billing events and the
+   consumed offsets (``send_offsets_to_transaction``): the events and the progress commit or
+   abort together, so a crash never leaves an event without its offset or an offset without its
+   event (no zero bills, no double bills after a restart).
+
+Fencing without KIP-447. aiokafka cannot send the consumer-group metadata that lets the broker
+fence a zombie after a rebalance, so the sink does not use group rebalancing at all: it assigns
+crossings partitions explicitly and uses one transactional producer per partition, with the
+transactional id ``<topology>.sink.crossings-<partition>``. Any two processes that claim the same
+partition use the same transactional id, so the newer one's initialisation bumps the epoch:
+the broker aborts the older one's open transaction and rejects its later writes
+(``ProducerFenced``), and the older sink stops with :class:`SinkFenced`. The newer one reads the
+billing record only after that initialisation, so it sees everything the older one committed.
+Scaling out means running sinks on disjoint partition sets (``partitions=``).
+
+faust's ``exactly_once`` is not used: it has open duplicate reports and rests on the same
+missing KIP-447 fencing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
+
+from lasp_streams.errors import DecodeError, LaspError
+from lasp_streams.metrics import Metrics
+from lasp_streams.runtime.kafka.crossing import BillingEvent, Crossing
+from lasp_streams.runtime.kafka.dlq import DeadLetter
+from lasp_streams.runtime.kafka.settings import KafkaSettings
+from lasp_streams.runtime.kafka.topics import billing_topic, crossings_topic, dlq_topic
+
+__all__ = ["SinkFenced", "TrustedSink", "read_billing_events"]
+
+log = logging.getLogger(__name__)
+
+
+class SinkFenced(LaspError, RuntimeError):
+    """Another sink process took over this sink's crossings partition (same transactional
+    id, newer epoch); this one must stop. Nothing it had not committed was billed."""
+
+
+class TrustedSink:
+    """Bills each (trigger, key) crossing exactly once. See the module docstring.
+
+    ``run()`` loops until :meth:`stop` (or raises :class:`SinkFenced`); ``step()`` handles one
+    batch. ``billed`` holds the event ids known to be billed (committed).
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topology: str,
+        *,
+        partitions: Sequence[int] | None = None,
+        metrics: Metrics | None = None,
+        on_billed: Callable[[BillingEvent], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topology = topology
+        self.partitions = (
+            tuple(range(settings.delta_partitions)) if partitions is None else tuple(partitions)
+        )
+        bad = [p for p in self.partitions if not 0 <= p < settings.delta_partitions]
+        if bad or not self.partitions:
+            raise ValueError(
+                f"sink partitions {list(self.partitions)} must be a non-empty subset of "
+                f"0..{settings.delta_partitions - 1} (the crossings topic's partitions)"
+            )
+        self.metrics = metrics
+        self.on_billed = on_billed
+        self.group_id = f"{topology}.sink"
+        self.crossings_topic = crossings_topic(topology)
+        self.billing_topic = billing_topic(topology)
+        self.dlq_topic = dlq_topic(topology)
+        self.billed: set[str] = set()
+        self._producers: dict[int, AIOKafkaProducer] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._stopping = asyncio.Event()
+        self._running: asyncio.Task[None] | None = None
+
+    def transactional_id(self, partition: int) -> str:
+        """The transactional id that owns crossings partition ``partition``."""
+        return f"{self.topology}.sink.crossings-{partition}"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Fence older owners of our partitions, read what was billed, then start consuming."""
+        s = self.settings
+        try:
+            for partition in self.partitions:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=s.bootstrap_servers,
+                    client_id=f"{s.client_id}-sink-{partition}",
+                    transactional_id=self.transactional_id(partition),
+                    enable_idempotence=True,
+                    acks="all",
+                    linger_ms=s.linger_ms,
+                    transaction_timeout_ms=s.transaction_timeout_ms,
+                    request_timeout_ms=s.request_timeout_ms,
+                )
+                # start() runs InitProducerId: it bumps the epoch (fencing any older owner) and
+                # waits until the older owner's open transaction is aborted.
+                await producer.start()
+                self._producers[partition] = producer
+            for event in await read_billing_events(s, self.billing_topic):
+                self.billed.add(event.event_id)
+            self._consumer = AIOKafkaConsumer(
+                bootstrap_servers=s.bootstrap_servers,
+                client_id=f"{s.client_id}-sink",
+                group_id=self.group_id,
+                isolation_level="read_committed",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=s.max_batch_records,
+                request_timeout_ms=s.request_timeout_ms,
+            )
+            await self._consumer.start()
+            self._consumer.assign(
+                [TopicPartition(self.crossings_topic, p) for p in self.partitions]
+            )
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "sink for %s owns crossings partitions %s; %d events billed before",
+            self.topology,
+            list(self.partitions),
+            len(self.billed),
+        )
+
+    async def stop(self) -> None:
+        """Finish the batch in flight, then close the clients."""
+        self._stopping.set()
+        if self._running is not None and self._running is not asyncio.current_task():
+            await asyncio.gather(self._running, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        for producer in self._producers.values():
+            try:
+                await producer.stop()
+            except KafkaError as exc:  # a fenced producer may fail to close cleanly
+                log.debug("sink producer stop: %r", exc)
+        self._producers.clear()
+
+    async def run(self) -> None:
+        """Handle batches until :meth:`stop`; raises :class:`SinkFenced` if taken over."""
+        self._running = asyncio.current_task()
+        while not self._stopping.is_set():
+            await self.step()
+
+    # -- one batch -----------------------------------------------------------------------------
+    async def step(self) -> int:
+        """Bill one batch of crossings; returns how many crossings it read."""
+        consumer = self._consumer
+        if consumer is None:
+            raise RuntimeError("sink is not started")
+        data = await consumer.getmany(
+            timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_batch_records
+        )
+        count = 0
+        for tp, records in data.items():
+            if records:
+                await self._bill_partition(consumer, tp, records)
+                count += len(records)
+        return count
+
+    async def _bill_partition(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]
+    ) -> None:
+        producer = self._producers[tp.partition]
+        new: dict[str, BillingEvent] = {}
+        suppressed: list[str] = []
+        try:
+            async with producer.transaction():
+                for record in records:
+                    try:
+                        if record.value is None:
+                            raise DecodeError("crossing record has no value")
+                        crossing = Crossing.decode(record.value)
+                    except DecodeError as exc:
+                        dead = DeadLetter(
+                            "<crossings>",
+                            "decode",
+                            str(exc),
+                            record.topic,
+                            record.partition,
+                            record.offset,
+                            record.key,
+                            record.value,
+                        )
+                        await producer.send(
+                            self.dlq_topic, key=dead.key, value=dead.value, headers=dead.headers()
+                        )
+                        if self.metrics is not None:
+                            self.metrics.dead_lettered("<crossings>", "decode")
+                        continue
+                    if self.metrics is not None:
+                        self.metrics.sink_crossings.labels(crossing.trigger).inc()
+                    eid = crossing.event_id
+                    if eid in self.billed or eid in new:
+                        suppressed.append(crossing.trigger)
+                        continue
+                    event = BillingEvent.from_crossing(crossing)
+                    new[eid] = event
+                    await producer.send(self.billing_topic, key=eid.encode(), value=event.encode())
+                await producer.send_offsets_to_transaction(
+                    {tp: records[-1].offset + 1}, self.group_id
+                )
+        except (ProducerFenced, InvalidProducerEpoch) as exc:
+            self._count_transaction("aborted")
+            raise SinkFenced(
+                f"sink for {self.topology!r}: another sink took over crossings partition "
+                f"{tp.partition} (transactional id {self.transactional_id(tp.partition)!r}); "
+                "this one stops without billing its open batch"
+            ) from exc
+        except BaseException:
+            self._count_transaction("aborted")
+            # The transaction was aborted: read the batch again rather than skip it.
+            consumer.seek(tp, records[0].offset)
+            raise
+        self._count_transaction("committed")
+        self.billed.update(new)
+        if self.metrics is not None:
+            for event in new.values():
+                self.metrics.sink_billed.labels(event.trigger).inc()
+            for trigger in suppressed:
+                self.metrics.sink_duplicates_suppressed.labels(trigger).inc()
+        if self.on_billed is not None:
+            for event in new.values():
+                self.on_billed(event)
+
+    def _count_transaction(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.sink_transactions.labels(outcome).inc()
+
+
+async def read_billing_events(
+    settings: KafkaSettings, topic: str, *, timeout: float = 60.0
+) -> list[BillingEvent]:
+    """Every committed billing event on ``topic``, read with ``read_committed`` up to the last
+    stable offset (records of aborted transactions are never returned)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=f"{settings.client_id}-billing-reader",
+        group_id=None,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        request_timeout_ms=settings.request_timeout_ms,
+    )
+    await consumer.start()
+    events: list[BillingEvent] = []
+    try:
+        # ensure_topics checked that the topic has exactly billing_partitions partitions.
+        tps = [TopicPartition(topic, p) for p in range(settings.billing_partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        try:
+            # Under read_committed these are the last stable offsets.
+            ends = await asyncio.wait_for(consumer.end_offsets(tps), timeout)
+        except TimeoutError:
+            raise LaspError(
+                f"cannot read the end offsets of billing topic {topic!r} within {timeout} s; "
+                "does it exist (declare the topology's topics first)?"
+            ) from None
+        pending = {tp for tp in tps if ends[tp] > 0}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while pending:
+            if loop.time() > deadline:
+                raise LaspError(
+                    f"reading billing topic {topic!r} did not reach its end within {timeout} s"
+                )
+            data = await consumer.getmany(*pending, timeout_ms=200)
+            for records in data.values():
+                for record in records:
+                    if record.value is not None:
+                        events.append(BillingEvent.decode(record.value))
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+    finally:
+        await consumer.stop()
+    return events
