@@ -186,6 +186,7 @@ class AWMap(CausalLattice):
         delta = self._new_store(nested_delta._ctx)
         if not nested_delta._store_is_empty():
             delta._entries[key] = nested_delta
+            delta._index = dict.fromkeys(nested_delta._store_dots(), key)
         return delta
 
     def remove(self, actor: str, key: Hashable) -> Self:

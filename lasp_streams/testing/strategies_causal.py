@@ -233,6 +233,8 @@ def run_delivery(
             except MutatorError:
                 continue
             applied.append(op)
+            check_invariants(delta)
+            check_invariants(states[step.replica])
             wire = encode(delta)
             for other in range(run.replicas):
                 if other != step.replica:
