@@ -22,6 +22,7 @@ from lasp_streams.lattices import (
     MVMap,
     MVRegister,
     ORSet,
+    delta,
 )
 from lasp_streams.testing.laws import check_lattice_laws, mutations
 from lasp_streams.testing.replicas import check_convergence
@@ -34,6 +35,7 @@ from lasp_streams.testing.strategies_causal import (
     mvmap_ops,
     nested_awmap_ops,
     run_delivery,
+    type_cases,
 )
 
 CASES = [
@@ -291,3 +293,20 @@ def test_deeply_nested_round_trip() -> None:
 @pytest.mark.parametrize(("name", "bottom", "ops"), CASES, ids=[c[0] for c in CASES])
 def test_converges_in_the_shared_network_simulator(name: str, bottom: Any, ops: Any) -> None:
     check_convergence(bottom, ops, max_examples=25)
+
+
+ALL_CASES = type_cases()
+
+
+@FUZZ
+@given(st.sampled_from(ALL_CASES), st.data())
+def test_structural_invariants_survive_every_operation(case: Any, data: st.DataObject) -> None:
+    """Joins, decomposition parts, generic deltas and decoded states of every causal type keep
+    the invariants (dots covered by the context, compacted context, indexes in step)."""
+    name, bottom, _ = case
+    states = causal_states(bottom, case[2], name=name)
+    a, b = data.draw(states), data.draw(states)
+    for state in (a, b, a.join(b), b.join(a), delta(a, b), decode(encode(a))):
+        check_invariants(state)
+    for part in a.decompose():
+        check_invariants(part)
