@@ -322,7 +322,8 @@ class LocalRuntime:
             state = per_key.get(key)
             if state is None:
                 state = per_key[key] = vars_[var_id].prototype.bottom()
-            if isinstance(delta, Windowed):
+            if var_id in self._windows:
+                assert isinstance(delta, Windowed)
                 admitted = self._admit_window(rep, var_id, key, state, delta)
                 if admitted is None:
                     continue
@@ -347,7 +348,8 @@ class LocalRuntime:
             self._changed.set()
             self._changed = asyncio.Event()
         prop = self._propagation
-        if isinstance(state, Windowed):
+        if var_id in self._windows:
+            assert isinstance(state, Windowed)
             clock = self._clock(rep, var_id, key)
             self._close_windows(rep, var_id, key, state, clock)
         if prop.has_outputs(var_id):

@@ -17,13 +17,15 @@ resent as full state, partitions).
 from __future__ import annotations
 
 from collections.abc import Iterable
-
-from hypothesis import strategies as st
+from typing import TYPE_CHECKING
 
 from lasp_streams.dataflow.steps import Var
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.runtime.local import LocalRuntime
 from lasp_streams.runtime.network import SimulatedNetwork, Transport
+
+if TYPE_CHECKING:
+    from hypothesis.strategies import SearchStrategy
 
 __all__ = [
     "assert_converged",
@@ -66,8 +68,11 @@ def faulty_network(
     )
 
 
-def networks(replicas: int) -> st.SearchStrategy[SimulatedNetwork]:
-    """Hypothesis: simulated networks for ``replicas`` replicas, from fault-free to faulty."""
+def networks(replicas: int) -> SearchStrategy[SimulatedNetwork]:
+    """Hypothesis: simulated networks for ``replicas`` replicas, from fault-free to faulty
+    (the only helper here that needs Hypothesis)."""
+    from hypothesis import strategies as st
+
     return st.builds(
         SimulatedNetwork,
         st.just(replicas),

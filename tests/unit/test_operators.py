@@ -71,12 +71,12 @@ networks = runtime_testing.networks(REPLICAS)
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-@given(program=st.lists(op, max_size=30), network=networks)
+@given(program=st.lists(op, max_size=30), network=networks, replicate=st.booleans())
 async def test_operators_match_oracle_after_quiescence(
-    program: list[tuple[Any, ...]], network: SimulatedNetwork
+    program: list[tuple[Any, ...]], network: SimulatedNetwork, replicate: bool
 ) -> None:
     topo, oracles = build()
-    rt = LocalRuntime(topo, replicas=REPLICAS, network=network)
+    rt = LocalRuntime(topo, replicas=REPLICAS, network=network, replicate_derived=replicate)
     previous: dict[tuple[str, int], Lattice] = {}
 
     def check_monotone() -> None:
@@ -165,3 +165,43 @@ async def test_gset_inputs_never_lose_elements() -> None:
     await rt.update(a, "y", "add", 1, replica=1)
     await rt.settle()
     assert rt.query(both) == {1} == rt.query(both, replica=1)
+
+
+async def test_fold_sums_a_gset_of_records_monotonically() -> None:
+    from dataclasses import dataclass
+
+    from lasp_streams.codec import register_record
+    from lasp_streams.lattices.threshold import Threshold
+
+    @register_record(name="test_operators.Purchase")
+    @dataclass(frozen=True)
+    class Purchase:
+        id: str
+        amount: int
+
+    topo = Topology("sales")
+    purchases = topo.declare("purchases", GSet)
+    total = topo.fold("total", purchases, GCounter, sum_by(lambda p: p.id, lambda p: p.amount))
+    rt = LocalRuntime(topo, replicas=3, network=runtime_testing.faulty_network(3, seed=8))
+    await rt.update(purchases, "r0", "add", Purchase("p1", 30))
+    await rt.update(purchases, "r1", "add", Purchase("p2", 12), replica=1)
+    await rt.update(purchases, "r2", "add", Purchase("p1", 30), replica=2)  # same record
+    assert await rt.read(total, Threshold.value(42), replica=2, timeout=1.0) == 42
+    await rt.settle()
+    assert [rt.query(total, replica=r) for r in range(3)] == [42, 42, 42]
+
+
+async def test_fold_counts_active_elements_down_and_up() -> None:
+    topo = Topology("ads")
+    ads = topo.declare("ads", AWSet)
+    active = topo.fold("active", ads, GCounter, count_distinct())
+    rt = LocalRuntime(topo, replicas=2, network=runtime_testing.faulty_network(2, seed=6))
+    await rt.update(ads, "a", "add_all", ["x", "y", "z"])
+    await rt.settle()
+    assert rt.query(active, replica=1) == 3
+    await rt.update(ads, "b", "remove", "y", replica=1)
+    await rt.settle()
+    assert rt.query(active) == 2 == rt.query(active, replica=1)
+    await rt.update(ads, "a", "add", "y")
+    await rt.settle()
+    assert rt.query(active) == 3 == rt.query(active, replica=1)
