@@ -16,6 +16,7 @@ import atexit
 import itertools
 import os
 import re
+import signal
 import socket
 import time
 import uuid
@@ -94,6 +95,11 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaUnde
         yield info
         return
     broker: LocalKafka | None = None
+    # The broker runs in its own session, so a SIGTERM to pytest (a CI timeout) would orphan
+    # it; turned into KeyboardInterrupt, pytest still runs this fixture's teardown.
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         broker = _start_local(tmp_path_factory.mktemp("kafka"))
         # Belt and braces: also stop it if the interpreter exits without running teardown.
@@ -109,6 +115,12 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaUnde
     finally:
         if broker is not None:
             broker.stop()
+        if previous is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture
