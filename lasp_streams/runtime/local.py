@@ -18,7 +18,16 @@ window's ``on_late`` and a log warning.
 
 Errors: a user function that raises inside a step surfaces as
 :class:`~lasp_streams.errors.StepError` from the call that ran it (``update``, ``settle``,
-``read`` ...); a read that times out raises :class:`~lasp_streams.errors.ReadTimeout`.
+``read`` ...); the input's change stays merged but what that step would have derived from it on
+that replica is missing (user functions must not fail: fix it and start a new runtime). A read
+that times out raises :class:`~lasp_streams.errors.ReadTimeout`.
+
+::
+
+    rt = LocalRuntime(topology, replicas=3, network=SimulatedNetwork(3, seed=1, drop=0.1))
+    await rt.update("rovio_ads", "admin", "add", ad)                   # on replica 0
+    pairs = await rt.read("ads_with_contracts", Threshold.cardinality(1), replica=2)
+    await rt.settle()                                                  # quiescence
 """
 
 from __future__ import annotations
@@ -100,6 +109,10 @@ class LocalRuntime:
         if type(sink) is not int or not 0 <= sink < replicas:
             raise ValueError(f"sink must be a replica index in 0..{replicas - 1}, got {sink!r}")
         self.topology = topology.freeze()
+        if isinstance(network, SimulatedNetwork) and network.replicas != replicas:
+            raise ValueError(
+                f"the network connects {network.replicas} replicas but the runtime has {replicas}"
+            )
         self.network: Transport = SimulatedNetwork(replicas) if network is None else network
         self.sink = sink
         self.replicate_derived = replicate_derived
