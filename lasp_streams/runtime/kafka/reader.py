@@ -1,0 +1,115 @@
+"""Reading a topic from the beginning to its current end: for audits, resyncs and tests.
+
+"The end" is fixed when the read starts (the high watermark, or the last stable offset under
+``read_committed``), so the read terminates even while producers keep writing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from lasp_streams.errors import LaspError
+from lasp_streams.runtime.kafka.settings import KafkaSettings
+
+__all__ = ["committed_offsets", "end_offsets", "partitions_of", "read_all"]
+
+
+async def read_all(
+    settings: KafkaSettings,
+    topic: str,
+    *,
+    read_committed: bool = False,
+    timeout: float = 60.0,
+) -> list[Any]:
+    """Every record of ``topic`` up to its end as of now (aiokafka ``ConsumerRecord``s),
+    partition by partition in offset order."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=f"{settings.client_id}-reader",
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed" if read_committed else "read_uncommitted",
+        request_timeout_ms=settings.request_timeout_ms,
+    )
+    await consumer.start()
+    try:
+        partitions = await partitions_of(settings, topic, timeout)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        by_partition: dict[int, list[Any]] = {tp.partition: [] for tp in tps}
+        pending = {tp for tp in tps if ends[tp] > 0}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while pending:
+            if loop.time() > deadline:
+                raise LaspError(f"reading {topic!r} did not reach its end within {timeout} s")
+            data = await consumer.getmany(*pending, timeout_ms=200)
+            for tp, records in data.items():
+                by_partition[tp.partition].extend(r for r in records if r.offset < ends[tp])
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+        return [record for p in sorted(by_partition) for record in by_partition[p]]
+    finally:
+        await consumer.stop()
+
+
+async def end_offsets(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> dict[int, int]:
+    """The high watermark of every partition of ``topic``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None)
+    await consumer.start()
+    try:
+        partitions = await partitions_of(settings, topic, timeout)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(
+    settings: KafkaSettings, group_id: str, topic: str, timeout: float = 30.0
+) -> dict[int, int | None]:
+    """The offsets ``group_id`` has committed on each partition of ``topic`` (None: none)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=group_id,
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        partitions = await partitions_of(settings, topic, timeout)
+        result: dict[int, int | None] = {}
+        for p in sorted(partitions):
+            result[p] = await consumer.committed(TopicPartition(topic, p))
+        return result
+    finally:
+        await consumer.stop()
+
+
+async def partitions_of(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> set[int]:
+    """The partition numbers of ``topic``, waiting up to ``timeout`` for it to exist (a consumer
+    only tracks the metadata of topics it reads, so this asks through an admin client)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers,
+        request_timeout_ms=settings.request_timeout_ms,
+    )
+    await admin.start()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            for entry in await admin.describe_topics([topic]):
+                if entry["topic"] == topic and entry["error_code"] == 0 and entry["partitions"]:
+                    return {part["partition"] for part in entry["partitions"]}
+            if loop.time() > deadline:
+                raise LaspError(f"topic {topic!r} does not exist (waited {timeout} s)")
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
