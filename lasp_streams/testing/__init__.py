@@ -4,3 +4,22 @@ strategies (:mod:`.strategies`) and a replica convergence simulator (:mod:`.repl
 Import the submodules directly (``from lasp_streams.testing.laws import check_lattice_laws``);
 this package imports nothing on its own so that importing it never needs Hypothesis.
 """
+
+# Running a topology with no broker (none of these needs Hypothesis): see :mod:`.runtime`.
+from lasp_streams.runtime.local import LocalRuntime
+from lasp_streams.runtime.network import SimulatedNetwork
+from lasp_streams.testing.runtime import (
+    assert_converged,
+    faulty_network,
+    local_runtime,
+    settled,
+)
+
+__all__ = [
+    "LocalRuntime",
+    "SimulatedNetwork",
+    "assert_converged",
+    "faulty_network",
+    "local_runtime",
+    "settled",
+]
