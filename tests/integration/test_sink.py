@@ -1,0 +1,184 @@
+"""The trusted sink on the real broker: one billing event per (trigger, key), whatever repeats."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
+from prometheus_client import CollectorRegistry
+
+from lasp_streams.metrics import Metrics
+from lasp_streams.runtime.kafka.crossing import BillingEvent, Crossing, event_id
+from lasp_streams.runtime.kafka.dlq import parse_headers
+from lasp_streams.runtime.kafka.reader import committed_offsets, end_offsets, read_all
+from lasp_streams.runtime.kafka.settings import KafkaSettings
+from lasp_streams.runtime.kafka.sink import SinkFenced, TrustedSink, read_billing_events
+from lasp_streams.runtime.kafka.topics import (
+    billing_topic,
+    crossings_topic,
+    dlq_topic,
+    ensure_topics,
+    plan_topics,
+)
+
+pytestmark = pytest.mark.integration
+
+KEYS = [f"ad-{i}".encode() for i in range(6)]
+
+
+async def setup(bootstrap: str, unique_topic: Callable[..., str]) -> tuple[KafkaSettings, str]:
+    topo = unique_topic("topo")
+    settings = KafkaSettings(bootstrap_servers=bootstrap, delta_partitions=2, poll_timeout_ms=100)
+    await ensure_topics(settings, plan_topics(topo, ["impressions"], settings))
+    return settings, topo
+
+
+async def publish_crossings(
+    settings: KafkaSettings, topo: str, keys: list[bytes], value: int = 100
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    await producer.start()
+    try:
+        for i, key in enumerate(keys):
+            crossing = Crossing(topo, "impressions", "bill", key, value + i, "Threshold.value(100)")
+            partition = i % settings.delta_partitions
+            await producer.send(
+                crossings_topic(topo), key=key, value=crossing.encode(), partition=partition
+            )
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def caught_up(
+    settings: KafkaSettings, topo: str, sink: TrustedSink, timeout: float = 60
+) -> None:
+    """Step ``sink`` until its committed offsets reach the end of the crossings topic."""
+    ends = await end_offsets(settings, crossings_topic(topo))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        committed = await committed_offsets(settings, sink.group_id, crossings_topic(topo))
+        if all((committed[p] or 0) >= end for p, end in ends.items()):
+            return
+        assert loop.time() < deadline, f"sink committed {committed}, crossings end at {ends}"
+        await sink.step()
+
+
+async def billed_keys(settings: KafkaSettings, topo: str) -> list[bytes]:
+    return sorted(e.key for e in await read_billing_events(settings, billing_topic(topo)))
+
+
+async def test_each_key_is_billed_once_though_its_crossing_is_redelivered(
+    bootstrap_servers: str, unique_topic: Callable[..., str]
+) -> None:
+    settings, topo = await setup(bootstrap_servers, unique_topic)
+    await publish_crossings(settings, topo, KEYS + KEYS)  # duplicates in one batch
+    registry = CollectorRegistry()
+    sink = TrustedSink(settings, topo, metrics=Metrics(registry))
+    await sink.start()
+    try:
+        await caught_up(settings, topo, sink)
+        # Redelivered later (an agent restarted and republished), to a running sink ...
+        await publish_crossings(settings, topo, KEYS, value=500)
+        await caught_up(settings, topo, sink)
+    finally:
+        await sink.stop()
+    # ... and to a restarted sink, which knows what was billed from the billing topic.
+    await publish_crossings(settings, topo, KEYS, value=900)
+    restarted = TrustedSink(settings, topo)
+    await restarted.start()
+    try:
+        assert restarted.billed == {event_id(topo, "bill", key) for key in KEYS}
+        await caught_up(settings, topo, restarted)
+    finally:
+        await restarted.stop()
+
+    events = await read_billing_events(settings, billing_topic(topo))
+    assert sorted(e.key for e in events) == sorted(KEYS)
+    assert all(e.value < 500 for e in events)  # the first crossing seen was billed
+    assert {e.event_id for e in events} == {event_id(topo, "bill", key) for key in KEYS}
+    suppressed = registry.get_sample_value(
+        "lasp_sink_duplicates_suppressed_total", {"trigger": "bill"}
+    )
+    assert suppressed == 2 * len(KEYS)
+    billed = registry.get_sample_value("lasp_sink_billed_total", {"trigger": "bill"})
+    assert billed == len(KEYS)
+
+
+async def test_a_second_sink_with_the_same_identity_fences_the_first(
+    bootstrap_servers: str, unique_topic: Callable[..., str]
+) -> None:
+    settings, topo = await setup(bootstrap_servers, unique_topic)
+    await publish_crossings(settings, topo, KEYS[:3])
+    # A zombie owner of partition 0 with a transaction in flight: billing sent, not committed.
+    identity = TrustedSink(settings, topo).transactional_id(0)
+    zombie = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, transactional_id=identity)
+    await zombie.start()
+    ghost = BillingEvent("ghost", topo, "impressions", "bill", b"ghost", 0, "")
+    await zombie.begin_transaction()
+    await zombie.send_and_wait(billing_topic(topo), key=b"ghost", value=ghost.encode())
+
+    first = TrustedSink(settings, topo)
+    await first.start()  # bumps the epoch: the zombie's transaction is aborted
+    second: TrustedSink | None = None
+    try:
+        with pytest.raises((ProducerFenced, InvalidProducerEpoch)):
+            await zombie.commit_transaction()
+        await caught_up(settings, topo, first)
+
+        second = TrustedSink(settings, topo)
+        await second.start()  # the same identity again: now ``first`` is the zombie
+        assert second.billed == {event_id(topo, "bill", key) for key in KEYS[:3]}
+
+        await publish_crossings(settings, topo, KEYS)
+        with pytest.raises(SinkFenced, match="another sink took over crossings partition"):
+            for _ in range(50):
+                await first.step()
+        await caught_up(settings, topo, second)
+    finally:
+        await zombie.stop()
+        await first.stop()
+        if second is not None:
+            await second.stop()
+    # Uncommitted records are invisible to read_committed readers; every key exactly once.
+    assert await billed_keys(settings, topo) == sorted(KEYS)
+    raw = await read_all(settings, billing_topic(topo))
+    assert b"ghost" in {r.key for r in raw}  # it was written, then aborted
+
+
+async def test_a_malformed_crossing_is_dead_lettered_and_the_sink_goes_on(
+    bootstrap_servers: str, unique_topic: Callable[..., str]
+) -> None:
+    settings, topo = await setup(bootstrap_servers, unique_topic)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            crossings_topic(topo), key=b"x", value=b"\xc1garbage", partition=0
+        )
+    finally:
+        await producer.stop()
+    await publish_crossings(settings, topo, KEYS)
+    sink = TrustedSink(settings, topo)
+    await sink.start()
+    try:
+        await caught_up(settings, topo, sink)
+    finally:
+        await sink.stop()
+    assert await billed_keys(settings, topo) == sorted(KEYS)
+    dead = await read_all(settings, dlq_topic(topo), read_committed=True)
+    assert [parse_headers(r.headers)["reason"] for r in dead] == ["decode"]
+    assert dead[0].value == b"\xc1garbage"
+
+
+def test_sink_partitions_must_be_crossings_partitions() -> None:
+    settings = KafkaSettings(delta_partitions=2)
+    with pytest.raises(ValueError, match=r"non-empty subset of 0\.\.1"):
+        TrustedSink(settings, "t", partitions=[2])
+    with pytest.raises(ValueError, match="non-empty subset"):
+        TrustedSink(settings, "t", partitions=[])
+    assert TrustedSink(settings, "t", partitions=[1]).transactional_id(1) == "t.sink.crossings-1"
