@@ -286,3 +286,23 @@ async def test_keyed_set_operators_work_key_by_key() -> None:
     for r in range(2):
         assert rt.query(shifted, key="k1", replica=r) == {102}
         assert rt.query(shifted, key="k2", replica=r) == frozenset()
+
+
+async def test_timeout_message_mentions_a_partition_and_copies_mode_works() -> None:
+    topo = Topology("t")
+    c = topo.declare("c", GCounter)
+    net = SimulatedNetwork(2)
+    rt = LocalRuntime(topo, replicas=2, network=net, use_codec=False)
+    net.partition({0}, {1})
+    await rt.update(c, "a", "increment")
+    with pytest.raises(ReadTimeout, match=r"1 message\(s\) in flight, network partitioned"):
+        await rt.read(c, Threshold.value(1), replica=1, timeout=0.01)
+    net.heal()
+    assert await rt.read(c, Threshold.value(1), replica=1, timeout=1.0) == 1
+
+
+def test_network_size_must_match() -> None:
+    topo = Topology("t")
+    topo.declare("c", GCounter)
+    with pytest.raises(ValueError, match="connects 2 replicas but the runtime has 3"):
+        LocalRuntime(topo, replicas=3, network=SimulatedNetwork(2))
