@@ -91,7 +91,7 @@ def test_functions_must_be_callable() -> None:
 def test_fold_names_a_lattice_accumulator() -> None:
     topo = Topology("t")
     s = topo.declare("s", AWSet)
-    with pytest.raises(InvalidTopology, match=r"fold step 'n': <class 'int'> is not a lattice type"):
+    with pytest.raises(InvalidTopology, match=r"fold step 'n': <class 'int'> is not a lattice"):
         topo.fold("n", s, int, count_distinct())  # type: ignore[arg-type]
     n = topo.fold("n2", s, GCounter, count_distinct())
     assert isinstance(n.prototype, Folded)
