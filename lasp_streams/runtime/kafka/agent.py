@@ -122,6 +122,8 @@ class VariableAgent:
             client_id=f"{s.client_id}-{self.variable}-agent",
             group_id=self.group_id,
             enable_auto_commit=False,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, s.session_timeout_ms // 3),
             auto_offset_reset="earliest",
             max_poll_records=s.max_batch_records,
             max_partition_fetch_bytes=s.max_partition_fetch_bytes,

@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--value-threshold", type=int)
             p.add_argument("--trigger", default="threshold")
             p.add_argument("--max-batch", type=int, default=_DEFAULTS.max_batch_records)
+            p.add_argument("--session-timeout-ms", type=int, default=_DEFAULTS.session_timeout_ms)
     return parser
 
 
@@ -58,6 +59,7 @@ async def _main(args: argparse.Namespace) -> int:
         bootstrap_servers=args.bootstrap,
         delta_partitions=args.partitions,
         max_batch_records=getattr(args, "max_batch", _DEFAULTS.max_batch_records),
+        session_timeout_ms=getattr(args, "session_timeout_ms", _DEFAULTS.session_timeout_ms),
     )
     await ensure_topics(settings, plan_topics(args.topology, args.variable, settings))
     stop = asyncio.Event()
