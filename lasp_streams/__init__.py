@@ -1,6 +1,22 @@
 """lasp_streams: the Lasp programming model (CRDT variables, monotone dataflow, threshold reads)
-as a stream-processing plugin on Apache Kafka."""
+as a stream-processing plugin on Apache Kafka.
 
+What users import lives here; ``__all__`` is the curated surface (pinned by a test).
+"""
+
+from lasp_streams.codec import decode, encode, register_record
+from lasp_streams.dataflow import (
+    Folded,
+    LateDelta,
+    Topology,
+    TriggerEvent,
+    Update,
+    Var,
+    WindowClosed,
+    WindowSpec,
+    count_distinct,
+    sum_by,
+)
 from lasp_streams.errors import (
     CodecError,
     ConflictingMerge,
@@ -16,22 +32,85 @@ from lasp_streams.errors import (
     ReadTimeout,
     StepError,
 )
+from lasp_streams.lattices import (
+    AWMap,
+    AWSet,
+    BCounter,
+    Boolean,
+    DWFlag,
+    EWFlag,
+    GCounter,
+    GMap,
+    GSet,
+    IVar,
+    Lattice,
+    LexCounter,
+    LWWRegister,
+    MaxInt,
+    MVMap,
+    MVRegister,
+    ORSet,
+    Pair,
+    PNCounter,
+    ProvenanceSet,
+    Threshold,
+    TwoPSet,
+    threshold_met,
+)
+from lasp_streams.runtime import LocalRuntime
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AWMap",
+    "AWSet",
+    "BCounter",
+    "Boolean",
     "CodecError",
     "ConflictingMerge",
+    "DWFlag",
     "DecodeError",
+    "EWFlag",
     "EncodeError",
+    "Folded",
+    "GCounter",
+    "GMap",
+    "GSet",
+    "IVar",
     "IncompatibleLattices",
     "InsufficientRights",
     "InvalidTopology",
     "KafkaSetupError",
+    "LWWRegister",
     "LaspError",
+    "LateDelta",
+    "Lattice",
     "LatticeError",
+    "LexCounter",
+    "LocalRuntime",
+    "MVMap",
+    "MVRegister",
+    "MaxInt",
     "MutatorError",
+    "ORSet",
+    "PNCounter",
+    "Pair",
+    "ProvenanceSet",
     "ReadTimeout",
     "StepError",
+    "Threshold",
+    "Topology",
+    "TriggerEvent",
+    "TwoPSet",
+    "Update",
+    "Var",
+    "WindowClosed",
+    "WindowSpec",
     "__version__",
+    "count_distinct",
+    "decode",
+    "encode",
+    "register_record",
+    "sum_by",
+    "threshold_met",
 ]

@@ -257,8 +257,10 @@ def _lattice_for(tag: str) -> type[Lattice] | None:
     global _LOADED
     cls = _REGISTRY.get(tag)
     if cls is None and not _LOADED:
-        # Classes register on import; load the whole library once, on the first unknown tag
-        # (importing it at module level would be circular: lattices use element_problem).
+        # Classes register on import; load every module that defines wire types once, on the
+        # first unknown tag (importing them at module level would be circular: lattices use
+        # element_problem). The dataflow package defines the fold and window lattices.
+        import lasp_streams.dataflow
         import lasp_streams.lattices  # noqa: F401
 
         _LOADED = True

@@ -3,17 +3,31 @@
 Every type here is importable from this package; ``__all__`` is the curated public surface.
 """
 
+from lasp_streams.lattices.awmap import AWMap, MVMap
+from lasp_streams.lattices.awset import AWSet
 from lasp_streams.lattices.base import Lattice, LatticeSpec, new_bottom
+from lasp_streams.lattices.causal import CausalContext, CausalLattice, Dot
 from lasp_streams.lattices.composite import GMap, Pair, mutator_names
 from lasp_streams.lattices.counters import BCounter, GCounter, LexCounter, MaxInt, PNCounter
 from lasp_streams.lattices.derived import delta, is_inflation, is_strict_inflation
+from lasp_streams.lattices.flags import DWFlag, EWFlag
+from lasp_streams.lattices.mvregister import MVRegister
+from lasp_streams.lattices.orset import ORSet
+from lasp_streams.lattices.provenance import ProvenanceSet
 from lasp_streams.lattices.registers import Boolean, IVar, LWWRegister, value_order_key
 from lasp_streams.lattices.sets import GSet, TwoPSet
 from lasp_streams.lattices.threshold import Threshold, is_monotone, threshold_met
 
 __all__ = [
+    "AWMap",
+    "AWSet",
     "BCounter",
     "Boolean",
+    "CausalContext",
+    "CausalLattice",
+    "DWFlag",
+    "Dot",
+    "EWFlag",
     "GCounter",
     "GMap",
     "GSet",
@@ -22,9 +36,13 @@ __all__ = [
     "Lattice",
     "LatticeSpec",
     "LexCounter",
+    "MVMap",
+    "MVRegister",
     "MaxInt",
+    "ORSet",
     "PNCounter",
     "Pair",
+    "ProvenanceSet",
     "Threshold",
     "TwoPSet",
     "delta",
@@ -35,27 +53,4 @@ __all__ = [
     "new_bottom",
     "threshold_met",
     "value_order_key",
-]
-
-# Causal (dot-based) types are appended below as one import block plus ``__all__ += [...]``
-# (imports placed after code need a noqa for E402).
-
-from lasp_streams.lattices.awmap import AWMap, MVMap
-from lasp_streams.lattices.awset import AWSet
-from lasp_streams.lattices.causal import CausalContext, CausalLattice, Dot
-from lasp_streams.lattices.flags import DWFlag, EWFlag
-from lasp_streams.lattices.mvregister import MVRegister
-from lasp_streams.lattices.orset import ORSet
-
-__all__ += [
-    "AWMap",
-    "AWSet",
-    "CausalContext",
-    "CausalLattice",
-    "DWFlag",
-    "Dot",
-    "EWFlag",
-    "MVMap",
-    "MVRegister",
-    "ORSet",
 ]

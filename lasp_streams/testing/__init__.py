@@ -1,11 +1,11 @@
 """Public test helpers for lasp_streams: lattice law checkers (:mod:`.laws`), Hypothesis
 strategies (:mod:`.strategies`) and a replica convergence simulator (:mod:`.replicas`).
 
-Import the submodules directly (``from lasp_streams.testing.laws import check_lattice_laws``);
-this package imports nothing on its own so that importing it never needs Hypothesis.
+Import the Hypothesis-based submodules directly (``from lasp_streams.testing.laws import
+check_lattice_laws``): this package itself imports only what runs without Hypothesis — the
+LocalRuntime helpers below (:mod:`.runtime`) for running a topology with no broker.
 """
 
-# Running a topology with no broker (none of these needs Hypothesis): see :mod:`.runtime`.
 from lasp_streams.runtime.local import LocalRuntime
 from lasp_streams.runtime.network import SimulatedNetwork
 from lasp_streams.testing.runtime import (

@@ -1,0 +1,62 @@
+"""The curated public surface (STYLE.md #7) and a codec that works in a fresh process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import lasp_streams
+
+EXPECTED = {
+    "AWMap", "AWSet", "BCounter", "Boolean", "CodecError", "ConflictingMerge", "DWFlag",
+    "DecodeError", "EWFlag", "EncodeError", "Folded", "GCounter", "GMap", "GSet", "IVar",
+    "IncompatibleLattices", "InsufficientRights", "InvalidTopology", "KafkaSetupError",
+    "LWWRegister", "LaspError", "LateDelta", "Lattice", "LatticeError", "LexCounter",
+    "LocalRuntime", "MVMap", "MVRegister", "MaxInt", "MutatorError", "ORSet", "PNCounter", "Pair",
+    "ProvenanceSet", "ReadTimeout", "StepError", "Threshold", "Topology", "TriggerEvent",
+    "TwoPSet", "Update", "Var", "WindowClosed", "WindowSpec", "__version__", "count_distinct",
+    "decode", "encode", "register_record", "sum_by", "threshold_met",
+}  # fmt: skip
+
+
+def test_exported_members_are_pinned() -> None:
+    assert set(lasp_streams.__all__) == EXPECTED
+    for name in lasp_streams.__all__:
+        assert hasattr(lasp_streams, name), name
+
+
+def test_errors_share_one_root() -> None:
+    for name in lasp_streams.__all__:
+        obj = getattr(lasp_streams, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, lasp_streams.LaspError), name
+
+
+def test_fresh_process_decodes_every_registered_tag() -> None:
+    """A process that imports only the codec (an audit tool, an edge client) must decode
+    every lattice type, including those the dataflow package defines (fold, windows)."""
+    import asyncio
+
+    topo = lasp_streams.Topology("fresh")
+    src = topo.declare("src", lasp_streams.AWSet)
+    topo.filter("kept", src, bool)
+    topo.fold("count", src, lasp_streams.GCounter, lasp_streams.count_distinct())
+    rt = lasp_streams.LocalRuntime(topo, replicas=1)
+
+    async def fill() -> None:
+        await rt.update("src", "a", "add", 1)
+        await rt.settle()
+
+    asyncio.run(fill())
+    encoded = [lasp_streams.encode(rt.state(var)) for var in ("kept", "count")]
+    script = textwrap.dedent(
+        f"""
+        from lasp_streams.codec import decode
+        print(*(type(decode(data)).__name__ for data in {encoded!r}))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["ProvenanceSet", "Folded"]
