@@ -31,12 +31,18 @@ def test_names_follow_the_design() -> None:
     assert crossings_topic("ads") == "ads.crossings"
 
 
-@pytest.mark.parametrize("bad", ["a.b", "", "a b", "ä", "x/y"])
+@pytest.mark.parametrize("bad", ["", ".a", "a b", "ä", "x/y"])
 def test_a_name_that_cannot_be_part_of_a_topic_is_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="cannot be part of a Kafka topic name"):
         delta_topic("ads", bad)
     with pytest.raises(ValueError, match="topology name"):
         billing_topic(bad)
+
+
+def test_variables_may_hold_dots_topologies_may_not() -> None:
+    assert delta_topic("ads", "per.minute") == "ads.per.minute.deltas"
+    with pytest.raises(ValueError, match=r"topology name 'a\.b'"):
+        state_topic("a.b", "c")
 
 
 def test_the_plan_compacts_state_and_keeps_billing() -> None:

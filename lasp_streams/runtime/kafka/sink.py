@@ -96,6 +96,7 @@ class TrustedSink:
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
         self._running: asyncio.Task[None] | None = None
+        self._fenced = False
 
     def transactional_id(self, partition: int) -> str:
         """The transactional id that owns crossings partition ``partition``."""
@@ -226,13 +227,14 @@ class TrustedSink:
                 await producer.send_offsets_to_transaction(
                     {tp: records[-1].offset + 1}, self.group_id
                 )
-        except (ProducerFenced, InvalidProducerEpoch) as exc:
+        except (ProducerFenced, InvalidProducerEpoch):
+            self._fenced = True
             self._count_transaction("aborted")
             raise SinkFenced(
                 f"sink for {self.topology!r}: another sink took over crossings partition "
                 f"{tp.partition} (transactional id {self.transactional_id(tp.partition)!r}); "
                 "this one stops without billing its open batch"
-            ) from exc
+            ) from None
         except BaseException:
             self._count_transaction("aborted")
             # The transaction was aborted: read the batch again rather than skip it.

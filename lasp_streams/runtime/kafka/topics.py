@@ -31,8 +31,11 @@ from aiokafka.errors import KafkaError
 from lasp_streams.errors import KafkaSetupError
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 
-# Kafka's own rule for topic names; '.' separates our name parts, so parts may not hold one.
-_PART = re.compile(r"^[A-Za-z0-9_-]+$")
+# Kafka's own rule for topic names is [A-Za-z0-9._-]. A topology name may not hold a '.', so
+# two topologies never share a topic; a variable name may (every variable topic ends in a
+# fixed suffix, so two variables of one topology cannot collide either).
+_TOPOLOGY = re.compile(r"^[A-Za-z0-9_-]+$")
+_VARIABLE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 _MAX_TOPIC_NAME = 249
 
 
@@ -43,10 +46,14 @@ class TopicMismatch(KafkaSetupError):
 
 
 def _check_part(kind: str, name: str) -> str:
-    if not _PART.match(name):
+    pattern, allowed = (
+        (_TOPOLOGY, "letters, digits, '_' and '-'")
+        if kind == "topology"
+        else (_VARIABLE, "letters, digits, '_', '-' and '.' (not first)")
+    )
+    if not pattern.match(name):
         raise ValueError(
-            f"{kind} name {name!r} cannot be part of a Kafka topic name: use letters, digits, "
-            "'_' and '-' only"
+            f"{kind} name {name!r} cannot be part of a Kafka topic name: use {allowed} only"
         )
     return name
 

@@ -1,0 +1,186 @@
+"""Binding a Topology to Kafka: which agents a worker runs, hosted in a faust App or not.
+
+Design (measured, see ``tests/benchmarks/reports/consume.md``): faust is the *host* — worker
+process, lifecycle, signals, logging, its web/monitoring hooks, ``lasp-streams worker`` — and
+each variable agent runs inside it as a :class:`mode.Service`. The data path does not go
+through faust streams: an agent reads its delta topic with aiokafka ``getmany`` batches and its
+own consumer group. A faust agent with ``stream.take_events`` batches joined about 5-7 k
+records/s here, 20 times slower than the same join behind ``getmany`` (≈ 120 k/s), far outside the
+issue's 2x budget, because faust builds an event, an ack and a queue hop per record. Hosting the
+batched agent in a faust App costs nothing measurable.
+
+This module is the only one that imports faust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lasp_streams.dataflow.steps import DeclareStep, TriggerStep
+from lasp_streams.dataflow.topology import Topology
+from lasp_streams.errors import InvalidTopology
+from lasp_streams.lattices.base import Lattice
+from lasp_streams.lattices.threshold import Threshold
+from lasp_streams.metrics import Metrics
+from lasp_streams.runtime.kafka.agent import VariableAgent
+from lasp_streams.runtime.kafka.crossing import TriggerSpec
+from lasp_streams.runtime.kafka.settings import KafkaSettings
+from lasp_streams.runtime.kafka.sink import TrustedSink
+from lasp_streams.runtime.kafka.topics import ensure_topics, plan_topics
+
+__all__ = ["VariablePlan", "WorkerPlan", "build_faust_app", "plan_worker", "run_worker"]
+
+
+@dataclass(frozen=True, slots=True)
+class VariablePlan:
+    """One declared variable and the per-key triggers its agent evaluates."""
+
+    id: str
+    prototype: Lattice
+    keyed: bool
+    triggers: tuple[TriggerSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPlan:
+    """What a worker of a topology runs on Kafka."""
+
+    topology: str
+    variables: tuple[VariablePlan, ...]
+
+    def agents(
+        self, settings: KafkaSettings, metrics: Metrics | None = None
+    ) -> list[VariableAgent]:
+        return [
+            VariableAgent(
+                settings,
+                self.topology,
+                v.id,
+                v.prototype,
+                triggers=v.triggers,
+                metrics=metrics,
+            )
+            for v in self.variables
+        ]
+
+
+def plan_worker(topology: Topology) -> WorkerPlan:
+    """The agents a worker runs for ``topology``.
+
+    This version runs declared variables and their fixed-threshold triggers. Operator steps
+    (map, filter, union, product, fold, windows), ``bind_to``, ``stream`` callbacks and per-key
+    threshold functions are refused by name, so a topology never runs half on Kafka silently.
+    """
+    variables: dict[str, list[TriggerSpec]] = {}
+    unsupported: list[str] = []
+    for step in topology.steps:
+        if isinstance(step, DeclareStep):
+            variables.setdefault(step.output, [])
+        elif isinstance(step, TriggerStep) and isinstance(step.threshold, Threshold):
+            variables.setdefault(step.var, []).append(
+                TriggerSpec.from_threshold(step.id, step.threshold)
+            )
+        else:
+            unsupported.append(f"{type(step).__name__} {step.id!r}")
+    if unsupported:
+        raise InvalidTopology(
+            f"topology {topology.name!r}: the Kafka runtime cannot run these steps yet: "
+            f"{', '.join(unsupported)}. Run it with the LocalRuntime, or remove them."
+        )
+    plans = []
+    for var_id, triggers in variables.items():
+        var = topology.var(var_id)
+        plans.append(VariablePlan(var.id, var.prototype, var.keyed, tuple(triggers)))
+    return WorkerPlan(topology.name, tuple(plans))
+
+
+def build_faust_app(
+    plan: WorkerPlan,
+    settings: KafkaSettings,
+    *,
+    metrics: Metrics | None = None,
+    with_sink: bool = True,
+    web_enabled: bool = False,
+    datadir: str | None = None,
+    agents: Sequence[VariableAgent] | None = None,
+) -> Any:
+    """A faust App whose services are the plan's agents (and the trusted sink).
+
+    ``app.main()`` (or ``faust -A ... worker``) runs it; the topics are declared when the first
+    service starts. ``agents`` replaces the plan's own agents (benchmarks pass instrumented ones).
+    """
+    import faust
+    from mode import Service
+
+    options: dict[str, Any] = {"web_enabled": web_enabled}
+    if datadir is not None:
+        options["datadir"] = datadir
+    app = faust.App(
+        f"{plan.topology}-worker", broker=f"kafka://{settings.bootstrap_servers}", **options
+    )
+    runners: list[Any] = [*(plan.agents(settings, metrics) if agents is None else agents)]
+    if with_sink:
+        runners.append(TrustedSink(settings, plan.topology, metrics=metrics))
+    declared = asyncio.Lock()
+    done: list[bool] = []
+
+    class RunnerService(Service):
+        """Runs one agent (or the sink) for the life of the faust worker."""
+
+        def __init__(self, runner: Any) -> None:
+            self.runner = runner
+            super().__init__()
+
+        async def on_start(self) -> None:
+            async with declared:
+                if not done:
+                    names = [v.id for v in plan.variables]
+                    await ensure_topics(settings, plan_topics(plan.topology, names, settings))
+                    done.append(True)
+            await self.runner.start()
+            self.add_future(self.runner.run())
+
+        async def on_stop(self) -> None:
+            await self.runner.stop()
+
+    for runner in runners:
+        app.add_dependency(RunnerService(runner))
+    return app
+
+
+async def run_worker(
+    topology: Topology,
+    settings: KafkaSettings,
+    *,
+    metrics: Metrics | None = None,
+    with_sink: bool = True,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run a topology's agents (and the sink) in this event loop until ``stop`` is set.
+
+    The programmatic counterpart of ``lasp-streams worker``, without faust: for embedding and
+    tests. Declares the topics first.
+    """
+    plan = plan_worker(topology)
+    await ensure_topics(
+        settings, plan_topics(plan.topology, [v.id for v in plan.variables], settings)
+    )
+    runners: Sequence[Any] = [*plan.agents(settings, metrics)]
+    if with_sink:
+        runners = [*runners, TrustedSink(settings, plan.topology, metrics=metrics)]
+    for runner in runners:
+        await runner.start()
+    tasks = [asyncio.create_task(r.run()) for r in runners]
+    waiter = asyncio.create_task((stop or asyncio.Event()).wait())
+    try:
+        done, _ = await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not waiter:
+                task.result()  # a runner that ended by itself failed: re-raise its error
+    finally:
+        waiter.cancel()
+        for runner in runners:
+            await runner.stop()
