@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from lasp_streams import codec
@@ -16,6 +20,7 @@ from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.metrics import Metrics
 from lasp_streams.runtime.kafka.agent import VariableAgent
 from lasp_streams.runtime.kafka.crossing import Crossing, TriggerSpec
+from lasp_streams.runtime.kafka.joiner import PartitionJoiner
 from lasp_streams.runtime.kafka.reader import committed_offsets, end_offsets, read_all
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import (
@@ -25,8 +30,6 @@ from lasp_streams.runtime.kafka.topics import (
     plan_topics,
     state_topic,
 )
-
-pytestmark = pytest.mark.integration
 
 VAR = "impressions"
 KEYS = [f"ad-{i}".encode() for i in range(8)]
@@ -81,6 +84,7 @@ async def drain(agent: VariableAgent, total: int, timeout: float = 60.0) -> int:
     return seen
 
 
+@pytest.mark.integration
 async def test_duplicated_shuffled_deltas_from_several_producers_join_to_one_state(
     bootstrap_servers: str, unique_topic: Callable[..., str]
 ) -> None:
@@ -100,6 +104,7 @@ async def test_duplicated_shuffled_deltas_from_several_producers_join_to_one_sta
     assert values == {key: expected(6) for key in KEYS}
 
 
+@pytest.mark.integration
 async def test_states_are_coalesced_and_offsets_committed_after_they_are_written(
     bootstrap_servers: str, unique_topic: Callable[..., str]
 ) -> None:
@@ -133,6 +138,7 @@ async def test_states_are_coalesced_and_offsets_committed_after_they_are_written
     assert applied == len(records)
 
 
+@pytest.mark.integration
 async def test_restart_recovers_from_the_state_topic_plus_the_delta_tail(
     bootstrap_servers: str, unique_topic: Callable[..., str]
 ) -> None:
@@ -162,6 +168,7 @@ async def test_restart_recovers_from_the_state_topic_plus_the_delta_tail(
     assert recovered == len(KEYS)
 
 
+@pytest.mark.integration
 async def test_a_crossing_per_key_and_again_after_recovery_with_the_same_event_id(
     bootstrap_servers: str, unique_topic: Callable[..., str]
 ) -> None:
@@ -193,6 +200,7 @@ async def test_a_crossing_per_key_and_again_after_recovery_with_the_same_event_i
     assert {c.event_id for c in after} == {c.event_id for c in crossings}
 
 
+@pytest.mark.integration
 async def test_a_key_below_the_threshold_does_not_cross(
     bootstrap_servers: str, unique_topic: Callable[..., str]
 ) -> None:
@@ -207,3 +215,69 @@ async def test_a_key_below_the_threshold_does_not_cross(
     finally:
         await agent.stop()
     assert await read_all(settings, crossings_topic(topo)) == []
+
+
+# -- the pure joiner (no broker) --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FakeRecord:
+    key: bytes | None
+    value: bytes | None
+    offset: int = 0
+    partition: int = 0
+    topic: str = "t.impressions.deltas"
+
+
+def as_records(pairs: list[tuple[bytes, bytes]]) -> list[FakeRecord]:
+    return [FakeRecord(k, v, offset=i) for i, (k, v) in enumerate(pairs)]
+
+
+@hypothesis_settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_joiner_state_is_independent_of_order_duplicates_and_batching(data: st.DataObject) -> None:
+    pairs = deltas(3)
+    shuffled = data.draw(st.permutations(pairs + pairs[: len(pairs) // 2]))
+    cut = data.draw(st.integers(0, len(shuffled)))
+    joiner = PartitionJoiner("t", VAR, GCounter)
+    joiner.apply(as_records(shuffled[:cut]))
+    joiner.apply(as_records(shuffled[cut:]))
+    assert {k: s.value() for k, s in joiner.states.items()} == {k: expected(3) for k in KEYS}
+
+
+def test_joiner_coalesces_and_reports_only_strict_growth() -> None:
+    joiner = PartitionJoiner("t", VAR, GCounter)
+    first = joiner.apply(as_records(deltas(2)))
+    assert set(first.changed) == set(KEYS)  # one state per key, however many deltas
+    assert first.applied == len(deltas(2))
+    again = joiner.apply(as_records(deltas(2)))  # redelivery
+    assert again.changed == {} and again.applied == len(deltas(2))
+
+
+def test_joiner_fires_a_trigger_once_per_key_and_again_only_on_recovery() -> None:
+    trigger = TriggerSpec.from_threshold("enough", Threshold.value(expected(1)))
+    joiner = PartitionJoiner("t", VAR, GCounter, triggers=[trigger])
+    fired = joiner.apply(as_records(deltas(1))).crossings
+    assert sorted(c.key for c in fired) == sorted(KEYS)
+    assert joiner.apply(as_records(deltas(2, start=1))).crossings == []
+    recovered = PartitionJoiner("t", VAR, GCounter, triggers=[trigger])
+    state = joiner.state(KEYS[0])
+    assert state is not None
+    assert [c.key for c in recovered.load(KEYS[0], state.copy())] == [KEYS[0]]
+
+
+def test_joiner_sets_aside_what_a_broken_decoder_or_validator_raises() -> None:
+    def broken_decode(raw: bytes) -> GCounter:
+        raise KeyError("bug")
+
+    def broken_validate(key: bytes, delta: object) -> str | None:
+        raise RuntimeError("validator bug")
+
+    records = as_records(deltas(1)[:2])
+    out = PartitionJoiner("t", VAR, GCounter, decode=broken_decode).apply(records)
+    assert [d.reason for d in out.dead] == ["decode", "decode"]
+    assert "decoder raised KeyError" in out.dead[0].error
+    out = PartitionJoiner("t", VAR, GCounter, validate=broken_validate).apply(records)
+    assert [d.reason for d in out.dead] == ["validation", "validation"]
+    assert "validator bug" in out.dead[0].error
+    assert out.changed == {}

@@ -118,6 +118,11 @@ class PartitionJoiner:
             except CodecError as exc:
                 outcome.dead.append(self._dead(record, "decode", str(exc)))
                 continue
+            except Exception as exc:
+                # The codec promises typed errors only; a record that breaks that promise is
+                # still set aside, so one poison record cannot stop the partition for ever.
+                outcome.dead.append(self._dead(record, "decode", f"decoder raised {exc!r}"))
+                continue
             if not proto.same_type(delta):
                 outcome.dead.append(
                     self._dead(
@@ -129,7 +134,12 @@ class PartitionJoiner:
                 )
                 continue
             if validate is not None:
-                refusal = validate(key, delta)
+                try:
+                    refusal = validate(key, delta)
+                except Exception as exc:
+                    refusal = (
+                        f"validator {getattr(validate, '__name__', validate)!r} raised {exc!r}"
+                    )
                 if refusal is not None:
                     outcome.dead.append(self._dead(record, "validation", refusal))
                     continue
