@@ -53,6 +53,7 @@ class Worker:
         self.role = role
         self.proc: asyncio.subprocess.Process | None = None
         self.kills = 0
+        self.partitions: set[int] = set()  # what an agent got when it started
 
     async def start(self, timeout: float = 90.0) -> None:
         self.proc = await asyncio.create_subprocess_exec(
@@ -66,6 +67,11 @@ class Worker:
         if line.strip() != b"ready":
             await self.kill()
             raise AssertionError(f"{self.role} did not get ready: {await self._stderr()}")
+        if self.role == "agent":
+            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+            words = line.decode().split()
+            assert words and words[0] == "partitions", line
+            self.partitions = {int(p) for p in words[1].split(",")} if len(words) > 1 else set()
 
     async def kill(self) -> None:
         """SIGKILL: no cleanup, no graceful commit, an open transaction left behind."""
@@ -254,3 +260,54 @@ async def test_killing_sink_and_agent_bills_each_key_exactly_once(
     if os.environ.get("LASP_FAULTS_VERBOSE"):
         crossings = await read_all(settings, crossings_topic(topo))
         print(f"{len(crossings)} crossings for {len(keys)} keys; {sink.kills} sink kills")
+
+
+async def test_two_workers_split_the_partitions_and_a_killed_ones_move_without_loss(
+    bootstrap_servers: str, unique_topic: Callable[..., str]
+) -> None:
+    topo = unique_topic("topo")
+    settings = KafkaSettings(bootstrap_servers=bootstrap_servers, delta_partitions=PARTITIONS)
+    await ensure_topics(settings, plan_topics(topo, [VAR], settings))
+    extra = ("--max-batch", "500", "--session-timeout-ms", str(SESSION_MS))
+    first = Worker("agent", bootstrap_servers, topo, *extra)
+    second = Worker("agent", bootstrap_servers, topo, *extra)
+    keys = [f"ad-{i}".encode() for i in range(12)]
+    per_key = {key: 0 for key in keys}
+    group = f"{topo}.{VAR}.agent"
+
+    def phase_records(phase: int) -> list[tuple[bytes, bytes]]:
+        out = []
+        for i in range(3000):
+            key = keys[i % len(keys)]
+            delta = GCounter()
+            delta.increment(f"p{phase}-r{i}", 1)
+            per_key[key] += 1
+            out.append((key, codec.encode(delta)))
+        return out
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5)
+    await producer.start()
+    async with running(first, second):
+        try:
+            await first.start()
+            await second.start()
+            # The second worker's join rebalanced the group: it got a share, not everything.
+            assert second.partitions and second.partitions != set(range(PARTITIONS))
+            await publish(producer, delta_topic(topo, VAR), phase_records(0))
+            await until(
+                "both workers to catch up",
+                lambda: caught_up(settings, group, delta_topic(topo, VAR)),
+                120,
+            )
+            await publish(producer, delta_topic(topo, VAR), phase_records(1))
+            await first.kill()  # its partitions move to the second worker after the session
+            await publish(producer, delta_topic(topo, VAR), phase_records(2))
+            await until(
+                "the survivor to take over and catch up",
+                lambda: caught_up(settings, group, delta_topic(topo, VAR)),
+                120,
+            )
+        finally:
+            await producer.stop()
+    states = await joined_states(settings, topo)
+    assert {key: state.value() for key, state in states.items()} == per_key

@@ -10,8 +10,9 @@
 
 The variable's lattice is named by its wire tag (``gc`` for a GCounter); an optional value
 threshold makes a per-key trigger. The process declares the topology's topics (creating what
-is missing, checking what exists), prints ``ready`` on stdout once it owns partitions (the agent)
-or has read the billing record (the sink), and then runs. It is the unit the fault tests kill
+is missing, checking what exists), prints ``ready`` on stdout once it owns partitions (the agent,
+which then prints ``partitions 0,2``: the ones it got) or has read the billing record (the
+sink), and then runs. It is the unit the fault tests kill
 with SIGKILL; ``lasp-streams worker`` runs agents built from a Topology the same way.
 """
 
@@ -87,6 +88,7 @@ async def _main(args: argparse.Namespace) -> int:
         runner = asyncio.create_task(agent.run())
         await agent.wait_assigned(timeout=60)
         print("ready", flush=True)
+        print("partitions " + ",".join(map(str, sorted(agent.partitions))), flush=True)
         await _until(stop, runner, agent.stop)
         return 0
     sink = TrustedSink(settings, args.topology, metrics=metrics)
