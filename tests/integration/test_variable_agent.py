@@ -6,6 +6,7 @@ import asyncio
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -15,12 +16,13 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from lasp_streams import codec
+from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.counters import GCounter
 from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.metrics import Metrics
 from lasp_streams.runtime.kafka.agent import VariableAgent
 from lasp_streams.runtime.kafka.crossing import Crossing, TriggerSpec
-from lasp_streams.runtime.kafka.joiner import PartitionJoiner
+from lasp_streams.runtime.kafka.joiner import BatchOutcome, PartitionJoiner
 from lasp_streams.runtime.kafka.reader import committed_offsets, end_offsets, read_all
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import (
@@ -30,6 +32,7 @@ from lasp_streams.runtime.kafka.topics import (
     plan_topics,
     state_topic,
 )
+from lasp_streams.runtime.kafka.worker import build_faust_app, plan_worker
 
 VAR = "impressions"
 KEYS = [f"ad-{i}".encode() for i in range(8)]
@@ -281,3 +284,32 @@ def test_joiner_sets_aside_what_a_broken_decoder_or_validator_raises() -> None:
     assert [d.reason for d in out.dead] == ["validation", "validation"]
     assert "validator bug" in out.dead[0].error
     assert out.changed == {}
+
+
+@pytest.mark.integration
+async def test_the_agent_runs_as_a_service_of_a_faust_app(
+    bootstrap_servers: str, unique_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    settings, topo = await topology(bootstrap_servers, unique_topic)
+    topology_graph = Topology(topo)
+    topology_graph.declare(VAR, GCounter, keyed=True)
+    plan = plan_worker(topology_graph)
+    records = deltas(4)
+    await publish(settings, delta_topic(topo, VAR), records)
+    done = asyncio.Event()
+    seen: list[int] = []
+
+    def on_batch(_partition: int, outcome: BatchOutcome) -> None:
+        seen.append(outcome.applied)
+        if sum(seen) >= len(records):
+            done.set()
+
+    agent = VariableAgent(settings, topo, VAR, GCounter, on_batch=on_batch)
+    app = build_faust_app(plan, settings, datadir=str(tmp_path), agents=[agent])
+    await app.start()
+    try:
+        await asyncio.wait_for(done.wait(), 60)
+        values = {key: state.value() for key, state in agent.states().items()}
+    finally:
+        await app.stop()
+    assert values == {key: expected(4) for key in KEYS}

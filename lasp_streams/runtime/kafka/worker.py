@@ -102,12 +102,16 @@ def build_faust_app(
     settings: KafkaSettings,
     *,
     metrics: Metrics | None = None,
-    with_sink: bool = True,
+    with_sink: bool = False,
     web_enabled: bool = False,
     datadir: str | None = None,
     agents: Sequence[VariableAgent] | None = None,
 ) -> Any:
-    """A faust App whose services are the plan's agents (and the trusted sink).
+    """A faust App whose services are the plan's agents (and, with ``with_sink``, the sink).
+
+    Run the sink in one process only (or in several on disjoint crossings partitions): two
+    sinks claiming the same partition fence each other by design, so a sink in every worker of
+    a scaled-out group would keep stopping each other.
 
     ``app.main()`` (or ``faust -A ... worker``) runs it; the topics are declared when the first
     service starts. ``agents`` replaces the plan's own agents (benchmarks pass instrumented ones).
