@@ -6,6 +6,7 @@ import asyncio
 import gc
 from collections.abc import Callable
 
+import msgpack
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
@@ -13,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from lasp_streams import codec
 from lasp_streams.dataflow.topology import Topology
-from lasp_streams.errors import InvalidTopology
+from lasp_streams.errors import DecodeError, InvalidTopology
 from lasp_streams.lattices.awset import AWSet
 from lasp_streams.lattices.counters import GCounter
 from lasp_streams.lattices.threshold import Threshold
@@ -37,8 +38,6 @@ from lasp_streams.runtime.kafka.topics import (
     plan_topics,
 )
 from lasp_streams.runtime.kafka.worker import plan_worker, run_worker
-
-pytestmark = pytest.mark.integration
 
 KEYS = [f"ad-{i}".encode() for i in range(6)]
 
@@ -86,6 +85,7 @@ async def billed_keys(settings: KafkaSettings, topo: str) -> list[bytes]:
     return sorted(e.key for e in await read_billing_events(settings, billing_topic(topo)))
 
 
+@pytest.mark.integration
 async def test_each_key_is_billed_once_though_its_crossing_is_redelivered(
     bootstrap_servers: str, unique_topic: Callable[..., str]
 ) -> None:
@@ -123,6 +123,7 @@ async def test_each_key_is_billed_once_though_its_crossing_is_redelivered(
     assert billed == len(KEYS)
 
 
+@pytest.mark.integration
 async def test_a_second_sink_with_the_same_identity_fences_the_first(
     bootstrap_servers: str, unique_topic: Callable[..., str]
 ) -> None:
@@ -170,6 +171,7 @@ async def test_a_second_sink_with_the_same_identity_fences_the_first(
     assert b"ghost" in {r.key for r in raw}  # it was written, then aborted
 
 
+@pytest.mark.integration
 async def test_a_malformed_crossing_is_dead_lettered_and_the_sink_goes_on(
     bootstrap_servers: str, unique_topic: Callable[..., str]
 ) -> None:
@@ -204,6 +206,7 @@ def test_sink_partitions_must_be_crossings_partitions() -> None:
     assert TrustedSink(settings, "t", partitions=[1]).transactional_id(1) == "t.sink.crossings-1"
 
 
+@pytest.mark.integration
 async def test_a_topology_trigger_runs_on_kafka_and_bills_each_key_once(
     bootstrap_servers: str, unique_topic: Callable[..., str]
 ) -> None:
@@ -252,3 +255,21 @@ def test_steps_the_kafka_runtime_cannot_run_yet_are_refused_by_name() -> None:
     topology.map("doubled", ads, lambda x: x)
     with pytest.raises(InvalidTopology, match="cannot run these steps yet: UnaryStep 'doubled'"):
         plan_worker(topology)
+
+
+def test_crossing_and_billing_records_round_trip_and_refuse_malformed_bytes() -> None:
+    crossing = Crossing("ads", "impressions", "bill", b"ad-1", 50_001, "Threshold.value(50000)")
+    assert Crossing.decode(crossing.encode()) == crossing
+    event = BillingEvent.from_crossing(crossing)
+    assert BillingEvent.decode(event.encode()) == event
+    assert event.event_id == event_id("ads", "bill", b"ad-1") != event_id("ads", "bill", b"ad-2")
+    malformed = [
+        b"\xc1",
+        msgpack.packb([1, 2]),
+        msgpack.packb({"v": 2}),
+        msgpack.packb({"v": 1, "topology": "ads", "variable": "x", "trigger": 3, "key": b"k"}),
+        b"\x00" * 70_000,
+    ]
+    for raw in malformed:
+        with pytest.raises(DecodeError):
+            Crossing.decode(raw)
