@@ -1,0 +1,402 @@
+"""EdgeClient: an untrusted client at the edge that counts locally and syncs in the background.
+
+What it does (DESIGN.md, "Clients at the edge")::
+
+    view(key)        count one impression: a check and a dict update, nothing else
+    sync()           one round with the servers, run every flush interval (± jitter):
+                       pull   the variables it reads: their deltas since its position, or the
+                              full state when it has none, when it was cut off longer than
+                              ``horizon``, or when the transport no longer has those deltas;
+                              keys that disappeared stop being shown at once
+                       flush  one delta per key that changed since the last flush: a GCounter
+                              holding only this client's entry (its running total), so any
+                              number of increments cost one small delta per key per flush
+    offline          views go on; sync() only persists the buffer (when a path is given);
+                     the totals are sent when the transport is back
+
+Laws: the client only ever writes its own actor's entries; an entry it sends is its running
+total, so a re-sent, duplicated or reordered delta changes nothing at the server (per-actor
+max), and the server's count for a key ends equal to the sum over clients of what they counted.
+
+Restarts: with ``state_path`` the totals are saved at every sync and on :meth:`close`, so a
+restarted client continues from them (it re-sends all of them once: harmless). Without it, a
+restarted client must use a *new* actor id: counting again from zero under an old id would be
+absorbed by the server's per-actor max until it passed the old total.
+
+Bounded mode (``bounded=Bounded(...)``): the client may only count a key while it holds impression
+rights for it. Rights are granted by the server as B-Counter transfers (``rights`` variable,
+one BCounter per key); the client's count for the key is what it spent, so its allowance is
+``rights received - counted``. When the allowance falls below ``low_watermark`` it asks for more
+by incrementing its own entry of the ``requests`` counter (sent with the next flush). See
+:mod:`lasp_streams.client.escrow` for the server side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from lasp_streams.client.store import load_buffer, save_buffer
+from lasp_streams.client.transport import ClientTransport, DeltasExpired, Offline
+from lasp_streams.codec import decode, encode
+from lasp_streams.dataflow.topology import Topology
+from lasp_streams.lattices.base import Lattice, LatticeSpec
+from lasp_streams.lattices.counters import BCounter, GCounter
+
+__all__ = ["Bounded", "ClientStats", "EdgeClient"]
+
+UNLIMITED: Final = 1 << 62
+"""The allowance of a shown key when counting is not bounded (never runs out in practice)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Bounded:
+    """Bounded-counter mode: count only with rights granted through ``rights`` (a keyed
+    BCounter variable), ask for more through ``requests`` (a keyed GCounter) below
+    ``low_watermark``."""
+
+    rights: str = "rights"
+    requests: str = "rights_requests"
+    low_watermark: int = 1
+
+
+@dataclass(slots=True)
+class ClientStats:
+    """What a client did so far."""
+
+    syncs: int = 0
+    offline_syncs: int = 0
+    flushes: int = 0
+    deltas_sent: int = 0
+    bytes_sent: int = 0
+    resyncs: int = 0
+    deltas_read: int = 0
+    refused_views: int = 0
+
+
+class EdgeClient:
+    """An edge client of ``topology`` talking through ``transport`` (see the module docstring).
+
+    ``reads`` is the (unkeyed) variable whose value says which keys may be shown;
+    ``keys_of(value)`` turns its value into those keys (default: the value itself, a set of
+    keys). ``counter`` is the keyed GCounter that :meth:`view` increments.
+    ``flush_interval`` seconds between syncs, each stretched or shrunk by a random factor in
+    ``1 ± jitter`` drawn from ``rng`` (seeded: the schedule is reproducible). ``clock`` gives
+    seconds (monotonic). ``horizon``: after that many seconds without a successful pull, the
+    next pull reads full state instead of deltas (set it to the delta topic's retention).
+    """
+
+    def __init__(
+        self,
+        actor: str,
+        transport: ClientTransport,
+        topology: Topology,
+        *,
+        reads: str = "ads_with_contracts",
+        counter: str = "impressions",
+        keys_of: Callable[[Any], Iterable[Hashable]] | None = None,
+        bounded: Bounded | None = None,
+        flush_interval: float = 0.1,
+        jitter: float = 0.5,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        horizon: float | None = None,
+        state_path: Path | str | None = None,
+    ) -> None:
+        if type(actor) is not str or not actor:
+            raise ValueError(f"actor must be a non-empty str, got {actor!r}")
+        if not flush_interval > 0:
+            raise ValueError(f"flush_interval must be > 0 seconds, got {flush_interval!r}")
+        if not 0 <= jitter < 1:
+            raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
+        if horizon is not None and not horizon > 0:
+            raise ValueError(f"horizon must be > 0 seconds or None, got {horizon!r}")
+        self.actor = actor
+        self.transport = transport
+        self.topology = topology
+        self.reads = reads
+        self.counter = counter
+        self.keys_of: Callable[[Any], Iterable[Hashable]] = keys_of or (lambda value: value)
+        self.bounded = bounded
+        self.flush_interval = flush_interval
+        self.jitter = jitter
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.horizon = horizon
+        self.state_path = None if state_path is None else Path(state_path)
+        self.stats = ClientStats()
+
+        self._types: dict[str, LatticeSpec] = {}
+        self._check_var(reads, keyed=False)
+        self._check_var(counter, keyed=True, spec=GCounter)
+        read_vars = [reads]
+        if bounded is not None:
+            self._check_var(bounded.rights, keyed=True, spec=BCounter)
+            self._check_var(bounded.requests, keyed=True, spec=GCounter)
+            read_vars.append(bounded.rights)
+        self._read_vars = tuple(read_vars)
+
+        self._counts: dict[Hashable, int] = {}
+        self._requests: dict[Hashable, int] = {}
+        self._sent: dict[str, dict[Hashable, int]] = {counter: {}}
+        if bounded is not None:
+            self._sent[bounded.requests] = {}
+        self._asked: set[Hashable] = set()
+        self._granted: dict[Hashable, int] = {}
+        self._allow: dict[Hashable, int] = {}
+        self._shown: tuple[Hashable, ...] = ()
+        self.version = 0
+        """Bumped whenever the shown keys change (callers can cache :attr:`showing`)."""
+        self._replicas: dict[str, dict[Hashable, Lattice]] = {v: {} for v in self._read_vars}
+        self._positions: dict[str, Any] = {}
+        self._last_pull: float | None = None
+        self._dirty_since_persist = False
+        if self.state_path is not None:
+            saved = load_buffer(self.state_path, actor)
+            self._counts.update(saved.get(counter, {}))
+            if bounded is not None:
+                self._requests.update(saved.get(bounded.requests, {}))
+        self.next_flush_at = self._next(clock())
+
+    # -- the hot path --------------------------------------------------------------------------
+    def view(self, key: Hashable, n: int = 1) -> bool:
+        """Count ``n`` impressions of ``key`` if it is shown (and, bounded, rights allow);
+        False (nothing counted) otherwise."""
+        allow = self._allow
+        left = allow.get(key, 0)
+        if left < n:
+            self.stats.refused_views += 1
+            return False
+        allow[key] = left - n
+        counts = self._counts
+        counts[key] = counts.get(key, 0) + n
+        return True
+
+    @property
+    def showing(self) -> tuple[Hashable, ...]:
+        """The keys shown now (a removal received from the server takes a key out)."""
+        return self._shown
+
+    def counts(self) -> dict[Hashable, int]:
+        """This client's total count per key (everything it counted, sent or not)."""
+        return dict(self._counts)
+
+    def allowance(self, key: Hashable) -> int:
+        """How many more impressions of ``key`` may be counted now (bounded mode), 0 if not
+        shown; :data:`UNLIMITED` for a shown key when not bounded."""
+        return self._allow.get(key, 0)
+
+    def unsent(self) -> int:
+        """Impressions counted but not yet accepted by the transport."""
+        sent = self._sent[self.counter]
+        return sum(n - sent.get(k, 0) for k, n in self._counts.items())
+
+    def query(self, var: str, key: Hashable = None) -> Any:
+        """The value of this client's replica of a variable it reads."""
+        state = self._replicas[var].get(key)
+        return (state if state is not None else self._bottom(var)).value()
+
+    # -- syncing -------------------------------------------------------------------------------
+    def due(self) -> bool:
+        """True when the next sync is due (by :attr:`clock`)."""
+        return self.clock() >= self.next_flush_at
+
+    async def tick(self) -> bool:
+        """Sync if due; True when a sync ran."""
+        if self.clock() < self.next_flush_at:
+            return False
+        await self.sync()
+        return True
+
+    async def sync(self) -> bool:
+        """One round: pull, then flush (see the module docstring), and schedule the next.
+        Returns False when the transport was offline (nothing moved; the buffer is kept and,
+        with a path, persisted)."""
+        self.stats.syncs += 1
+        self.next_flush_at = self._next(self.clock())
+        try:
+            await self.pull()
+            self._ask_for_rights()
+            self._persist_if_dirty()
+            await self.flush()
+        except Offline:
+            self.stats.offline_syncs += 1
+            self._ask_for_rights()
+            self._persist_if_dirty()
+            return False
+        return True
+
+    async def pull(self) -> None:
+        """Bring the replicas up to date: deltas since the last position, or full state."""
+        now = self.clock()
+        stale = (
+            self.horizon is not None
+            and self._last_pull is not None
+            and now - self._last_pull > self.horizon
+        )
+        for var in self._read_vars:
+            position = self._positions.get(var)
+            changed: set[Hashable] = set()
+            if position is None or stale:
+                await self._resync(var, changed)
+            else:
+                try:
+                    batch = await self.transport.read_deltas(var, position)
+                except DeltasExpired:
+                    await self._resync(var, changed)
+                else:
+                    for key, payload in batch.deltas:
+                        if self._merge(var, key, payload):
+                            changed.add(key)
+                    self.stats.deltas_read += len(batch.deltas)
+                    self._positions[var] = batch.position
+            if changed:
+                self._changed(var, changed)
+        self._last_pull = now
+
+    async def flush(self) -> int:
+        """Publish one delta per key whose total changed since the last flush; returns how
+        many deltas went out (raises Offline, keeping the buffer, when it cannot)."""
+        sent_out = 0
+        actor = self.actor
+        for var, totals in self._own_totals():
+            sent = self._sent[var]
+            deltas: list[tuple[Hashable, bytes]] = []
+            size = 0
+            for key, total in totals.items():
+                if total != sent.get(key):
+                    g = GCounter()
+                    payload = encode(g.increment(actor, total))
+                    deltas.append((key, payload))
+                    size += len(payload)
+            if not deltas:
+                continue
+            await self.transport.publish(var, deltas)
+            for key, _ in deltas:
+                sent[key] = totals[key]
+            sent_out += len(deltas)
+            self.stats.deltas_sent += len(deltas)
+            self.stats.bytes_sent += size
+        if sent_out:
+            self.stats.flushes += 1
+        return sent_out
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sync every interval (± jitter) until ``stop`` is set, then close."""
+        while not stop.is_set():
+            delay = max(0.0, self.next_flush_at - self.clock())
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+            except TimeoutError:
+                await self.sync()
+        await self.close()
+
+    async def close(self) -> bool:
+        """A last sync attempt, then persist; True when everything counted was sent."""
+        await self.sync()
+        self._persist()
+        return self.unsent() == 0
+
+    def persist(self) -> None:
+        """Save the totals now (no-op without ``state_path``)."""
+        self._persist()
+
+    # -- internals -----------------------------------------------------------------------------
+    def _next(self, now: float) -> float:
+        spread = self.jitter * (2.0 * self.rng.random() - 1.0)
+        return now + self.flush_interval * (1.0 + spread)
+
+    def _check_var(self, var: str, *, keyed: bool, spec: type[Lattice] | None = None) -> None:
+        v = self.topology.var(var)
+        if v.keyed != keyed:
+            raise ValueError(
+                f"EdgeClient: variable {var!r} must be {'keyed' if keyed else 'unkeyed'}"
+            )
+        if spec is not None and type(v.prototype) is not spec:
+            raise ValueError(
+                f"EdgeClient: variable {var!r} must be a {spec.__name__}, is a {v.type_name}"
+            )
+        self._types[var] = v.prototype
+
+    def _bottom(self, var: str) -> Lattice:
+        proto = self._types[var]
+        assert isinstance(proto, Lattice)
+        return proto.bottom()
+
+    async def _resync(self, var: str, changed: set[Hashable]) -> None:
+        snapshot = await self.transport.read_state(var)
+        self.stats.resyncs += 1
+        for key, payload in snapshot.states.items():
+            if self._merge(var, key, payload):
+                changed.add(key)
+        self._positions[var] = snapshot.position
+
+    def _merge(self, var: str, key: Hashable, payload: bytes) -> bool:
+        delta = decode(payload, expect=self._types[var])
+        replica = self._replicas[var]
+        state = replica.get(key)
+        if state is None:
+            replica[key] = delta
+            return not delta.is_bottom()
+        return state.merge(delta)
+
+    def _changed(self, var: str, keys: set[Hashable]) -> None:
+        if var == self.reads:
+            shown = set(self.keys_of(self.query(var)))
+            for key in list(self._allow):
+                if key not in shown:
+                    del self._allow[key]
+            for key in shown:
+                if key not in self._allow:
+                    self._allow[key] = self._allowance(key)
+            self._shown = tuple(sorted(shown, key=repr))
+            self.version += 1
+        elif self.bounded is not None and var == self.bounded.rights:
+            for key in keys:
+                rights = self._replicas[var].get(key)
+                granted = rights.rights(self.actor) if isinstance(rights, BCounter) else 0
+                if granted > self._granted.get(key, 0):
+                    # Only a grant to this client answers its request; grants to others
+                    # arrive on the same key and must not make it ask again.
+                    self._granted[key] = granted
+                    self._asked.discard(key)
+                if key in self._allow:
+                    self._allow[key] = self._allowance(key)
+
+    def _allowance(self, key: Hashable) -> int:
+        if self.bounded is None:
+            return UNLIMITED
+        rights = self._replicas[self.bounded.rights].get(key)
+        if not isinstance(rights, BCounter):
+            return 0
+        return max(0, rights.rights(self.actor) - self._counts.get(key, 0))
+
+    def _ask_for_rights(self) -> None:
+        bounded = self.bounded
+        if bounded is None:
+            return
+        for key in self._shown:
+            if key not in self._asked and self._allow.get(key, 0) < bounded.low_watermark:
+                self._requests[key] = self._requests.get(key, 0) + 1
+                self._asked.add(key)
+
+    def _own_totals(self) -> list[tuple[str, dict[Hashable, int]]]:
+        totals = [(self.counter, self._counts)]
+        if self.bounded is not None:
+            totals.append((self.bounded.requests, self._requests))
+        return totals
+
+    def _persist_if_dirty(self) -> None:
+        if self.state_path is None:
+            return
+        if any(t != self._sent[var] for var, t in self._own_totals()):
+            self._persist()
+
+    def _persist(self) -> None:
+        if self.state_path is not None:
+            save_buffer(self.state_path, self.actor, dict(self._own_totals()))

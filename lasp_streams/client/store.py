@@ -1,0 +1,87 @@
+"""The edge client's persisted buffer: its own counter entries, written atomically.
+
+What is stored is a lattice state — per counter variable a ``GMap(GCounter)`` holding, for each
+key, only this client's entry (its running total) — so the file is as safe to re-send as any
+delta: after a restart the client loads it and re-publishes everything; the server's per-actor
+max makes the entries it already had a no-op. The file is written to a temporary sibling,
+fsynced, and renamed over the old one, so a crash leaves either the old or the new buffer,
+never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import msgpack
+
+from lasp_streams.client.validate import client_delta_problem
+from lasp_streams.codec import decode, encode
+from lasp_streams.errors import CodecError, LaspError
+from lasp_streams.lattices.composite import GMap
+from lasp_streams.lattices.counters import GCounter
+
+__all__ = ["BufferFileError", "load_buffer", "save_buffer"]
+
+FORMAT: Final = "lasp-streams.edge-buffer"
+VERSION: Final = 1
+
+
+class BufferFileError(LaspError, ValueError):
+    """A persisted client buffer cannot be read back (corrupt, other format, other actor)."""
+
+
+def save_buffer(path: Path, actor: str, counters: Mapping[str, Mapping[Hashable, int]]) -> None:
+    """Atomically write ``actor``'s totals: ``{variable: {key: total}}``."""
+    states: dict[str, bytes] = {}
+    for var, totals in counters.items():
+        m = GMap(GCounter)
+        for key, total in totals.items():
+            if total > 0:
+                m.apply(actor, key, "increment", total)
+        states[var] = encode(m)
+    data = msgpack.packb({"format": FORMAT, "version": VERSION, "actor": actor, "vars": states})
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as stream:
+        stream.write(data)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(tmp, path)
+
+
+def load_buffer(path: Path, actor: str) -> dict[str, dict[Hashable, int]]:
+    """The totals saved by :func:`save_buffer` for ``actor`` (empty when there is no file)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    where = f"client buffer file {str(path)!r}"
+    try:
+        doc: Any = msgpack.unpackb(raw)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise BufferFileError(f"{where} is not readable msgpack ({exc}); move it away") from None
+    if type(doc) is not dict or doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        raise BufferFileError(f"{where} is not a version-{VERSION} edge buffer; move it away")
+    if doc.get("actor") != actor:
+        raise BufferFileError(
+            f"{where} belongs to actor {doc.get('actor')!r}, not {actor!r}: each client needs "
+            "its own buffer file"
+        )
+    states = doc.get("vars")
+    if type(states) is not dict:
+        raise BufferFileError(f"{where}: 'vars' must be a map of variable -> state")
+    out: dict[str, dict[Hashable, int]] = {}
+    for var, payload in states.items():
+        try:
+            state = decode(payload, expect=GMap(GCounter))
+        except (CodecError, TypeError) as exc:
+            raise BufferFileError(f"{where}: variable {var!r}: {exc}") from None
+        problem = client_delta_problem(state, actor)
+        if problem is not None:
+            raise BufferFileError(f"{where}: variable {var!r}: {problem}")
+        assert isinstance(state, GMap)
+        keys = state.keys()  # a GMap, not a dict: keys() is its API
+        out[str(var)] = {key: state.get(key).value() for key in keys}
+    return out

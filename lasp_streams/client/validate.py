@@ -1,0 +1,87 @@
+"""What the server checks before it joins a delta that an untrusted client sent.
+
+Clients are untrusted (DESIGN.md, "Clients at the edge"): a client may only inflate its *own*
+entries. For the counters that means every actor entry a client's delta carries is the client's
+actor: a GCounter delta ``{"client-7": 1200}`` from ``client-7`` is fine, the same delta from
+``client-8`` is refused, and so is any delta that raises another actor's count (that would let
+one client inflate — or, by the per-actor max, absorb — another's impressions).
+
+:func:`client_delta_problem` returns the reason a delta is refused (``None``: accept); it is the
+shape the Kafka agent's validator hook takes (``lasp_streams.runtime.kafka.joiner.Validator``
+returns a reason or None), with the actor taken from the record's :data:`ACTOR_HEADER`.
+:func:`check_client_delta` raises :class:`UntrustedDelta` instead.
+
+Types the check understands: GCounter, PNCounter, LexCounter (per-actor entries), BCounter
+(increment/decrement entries of the actor; transfers *from* the actor only) and GMap of those
+(each nested state checked). Any other type has no per-actor entries the server could check, so
+a client delta of it is refused as unverifiable: clients write counters; sets and registers are
+written by trusted services.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from lasp_streams.errors import LaspError
+from lasp_streams.lattices.base import Lattice, describe_type
+from lasp_streams.lattices.composite import GMap
+from lasp_streams.lattices.counters import BCounter, GCounter, LexCounter, PNCounter
+
+__all__ = ["ACTOR_HEADER", "UntrustedDelta", "check_client_delta", "client_delta_problem"]
+
+ACTOR_HEADER: Final = "lasp.actor"
+"""The Kafka record header carrying the producing client's actor id (UTF-8)."""
+
+
+class UntrustedDelta(LaspError, ValueError):
+    """A client's delta writes entries its actor may not write; the server refuses it whole."""
+
+
+def _foreign(actors: Any, actor: str) -> list[str]:
+    return sorted(str(a) for a in actors if a != actor)
+
+
+def client_delta_problem(delta: Lattice, actor: str) -> str | None:
+    """Why ``delta``, sent by client ``actor``, must be refused; None when it may be joined.
+
+    Law: a delta accepted from ``actor`` changes no other actor's entry, so no client can raise,
+    absorb or forge another client's counts."""
+    if type(actor) is not str or not actor:
+        return f"the client's actor must be a non-empty str, got {actor!r}"
+    if isinstance(delta, GCounter | LexCounter):
+        foreign = _foreign(delta.to_wire(), actor)
+        if foreign:
+            return (
+                f"{describe_type(delta)} delta from actor {actor!r} writes the entries of "
+                f"other actors {foreign}; a client may only write its own entry"
+            )
+        return None
+    if isinstance(delta, PNCounter | BCounter):
+        wire = delta.to_wire()
+        foreign = _foreign([*wire[0], *wire[1]], actor)
+        if isinstance(delta, BCounter):
+            foreign += sorted({f"{src}->{dst}" for src, dst, _ in wire[2] if src != actor})
+        if foreign:
+            return (
+                f"{describe_type(delta)} delta from actor {actor!r} writes entries of others "
+                f"{foreign}; a client may only change its own entries and move its own rights"
+            )
+        return None
+    if isinstance(delta, GMap):
+        keys = delta.keys()  # a GMap, not a dict: keys() is its API
+        for key in keys:
+            problem = client_delta_problem(delta.get(key), actor)
+            if problem is not None:
+                return f"GMap key {key!r}: {problem}"
+        return None
+    return (
+        f"a client delta of type {describe_type(delta)} cannot be verified (it has no "
+        "per-actor entries to check); clients may only send counter deltas"
+    )
+
+
+def check_client_delta(delta: Lattice, actor: str) -> None:
+    """Raise :class:`UntrustedDelta` unless ``delta`` only writes ``actor``'s own entries."""
+    problem = client_delta_problem(delta, actor)
+    if problem is not None:
+        raise UntrustedDelta(problem)
