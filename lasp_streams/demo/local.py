@@ -1,0 +1,220 @@
+"""The ad-counter demo in the LocalRuntime: the server, N simulated edge clients as asyncio
+tasks, billing through the topology's ``on_disable``, until every ad is disabled.
+
+The server is a :class:`~lasp_streams.client.LocalHub` running ``topologies/ad_counter.py``:
+clients' deltas are validated and joined; when an ad's impressions reach its contract's
+minimum the topology's trigger removes the ad (the removal reaches clients through the
+``ads_with_contracts`` delta log) and ``on_disable`` records one billing event. In bounded mode
+a :class:`~lasp_streams.client.RightsEscrow` funds each ad with its minimum and grants quotas.
+
+Each simulated client views ``rate`` impressions per second among the ads it shows (pacing by
+wall clock, in steps of ``step`` seconds), syncs when its jittered flush is due, and sometimes
+goes offline. When every ad is disabled (or at the timeout) the clients stop, come back online,
+and flush what they still hold; then the final counts are taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from lasp_streams.client import Bounded, EdgeClient, LocalHub, LocalTransport, RightsEscrow
+from lasp_streams.dataflow.events import TriggerEvent
+from lasp_streams.demo.config import DemoConfig
+from lasp_streams.demo.summary import AdResult, BillingEvent, RunSummary
+from lasp_streams.demo.topology import ad_counter
+
+__all__ = ["ad_ids", "run_local"]
+
+
+def ad_ids(pairs: Any) -> set[Hashable]:
+    """The ids of the ads in ``ads_with_contracts`` (the keys a client may show)."""
+    return {ad.id for ad, _contract in pairs}
+
+
+class _Sim:
+    """One simulated client: its EdgeClient, its transport (to switch it offline), its rng."""
+
+    __slots__ = ("back_at", "client", "offline_episodes", "rng", "transport")
+
+    def __init__(self, client: EdgeClient, transport: LocalTransport, rng: random.Random) -> None:
+        self.client = client
+        self.transport = transport
+        self.rng = rng
+        self.back_at = 0.0
+        self.offline_episodes = 0
+
+
+async def _simulate(
+    sim: _Sim, cfg: DemoConfig, stop: asyncio.Event, clock: Callable[[], float]
+) -> None:
+    client, rng = sim.client, sim.rng
+    view = client.view
+    last = clock()
+    carry = 0.0
+    keys: tuple[Hashable, ...] = ()
+    version = -1
+    while not stop.is_set():
+        now = clock()
+        if not sim.transport.online and now >= sim.back_at:
+            sim.transport.online = True
+        if client.version != version:
+            keys, version = client.showing, client.version
+        if cfg.rate:
+            due = cfg.rate * (now - last) + carry
+            n = int(due)
+            carry = due - n
+        else:
+            n = 1_000
+        last = now
+        if keys and n:
+            for key in rng.choices(keys, k=n):
+                view(key)
+        if now >= client.next_flush_at:
+            if sim.transport.online and cfg.offline_prob and rng.random() < cfg.offline_prob:
+                sim.transport.online = False
+                sim.back_at = now + cfg.offline_duration * rng.uniform(0.5, 1.5)
+                sim.offline_episodes += 1
+            await client.sync()
+        await asyncio.sleep(cfg.step if cfg.rate else 0)
+
+
+async def run_local(cfg: DemoConfig, *, clock: Callable[[], float] = time.monotonic) -> RunSummary:
+    """Run the demo in-process (see the module docstring) and summarise it."""
+    mod = ad_counter()
+    master = random.Random(cfg.seed)
+    start = clock()
+    billing: list[BillingEvent] = []
+    ads = [mod.Ad(f"{company}-{i}", company) for company in mod.COMPANIES for i in range(cfg.ads)]
+    minimum = {ad.id: cfg.minimum_of(i) for i, ad in enumerate(ads)}
+    company = {ad.id: ad.company for ad in ads}
+    all_disabled = asyncio.Event()
+
+    def on_disable(event: TriggerEvent) -> None:
+        ad = str(event.key)
+        billing.append(
+            BillingEvent(
+                event_id=event.event_id,
+                advertiser=company[ad],
+                ad=ad,
+                minimum=minimum[ad],
+                impressions=int(event.value),
+                amount=round(minimum[ad] * cfg.price, 6),
+                at=clock() - start,
+            )
+        )
+        if len({b.ad for b in billing}) == len(ads):
+            all_disabled.set()
+
+    topo = mod.build(cfg.min_impressions, on_disable=on_disable)
+    escrow: RightsEscrow | None = None
+    watch = ["ads_with_contracts"]
+    if cfg.mode == "bounded":
+        escrow = RightsEscrow(
+            quota=cfg.grant_quota(), clients=cfg.clients, server_actor=mod.SERVER_ACTOR
+        )
+        escrow.install(topo)
+        watch.append(escrow.rights)
+    hub = LocalHub(
+        topo,
+        watch=watch,
+        retention=cfg.retention,
+        clock=clock,
+        validators=[escrow.validate] if escrow else [],
+    )
+    rt = hub.runtime
+    for ad in ads:
+        await rt.update(mod.ad_source(ad), "admin", "add", ad)
+        contract_min = minimum[ad.id] if minimum[ad.id] != cfg.min_impressions else 0
+        await rt.update("contracts", "admin", "add", mod.Contract(ad.id, contract_min))
+    if escrow is not None:
+        escrow.attach(rt)
+        for ad in ads:
+            await escrow.fund(ad.id, minimum[ad.id])
+
+    sims: list[_Sim] = []
+    for i in range(cfg.clients):
+        actor = f"client-{i}"
+        transport = hub.connect(actor)
+        client = EdgeClient(
+            actor,
+            transport,
+            rt.topology,
+            keys_of=ad_ids,
+            bounded=Bounded(escrow.rights, escrow.requests) if escrow else None,
+            flush_interval=cfg.flush_interval,
+            jitter=cfg.jitter,
+            rng=random.Random(master.getrandbits(64)),
+            clock=clock,
+            horizon=cfg.horizon,
+        )
+        sims.append(_Sim(client, transport, random.Random(master.getrandbits(64))))
+
+    samples: list[tuple[float, dict[str, int]]] = []
+
+    def sample() -> None:
+        samples.append((clock() - start, {ad.id: rt.query("impressions", key=ad.id) for ad in ads}))
+
+    async def sampler() -> None:
+        while not stop.is_set():
+            sample()
+            await asyncio.sleep(cfg.sample_interval)
+
+    stop = asyncio.Event()
+    for sim in sims:
+        await sim.client.sync()
+    tasks = [asyncio.create_task(_simulate(sim, cfg, stop, clock)) for sim in sims]
+    tasks.append(asyncio.create_task(sampler()))
+    timed_out = False
+    try:
+        await asyncio.wait_for(all_disabled.wait(), cfg.timeout)
+    except TimeoutError:
+        timed_out = True
+    run_seconds = clock() - start
+    stop.set()
+    await asyncio.gather(*tasks)
+
+    # Everyone comes back and flushes what it still holds (twice: bounded clients may have
+    # had requests answered by the first round).
+    for _ in range(2):
+        for sim in sims:
+            sim.transport.online = True
+            await sim.client.sync()
+    sample()
+
+    made: dict[str, int] = {ad.id: 0 for ad in ads}
+    for sim in sims:
+        for key, n in sim.client.counts().items():
+            made[str(key)] += n
+    disabled_at = {b.ad: b.at for b in billing}
+    results = [
+        AdResult(
+            ad=ad.id,
+            advertiser=ad.company,
+            minimum=minimum[ad.id],
+            final=rt.query("impressions", key=ad.id),
+            made=made[ad.id],
+            billing_events=sum(1 for b in billing if b.ad == ad.id),
+            disabled_after=disabled_at.get(ad.id),
+        )
+        for ad in ads
+    ]
+    stats = [s.client.stats for s in sims]
+    return RunSummary(
+        mode=cfg.mode,
+        clients=cfg.clients,
+        ads=results,
+        billing=billing,
+        seconds=clock() - start,
+        run_seconds=run_seconds,
+        bytes_sent=sum(s.bytes_sent for s in stats),
+        deltas_sent=sum(s.deltas_sent for s in stats),
+        refused_deltas=len(hub.refused),
+        resyncs=sum(s.resyncs for s in stats),
+        offline_episodes=sum(s.offline_episodes for s in sims),
+        timed_out=timed_out,
+        samples=samples,
+    )
