@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
+import sys
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from lasp_streams import codec
 from lasp_streams.dataflow.topology import Topology
+from lasp_streams.errors import InvalidTopology
 from lasp_streams.lattices.counters import GCounter
 from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.metrics import Metrics
@@ -32,7 +37,7 @@ from lasp_streams.runtime.kafka.topics import (
     plan_topics,
     state_topic,
 )
-from lasp_streams.runtime.kafka.worker import build_faust_app, plan_worker
+from lasp_streams.runtime.kafka.worker import build_faust_app, load_topology, plan_worker
 
 VAR = "impressions"
 KEYS = [f"ad-{i}".encode() for i in range(8)]
@@ -313,3 +318,68 @@ async def test_the_agent_runs_as_a_service_of_a_faust_app(
     finally:
         await app.stop()
     assert values == {key: expected(4) for key in KEYS}
+
+
+TOPOLOGY_MODULE = """
+from lasp_streams.dataflow.topology import Topology
+from lasp_streams.lattices.counters import GCounter
+
+
+def build():
+    topo = Topology({name!r})
+    topo.declare({var!r}, GCounter, keyed=True)
+    return topo
+"""
+
+
+@pytest.mark.integration
+async def test_a_faust_worker_process_runs_a_topology_module_and_stops_on_sigterm(
+    bootstrap_servers: str, unique_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    settings, topo = await topology(bootstrap_servers, unique_topic)
+    module = f"topo_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(TOPOLOGY_MODULE.format(name=topo, var=VAR))
+    script = (
+        "import sys\n"
+        "from lasp_streams.runtime.kafka.settings import KafkaSettings\n"
+        "from lasp_streams.runtime.kafka.worker import load_topology, run_faust_worker\n"
+        f"run_faust_worker(load_topology({module!r}), KafkaSettings(bootstrap_servers="
+        f"{bootstrap_servers!r}, delta_partitions=3), loglevel='warning')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        records = deltas(3)
+        await publish(settings, delta_topic(topo, VAR), records)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 90
+        while True:
+            latest = {
+                r.key: codec.decode(r.value).value()
+                for r in await read_all(settings, state_topic(topo, VAR))
+            }
+            if latest == {key: expected(3) for key in KEYS}:
+                break
+            assert proc.returncode is None, (await proc.communicate())[1].decode()[-2000:]
+            assert loop.time() < deadline, f"state topic holds {latest}"
+            await asyncio.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_load_topology_finds_build_functions_and_names_what_is_missing() -> None:
+    assert load_topology("topologies.ad_counter").name == "ad_counter"
+    assert load_topology("topologies.ad_counter:build").name == "ad_counter"
+    with pytest.raises(InvalidTopology, match="cannot import topology module 'no_such_mod'"):
+        load_topology("no_such_mod")
+    with pytest.raises(InvalidTopology, match="has no 'topology' or 'build'"):
+        load_topology("lasp_streams.errors")
+    with pytest.raises(InvalidTopology, match="expected a Topology"):
+        load_topology("lasp_streams.errors:__doc__")

@@ -16,6 +16,7 @@ This module is the only one that imports faust.
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,15 @@ from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import TrustedSink
 from lasp_streams.runtime.kafka.topics import ensure_topics, plan_topics
 
-__all__ = ["VariablePlan", "WorkerPlan", "build_faust_app", "plan_worker", "run_worker"]
+__all__ = [
+    "VariablePlan",
+    "WorkerPlan",
+    "build_faust_app",
+    "load_topology",
+    "plan_worker",
+    "run_faust_worker",
+    "run_worker",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,3 +198,50 @@ async def run_worker(
         waiter.cancel()
         for runner in runners:
             await runner.stop()
+
+
+def load_topology(ref: str) -> Topology:
+    """The Topology named by ``ref``: ``"package.module"`` or ``"package.module:name"``.
+
+    ``name`` may be a Topology or a callable that builds one with no arguments; without a
+    name, the module's ``topology`` and then its ``build`` are tried.
+    """
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidTopology(f"cannot import topology module {module_name!r}: {exc}") from exc
+    candidates = [attr] if attr else ["topology", "build"]
+    for name in candidates:
+        found = getattr(module, name, None)
+        if found is None:
+            continue
+        if callable(found) and not isinstance(found, Topology):
+            found = found()
+        if isinstance(found, Topology):
+            return found
+        raise InvalidTopology(
+            f"{module_name}:{name} is {type(found).__name__}, expected a Topology or a "
+            "function that builds one"
+        )
+    raise InvalidTopology(
+        f"module {module_name!r} has no {' or '.join(repr(c) for c in candidates)}; "
+        f"name the topology as {module_name}:<attribute>"
+    )
+
+
+def run_faust_worker(
+    topology: Topology,
+    settings: KafkaSettings,
+    *,
+    with_sink: bool = False,
+    loglevel: str = "info",
+    web_enabled: bool = False,
+) -> None:
+    """Run a faust worker for ``topology`` in this process until it is stopped (blocking):
+    what ``lasp-streams worker <topology module>`` does."""
+    app = build_faust_app(
+        plan_worker(topology), settings, with_sink=with_sink, web_enabled=web_enabled
+    )
+    worker = app.Worker(loglevel=loglevel)
+    worker.execute_from_commandline()
