@@ -1,0 +1,90 @@
+"""The ad-counter demo in local mode: billing exactly once per ad that reached its minimum,
+no impression lost (offline ones included), bounded mode never overcounts, and the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from lasp_streams.cli import main
+from lasp_streams.demo import DemoConfig, RunSummary, render, run_local
+
+SMALL = DemoConfig(
+    ads=2,
+    clients=6,
+    rate=4_000.0,
+    flush_interval=0.05,
+    offline_prob=0.3,
+    offline_duration=0.2,
+    min_impressions=1_500,
+    timeout=20.0,
+)
+
+
+def check_conservation(summary: RunSummary) -> None:
+    for ad in summary.ads:
+        assert ad.final == ad.made, f"{ad.ad}: server counted {ad.final}, clients made {ad.made}"
+    assert summary.lost == 0 and summary.refused_deltas == 0
+
+
+async def test_one_billing_event_per_ad_that_reached_its_minimum_and_none_otherwise() -> None:
+    # The first ad's contract asks for more than the run can reach before its timeout.
+    summary = await run_local(SMALL.with_(minimums=(10**9,), timeout=1.5))
+    assert summary.timed_out
+    by_ad = {a.ad: a for a in summary.ads}
+    never = by_ad.pop("rovio-0")
+    assert never.billing_events == 0 and never.disabled_after is None and never.final > 0
+    for ad in by_ad.values():
+        assert ad.final >= ad.minimum and ad.billing_events == 1
+    assert sorted(b.ad for b in summary.billing) == sorted(by_ad)
+    for event in summary.billing:
+        assert event.impressions >= event.minimum  # counted at the crossing
+        assert event.event_id.endswith(repr(event.ad))
+    check_conservation(summary)
+
+
+async def test_no_impression_is_lost_even_those_made_offline() -> None:
+    summary = await run_local(SMALL.with_(seed=3))
+    assert not summary.timed_out
+    assert summary.offline_episodes > 0  # some impressions were made offline, flushed later
+    assert all(a.billing_events == 1 for a in summary.ads)
+    check_conservation(summary)
+    assert summary.overcount == sum(a.final - a.minimum for a in summary.ads)
+    assert summary.bytes_per_increment < 2.0
+
+
+async def test_bounded_mode_never_counts_past_the_minimum() -> None:
+    summary = await run_local(SMALL.with_(mode="bounded", seed=5))
+    assert not summary.timed_out
+    assert summary.overcount == 0 and summary.overcount_pct == 0.0
+    assert all(a.final == a.minimum and a.billing_events == 1 for a in summary.ads)
+    check_conservation(summary)
+    assert "mode bounded" in render(summary)
+
+
+def test_cli_local_demo_prints_the_summary_and_writes_the_plot(tmp_path: Path) -> None:
+    png = tmp_path / "ads.png"
+    result = CliRunner().invoke(
+        main,
+        [
+            "demo",
+            "ad-counter",
+            "--local",
+            "--ads=1",
+            "--clients=3",
+            "--min-impressions=600",
+            "--rate=3000",
+            "--flush-interval=0.05",
+            f"--plot={png}",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "overcount" in result.output and "billing events        2" in result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_kafka_mode_says_it_is_not_available_yet() -> None:
+    result = CliRunner().invoke(main, ["demo", "ad-counter", "--bootstrap", "127.0.0.1:1"])
+    assert result.exit_code != 0
+    assert "not available yet" in result.output and "--local" in result.output
