@@ -144,7 +144,11 @@ async def run_local(cfg: DemoConfig, *, clock: Callable[[], float] = time.monoto
             transport,
             rt.topology,
             keys_of=ad_ids,
-            bounded=Bounded(escrow.rights, escrow.requests) if escrow else None,
+            # Ask again at half a quota left, so the next grant usually lands before the
+            # client runs dry (a grant takes one sync round to arrive).
+            bounded=Bounded(escrow.rights, escrow.requests, max(1, escrow.quota // 2))
+            if escrow
+            else None,
             flush_interval=cfg.flush_interval,
             jitter=cfg.jitter,
             rng=random.Random(master.getrandbits(64)),

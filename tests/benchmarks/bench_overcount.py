@@ -1,0 +1,220 @@
+"""Overcount of the ad counter against the number of clients and the flush interval, in Lasp
+mode and in bounded (escrow) mode, plus the throughput both modes reach unthrottled.
+
+Run::
+
+    .venv/bin/python -m tests.benchmarks.bench_overcount [--runs 3] [--quick]
+
+Every point is the median over ``--runs`` seeds of a local-mode demo run
+(:func:`lasp_streams.demo.run_local`, wall clock, asyncio clients): overcount % as Lasp reported
+it (mean over ads of (final - minimum) / minimum), increments/s until the last ad was disabled,
+and delta bytes the clients sent per increment. Fixed unless swept: 2 ads per company, minimum
+10,000, 1,000 impressions/s per client, flush every 0.1 s (jitter ±50%), nobody offline (the
+offline sweep varies that alone at 32 clients). Writes ``tests/benchmarks/reports/overcount.md``
+and ``overcount.png`` next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lasp_streams.demo import DemoConfig, RunSummary, run_local
+
+REPORTS = Path(__file__).parent / "reports"
+BASE = DemoConfig(
+    ads=2,
+    clients=32,
+    rate=1_000.0,
+    flush_interval=0.1,
+    offline_prob=0.0,
+    min_impressions=10_000,
+    timeout=300.0,
+)
+CLIENTS = (4, 8, 16, 32, 64, 128, 256)
+FLUSH = (0.025, 0.05, 0.1, 0.2, 0.4)
+OFFLINE = (0.0, 0.01, 0.05, 0.1)
+MODES = ("lasp", "bounded")
+
+
+@dataclass(frozen=True)
+class Point:
+    overcount_pct: float
+    increments_per_s: float
+    bytes_per_increment: float
+    seconds: float
+    lost: int
+
+
+def measure(cfg: DemoConfig, runs: int) -> Point:
+    results: list[RunSummary] = []
+    for seed in range(1, runs + 1):
+        summary = asyncio.run(run_local(cfg.with_(seed=seed)))
+        if summary.timed_out or summary.lost:
+            raise SystemExit(f"run failed: {cfg} seed {seed}: timed out or lost impressions")
+        results.append(summary)
+    med = statistics.median
+    return Point(
+        med(s.overcount_pct for s in results),
+        med(s.increments_per_s for s in results),
+        med(s.bytes_per_increment for s in results),
+        med(s.run_seconds for s in results),
+        sum(s.lost for s in results),
+    )
+
+
+def sweep(
+    name: str, field: str, values: tuple[float, ...], base: DemoConfig, runs: int
+) -> dict[str, list[Point]]:
+    out: dict[str, list[Point]] = {}
+    for mode in MODES:
+        out[mode] = []
+        for value in values:
+            point = measure(base.with_(mode=mode, **{field: value}), runs)
+            print(f"{name} {mode} {field}={value}: {point}", file=sys.stderr, flush=True)
+            out[mode].append(point)
+    return out
+
+
+def table(field: str, values: tuple[float, ...], data: dict[str, list[Point]]) -> list[str]:
+    lines = [
+        f"| {field} | Lasp overcount % | Lasp increments/s | Lasp bytes/increment | "
+        "bounded overcount % | bounded increments/s | bounded bytes/increment |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, value in enumerate(values):
+        a, b = data["lasp"][i], data["bounded"][i]
+        lines.append(
+            f"| {value:g} | {a.overcount_pct:.2f} | {a.increments_per_s:,.0f} | "
+            f"{a.bytes_per_increment:.3f} | {b.overcount_pct:.2f} | {b.increments_per_s:,.0f} | "
+            f"{b.bytes_per_increment:.3f} |"
+        )
+    return lines
+
+
+def plot(
+    curves: list[tuple[str, str, tuple[float, ...], dict[str, list[Point]], bool]], path: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4))
+    for ax, (title, xlabel, xs, data, logx) in zip(axes, curves, strict=True):
+        for mode, style in (("lasp", "o-"), ("bounded", "s--")):
+            ax.plot(xs, [p.overcount_pct for p in data[mode]], style, label=f"{mode} mode")
+        if logx:
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("overcount % (mean over ads)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="fewer points (a smoke run)")
+    args = parser.parse_args()
+    clients = (4, 32, 256) if args.quick else CLIENTS
+    flush = (0.05, 0.2) if args.quick else FLUSH
+    offline = (0.0, 0.05) if args.quick else OFFLINE
+    started = time.time()
+    load = os.getloadavg()
+    by_clients = sweep("clients", "clients", clients, BASE, args.runs)
+    by_flush = sweep("flush", "flush_interval", flush, BASE, args.runs)
+    by_offline = sweep(
+        "offline", "offline_prob", offline, BASE.with_(offline_duration=0.5), args.runs
+    )
+    unthrottled = {
+        mode: measure(BASE.with_(mode=mode, rate=0.0, ads=10, min_impressions=50_000), args.runs)
+        for mode in MODES
+    }
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    png = REPORTS / "overcount.png"
+    plot(
+        [
+            (
+                "overcount vs clients",
+                "clients (1,000 impressions/s each)",
+                clients,
+                by_clients,
+                True,
+            ),
+            (
+                "overcount vs flush interval (32 clients)",
+                "flush interval (s)",
+                flush,
+                by_flush,
+                False,
+            ),
+            (
+                "overcount vs offline probability (32 clients)",
+                "P(offline) per sync",
+                offline,
+                by_offline,
+                False,
+            ),
+        ],
+        png,
+    )
+    argv = " ".join(sys.argv[1:])
+    lines = [
+        "## Overcount (ad counter, local mode)",
+        "",
+        f"Command: `.venv/bin/python -m tests.benchmarks.bench_overcount {argv}`".rstrip() + "  ",
+        f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, load average at "
+        f"start {load[0]:.2f}; {time.time() - started:.0f} s in all. Each figure: median of "
+        f"{args.runs} seeds.",
+        "",
+        "Setup: LocalRuntime server (LocalHub), asyncio edge clients in one process, 2 ads per "
+        "company, minimum 10,000 impressions, 1,000 impressions/s per client, flush every 0.1 s "
+        "± 50%, nobody offline unless swept. Overcount % is Lasp's figure: mean over ads of "
+        "(final - minimum) / minimum. Increments/s: impressions counted / seconds until the last "
+        "ad was disabled (wall clock, so throttled runs show the offered load). Bytes: encoded "
+        "deltas the clients sent (GCounter entries; in bounded mode also their rights requests).",
+        "",
+        "![overcount](overcount.png)",
+        "",
+        "### Against the number of clients",
+        "",
+        *table("clients", clients, by_clients),
+        "",
+        "### Against the flush interval (32 clients)",
+        "",
+        *table("flush interval (s)", flush, by_flush),
+        "",
+        "### Against the offline probability per sync (32 clients, offline 0.25-0.75 s)",
+        "",
+        *table("P(offline)", offline, by_offline),
+        "",
+        "### Throughput, unthrottled (32 clients, 20 ads, minimum 50,000, rate 0 = as fast as "
+        "the clients can)",
+        "",
+        "| mode | increments/s | overcount % | bytes/increment | seconds |",
+        "|---|---:|---:|---:|---:|",
+        *(
+            f"| {mode} | {p.increments_per_s:,.0f} | {p.overcount_pct:.2f} | "
+            f"{p.bytes_per_increment:.4f} | {p.seconds:.2f} |"
+            for mode, p in unthrottled.items()
+        ),
+        "",
+    ]
+    (REPORTS / "overcount.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
