@@ -1,2 +1,59 @@
 """The Kafka runtime: variables as delta + compacted state topics, agents that join deltas in
-batches, the trusted exactly-once sink, and the dead-letter topic."""
+batches, the trusted exactly-once sink, and the dead-letter topic.
+
+Modules: :mod:`.settings` (one frozen settings object), :mod:`.topics` (names, plan,
+declaration and checks), :mod:`.joiner` (the pure per-partition join), :mod:`.agent` (the
+consume-join-write-commit loop and recovery), :mod:`.crossing` (crossing and billing records),
+:mod:`.sink` (the trusted sink), :mod:`.dlq` (dead letters), :mod:`.reader` (read a topic to
+its end), :mod:`.worker` (a Topology on Kafka; the only module that imports faust) and
+:mod:`.process` (one agent or the sink as a process).
+"""
+
+from lasp_streams.runtime.kafka.agent import VariableAgent
+from lasp_streams.runtime.kafka.crossing import BillingEvent, Crossing, TriggerSpec, event_id
+from lasp_streams.runtime.kafka.dlq import DeadLetter
+from lasp_streams.runtime.kafka.settings import KafkaSettings
+from lasp_streams.runtime.kafka.sink import SinkFenced, TrustedSink, read_billing_events
+from lasp_streams.runtime.kafka.topics import (
+    TopicMismatch,
+    billing_topic,
+    crossings_topic,
+    delta_topic,
+    dlq_topic,
+    ensure_topics,
+    plan_topics,
+    state_topic,
+)
+from lasp_streams.runtime.kafka.worker import (
+    build_faust_app,
+    load_topology,
+    plan_worker,
+    run_faust_worker,
+    run_worker,
+)
+
+__all__ = [
+    "BillingEvent",
+    "Crossing",
+    "DeadLetter",
+    "KafkaSettings",
+    "SinkFenced",
+    "TopicMismatch",
+    "TriggerSpec",
+    "TrustedSink",
+    "VariableAgent",
+    "billing_topic",
+    "build_faust_app",
+    "crossings_topic",
+    "delta_topic",
+    "dlq_topic",
+    "ensure_topics",
+    "event_id",
+    "load_topology",
+    "plan_topics",
+    "plan_worker",
+    "read_billing_events",
+    "run_faust_worker",
+    "run_worker",
+    "state_topic",
+]

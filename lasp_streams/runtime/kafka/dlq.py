@@ -7,16 +7,22 @@ different IVar values), or when the variable's validator rejects it (an untruste
 writing another actor's entries). The agent sends the *original* key and value bytes to
 ``<topology>.dlq`` with these headers and carries on; the variable's state is not touched.
 
-======================== =========================================================
-header                   value (utf-8)
-======================== =========================================================
-``lasp.reason``          reason code: ``decode``, ``wrong_type``, ``invariant``, ``validation``
-``lasp.error``           the error message (at most 2,000 characters)
-``lasp.variable``        the variable the record was meant for
-``lasp.source.topic``    topic of the refused record
-``lasp.source.partition``  its partition
-``lasp.source.offset``   its offset
-======================== =========================================================
+=========================== ==========================================================
+header                      value (utf-8)
+=========================== ==========================================================
+``lasp.reason``             reason code (below)
+``lasp.error``              the error message (at most 2,000 characters)
+``lasp.variable``           the variable the record was meant for
+``lasp.source.topic``       topic of the refused record
+``lasp.source.partition``   its partition
+``lasp.source.offset``      its offset
+=========================== ==========================================================
+
+Reason codes (also the ``reason`` label of the ``records_dead_lettered`` metric):
+``decode`` — the codec refused the bytes (malformed, unknown tag, unsupported version, or a
+state that breaks the type's invariants, such as a negative count); ``wrong_type`` — a valid
+lattice of another type than the variable's; ``invariant`` — the delta has no join with the
+current state (two different IVar values); ``validation`` — the variable's validator refused it.
 """
 
 from __future__ import annotations
