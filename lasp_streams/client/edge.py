@@ -34,6 +34,7 @@ by incrementing its own entry of the ``requests`` counter (sent with the next fl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable, Hashable, Iterable
@@ -248,22 +249,9 @@ class EdgeClient:
                 await self._resync(var, changed)
             else:
                 try:
-                    batch = await self.transport.read_deltas(var, position)
+                    await self._follow(var, position, changed)
                 except DeltasExpired:
                     await self._resync(var, changed)
-                else:
-                    # Grants to other clients cannot change this client's rights, and with
-                    # many clients they are most of the rights deltas: a delta whose bytes do
-                    # not even contain this actor's id is skipped without decoding (so the
-                    # rights replica holds only what concerns this client).
-                    mine = self._actor_bytes if var == self._rights_var else None
-                    for key, payload in batch.deltas:
-                        if mine is not None and mine not in payload:
-                            continue
-                        if self._merge(var, key, payload):
-                            changed.add(key)
-                    self.stats.deltas_read += len(batch.deltas)
-                    self._positions[var] = batch.position
             if changed:
                 self._changed(var, changed)
         self._last_pull = now
@@ -344,6 +332,25 @@ class EdgeClient:
             if self._merge(var, key, payload):
                 changed.add(key)
         self._positions[var] = snapshot.position
+        # Catch up at once with the deltas after the snapshot (on Kafka the state topic may
+        # lag the delta topic); if they are already gone, the snapshot stands until next time.
+        with contextlib.suppress(DeltasExpired):
+            await self._follow(var, snapshot.position, changed)
+
+    async def _follow(self, var: str, position: Any, changed: set[Hashable]) -> None:
+        batch = await self.transport.read_deltas(var, position)
+        # Grants to other clients cannot change this client's rights, and with many clients
+        # they are most of the rights deltas: a delta whose bytes do not even contain this
+        # actor's id is skipped without decoding (the rights replica holds only what concerns
+        # this client).
+        mine = self._actor_bytes if var == self._rights_var else None
+        for key, payload in batch.deltas:
+            if mine is not None and mine not in payload:
+                continue
+            if self._merge(var, key, payload):
+                changed.add(key)
+        self.stats.deltas_read += len(batch.deltas)
+        self._positions[var] = batch.position
 
     def _merge(self, var: str, key: Hashable, payload: bytes) -> bool:
         """Join a received delta into the replica; True when the caller must look at the key

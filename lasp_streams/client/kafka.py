@@ -1,0 +1,217 @@
+"""A :class:`~lasp_streams.client.transport.ClientTransport` over Kafka (aiokafka).
+
+- ``publish``: each delta is produced to ``<topology>.<variable>.deltas`` keyed by its key (UTF-8
+  of a ``str`` key; no key for an unkeyed variable), with the client's actor in the
+  :data:`~lasp_streams.client.validate.ACTOR_HEADER` header, ``acks=all``; the call returns once
+  every record is acknowledged.
+- ``read_state``: the compacted ``<topology>.<variable>.state`` topic read from the beginning to
+  its current end, joined per key. Its position is, per partition of the delta topic, the offset
+  the variable's agent group (``<topology>.<variable>.agent``) has committed: the agent commits
+  only after the states of everything before that offset are written, so the snapshot already
+  holds every earlier delta. Without a committed offset (no agent, or a derived variable written
+  by an operator) the position is the earliest offset still on the delta topic; re-joining
+  deltas the snapshot already holds is harmless.
+- ``read_deltas``: from the position to the delta topic's current end. A position below a
+  partition's earliest retained offset (retention deleted those deltas) raises
+  :class:`~lasp_streams.client.transport.DeltasExpired`: the client reads the state instead.
+- A Kafka error on any call marks the transport offline and raises
+  :class:`~lasp_streams.client.transport.Offline`; the client keeps buffering and retries at its
+  next sync. ``online`` can also be set by hand (to simulate an outage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from lasp_streams.client.transport import DeltaBatch, DeltasExpired, Offline, Position, Snapshot
+from lasp_streams.client.validate import ACTOR_HEADER
+from lasp_streams.codec import decode, encode
+from lasp_streams.errors import LaspError
+from lasp_streams.lattices.base import Lattice
+from lasp_streams.runtime.kafka.reader import committed_offsets, partitions_of, read_all
+from lasp_streams.runtime.kafka.settings import KafkaSettings
+from lasp_streams.runtime.kafka.topics import delta_topic, state_topic
+
+__all__ = ["KafkaTransport", "key_from_kafka", "key_to_kafka"]
+
+
+def key_to_kafka(key: Hashable) -> bytes | None:
+    """A variable key as a Kafka record key: UTF-8 of a str, bytes as they are, None unkeyed."""
+    if key is None:
+        return None
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, bytes):
+        return key
+    raise TypeError(f"Kafka record keys are str or bytes here, got {key!r}")
+
+
+def key_from_kafka(raw: bytes | None) -> Hashable:
+    """The inverse of :func:`key_to_kafka` for str keys (an absent or empty key: None)."""
+    if not raw:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
+
+
+class KafkaTransport:
+    """One client's connection to a topology's topics (see the module docstring). ``start()``
+    before use, ``stop()`` after."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topology: str,
+        actor: str,
+        *,
+        read_timeout: float = 30.0,
+    ) -> None:
+        if type(actor) is not str or not actor:
+            raise ValueError(f"actor must be a non-empty str, got {actor!r}")
+        self.settings = settings
+        self.topology = topology
+        self.actor = actor
+        self.read_timeout = read_timeout
+        self.online = True
+        self._header = [(ACTOR_HEADER, actor.encode())]
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._assigned: set[TopicPartition] = set()
+
+    async def start(self) -> None:
+        s = self.settings
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap_servers,
+            client_id=f"{s.client_id}-client-{self.actor}",
+            acks="all",
+            linger_ms=s.linger_ms,
+            request_timeout_ms=s.request_timeout_ms,
+        )
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers,
+            client_id=f"{s.client_id}-client-{self.actor}",
+            group_id=None,
+            enable_auto_commit=False,
+            request_timeout_ms=s.request_timeout_ms,
+        )
+        await self._producer.start()
+        try:
+            await self._consumer.start()
+        except BaseException:
+            await self._producer.stop()
+            raise
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    # -- ClientTransport -----------------------------------------------------------------------
+    async def publish(self, var: str, deltas: Sequence[tuple[Hashable, bytes]]) -> None:
+        producer = self._clients()[0]
+        self._check(f"publish {len(deltas)} delta(s) of {var!r}")
+        topic = delta_topic(self.topology, var)
+        try:
+            futures = [
+                await producer.send(
+                    topic, value=payload, key=key_to_kafka(key), headers=self._header
+                )
+                for key, payload in deltas
+            ]
+            await asyncio.gather(*futures)
+        except KafkaError as exc:
+            self.online = False
+            raise Offline(f"publishing to {topic!r} failed: {exc!r}") from exc
+
+    async def read_state(self, var: str) -> Snapshot:
+        self._check(f"read the state of {var!r}")
+        s = self.settings
+        deltas, states = delta_topic(self.topology, var), state_topic(self.topology, var)
+        try:
+            committed = await committed_offsets(
+                s, f"{self.topology}.{var}.agent", deltas, self.read_timeout
+            )
+            earliest = await self._consumer_offsets(deltas, committed)
+            records = await read_all(s, states, timeout=self.read_timeout)
+        except KafkaError as exc:
+            self.online = False
+            raise Offline(f"reading the state of {var!r} failed: {exc!r}") from exc
+        joined: dict[Hashable, Lattice] = {}
+        for record in records:
+            if record.value is None:
+                continue
+            key = key_from_kafka(record.key)
+            state = decode(record.value)
+            known = joined.get(key)
+            if known is None:
+                joined[key] = state
+            else:
+                known.merge(state)
+        position = {p: (c if c is not None else earliest[p]) for p, c in committed.items()}
+        return Snapshot({k: encode(v) for k, v in joined.items()}, position)
+
+    async def read_deltas(self, var: str, position: Position) -> DeltaBatch:
+        self._check(f"read the deltas of {var!r}")
+        consumer = self._clients()[1]
+        topic = delta_topic(self.topology, var)
+        if type(position) is not dict:
+            raise ValueError(f"{var!r}: position {position!r} is not one this transport gave out")
+        tps = {TopicPartition(topic, p): offset for p, offset in position.items()}
+        try:
+            if not set(tps) <= self._assigned:
+                self._assigned |= set(tps)
+                consumer.assign(sorted(self._assigned))
+            begins = await consumer.beginning_offsets(list(tps))
+            gone = {tp.partition: begins[tp] for tp, off in tps.items() if off < begins[tp]}
+            if gone:
+                raise DeltasExpired(
+                    f"{topic!r}: deltas before offsets {gone} were deleted (retention); "
+                    "read the full state"
+                )
+            ends = await consumer.end_offsets(list(tps))
+            pending = [tp for tp, off in tps.items() if off < ends[tp]]
+            for tp in pending:
+                consumer.seek(tp, tps[tp])
+            out: list[tuple[Hashable, bytes]] = []
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.read_timeout
+            while pending:
+                if loop.time() > deadline:
+                    raise LaspError(f"reading {topic!r} did not reach its end in time")
+                data = await consumer.getmany(*pending, timeout_ms=200)
+                for tp, records in data.items():
+                    for r in records:
+                        if r.offset < ends[tp] and r.value is not None:
+                            out.append((key_from_kafka(r.key), r.value))
+                pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
+        except KafkaError as exc:
+            self.online = False
+            raise Offline(f"reading the deltas of {var!r} failed: {exc!r}") from exc
+        new_position = {tp.partition: max(off, ends[tp]) for tp, off in tps.items()}
+        return DeltaBatch(out, new_position)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _check(self, what: str) -> None:
+        if not self.online:
+            raise Offline(f"client {self.actor!r} is offline: cannot {what}")
+
+    def _clients(self) -> tuple[AIOKafkaProducer, AIOKafkaConsumer]:
+        if self._producer is None or self._consumer is None:
+            raise LaspError("KafkaTransport: call start() first")
+        return self._producer, self._consumer
+
+    async def _consumer_offsets(self, topic: str, partitions: dict[int, Any]) -> dict[int, int]:
+        consumer = self._clients()[1]
+        if not partitions:
+            partitions = dict.fromkeys(await partitions_of(self.settings, topic))
+        tps = [TopicPartition(topic, p) for p in partitions]
+        begins = await consumer.beginning_offsets(tps)
+        return {tp.partition: offset for tp, offset in begins.items()}
