@@ -32,7 +32,7 @@ from lasp_streams.client.validate import client_delta_problem
 from lasp_streams.codec import decode, encode
 from lasp_streams.dataflow.events import Update
 from lasp_streams.dataflow.topology import Topology
-from lasp_streams.errors import CodecError, LaspError, MutatorError
+from lasp_streams.errors import CodecError, InvalidTopology, LaspError, MutatorError
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.runtime.local import LocalRuntime
 
@@ -134,7 +134,12 @@ class LocalHub:
 
     async def receive(self, actor: str, var: str, deltas: Sequence[tuple[Hashable, bytes]]) -> int:
         """Validate and join a client's deltas; returns how many were accepted."""
-        v = self.runtime.topology.var(var)
+        try:
+            v = self.runtime.topology.var(var)
+        except InvalidTopology as exc:
+            for key, _ in deltas:
+                self._refuse(actor, var, key, str(exc))
+            return 0
         accepted = 0
         for key, payload in deltas:
             try:

@@ -3,6 +3,7 @@ buffer, resync after the horizon, removals, and the server's refusal of foreign 
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Hashable, Sequence
 from pathlib import Path
@@ -288,6 +289,20 @@ async def test_the_hub_refuses_deltas_that_write_another_clients_entry() -> None
     s = AWSet()
     await hub.connect("mallory").publish("rovio_ads", [(None, encode(s.add("mallory", ADS[0])))])
     assert len(hub.refused) == 2
+    await hub.connect("mallory").publish("no_such_var", [("k", encode(mine))])
+    assert "no variable 'no_such_var'" in hub.refused[-1].reason
+
+
+async def test_run_until_stopped_ends_with_a_flush() -> None:
+    clock = Clock()
+    hub = await make_hub(clock)
+    c = client(hub, clock)
+    await c.sync()
+    c.view("rovio-1", 9)
+    stop = asyncio.Event()
+    stop.set()
+    await c.run(stop)
+    assert impressions(hub, "rovio-1") == 9 and c.unsent() == 0
 
 
 def test_validator_covers_the_counter_types() -> None:
