@@ -220,5 +220,6 @@ async def run_local(cfg: DemoConfig, *, clock: Callable[[], float] = time.monoto
         resyncs=sum(s.resyncs for s in stats),
         offline_episodes=sum(s.offline_episodes for s in sims),
         timed_out=timed_out,
+        refused_views=sum(s.refused_views for s in stats),
         samples=samples,
     )

@@ -64,6 +64,7 @@ class RunSummary:
     resyncs: int
     offline_episodes: int
     timed_out: bool
+    refused_views: int = 0
     samples: list[tuple[float, dict[str, int]]] = field(default_factory=list, repr=False)
 
     @property
@@ -150,6 +151,7 @@ def render(summary: RunSummary) -> str:
         f"wire                  {s.bytes_per_increment:.4f} delta bytes per increment "
         f"({s.deltas_sent:,} deltas, {s.bytes_sent:,} bytes)",
         f"clients               {s.offline_episodes} offline episodes, {s.resyncs} full-state "
-        f"reads, {s.refused_deltas} deltas refused by the server",
+        f"reads, {s.refused_deltas} deltas refused by the server, {s.refused_views:,} views "
+        "refused (ad no longer shown, or no rights left in bounded mode)",
     ]
     return "\n".join(lines)
