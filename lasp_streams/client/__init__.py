@@ -2,7 +2,9 @@
 
 - :class:`EdgeClient` — the client (:mod:`lasp_streams.client.edge`);
 - :class:`ClientTransport` — what it needs from the network (:mod:`~.transport`), with
-  :class:`LocalHub`/:class:`LocalTransport` over the LocalRuntime (:mod:`~.local`);
+  :class:`LocalHub`/:class:`LocalTransport` over the LocalRuntime (:mod:`~.local`) and
+  ``KafkaTransport`` over a topology's topics (:mod:`lasp_streams.client.kafka`, imported on
+  its own so that local use does not load aiokafka);
 - :func:`client_delta_problem` / :func:`check_client_delta` — the server's check that a client
   only writes its own entries (:mod:`~.validate`);
 - :class:`RightsEscrow` — bounded-counter mode's server side (:mod:`~.escrow`).
