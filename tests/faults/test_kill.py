@@ -120,7 +120,7 @@ async def caught_up(settings: KafkaSettings, group: str, topic: str) -> bool:
 async def joined_states(settings: KafkaSettings, topology: str) -> dict[bytes, Lattice]:
     """Every key's state as the state topic holds it (all records joined)."""
     states: dict[bytes, Lattice] = {}
-    for record in await read_all(settings, state_topic(topology, VAR)):
+    for record in await read_all(settings, state_topic(topology, VAR), read_committed=True):
         state = codec.decode(record.value)
         if record.key in states:
             states[record.key].merge(state)
@@ -136,15 +136,16 @@ async def publish(
     await asyncio.gather(*futures)
 
 
+@pytest.mark.parametrize("mode", [(), ("--transactional",)], ids=["acked", "transactional"])
 async def test_killing_the_agent_mid_batch_loses_no_update(
-    bootstrap_servers: str, unique_topic: Callable[..., str]
+    bootstrap_servers: str, unique_topic: Callable[..., str], mode: tuple[str, ...]
 ) -> None:
     topo = unique_topic("topo")
     settings = KafkaSettings(bootstrap_servers=bootstrap_servers, delta_partitions=PARTITIONS)
     await ensure_topics(settings, plan_topics(topo, [VAR], settings))
     agent = Worker(
         "agent", bootstrap_servers, topo, "--max-batch", "500",
-        "--session-timeout-ms", str(SESSION_MS),
+        "--session-timeout-ms", str(SESSION_MS), *mode,
     )  # fmt: skip
     keys = [f"ad-{i}".encode() for i in range(10)]
     # Every record is one impression by a fresh actor: the final value of a key is exactly the

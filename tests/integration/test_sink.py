@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 from collections.abc import Callable
 
 import msgpack
@@ -159,12 +158,6 @@ async def test_a_second_sink_with_the_same_identity_fences_the_first(
         await first.stop()
         if second is not None:
             await second.stop()
-        # Fenced aiokafka producers leave internal futures holding ProducerFenced that nobody
-        # awaits. Collect them here, from a shallow stack: on CPython 3.11, asyncio's "never
-        # retrieved" report from a collection deep inside pytest's session teardown corrupts
-        # the recursion counter, and the next compile() fails ("AST constructor recursion
-        # depth mismatch").
-        gc.collect()
     # Uncommitted records are invisible to read_committed readers; every key exactly once.
     assert await billed_keys(settings, topo) == sorted(KEYS)
     raw = await read_all(settings, billing_topic(topo))

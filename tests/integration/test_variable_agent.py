@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -62,13 +63,24 @@ def expected(rounds: int) -> int:
     return rounds * len(ACTORS)
 
 
-async def topology(bootstrap: str, unique_topic: Callable[..., str]) -> tuple[KafkaSettings, str]:
+async def topology(
+    bootstrap: str, unique_topic: Callable[..., str], transactional: bool = False
+) -> tuple[KafkaSettings, str]:
     name = unique_topic("topo")
     settings = KafkaSettings(
-        bootstrap_servers=bootstrap, delta_partitions=3, max_batch_records=50, poll_timeout_ms=100
+        bootstrap_servers=bootstrap,
+        delta_partitions=3,
+        max_batch_records=50,
+        poll_timeout_ms=100,
+        transactional_agents=transactional,
     )
     await ensure_topics(settings, plan_topics(name, [VAR], settings))
     return settings, name
+
+
+WRITE_MODES = pytest.mark.parametrize(
+    "transactional", [False, True], ids=["acked-writes", "transactional-writes"]
+)
 
 
 async def publish(settings: KafkaSettings, topic: str, records: list[tuple[bytes, bytes]]) -> None:
@@ -93,10 +105,11 @@ async def drain(agent: VariableAgent, total: int, timeout: float = 60.0) -> int:
 
 
 @pytest.mark.integration
+@WRITE_MODES
 async def test_duplicated_shuffled_deltas_from_several_producers_join_to_one_state(
-    bootstrap_servers: str, unique_topic: Callable[..., str]
+    bootstrap_servers: str, unique_topic: Callable[..., str], transactional: bool
 ) -> None:
-    settings, topo = await topology(bootstrap_servers, unique_topic)
+    settings, topo = await topology(bootstrap_servers, unique_topic, transactional)
     records = deltas(6) * 2  # every delta twice
     random.Random(5).shuffle(records)
     thirds = [records[i::3] for i in range(3)]
@@ -113,10 +126,11 @@ async def test_duplicated_shuffled_deltas_from_several_producers_join_to_one_sta
 
 
 @pytest.mark.integration
+@WRITE_MODES
 async def test_states_are_coalesced_and_offsets_committed_after_they_are_written(
-    bootstrap_servers: str, unique_topic: Callable[..., str]
+    bootstrap_servers: str, unique_topic: Callable[..., str], transactional: bool
 ) -> None:
-    settings, topo = await topology(bootstrap_servers, unique_topic)
+    settings, topo = await topology(bootstrap_servers, unique_topic, transactional)
     settings = settings.with_changes(max_batch_records=10_000)
     records = deltas(10)
     await publish(settings, delta_topic(topo, VAR), records)
@@ -128,7 +142,7 @@ async def test_states_are_coalesced_and_offsets_committed_after_they_are_written
     finally:
         await agent.stop()
 
-    written = await read_all(settings, state_topic(topo, VAR))
+    written = await read_all(settings, state_topic(topo, VAR), read_committed=True)
     # 400 deltas over 8 keys in few batches: a key is written once per batch, not per delta.
     batches = registry.get_sample_value("lasp_batch_records_count", {"variable": VAR})
     assert batches is not None
@@ -147,10 +161,11 @@ async def test_states_are_coalesced_and_offsets_committed_after_they_are_written
 
 
 @pytest.mark.integration
+@WRITE_MODES
 async def test_restart_recovers_from_the_state_topic_plus_the_delta_tail(
-    bootstrap_servers: str, unique_topic: Callable[..., str]
+    bootstrap_servers: str, unique_topic: Callable[..., str], transactional: bool
 ) -> None:
-    settings, topo = await topology(bootstrap_servers, unique_topic)
+    settings, topo = await topology(bootstrap_servers, unique_topic, transactional)
     first, second = deltas(4), deltas(3, start=4)
     await publish(settings, delta_topic(topo, VAR), first)
     agent = VariableAgent(settings, topo, VAR, GCounter)
@@ -177,10 +192,11 @@ async def test_restart_recovers_from_the_state_topic_plus_the_delta_tail(
 
 
 @pytest.mark.integration
+@WRITE_MODES
 async def test_a_crossing_per_key_and_again_after_recovery_with_the_same_event_id(
-    bootstrap_servers: str, unique_topic: Callable[..., str]
+    bootstrap_servers: str, unique_topic: Callable[..., str], transactional: bool
 ) -> None:
-    settings, topo = await topology(bootstrap_servers, unique_topic)
+    settings, topo = await topology(bootstrap_servers, unique_topic, transactional)
     trigger = TriggerSpec.from_threshold("enough", Threshold.value(expected(3)))
     records = deltas(5)
     await publish(settings, delta_topic(topo, VAR), records)
@@ -190,7 +206,10 @@ async def test_a_crossing_per_key_and_again_after_recovery_with_the_same_event_i
         await drain(agent, len(records))
     finally:
         await agent.stop()
-    crossings = [Crossing.decode(r.value) for r in await read_all(settings, crossings_topic(topo))]
+    crossings = [
+        Crossing.decode(r.value)
+        for r in await read_all(settings, crossings_topic(topo), read_committed=True)
+    ]
     assert sorted(c.key for c in crossings) == sorted(KEYS)  # once per key in one run
     assert all(c.value >= expected(3) and c.trigger == "enough" for c in crossings)
 
@@ -201,7 +220,10 @@ async def test_a_crossing_per_key_and_again_after_recovery_with_the_same_event_i
         await again.wait_assigned(timeout=30)
     finally:
         await again.stop()
-    after = [Crossing.decode(r.value) for r in await read_all(settings, crossings_topic(topo))]
+    after = [
+        Crossing.decode(r.value)
+        for r in await read_all(settings, crossings_topic(topo), read_committed=True)
+    ]
     # Recovery republishes (the previous owner's crossing may not have been delivered); the
     # duplicates carry the same event ids, which is what the sink deduplicates on.
     assert len(after) == 2 * len(KEYS)
@@ -209,10 +231,11 @@ async def test_a_crossing_per_key_and_again_after_recovery_with_the_same_event_i
 
 
 @pytest.mark.integration
+@WRITE_MODES
 async def test_a_key_below_the_threshold_does_not_cross(
-    bootstrap_servers: str, unique_topic: Callable[..., str]
+    bootstrap_servers: str, unique_topic: Callable[..., str], transactional: bool
 ) -> None:
-    settings, topo = await topology(bootstrap_servers, unique_topic)
+    settings, topo = await topology(bootstrap_servers, unique_topic, transactional)
     trigger = TriggerSpec.from_threshold("enough", Threshold.value(expected(3), strict=True))
     records = deltas(3)  # value == threshold: the strict form is not met
     await publish(settings, delta_topic(topo, VAR), records)
@@ -222,7 +245,7 @@ async def test_a_key_below_the_threshold_does_not_cross(
         await drain(agent, len(records))
     finally:
         await agent.stop()
-    assert await read_all(settings, crossings_topic(topo)) == []
+    assert await read_all(settings, crossings_topic(topo), read_committed=True) == []
 
 
 # -- the pure joiner (no broker) --------------------------------------------------------------
@@ -383,3 +406,61 @@ def test_load_topology_finds_build_functions_and_names_what_is_missing() -> None
         load_topology("lasp_streams.errors")
     with pytest.raises(InvalidTopology, match="expected a Topology"):
         load_topology("lasp_streams.errors:__doc__")
+
+
+@pytest.mark.integration
+async def test_a_zombie_owner_is_fenced_and_its_late_state_never_becomes_visible(
+    bootstrap_servers: str, unique_topic: Callable[..., str]
+) -> None:
+    settings, topo = await topology(bootstrap_servers, unique_topic, transactional=True)
+    settings = settings.with_changes(delta_partitions=1, max_batch_records=10_000)
+    topo = unique_topic("single")
+    await ensure_topics(settings, plan_topics(topo, [VAR], settings))
+    await publish(settings, delta_topic(topo, VAR), deltas(2))
+    zombie = VariableAgent(settings, topo, VAR, GCounter)
+    await zombie.start()
+    heir: VariableAgent | None = None
+    try:
+        await drain(zombie, len(deltas(2)))
+        # The zombie fetches and joins rounds 3-4, then stalls before writing: its session
+        # ends (here: its consumer leaves) while it still holds the batch and its producer.
+        await publish(settings, delta_topic(topo, VAR), deltas(2, start=2))
+        consumer, _ = zombie._clients()
+        data: dict[Any, list[Any]] = {}
+        while not data:
+            data = await consumer.getmany(timeout_ms=1000)
+        (tp, records), *_ = data.items()
+        stale = {tp: zombie._joiners[tp.partition].apply(records)}
+        await consumer.stop()
+
+        await publish(settings, delta_topic(topo, VAR), deltas(2, start=4))
+        heir = VariableAgent(settings, topo, VAR, GCounter)
+        await heir.start()
+        await drain(heir, len(deltas(4)))  # rounds 3-6, from the zombie's last commit
+
+        # The zombie wakes up and writes its batch: fenced, aborted, partition dropped.
+        assert await zombie._write_transactional(stale) == {}
+        assert zombie.partitions == frozenset()
+    finally:
+        await zombie.stop()
+        if heir is not None:
+            await heir.stop()
+
+    def latest(records: list[Any]) -> dict[bytes, int]:
+        return {r.key: codec.decode(r.value).value() for r in records}
+
+    assert all(state.value() == expected(4) for state in stale[tp].changed.values())
+    committed = latest(await read_all(settings, state_topic(topo, VAR), read_committed=True))
+    assert committed == {key: expected(6) for key in KEYS}
+    # Not even uncommitted: the fenced transaction failed before its records were written.
+    raw = await read_all(settings, state_topic(topo, VAR))
+    assert latest(raw) == {key: expected(6) for key in KEYS}
+    restarted = VariableAgent(settings, topo, VAR, GCounter)
+    await restarted.start()
+    try:
+        await restarted.step()
+        await restarted.wait_assigned(timeout=30)
+        recovered = {k: s.value() for k, s in restarted.states().items()}
+    finally:
+        await restarted.stop()
+    assert recovered == {key: expected(6) for key in KEYS}

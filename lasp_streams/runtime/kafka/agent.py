@@ -23,12 +23,17 @@ Rebalances: batches run under a lock that ``on_partitions_revoked`` also takes, 
 is given up only between batches, after its last batch was written and committed; the revoked
 partitions' states are dropped and the new owner loads them from the state topic.
 
-Known limit: a worker that stalls longer than the session timeout in the middle of a batch (a
-zombie, not a crashed process) can write one stale state after the new owner took over. The
-stale state is ⊑ the true state, so readers never see a wrong value, only an old one until the
-next write of that key; but if the new owner has meanwhile committed past deltas that the stale
-state lacks, a later recovery could miss them. Transactional per-partition state writers would
-close this window (see the sink for the fencing mechanism); they are not in this version.
+Zombies. A worker that stalls longer than the session timeout in the middle of a batch (not a
+crashed process: a stalled one) loses its partitions to another worker but may still write its
+batch afterwards. By default (at-least-once writes) that is one stale state record on the state
+topic: it is ⊑ the true state, so readers never see a wrong value, only an old one until the next
+write of that key; but if the new owner has meanwhile committed past deltas the stale state
+lacks, a later recovery from that record could miss them. With
+``KafkaSettings(transactional_agents=True)`` each partition's batch — crossings, dead letters,
+states and the offset commit — is one transaction of a producer whose transactional id belongs
+to the partition (``<group>.p<partition>``); a new owner's producer initialisation fences the
+zombie and aborts its open transaction, and recovery reads state topics ``read_committed``, so
+the window is closed. The cost is one transaction per partition and batch.
 """
 
 from __future__ import annotations
@@ -40,7 +45,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    InvalidProducerEpoch,
+    KafkaError,
+    ProducerFenced,
+)
 
 from lasp_streams import codec
 from lasp_streams.errors import CodecError
@@ -48,6 +59,7 @@ from lasp_streams.lattices.base import Lattice, LatticeSpec, describe_type, new_
 from lasp_streams.metrics import Metrics
 from lasp_streams.runtime.kafka.crossing import Crossing, TriggerSpec
 from lasp_streams.runtime.kafka.dlq import DeadLetter
+from lasp_streams.runtime.kafka.fencing import close_fenced
 from lasp_streams.runtime.kafka.joiner import BatchOutcome, PartitionJoiner, Validator
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import (
@@ -100,6 +112,7 @@ class VariableAgent:
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._txn_producers: dict[int, AIOKafkaProducer] = {}
         self._stopping = asyncio.Event()
         self._running: asyncio.Task[None] | None = None
         self._assigned_once = asyncio.Event()
@@ -145,6 +158,9 @@ class VariableAgent:
             await asyncio.gather(self._running, return_exceptions=True)
         if self._consumer is not None:
             await self._consumer.stop()
+        for txn in self._txn_producers.values():
+            await _stop_quietly(txn)
+        self._txn_producers.clear()
         if self._producer is not None:
             await self._producer.stop()
 
@@ -204,41 +220,96 @@ class VariableAgent:
             if not outcomes:
                 return 0
 
-            first_wave: list[asyncio.Future[Any]] = []
-            for tp, outcome in outcomes.items():
-                for crossing in outcome.crossings:
-                    first_wave.append(await self._send_crossing(producer, tp.partition, crossing))
-                for dead in outcome.dead:
-                    first_wave.append(await self._send_dead(producer, dead))
-            if first_wave:
-                await asyncio.gather(*first_wave)
-
-            second_wave: list[asyncio.Future[Any]] = []
-            for tp, outcome in outcomes.items():
-                for key, state in outcome.changed.items():
-                    second_wave.append(
-                        await producer.send(
-                            self.state_topic,
-                            key=key,
-                            value=codec.encode(state),
-                            partition=tp.partition,
-                        )
-                    )
-            if second_wave:
-                await asyncio.gather(*second_wave)
-
-            offsets = {tp: o.last_offset + 1 for tp, o in outcomes.items()}
-            try:
-                await consumer.commit(offsets)
-            except (CommitFailedError, IllegalStateError) as exc:
-                # The group rebalanced under us: the new owner redelivers these records and
-                # re-joins them (harmless); our writes were joins of correct states.
-                log.warning("agent %s: commit skipped after a rebalance: %s", self.variable, exc)
+            if s.transactional_agents:
+                outcomes = await self._write_transactional(outcomes)
+            else:
+                await self._write_then_commit(consumer, producer, outcomes)
             self._record_metrics(outcomes, count, time.perf_counter() - started, consumer)
             if self.on_batch is not None:
                 for tp, outcome in outcomes.items():
                     self.on_batch(tp.partition, outcome)
             return count
+
+    async def _write_then_commit(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        outcomes: dict[TopicPartition, BatchOutcome],
+    ) -> None:
+        """At-least-once writes: crossings and dead letters acked, then states, then commit."""
+        first_wave: list[asyncio.Future[Any]] = []
+        for tp, outcome in outcomes.items():
+            for crossing in outcome.crossings:
+                first_wave.append(await self._send_crossing(producer, tp.partition, crossing))
+            for dead in outcome.dead:
+                first_wave.append(await self._send_dead(producer, dead))
+        if first_wave:
+            await asyncio.gather(*first_wave)
+
+        second_wave: list[asyncio.Future[Any]] = []
+        for tp, outcome in outcomes.items():
+            for key, state in outcome.changed.items():
+                second_wave.append(
+                    await producer.send(
+                        self.state_topic, key=key, value=codec.encode(state), partition=tp.partition
+                    )
+                )
+        if second_wave:
+            await asyncio.gather(*second_wave)
+
+        offsets = {tp: o.last_offset + 1 for tp, o in outcomes.items()}
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group rebalanced under us: the new owner redelivers these records and
+            # re-joins them (harmless); our writes were joins of correct states.
+            log.warning("agent %s: commit skipped after a rebalance: %s", self.variable, exc)
+
+    async def _write_transactional(
+        self, outcomes: dict[TopicPartition, BatchOutcome]
+    ) -> dict[TopicPartition, BatchOutcome]:
+        """One transaction per partition: crossings, dead letters, states and the offset commit
+        together. Returns the outcomes that committed (a fenced partition's are dropped)."""
+        committed: dict[TopicPartition, BatchOutcome] = {}
+        for tp, outcome in outcomes.items():
+            producer = self._txn_producers.get(tp.partition)
+            if producer is None:
+                continue
+            sent: list[asyncio.Future[Any]] = []
+            try:
+                async with producer.transaction():
+                    for crossing in outcome.crossings:
+                        sent.append(await self._send_crossing(producer, tp.partition, crossing))
+                    for dead in outcome.dead:
+                        sent.append(await self._send_dead(producer, dead))
+                    for key, state in outcome.changed.items():
+                        sent.append(
+                            await producer.send(
+                                self.state_topic,
+                                key=key,
+                                value=codec.encode(state),
+                                partition=tp.partition,
+                            )
+                        )
+                    await producer.send_offsets_to_transaction(
+                        {tp: outcome.last_offset + 1}, self.group_id
+                    )
+            except (ProducerFenced, InvalidProducerEpoch):
+                # A newer owner of this partition initialised its producer: we are a zombie
+                # for it. Our transaction is aborted; give the partition up. The sends of the
+                # aborted transaction fail too: consume their errors so none is left unread.
+                for fut in sent:
+                    fut.add_done_callback(_consume_error)
+                log.warning(
+                    "agent %s: partition %d was taken over (fenced); dropping it",
+                    self.variable,
+                    tp.partition,
+                )
+                self._joiners.pop(tp.partition, None)
+                await close_fenced(self._txn_producers.pop(tp.partition))
+                continue
+            committed[tp] = outcome
+        return committed
 
     # -- rebalance -----------------------------------------------------------------------------
     async def _revoked(self, revoked: Iterable[TopicPartition]) -> None:
@@ -246,12 +317,21 @@ class VariableAgent:
             for tp in revoked:
                 if tp.topic == self.delta_topic:
                     self._joiners.pop(tp.partition, None)
+                    txn = self._txn_producers.pop(tp.partition, None)
+                    if txn is not None:
+                        await _stop_quietly(txn)
 
     async def _assigned(self, assigned: Iterable[TopicPartition]) -> None:
         _, producer = self._clients()
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.delta_topic)
         async with self._lock:
             fresh = [p for p in mine if p not in self._joiners]
+            if self.settings.transactional_agents:
+                for partition in fresh:
+                    if partition not in self._txn_producers:
+                        # Starting it fences the previous owner of the partition and aborts
+                        # its open transaction, before we read the state it may have written.
+                        self._txn_producers[partition] = await self._start_txn_producer(partition)
             loaded = await read_state_partition(self.settings, self.state_topic, fresh, self._proto)
             republish: list[asyncio.Future[Any]] = []
             for partition in fresh:
@@ -277,6 +357,26 @@ class VariableAgent:
             triggers=self.triggers,
             validate=self.validate,
         )
+
+    def transactional_id(self, partition: int) -> str:
+        """The transactional id of the writer of ``partition`` (transactional mode)."""
+        return f"{self.group_id}.p{partition}"
+
+    async def _start_txn_producer(self, partition: int) -> AIOKafkaProducer:
+        s = self.settings
+        producer = AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap_servers,
+            client_id=f"{s.client_id}-{self.variable}-agent-p{partition}",
+            transactional_id=self.transactional_id(partition),
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=s.linger_ms,
+            max_batch_size=1024 * 1024,
+            transaction_timeout_ms=s.transaction_timeout_ms,
+            request_timeout_ms=s.request_timeout_ms,
+        )
+        await producer.start()
+        return producer
 
     def _clients(self) -> tuple[AIOKafkaConsumer, AIOKafkaProducer]:
         if self._consumer is None or self._producer is None:
@@ -336,6 +436,18 @@ class VariableAgent:
                 )
 
 
+def _consume_error(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    try:
+        await producer.stop()
+    except KafkaError as exc:  # a fenced producer may fail to close cleanly
+        log.debug("producer stop: %r", exc)
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped aiokafka base
     def __init__(self, agent: VariableAgent) -> None:
         self._agent = agent
@@ -366,6 +478,8 @@ async def read_state_partition(
         bootstrap_servers=settings.bootstrap_servers,
         client_id=f"{settings.client_id}-state-reader",
         group_id=None,
+        # States of aborted (fenced) transactions must not come back as recovery points.
+        isolation_level="read_committed",
         enable_auto_commit=False,
         max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
         fetch_max_bytes=settings.fetch_max_bytes,

@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--trigger", default="threshold")
             p.add_argument("--max-batch", type=int, default=_DEFAULTS.max_batch_records)
             p.add_argument("--session-timeout-ms", type=int, default=_DEFAULTS.session_timeout_ms)
+            p.add_argument(
+                "--transactional", action="store_true", help="transactional agent writes"
+            )
     return parser
 
 
@@ -61,6 +64,7 @@ async def _main(args: argparse.Namespace) -> int:
         delta_partitions=args.partitions,
         max_batch_records=getattr(args, "max_batch", _DEFAULTS.max_batch_records),
         session_timeout_ms=getattr(args, "session_timeout_ms", _DEFAULTS.session_timeout_ms),
+        transactional_agents=getattr(args, "transactional", False),
     )
     await ensure_topics(settings, plan_topics(args.topology, args.variable, settings))
     stop = asyncio.Event()

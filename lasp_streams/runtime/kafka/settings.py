@@ -51,8 +51,13 @@ class KafkaSettings:
     #: worker (the broker's minimum is 6 s by default). Shorter: faster takeover after a crash;
     #: longer: fewer false takeovers under load.
     session_timeout_ms: int = 10_000
-    #: Transaction timeout of the trusted sink's producer.
+    #: Transaction timeout of the trusted sink's (and transactional agents') producers.
     transaction_timeout_ms: int = 60_000
+    #: Agents write each partition's batch (crossings, dead letters, states, offset commit)
+    #: in one transaction, with a transactional id per partition, so a stalled former owner
+    #: of a partition (a zombie) is fenced instead of writing a stale state late. Readers of
+    #: state topics must then read with isolation_level="read_committed".
+    transactional_agents: bool = False
 
     def __post_init__(self) -> None:
         at_least_one = (

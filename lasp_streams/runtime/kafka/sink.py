@@ -45,6 +45,7 @@ from lasp_streams.errors import DecodeError, LaspError
 from lasp_streams.metrics import Metrics
 from lasp_streams.runtime.kafka.crossing import BillingEvent, Crossing
 from lasp_streams.runtime.kafka.dlq import DeadLetter
+from lasp_streams.runtime.kafka.fencing import close_fenced
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import billing_topic, crossings_topic, dlq_topic
 
@@ -96,7 +97,6 @@ class TrustedSink:
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
         self._running: asyncio.Task[None] | None = None
-        self._fenced = False
 
     def transactional_id(self, partition: int) -> str:
         """The transactional id that owns crossings partition ``partition``."""
@@ -188,7 +188,12 @@ class TrustedSink:
     async def _bill_partition(
         self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]
     ) -> None:
-        producer = self._producers[tp.partition]
+        producer = self._producers.get(tp.partition)
+        if producer is None:
+            raise SinkFenced(
+                f"sink for {self.topology!r} lost crossings partition {tp.partition} to another "
+                "sink earlier; restart it to take the partition back"
+            )
         new: dict[str, BillingEvent] = {}
         suppressed: list[str] = []
         try:
@@ -228,8 +233,8 @@ class TrustedSink:
                     {tp: records[-1].offset + 1}, self.group_id
                 )
         except (ProducerFenced, InvalidProducerEpoch):
-            self._fenced = True
             self._count_transaction("aborted")
+            await close_fenced(self._producers.pop(tp.partition))
             raise SinkFenced(
                 f"sink for {self.topology!r}: another sink took over crossings partition "
                 f"{tp.partition} (transactional id {self.transactional_id(tp.partition)!r}); "
