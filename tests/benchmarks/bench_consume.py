@@ -14,6 +14,8 @@ and each run, consumes all N with a fresh consumer and joins them per key:
   (keys come from the events); faust's own offset commits, no state writes.
 - ``agent``: the runtime's :class:`VariableAgent` alone: getmany → join → coalesced state writes
   to the state topic (acks=all) → commit; the full production path.
+- ``agent-txn``: the agent with ``transactional_agents=True`` (one transaction per partition
+  and batch holding crossings, states and the offset commit).
 - ``agent-in-faust``: the same agent hosted as a service of a running faust App (what
   ``lasp-streams worker`` runs).
 
@@ -197,7 +199,10 @@ async def _run_app(app: Any, clock: Clock, timeout: float = 600.0) -> float:
     return clock.rate()
 
 
-async def run_agent(settings: KafkaSettings, topology: str, records: int) -> float:
+async def run_agent(
+    settings: KafkaSettings, topology: str, records: int, transactional: bool = False
+) -> float:
+    settings = settings.with_changes(transactional_agents=transactional)
     clock = Clock(records)
     agent = VariableAgent(
         settings, topology, VARIABLE, GCounter, group_id=f"bench-agent-{uuid.uuid4().hex[:8]}"
@@ -246,6 +251,7 @@ async def main_async(args: argparse.Namespace, bootstrap: str) -> dict[str, list
         "raw": lambda: run_raw(settings, topology, args.records),
         "faust": lambda: run_faust(settings, topology, args.records, datadir),
         "agent": lambda: run_agent(settings, topology, args.records),
+        "agent-txn": lambda: run_agent(settings, topology, args.records, transactional=True),
         "agent-in-faust": lambda: run_agent_in_faust(settings, topology, args.records, datadir),
     }
     chosen = args.variants.split(",") if args.variants else list(variants)

@@ -136,7 +136,7 @@ async def publish(
     await asyncio.gather(*futures)
 
 
-@pytest.mark.parametrize("mode", [(), ("--transactional",)], ids=["acked", "transactional"])
+@pytest.mark.parametrize("mode", [("--acked-writes",), ()], ids=["acked", "transactional"])
 async def test_killing_the_agent_mid_batch_loses_no_update(
     bootstrap_servers: str, unique_topic: Callable[..., str], mode: tuple[str, ...]
 ) -> None:

@@ -1,6 +1,8 @@
 """The variable agent: consume a variable's delta topic in batches, join, write states, commit.
 
-One batch, in this order (the order is what makes a crash at any point harmless)::
+One batch (``transactional_agents=False``; with transactions the writes and the offset commit
+of a partition are one transaction instead), in this order — the order is what makes a crash
+at any point harmless::
 
     getmany (≤ max_batch_records)            read deltas of the assigned partitions
     PartitionJoiner.apply per partition      decode, check, join; dead letters set aside
@@ -24,16 +26,16 @@ is given up only between batches, after its last batch was written and committed
 partitions' states are dropped and the new owner loads them from the state topic.
 
 Zombies. A worker that stalls longer than the session timeout in the middle of a batch (not a
-crashed process: a stalled one) loses its partitions to another worker but may still write its
-batch afterwards. By default (at-least-once writes) that is one stale state record on the state
-topic: it is ⊑ the true state, so readers never see a wrong value, only an old one until the next
-write of that key; but if the new owner has meanwhile committed past deltas the stale state
-lacks, a later recovery from that record could miss them. With
-``KafkaSettings(transactional_agents=True)`` each partition's batch — crossings, dead letters,
-states and the offset commit — is one transaction of a producer whose transactional id belongs
-to the partition (``<group>.p<partition>``); a new owner's producer initialisation fences the
-zombie and aborts its open transaction, and recovery reads state topics ``read_committed``, so
-the window is closed. The cost is one transaction per partition and batch.
+crashed process: a stalled one) loses its partitions to another worker but may still try to
+write its batch afterwards. By default (``KafkaSettings.transactional_agents``) each partition's
+batch — crossings, dead letters, states and the offset commit — is one transaction of a
+producer whose transactional id belongs to the partition (``<group>.p<partition>``); the new
+owner's producer initialisation fences the zombie and aborts its open transaction, and recovery
+reads state topics ``read_committed``, so a zombie's late write never becomes visible. With
+``transactional_agents=False`` the writes are acked and then the offsets committed (the order
+above); a zombie's late state is then ⊑ the true state, so readers never see a wrong value, only
+an old one until the next write of that key, but if the new owner has meanwhile committed past
+deltas the stale state lacks, a later recovery from it could miss them.
 """
 
 from __future__ import annotations

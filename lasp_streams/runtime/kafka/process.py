@@ -53,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--max-batch", type=int, default=_DEFAULTS.max_batch_records)
             p.add_argument("--session-timeout-ms", type=int, default=_DEFAULTS.session_timeout_ms)
             p.add_argument(
-                "--transactional", action="store_true", help="transactional agent writes"
+                "--acked-writes",
+                action="store_true",
+                help="acked writes then a plain commit, instead of per-partition transactions",
             )
     return parser
 
@@ -64,7 +66,7 @@ async def _main(args: argparse.Namespace) -> int:
         delta_partitions=args.partitions,
         max_batch_records=getattr(args, "max_batch", _DEFAULTS.max_batch_records),
         session_timeout_ms=getattr(args, "session_timeout_ms", _DEFAULTS.session_timeout_ms),
-        transactional_agents=getattr(args, "transactional", False),
+        transactional_agents=not getattr(args, "acked_writes", False),
     )
     await ensure_topics(settings, plan_topics(args.topology, args.variable, settings))
     stop = asyncio.Event()

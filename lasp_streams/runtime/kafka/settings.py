@@ -56,8 +56,10 @@ class KafkaSettings:
     #: Agents write each partition's batch (crossings, dead letters, states, offset commit)
     #: in one transaction, with a transactional id per partition, so a stalled former owner
     #: of a partition (a zombie) is fenced instead of writing a stale state late. Readers of
-    #: state topics must then read with isolation_level="read_committed".
-    transactional_agents: bool = False
+    #: state topics read with isolation_level="read_committed" (right in both modes). False:
+    #: acked writes, then a plain commit (at-least-once; see the agent module for the window).
+    #: Measured cost of True: none visible at 20,000-record batches.
+    transactional_agents: bool = True
 
     def __post_init__(self) -> None:
         at_least_one = (
