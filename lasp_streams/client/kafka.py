@@ -11,9 +11,11 @@
   holds every earlier delta. Without a committed offset (no agent, or a derived variable written
   by an operator) the position is the earliest offset still on the delta topic; re-joining
   deltas the snapshot already holds is harmless.
-- ``read_deltas``: from the position to the delta topic's current end. A position below a
-  partition's earliest retained offset (retention deleted those deltas) raises
-  :class:`~lasp_streams.client.transport.DeltasExpired`: the client reads the state instead.
+- ``read_deltas``: whatever the consumer has fetched after the position (it keeps fetching in
+  the background, so following costs no round trip; ``poll_ms`` > 0 waits that long when
+  nothing is fetched yet). A position below a partition's earliest retained offset (retention
+  deleted those deltas) raises :class:`~lasp_streams.client.transport.DeltasExpired`: the
+  client reads the state instead.
 - A Kafka error on any call marks the transport offline and raises
   :class:`~lasp_streams.client.transport.Offline`; the client keeps buffering and retries at its
   next sync. ``online`` can also be set by hand (to simulate an outage).
@@ -26,7 +28,7 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from lasp_streams.client.transport import DeltaBatch, DeltasExpired, Offline, Position, Snapshot
 from lasp_streams.client.validate import ACTOR_HEADER
@@ -72,6 +74,8 @@ class KafkaTransport:
         actor: str,
         *,
         read_timeout: float = 30.0,
+        poll_ms: int = 0,
+        seek_wait_ms: int = 500,
     ) -> None:
         if type(actor) is not str or not actor:
             raise ValueError(f"actor must be a non-empty str, got {actor!r}")
@@ -84,6 +88,10 @@ class KafkaTransport:
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._assigned: set[TopicPartition] = set()
+        self._cursor: dict[TopicPartition, int] = {}
+        self.poll_ms = poll_ms
+        self.seek_wait_ms = seek_wait_ms
+        """How long a delta read waits for records when none are fetched yet (0: not at all)."""
 
     async def start(self) -> None:
         s = self.settings
@@ -99,6 +107,8 @@ class KafkaTransport:
             client_id=f"{s.client_id}-client-{self.actor}",
             group_id=None,
             enable_auto_commit=False,
+            # No silent jump: a position retention has deleted must surface as DeltasExpired.
+            auto_offset_reset="none",
             request_timeout_ms=s.request_timeout_ms,
         )
         await self._producer.start()
@@ -169,33 +179,42 @@ class KafkaTransport:
             if not set(tps) <= self._assigned:
                 self._assigned |= set(tps)
                 consumer.assign(sorted(self._assigned))
-            begins = await consumer.beginning_offsets(list(tps))
-            gone = {tp.partition: begins[tp] for tp, off in tps.items() if off < begins[tp]}
-            if gone:
-                raise DeltasExpired(
-                    f"{topic!r}: deltas before offsets {gone} were deleted (retention); "
-                    "read the full state"
-                )
-            ends = await consumer.end_offsets(list(tps))
-            pending = [tp for tp, off in tps.items() if off < ends[tp]]
-            for tp in pending:
-                consumer.seek(tp, tps[tp])
-            out: list[tuple[Hashable, bytes]] = []
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.read_timeout
-            while pending:
-                if loop.time() > deadline:
-                    raise LaspError(f"reading {topic!r} did not reach its end in time")
-                data = await consumer.getmany(*pending, timeout_ms=200)
-                for tp, records in data.items():
-                    for r in records:
-                        if r.offset < ends[tp] and r.value is not None:
-                            out.append((key_from_kafka(r.key), r.value))
-                pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
+            wait = self.poll_ms
+            moved = [tp for tp, offset in tps.items() if self._cursor.get(tp) != offset]
+            if moved:
+                begins = await consumer.beginning_offsets(moved)
+                gone = {tp.partition: begins[tp] for tp in moved if tps[tp] < begins[tp]}
+                if gone:
+                    raise OffsetOutOfRangeError(gone)
+            for tp, offset in tps.items():
+                # Following: the consumer is already there and has been fetching ahead in the
+                # background, so this read costs no round trip. Otherwise (first read, after a
+                # resync) move it to the position and give the first fetch time to answer, so
+                # a snapshot is caught up with at once and a deleted position is reported now.
+                if self._cursor.get(tp) != offset:
+                    consumer.seek(tp, offset)
+                    self._cursor[tp] = offset
+                    wait = max(wait, self.seek_wait_ms)
+            data = await consumer.getmany(*tps, timeout_ms=wait)
+        except OffsetOutOfRangeError as exc:
+            for tp in tps:
+                self._cursor.pop(tp, None)
+            raise DeltasExpired(
+                f"{topic!r}: the deltas after position {position} were deleted (retention); "
+                "read the full state"
+            ) from exc
         except KafkaError as exc:
             self.online = False
             raise Offline(f"reading the deltas of {var!r} failed: {exc!r}") from exc
-        new_position = {tp.partition: max(off, ends[tp]) for tp, off in tps.items()}
+        out: list[tuple[Hashable, bytes]] = []
+        new_position = dict(position)
+        for tp, records in data.items():
+            for r in records:
+                if r.value is not None:
+                    out.append((key_from_kafka(r.key), r.value))
+            if records:
+                new_position[tp.partition] = records[-1].offset + 1
+                self._cursor[tp] = records[-1].offset + 1
         return DeltaBatch(out, new_position)
 
     # -- internals -----------------------------------------------------------------------------
