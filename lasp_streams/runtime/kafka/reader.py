@@ -22,11 +22,16 @@ async def read_all(
     settings: KafkaSettings,
     topic: str,
     *,
-    read_committed: bool = False,
+    read_committed: bool = True,
     timeout: float = 60.0,
 ) -> list[Any]:
     """Every record of ``topic`` up to its end as of now (aiokafka ``ConsumerRecord``s),
-    partition by partition in offset order."""
+    partition by partition in offset order.
+
+    ``read_committed`` (the default) skips records of aborted transactions and reads up to the
+    last stable offset: agents write states, crossings and dead letters in transactions, and a
+    fenced zombie's aborted writes must not be read back. ``read_committed=False`` shows every
+    record, aborted ones included (for audits of what was attempted)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
         client_id=f"{settings.client_id}-reader",
