@@ -109,6 +109,8 @@ class KafkaTransport:
             enable_auto_commit=False,
             # No silent jump: a position retention has deleted must surface as DeltasExpired.
             auto_offset_reset="none",
+            # Agents write derived deltas in transactions: never show a client an aborted one.
+            isolation_level="read_committed",
             request_timeout_ms=s.request_timeout_ms,
         )
         await self._producer.start()
