@@ -31,6 +31,7 @@ import asyncio
 import logging
 import os
 import platform
+import shutil
 import socket
 import statistics
 import sys
@@ -236,7 +237,9 @@ async def run_agent_in_faust(
     return await _run_app(app, clock)
 
 
-async def main_async(args: argparse.Namespace, bootstrap: str) -> dict[str, list[float]]:
+async def main_async(
+    args: argparse.Namespace, bootstrap: str, scratch: Path
+) -> dict[str, list[float]]:
     settings = KafkaSettings(
         bootstrap_servers=bootstrap,
         delta_partitions=args.partitions,
@@ -246,7 +249,7 @@ async def main_async(args: argparse.Namespace, bootstrap: str) -> dict[str, list
     t = time.perf_counter()
     await produce(settings, topology, args.records, args.keys)
     print(f"produced {args.records} deltas in {time.perf_counter() - t:.1f} s", flush=True)
-    datadir = tempfile.mkdtemp(prefix="bench-faust-")
+    datadir = str(scratch)
     variants: dict[str, Callable[[], Awaitable[float]]] = {
         "raw": lambda: run_raw(settings, topology, args.records),
         "faust": lambda: run_faust(settings, topology, args.records, datadir),
@@ -332,21 +335,19 @@ def main() -> None:
     command = "python -m tests.benchmarks.bench_consume " + " ".join(sys.argv[1:])
     broker = None
     bootstrap = args.bootstrap
-    if bootstrap is None:
-        from lasp_streams.localkafka import LocalKafka
-
-        broker = LocalKafka(
-            Path(tempfile.mkdtemp(prefix="bench-kafka-")),
-            port=_free_port(),
-            controller_port=_free_port(),
-        )
-        broker.start()
-        bootstrap = broker.bootstrap_servers
+    scratch = Path(tempfile.mkdtemp(prefix="bench-consume-"))
     try:
-        results = asyncio.run(main_async(args, bootstrap))
+        if bootstrap is None:
+            from lasp_streams.localkafka import LocalKafka
+
+            broker = LocalKafka(scratch / "kafka", port=_free_port(), controller_port=_free_port())
+            broker.start()
+            bootstrap = broker.bootstrap_servers
+        results = asyncio.run(main_async(args, bootstrap, scratch / "faust"))
     finally:
         if broker is not None:
             broker.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
     print(write_report(args, results, command))
 
 
