@@ -158,7 +158,6 @@ class EdgeClient:
         self._replicas: dict[str, dict[Hashable, Lattice]] = {v: {} for v in self._read_vars}
         self._positions: dict[str, Any] = {}
         self._last_pull: float | None = None
-        self._dirty_since_persist = False
         if self.state_path is not None:
             saved = load_buffer(self.state_path, actor)
             self._counts.update(saved.get(counter, {}))
@@ -172,7 +171,9 @@ class EdgeClient:
         False (nothing counted) otherwise."""
         allow = self._allow
         left = allow.get(key, 0)
-        if left < n:
+        if left < n or n < 1:
+            if n < 1:
+                raise ValueError(f"view: n must be >= 1, got {n!r}")
             self.stats.refused_views += 1
             return False
         allow[key] = left - n

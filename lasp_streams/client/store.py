@@ -49,6 +49,12 @@ def save_buffer(path: Path, actor: str, counters: Mapping[str, Mapping[Hashable,
         stream.flush()
         os.fsync(stream.fileno())
     os.replace(tmp, path)
+    # The rename itself is durable only once the directory is synced.
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def load_buffer(path: Path, actor: str) -> dict[str, dict[Hashable, int]]:

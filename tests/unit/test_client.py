@@ -110,6 +110,8 @@ async def test_first_sync_reads_full_state_and_shows_every_ad() -> None:
     c = client(hub, clock)
     assert c.showing == () and not c.view("rovio-0")
     assert await c.sync()
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        c.view("rovio-0", 0)
     assert set(c.showing) == {ad.id for ad in ADS}
     assert c.stats.resyncs == 1
 
