@@ -36,6 +36,7 @@ from lasp_streams.client.validate import (
     UntrustedDelta,
     check_client_delta,
     client_delta_problem,
+    record_delta_problem,
 )
 
 __all__ = [
@@ -60,5 +61,6 @@ __all__ = [
     "check_client_delta",
     "client_delta_problem",
     "load_buffer",
+    "record_delta_problem",
     "save_buffer",
 ]

@@ -20,6 +20,7 @@ written by trusted services.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Final
 
 from lasp_streams.errors import LaspError
@@ -27,7 +28,13 @@ from lasp_streams.lattices.base import Lattice, describe_type
 from lasp_streams.lattices.composite import GMap
 from lasp_streams.lattices.counters import BCounter, GCounter, LexCounter, PNCounter
 
-__all__ = ["ACTOR_HEADER", "UntrustedDelta", "check_client_delta", "client_delta_problem"]
+__all__ = [
+    "ACTOR_HEADER",
+    "UntrustedDelta",
+    "check_client_delta",
+    "client_delta_problem",
+    "record_delta_problem",
+]
 
 ACTOR_HEADER: Final = "lasp.actor"
 """The Kafka record header carrying the producing client's actor id (UTF-8)."""
@@ -85,3 +92,16 @@ def check_client_delta(delta: Lattice, actor: str) -> None:
     problem = client_delta_problem(delta, actor)
     if problem is not None:
         raise UntrustedDelta(problem)
+
+
+def record_delta_problem(headers: Iterable[tuple[str, bytes]] | None, delta: Lattice) -> str | None:
+    """:func:`client_delta_problem` for a Kafka record from a client: the actor is the
+    :data:`ACTOR_HEADER` header (UTF-8); a record without exactly one such header is refused."""
+    actors = [value for name, value in headers or () if name == ACTOR_HEADER]
+    if len(actors) != 1:
+        return f"a client delta must carry exactly one {ACTOR_HEADER!r} header, found {len(actors)}"
+    try:
+        actor = actors[0].decode()
+    except (UnicodeDecodeError, AttributeError):
+        return f"the {ACTOR_HEADER!r} header is not UTF-8 text: {actors[0]!r}"
+    return client_delta_problem(delta, actor)

@@ -27,6 +27,7 @@ from lasp_streams.client import (
     UntrustedDelta,
     check_client_delta,
     client_delta_problem,
+    record_delta_problem,
 )
 from lasp_streams.codec import decode, encode
 from lasp_streams.lattices import AWSet, BCounter, GCounter, GMap, PNCounter
@@ -321,6 +322,12 @@ def test_validator_covers_the_counter_types() -> None:
     assert "GMap key 'k'" in str(client_delta_problem(m.apply("b", "k", "increment"), "a"))
     with pytest.raises(UntrustedDelta, match="other actors"):
         check_client_delta(GCounter().increment("x"), "y")
+    mine = GCounter().increment("x")
+    assert record_delta_problem([("lasp.actor", b"x")], mine) is None
+    assert "other actors" in str(record_delta_problem([("lasp.actor", b"y")], mine))
+    assert "exactly one" in str(record_delta_problem(None, mine))
+    assert "exactly one" in str(record_delta_problem([("lasp.actor", b"x")] * 2, mine))
+    assert "UTF-8" in str(record_delta_problem([("lasp.actor", b"\xff")], mine))
 
 
 @settings(max_examples=60, deadline=None)
