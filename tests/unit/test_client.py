@@ -238,6 +238,21 @@ async def test_removal_stops_showing_the_ad_at_the_next_pull() -> None:
     assert impressions(hub, "rovio-0") == 101
 
 
+async def test_an_ad_added_while_running_is_shown_after_the_next_pull() -> None:
+    clock = Clock()
+    hub = await make_hub(clock)
+    c = client(hub, clock)
+    await c.sync()
+    late = Ad("riot-9", "riot")
+    await hub.runtime.update(ad_source(late), "admin", "add", late)
+    assert "riot-9" not in c.showing
+    await c.sync()
+    assert "riot-9" not in c.showing  # no contract yet: not in ads_with_contracts
+    await hub.runtime.update("contracts", "admin", "add", Contract(late.id))
+    await c.sync()
+    assert "riot-9" in c.showing and c.view("riot-9")
+
+
 async def test_outage_longer_than_the_retention_resyncs_from_full_state() -> None:
     clock = Clock()
     hub = await make_hub(clock, min_impressions=10, retention=30.0)
