@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 .PHONY: demo test lint bench clean-venv
 
 $(BIN)/lasp-streams: pyproject.toml
-	@command -v java >/dev/null && command -v mvn >/dev/null || bash ops/install-system-deps.sh
+	@bash ops/install-system-deps.sh
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

@@ -4,6 +4,7 @@ as a stream-processing plugin on Apache Kafka.
 What users import lives here; ``__all__`` is the curated surface (pinned by a test).
 """
 
+from lasp_streams.client import EdgeClient, LocalHub
 from lasp_streams.codec import decode, encode, register_record
 from lasp_streams.dataflow import (
     Folded,
@@ -71,6 +72,7 @@ __all__ = [
     "DWFlag",
     "DecodeError",
     "EWFlag",
+    "EdgeClient",
     "EncodeError",
     "Folded",
     "GCounter",
@@ -87,6 +89,7 @@ __all__ = [
     "Lattice",
     "LatticeError",
     "LexCounter",
+    "LocalHub",
     "LocalRuntime",
     "MVMap",
     "MVRegister",

@@ -8,6 +8,15 @@
     │   │   └── InsufficientRights         B-Counter decrement/move beyond the actor's rights
     │   ├── ConflictingMerge (ValueError)  two states that have no join (IVar set to two values)
     │   └── IncompatibleLattices (TypeError) merge/compare of different lattice types
+    ├── UntrustedDelta (ValueError)        a client delta touches entries not its own
+    │                                      (lasp_streams.client.validate)
+    ├── BufferFileError (ValueError)       an edge client's persisted buffer cannot be read
+    │                                      (lasp_streams.client.store)
+    ├── Offline (ConnectionError)          an edge client's transport is offline
+    ├── DeltasExpired (LookupError)        a client's delta position was garbage-collected:
+    │                                      resync from full state (lasp_streams.client.transport)
+    ├── SinkFenced (RuntimeError)          another sink with the same identity took over
+    │                                      (lasp_streams.runtime.kafka.sink)
     ├── CodecError (ValueError)     encoding or decoding failed
     │   ├── EncodeError                    a value cannot be put on the wire
     │   └── DecodeError                    malformed, unknown or unsupported bytes
@@ -15,6 +24,11 @@
     ├── StepError                   a user function raised inside a dataflow step
     ├── ReadTimeout (TimeoutError)  a threshold read did not complete in time
     └── KafkaSetupError (RuntimeError)     the local broker cannot be fetched, started or reached
+        └── TopicMismatch                  an existing topic has the wrong partitions/policy
+                                           (lasp_streams.runtime.kafka.topics)
+
+The classes defined outside this module live next to the code that raises them; all of them
+derive from LaspError.
 """
 
 from __future__ import annotations

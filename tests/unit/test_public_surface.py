@@ -10,10 +10,10 @@ import lasp_streams
 
 EXPECTED = {
     "AWMap", "AWSet", "BCounter", "Boolean", "CodecError", "ConflictingMerge", "DWFlag",
-    "DecodeError", "EWFlag", "EncodeError", "Folded", "GCounter", "GMap", "GSet", "IVar",
+    "DecodeError", "EWFlag", "EdgeClient", "EncodeError", "Folded", "GCounter", "GMap", "GSet", "IVar",
     "IncompatibleLattices", "InsufficientRights", "InvalidTopology", "KafkaSetupError",
     "LWWRegister", "LaspError", "LateDelta", "Lattice", "LatticeError", "LexCounter",
-    "LocalRuntime", "MVMap", "MVRegister", "MaxInt", "MutatorError", "ORSet", "PNCounter", "Pair",
+    "LocalHub", "LocalRuntime", "MVMap", "MVRegister", "MaxInt", "MutatorError", "ORSet", "PNCounter", "Pair",
     "ProvenanceSet", "ReadTimeout", "StepError", "Threshold", "Topology", "TriggerEvent",
     "TwoPSet", "Update", "Var", "WindowClosed", "WindowSpec", "__version__", "count_distinct",
     "decode", "encode", "register_record", "sum_by", "threshold_met",
