@@ -15,7 +15,7 @@ $(BIN)/lasp-streams: pyproject.toml
 ## demo: the main job (see README)
 demo: $(BIN)/lasp-streams
 	$(BIN)/lasp-streams kafka fetch
-	$(BIN)/lasp-streams demo
+	$(BIN)/lasp-streams demo ad-counter
 
 ## test: unit tests (no broker) and integration tests (a real broker the fixtures start)
 test: $(BIN)/lasp-streams
