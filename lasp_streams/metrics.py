@@ -10,12 +10,17 @@ short reason code for dead letters. Keys (ad ids, actors) are never labels.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["DLQ_REASONS", "Metrics"]
+__all__ = ["DLQ_REASONS", "SINK_OUTCOMES", "Metrics"]
 
 #: Reason codes a dead letter is counted under (the free-text reason goes in its headers).
 DLQ_REASONS: tuple[str, ...] = ("decode", "wrong_type", "invariant", "validation")
+
+#: Outcomes a sink transaction is counted under.
+SINK_OUTCOMES: tuple[str, ...] = ("committed", "aborted")
 
 _BATCH_BUCKETS = (1, 10, 100, 1_000, 5_000, 10_000, 20_000, 50_000, 100_000)
 _SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -34,7 +39,12 @@ class Metrics:
 
     Sink: ``sink_crossings`` (crossings read), ``sink_billed`` (billing events committed),
     ``sink_duplicates_suppressed`` (crossings whose event id was already billed),
-    ``sink_transactions`` (committed / aborted).
+    ``sink_transactions`` (committed / aborted; a fenced sink counts one aborted).
+
+    Series exist from zero wherever the label values are known up front (the sink's outcomes
+    here, a variable's counters after :meth:`init_variable`): Prometheus's ``increase`` and
+    ``rate`` see no growth in a series' first sample, so a counter born at 1 between two
+    scrapes would hide that first event from alerts over it (ops/prometheus/alerts.yml).
     """
 
     def __init__(self, registry: CollectorRegistry, *, namespace: str = "lasp") -> None:
@@ -140,6 +150,29 @@ class Metrics:
             namespace=ns,
             registry=registry,
         )
+        for outcome in SINK_OUTCOMES:
+            self.sink_transactions.labels(outcome)
+
+    def init_variable(self, variable: str) -> None:
+        """Create every per-variable counter series of ``variable`` at zero (an agent calls
+        this when it starts, so the first delta or dead letter it counts is an increase)."""
+        for counter in (
+            self.records_consumed,
+            self.records_applied,
+            self.state_writes,
+            self.strict_inflations,
+            self.recovered_keys,
+        ):
+            counter.labels(variable)
+        for reason in DLQ_REASONS:
+            self.records_dead_lettered.labels(variable, reason)
+
+    def drop_partitions(self, variable: str, partitions: Iterable[int]) -> None:
+        """Forget the lag gauges of partitions this process gave up (on revocation), so a
+        partition's last lag is not reported forever by a worker that no longer owns it."""
+        for partition in partitions:
+            # A partition never reported is no error: remove() ignores unknown label values.
+            self.consumer_lag.remove(variable, str(partition))
 
     def dead_lettered(self, variable: str, reason: str) -> None:
         """Count one dead letter; ``reason`` must be one of :data:`DLQ_REASONS`."""

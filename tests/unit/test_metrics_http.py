@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from lasp_streams.metrics import Metrics
+from lasp_streams.metrics import DLQ_REASONS, SINK_OUTCOMES, Metrics
 from lasp_streams.runtime.kafka.metrics_http import serve_metrics
 
 
@@ -89,3 +89,44 @@ def test_a_taken_port_is_a_clear_error_naming_it() -> None:
 def test_a_port_out_of_range_is_refused() -> None:
     with pytest.raises(ValueError, match="out of range"):
         serve_metrics(CollectorRegistry(), 70000)
+
+
+# Series that exist from zero: what the alert rules over increase() rely on (ops/prometheus).
+
+
+def test_init_variable_exposes_every_per_variable_counter_at_zero() -> None:
+    registry = CollectorRegistry()
+    Metrics(registry).init_variable("impressions")
+    for name in (
+        "lasp_records_consumed_total",
+        "lasp_records_applied_total",
+        "lasp_state_writes_total",
+        "lasp_strict_inflations_total",
+        "lasp_recovered_keys_total",
+    ):
+        assert registry.get_sample_value(name, {"variable": "impressions"}) == 0, name
+    for reason in DLQ_REASONS:
+        labels = {"variable": "impressions", "reason": reason}
+        assert registry.get_sample_value("lasp_records_dead_lettered_total", labels) == 0
+
+
+def test_sink_outcomes_exist_from_zero() -> None:
+    registry = CollectorRegistry()
+    Metrics(registry)
+    for outcome in SINK_OUTCOMES:
+        labels = {"outcome": outcome}
+        assert registry.get_sample_value("lasp_sink_transactions_total", labels) == 0
+
+
+def test_drop_partitions_forgets_only_the_given_lag_gauges() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    for partition in range(3):
+        metrics.consumer_lag.labels("impressions", str(partition)).set(10 + partition)
+    metrics.drop_partitions("impressions", [0, 2, 7])
+
+    def lag(partition: int) -> float | None:
+        labels = {"variable": "impressions", "partition": str(partition)}
+        return registry.get_sample_value("lasp_consumer_lag", labels)
+
+    assert (lag(0), lag(1), lag(2)) == (None, 11, None)
