@@ -225,12 +225,18 @@ async def test_a_topology_trigger_runs_on_kafka_and_bills_each_key_once(
                 delta = GCounter()
                 delta.increment("client", count)
                 await producer.send(
-                    delta_topic(topo_name, "impressions"), key=key, value=codec.encode(delta)
+                    delta_topic(topo_name, "impressions"),
+                    key=key,
+                    value=codec.encode(delta),
+                    headers=CLIENT,
                 )
         delta = GCounter()
         delta.increment("client", 3)
         await producer.send_and_wait(
-            delta_topic(topo_name, "impressions"), key=b"ad-4", value=codec.encode(delta)
+            delta_topic(topo_name, "impressions"),
+            key=b"ad-4",
+            value=codec.encode(delta),
+            headers=CLIENT,
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
@@ -244,6 +250,10 @@ async def test_a_topology_trigger_runs_on_kafka_and_bills_each_key_once(
         await asyncio.wait_for(worker, 60)
 
 
+# Client counter deltas carry their actor (the agents refuse a counter delta without it).
+CLIENT = [("lasp.actor", b"client")]
+
+
 async def until_exists(settings: KafkaSettings, topic: str) -> None:
     await partitions_of(settings, topic, timeout=60)
 
@@ -251,8 +261,8 @@ async def until_exists(settings: KafkaSettings, topic: str) -> None:
 def test_steps_the_kafka_runtime_cannot_run_yet_are_refused_by_name() -> None:
     topology = Topology("t")
     ads = topology.declare("ads", AWSet)
-    topology.map("doubled", ads, lambda x: x)
-    with pytest.raises(InvalidTopology, match="cannot run these steps yet: UnaryStep 'doubled'"):
+    topology.stream("watch", ads, lambda update: None)
+    with pytest.raises(InvalidTopology, match="cannot run these steps yet: stream 'watch'"):
         plan_worker(topology)
 
 

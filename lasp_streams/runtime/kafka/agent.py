@@ -62,7 +62,12 @@ from lasp_streams.metrics import Metrics
 from lasp_streams.runtime.kafka.crossing import Crossing, TriggerSpec
 from lasp_streams.runtime.kafka.dlq import DeadLetter
 from lasp_streams.runtime.kafka.fencing import close_fenced
-from lasp_streams.runtime.kafka.joiner import BatchOutcome, PartitionJoiner, Validator
+from lasp_streams.runtime.kafka.joiner import (
+    BatchOutcome,
+    PartitionJoiner,
+    RecordValidator,
+    Validator,
+)
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import (
     crossings_topic,
@@ -92,9 +97,11 @@ class VariableAgent:
         *,
         triggers: Sequence[TriggerSpec] = (),
         validate: Validator | None = None,
+        validate_record: RecordValidator | None = None,
         metrics: Metrics | None = None,
         group_id: str | None = None,
         on_batch: Callable[[int, BatchOutcome], None] | None = None,
+        watch_version: Callable[[], int] | None = None,
     ) -> None:
         self.settings = settings
         self.topology = topology
@@ -103,6 +110,11 @@ class VariableAgent:
         self._proto = new_bottom(spec)
         self.triggers = tuple(triggers)
         self.validate = validate
+        self.validate_record = validate_record
+        # Per-key threshold functions read watched variables: when their version moves, every
+        # key is checked again (a contract signed after its ad's counter passed the minimum).
+        self.watch_version = watch_version
+        self._checked_version = -1
         self.metrics = metrics
         self.group_id = group_id or f"{topology}.{variable}.agent"
         self.on_batch = on_batch
@@ -205,6 +217,8 @@ class VariableAgent:
         # Not under the lock: aiokafka runs the rebalance listener (which takes the lock)
         # while a getmany may be waiting for data.
         data = await consumer.getmany(timeout_ms=s.poll_timeout_ms, max_records=s.max_batch_records)
+        if self.watch_version is not None:
+            await self._recheck(producer)
         if not data:
             return 0
         async with self._lock:
@@ -231,6 +245,24 @@ class VariableAgent:
                 for tp, outcome in outcomes.items():
                     self.on_batch(tp.partition, outcome)
             return count
+
+    async def _recheck(self, producer: AIOKafkaProducer) -> None:
+        """Check every key again when a watched variable grew since the last check. The
+        crossings are published at least once, outside the batch transactions: a duplicate is
+        dropped by the sink, and a crash before the publish repeats the check after recovery
+        (recovery loads every key and checks it)."""
+        assert self.watch_version is not None
+        version = self.watch_version()
+        if version == self._checked_version:
+            return
+        async with self._lock:
+            self._checked_version = version
+            sent: list[asyncio.Future[Any]] = []
+            for partition, joiner in self._joiners.items():
+                for crossing in joiner.recheck():
+                    sent.append(await self._send_crossing(producer, partition, crossing))
+            if sent:
+                await asyncio.gather(*sent)
 
     async def _write_then_commit(
         self,
@@ -358,6 +390,7 @@ class VariableAgent:
             self.spec,
             triggers=self.triggers,
             validate=self.validate,
+            validate_record=self.validate_record,
         )
 
     def transactional_id(self, partition: int) -> str:

@@ -50,6 +50,17 @@ class TriggerSpec:
     name: str
     met: Callable[[Lattice], bool]
     describe: str = ""
+    #: A per-key test ``(kafka key, state) -> bool`` used instead of ``met`` when set (a
+    #: threshold function of the key; monotone in the state and in its watched variables).
+    keyed_met: Callable[[bytes, Lattice], bool] | None = None
+    #: Carry the key's encoded state on the crossing (and billing event), for trigger actions.
+    carry_state: bool = False
+
+    def check(self, key: bytes, state: Lattice) -> bool:
+        """Is the trigger met for ``key`` at ``state``?"""
+        if self.keyed_met is not None:
+            return self.keyed_met(key, state)
+        return self.met(state)
 
     @classmethod
     def from_threshold(cls, name: str, threshold: Threshold) -> TriggerSpec:
@@ -93,23 +104,26 @@ class Crossing:
     key: bytes
     value: Any
     threshold: str = ""
+    #: The key's state when the agent saw it (codec bytes), when the trigger carries it.
+    state: bytes | None = None
 
     @property
     def event_id(self) -> str:
         return event_id(self.topology, self.trigger, self.key)
 
     def encode(self) -> bytes:
-        return _pack(
-            {
-                "v": _VERSION,
-                "topology": self.topology,
-                "variable": self.variable,
-                "trigger": self.trigger,
-                "key": self.key,
-                "value": _plain(self.value),
-                "threshold": self.threshold,
-            }
-        )
+        data = {
+            "v": _VERSION,
+            "topology": self.topology,
+            "variable": self.variable,
+            "trigger": self.trigger,
+            "key": self.key,
+            "value": _plain(self.value),
+            "threshold": self.threshold,
+        }
+        if self.state is not None:
+            data["state"] = self.state
+        return _pack(data)
 
     @classmethod
     def decode(cls, raw: bytes) -> Crossing:
@@ -122,7 +136,15 @@ class Crossing:
             key=_field(data, "key", bytes, what),
             value=data.get("value"),
             threshold=_field(data, "threshold", str, what),
+            state=_optional_bytes(data, "state", what),
         )
+
+
+def _optional_bytes(data: dict[str, Any], name: str, what: str) -> bytes | None:
+    value = data.get(name)
+    if value is not None and not isinstance(value, bytes):
+        raise DecodeError(f"{what}: field {name!r} must be bytes, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +158,7 @@ class BillingEvent:
     key: bytes
     value: Any
     threshold: str
+    state: bytes | None = None
 
     @classmethod
     def from_crossing(cls, crossing: Crossing) -> BillingEvent:
@@ -147,21 +170,23 @@ class BillingEvent:
             crossing.key,
             crossing.value,
             crossing.threshold,
+            crossing.state,
         )
 
     def encode(self) -> bytes:
-        return _pack(
-            {
-                "v": _VERSION,
-                "event_id": self.event_id,
-                "topology": self.topology,
-                "variable": self.variable,
-                "trigger": self.trigger,
-                "key": self.key,
-                "value": _plain(self.value),
-                "threshold": self.threshold,
-            }
-        )
+        data = {
+            "v": _VERSION,
+            "event_id": self.event_id,
+            "topology": self.topology,
+            "variable": self.variable,
+            "trigger": self.trigger,
+            "key": self.key,
+            "value": _plain(self.value),
+            "threshold": self.threshold,
+        }
+        if self.state is not None:
+            data["state"] = self.state
+        return _pack(data)
 
     @classmethod
     def decode(cls, raw: bytes) -> BillingEvent:
@@ -175,6 +200,7 @@ class BillingEvent:
             key=_field(data, "key", bytes, what),
             value=data.get("value"),
             threshold=_field(data, "threshold", str, what),
+            state=_optional_bytes(data, "state", what),
         )
 
 

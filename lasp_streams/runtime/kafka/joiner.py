@@ -27,10 +27,15 @@ from lasp_streams.lattices.base import Lattice, LatticeSpec, describe_type, new_
 from lasp_streams.runtime.kafka.crossing import Crossing, TriggerSpec
 from lasp_streams.runtime.kafka.dlq import DeadLetter
 
-__all__ = ["BatchOutcome", "PartitionJoiner", "Record", "Validator"]
+__all__ = ["BatchOutcome", "PartitionJoiner", "Record", "RecordValidator", "Validator"]
 
 #: Checks a decoded delta before it is joined: returns None to accept, or why it is refused.
 Validator = Callable[[bytes, Lattice], "str | None"]
+
+#: Checks a decoded delta against its whole record (e.g. the client's actor header, see
+#: :func:`lasp_streams.client.validate.record_delta_problem`): ``(headers, delta)``, returns
+#: None to accept, or why it is refused.
+RecordValidator = Callable[[Sequence[tuple[str, bytes]], Lattice], "str | None"]
 
 #: The key under which a record without a Kafka key (a non-keyed variable) is stored.
 UNKEYED = b""
@@ -60,6 +65,9 @@ class BatchOutcome:
     crossings: list[Crossing] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     last_offset: int = -1
+    #: Per key, the join of the batch's deltas that made the state grow (only with
+    #: ``track_deltas``): what operator steps downstream propagate.
+    deltas: dict[bytes, Lattice] = field(default_factory=dict)
 
 
 class PartitionJoiner:
@@ -73,14 +81,18 @@ class PartitionJoiner:
         *,
         triggers: Sequence[TriggerSpec] = (),
         validate: Validator | None = None,
+        validate_record: RecordValidator | None = None,
         decode: Callable[[bytes], Lattice] = codec.decode,
+        track_deltas: bool = False,
     ) -> None:
         self.topology = topology
         self.variable = variable
         self._proto = new_bottom(spec)
         self._triggers = tuple(triggers)
         self._validate = validate
+        self._validate_record = validate_record
         self._decode = decode
+        self._track = track_deltas
         self.states: dict[bytes, Lattice] = {}
         # (trigger name, key) pairs whose crossing this joiner already published.
         self._crossed: set[tuple[str, bytes]] = set()
@@ -107,6 +119,9 @@ class PartitionJoiner:
         proto = self._proto
         decode = self._decode
         validate = self._validate
+        validate_record = self._validate_record
+        track = self._track
+        deltas = outcome.deltas
         for record in records:
             outcome.last_offset = record.offset
             key = record.key if record.key is not None else UNKEYED
@@ -143,12 +158,22 @@ class PartitionJoiner:
                 if refusal is not None:
                     outcome.dead.append(self._dead(record, "validation", refusal))
                     continue
+            if validate_record is not None:
+                try:
+                    refusal = validate_record(getattr(record, "headers", None) or (), delta)
+                except Exception as exc:
+                    refusal = f"record validator raised {exc!r}"
+                if refusal is not None:
+                    outcome.dead.append(self._dead(record, "validation", refusal))
+                    continue
             state = states.get(key)
             if state is None:
                 # The first delta of a key becomes its state: it is fresh from the decoder.
                 if not delta.is_bottom():
                     states[key] = delta
                     changed[key] = delta
+                    if track:
+                        deltas[key] = delta.copy()
                 outcome.applied += 1
                 continue
             try:
@@ -159,16 +184,30 @@ class PartitionJoiner:
             outcome.applied += 1
             if grew:
                 changed[key] = state
+                if track:
+                    acc = deltas.get(key)
+                    if acc is None:
+                        deltas[key] = delta  # fresh from the decoder, not stored elsewhere
+                    else:
+                        acc.merge(delta)
         if self._triggers:
             for key, state in changed.items():
                 outcome.crossings.extend(self._new_crossings(key, state))
         return outcome
 
+    def recheck(self) -> list[Crossing]:
+        """Crossings of every key whose threshold became known or lower since it was last
+        checked: for per-key threshold functions after a watched variable grew."""
+        found: list[Crossing] = []
+        for key, state in self.states.items():
+            found.extend(self._new_crossings(key, state))
+        return found
+
     def _new_crossings(self, key: bytes, state: Lattice) -> list[Crossing]:
         found: list[Crossing] = []
         for trigger in self._triggers:
             marker = (trigger.name, key)
-            if marker in self._crossed or not trigger.met(state):
+            if marker in self._crossed or not trigger.check(key, state):
                 continue
             self._crossed.add(marker)
             found.append(
@@ -179,6 +218,7 @@ class PartitionJoiner:
                     key,
                     _value(state),
                     trigger.describe,
+                    codec.encode(state) if trigger.carry_state else None,
                 )
             )
         return found

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lasp_streams.dataflow.steps import DeclareStep, TriggerStep
+from lasp_streams.dataflow.events import StateView
+from lasp_streams.dataflow.propagation import Propagation
+from lasp_streams.dataflow.steps import StreamStep, TriggerStep, WindowStep
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.errors import InvalidTopology
 from lasp_streams.lattices.base import Lattice
-from lasp_streams.lattices.threshold import Threshold
+from lasp_streams.lattices.threshold import Threshold, threshold_met
 from lasp_streams.metrics import Metrics
 from lasp_streams.runtime.kafka.agent import VariableAgent
 from lasp_streams.runtime.kafka.crossing import TriggerSpec
@@ -46,65 +48,218 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class VariablePlan:
-    """One declared variable and the per-key triggers its agent evaluates."""
+    """One declared variable and the per-key triggers its agent evaluates.
+
+    ``trigger_steps`` with threshold *functions* become :class:`TriggerSpec` s only when the
+    agents are built, with a view of the watched variables (see :meth:`WorkerPlan.agents`)."""
 
     id: str
     prototype: Lattice
     keyed: bool
     triggers: tuple[TriggerSpec, ...]
+    trigger_steps: tuple[TriggerStep, ...] = ()
+    checked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerPlan:
-    """What a worker of a topology runs on Kafka."""
+    """What a worker of a topology runs on Kafka: a :class:`VariableAgent` per declared
+    variable that feeds no operator, and an :class:`OperatorAgent` for the keyed and one for
+    the non-keyed operator steps (which also own the declared variables feeding them)."""
 
     topology: str
     variables: tuple[VariablePlan, ...]
+    graph: Topology | None = None
+    operator_parts: tuple[bool, ...] = ()
+    operator_inputs: tuple[VariablePlan, ...] = ()
+    watched: tuple[str, ...] = ()
+
+    @property
+    def topic_variables(self) -> list[str]:
+        """Every variable that has topics (declared and derived)."""
+        if self.graph is None:
+            return [v.id for v in self.variables]
+        return list(self.graph.variables)
 
     def agents(
-        self, settings: KafkaSettings, metrics: Metrics | None = None
-    ) -> list[VariableAgent]:
-        return [
+        self,
+        settings: KafkaSettings,
+        metrics: Metrics | None = None,
+        view: StateView | None = None,
+        watch_version: Callable[[], int] | None = None,
+    ) -> list[Any]:
+        """The agents, built. ``view`` (with ``watch_version``, which moves when a watched
+        variable grows) serves per-key threshold functions."""
+        from lasp_streams.runtime.kafka.operators import OperatorAgent
+
+        def specs(v: VariablePlan) -> tuple[TriggerSpec, ...]:
+            return v.triggers + tuple(_fn_trigger(t, view) for t in v.trigger_steps)
+
+        agents: list[Any] = [
             VariableAgent(
                 settings,
                 self.topology,
                 v.id,
                 v.prototype,
-                triggers=v.triggers,
+                triggers=specs(v),
+                validate_record=_client_check() if v.checked else None,
                 metrics=metrics,
+                watch_version=watch_version if v.trigger_steps else None,
             )
             for v in self.variables
         ]
+        for keyed in self.operator_parts:
+            assert self.graph is not None
+            inputs = [v for v in self.operator_inputs if v.keyed == keyed]
+            agents.append(
+                OperatorAgent(
+                    settings,
+                    self.graph,
+                    keyed=keyed,
+                    name=self.topology,
+                    triggers={v.id: specs(v) for v in inputs},
+                    validators={v.id: _client_check() for v in inputs if v.checked},
+                    metrics=metrics,
+                )
+            )
+        return agents
+
+    def describe(self) -> str:
+        """The plan as text: agents, how binary steps' inputs meet, what is broadcast."""
+        lines = [f"topology {self.topology!r} on Kafka:"]
+        for v in self.variables:
+            trig = [t.name for t in v.triggers] + [t.id for t in v.trigger_steps]
+            lines.append(
+                f"  variable agent {v.id}{' (keyed)' * v.keyed}"
+                + (f", triggers {trig}" if trig else "")
+                + (", client deltas checked" if v.checked else "")
+            )
+        for keyed in self.operator_parts:
+            ins = [v.id for v in self.operator_inputs if v.keyed == keyed]
+            how = (
+                "co-partitioned by key: range assignor over equal partition counts, "
+                "a slot per partition number"
+                if keyed
+                else "one owner reads every partition of every input (single-owner "
+                "assignor); outputs on partition 0"
+            )
+            lines.append(
+                f"  operator agent ({'keyed' if keyed else 'non-keyed'}) inputs {ins}: {how}"
+            )
+        if self.watched:
+            lines.append(
+                f"  broadcast to every worker (read in full, outside the groups): "
+                f"{list(self.watched)}"
+            )
+        return "\n".join(lines)
 
 
-def plan_worker(topology: Topology) -> WorkerPlan:
+def _client_check() -> Any:
+    from lasp_streams.client.validate import record_delta_problem
+
+    return record_delta_problem
+
+
+def _fn_trigger(step: TriggerStep, view: StateView | None) -> TriggerSpec:
+    if view is None:
+        raise InvalidTopology(
+            f"trigger step {step.id!r} has a per-key threshold function: its agent needs a "
+            "view of the watched variables (run it through KafkaRuntime or run_worker)"
+        )
+    from lasp_streams.runtime.kafka.follower import key_of
+
+    def met(key: bytes, state: Lattice) -> bool:
+        threshold = step.threshold_for(key_of(key), view)
+        return threshold is not None and threshold_met(state, threshold)
+
+    def never(state: Lattice) -> bool:
+        return False
+
+    return TriggerSpec(step.id, never, f"per-key threshold {step.id}", met, True)
+
+
+#: Lattice types whose deltas the client check can verify (per-actor entries).
+_CHECKABLE = ("GCounter", "PNCounter", "BCounter", "LexCounter", "GMap")
+
+
+def plan_worker(
+    topology: Topology, *, checked: Iterable[str] | None = None, name: str | None = None
+) -> WorkerPlan:
     """The agents a worker runs for ``topology``.
 
-    This version runs declared variables and their fixed-threshold triggers. Operator steps
-    (map, filter, union, product, fold, windows), ``bind_to``, ``stream`` callbacks and per-key
-    threshold functions are refused by name, so a topology never runs half on Kafka silently.
+    Declared variables, operator steps (map, filter, union, intersection, product, fold),
+    ``bind_to`` and triggers on declared variables (fixed thresholds, or per-key threshold
+    functions whose ``watch`` variables are broadcast) run on Kafka. Windows, ``stream``
+    callbacks and triggers on derived variables are refused by name, so a topology never runs
+    half on Kafka silently.
+
+    ``checked``: the declared variables whose records must carry a client actor header and
+    write only that actor's entries (:func:`~lasp_streams.client.validate.record_delta_problem`;
+    refused records go to the DLQ). Default: every declared counter-like variable (clients
+    write counters; the sets of a topology are written by the trusted server).
+
+    ``name`` runs the topology under another name (its topics, groups and event ids): two
+    deployments of one topology on one cluster, or tests.
     """
-    variables: dict[str, list[TriggerSpec]] = {}
+    topology.freeze()
+    prop = Propagation(topology)
+    steps_by_var: dict[str, list[TriggerSpec]] = {}
+    fn_steps: dict[str, list[TriggerStep]] = {}
+    watched: list[str] = []
     unsupported: list[str] = []
     for step in topology.steps:
-        if isinstance(step, DeclareStep):
-            variables.setdefault(step.output, [])
-        elif isinstance(step, TriggerStep) and isinstance(step.threshold, Threshold):
-            variables.setdefault(step.var, []).append(
-                TriggerSpec.from_threshold(step.id, step.threshold)
+        if isinstance(step, TriggerStep):
+            if topology.var(step.var).kind != "declared":
+                unsupported.append(
+                    f"trigger {step.id!r} (on derived variable {step.var!r}: trigger on a "
+                    "declared variable instead)"
+                )
+            elif isinstance(step.threshold, Threshold):
+                spec = TriggerSpec.from_threshold(step.id, step.threshold)
+                steps_by_var.setdefault(step.var, []).append(
+                    TriggerSpec(spec.name, spec.met, spec.describe, None, True)
+                )
+            else:
+                fn_steps.setdefault(step.var, []).append(step)
+                watched.extend(w for w in step.watch if w not in watched)
+        elif isinstance(step, WindowStep):
+            unsupported.append(f"window {step.id!r} (windows run in the LocalRuntime only for now)")
+        elif isinstance(step, StreamStep):
+            unsupported.append(
+                f"stream {step.id!r} (stream callbacks need a process that sees every "
+                "inflation: use a trigger, or KafkaRuntime.read)"
             )
-        else:
-            unsupported.append(f"{type(step).__name__} {step.id!r}")
     if unsupported:
         raise InvalidTopology(
             f"topology {topology.name!r}: the Kafka runtime cannot run these steps yet: "
-            f"{', '.join(unsupported)}. Run it with the LocalRuntime, or remove them."
+            f"{'; '.join(unsupported)}. Run it with the LocalRuntime, or remove them."
         )
-    plans = []
-    for var_id, triggers in variables.items():
-        var = topology.var(var_id)
-        plans.append(VariablePlan(var.id, var.prototype, var.keyed, tuple(triggers)))
-    return WorkerPlan(topology.name, tuple(plans))
+    if checked is None:
+        wanted = {
+            v.id
+            for v in topology.variables.values()
+            if v.kind == "declared" and type(v.prototype).__name__ in _CHECKABLE
+        }
+    else:
+        wanted = set(checked)
+    alone: list[VariablePlan] = []
+    feeding: list[VariablePlan] = []
+    for var in topology.variables.values():
+        if var.kind != "declared":
+            continue
+        plan = VariablePlan(
+            var.id,
+            var.prototype,
+            var.keyed,
+            tuple(steps_by_var.get(var.id, ())),
+            tuple(fn_steps.get(var.id, ())),
+            var.id in wanted,
+        )
+        (feeding if prop.has_outputs(var.id) else alone).append(plan)
+    parts = tuple(sorted({v.keyed for v in feeding}))
+    return WorkerPlan(
+        name or topology.name, tuple(alone), topology, parts, tuple(feeding), tuple(watched)
+    )
 
 
 def build_faust_app(
@@ -135,9 +290,6 @@ def build_faust_app(
     app = faust.App(
         f"{plan.topology}-worker", broker=f"kafka://{settings.bootstrap_servers}", **options
     )
-    runners: list[Any] = [*(plan.agents(settings, metrics) if agents is None else agents)]
-    if with_sink:
-        runners.append(TrustedSink(settings, plan.topology, metrics=metrics))
     declared = asyncio.Lock()
     done: list[bool] = []
 
@@ -151,8 +303,9 @@ def build_faust_app(
         async def on_start(self) -> None:
             async with declared:
                 if not done:
-                    names = [v.id for v in plan.variables]
-                    await ensure_topics(settings, plan_topics(plan.topology, names, settings))
+                    await ensure_topics(
+                        settings, plan_topics(plan.topology, plan.topic_variables, settings)
+                    )
                     done.append(True)
             await self.runner.start()
             self.add_future(self.runner.run())
@@ -160,8 +313,39 @@ def build_faust_app(
         async def on_stop(self) -> None:
             await self.runner.stop()
 
-    for runner in runners:
-        app.add_dependency(RunnerService(runner))
+    class TopologyService(Service):
+        """Runs the whole topology (agents, broadcast followers, sink and trigger actions)
+        through a KafkaRuntime for the life of the faust worker."""
+
+        def __init__(self) -> None:
+            self.halt = asyncio.Event()
+            self.runtime: Any = None
+            self.running: Any = None
+            super().__init__()
+
+        async def on_start(self) -> None:
+            from lasp_streams.runtime.kafka.runtime import KafkaRuntime
+
+            assert plan.graph is not None
+            self.runtime = KafkaRuntime(plan.graph, settings, metrics=metrics, name=plan.topology)
+            await self.runtime.start()
+            self.running = self.add_future(self.runtime.run(with_sink=with_sink, stop=self.halt))
+
+        async def on_stop(self) -> None:
+            self.halt.set()
+            if self.runtime is not None:
+                # run() closes its agents and the sink (leaving the groups) once it sees halt.
+                await asyncio.gather(self.running, return_exceptions=True)
+                await self.runtime.stop()
+
+    if agents is not None or plan.graph is None:
+        runners: list[Any] = [*(plan.agents(settings, metrics) if agents is None else agents)]
+        if with_sink:
+            runners.append(TrustedSink(settings, plan.topology, metrics=metrics))
+        for runner in runners:
+            app.add_dependency(RunnerService(runner))
+    else:
+        app.add_dependency(TopologyService())
     return app
 
 
@@ -172,32 +356,22 @@ async def run_worker(
     metrics: Metrics | None = None,
     with_sink: bool = True,
     stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+    name: str | None = None,
 ) -> None:
     """Run a topology's agents (and the sink) in this event loop until ``stop`` is set.
 
     The programmatic counterpart of ``lasp-streams worker``, without faust: for embedding and
-    tests. Declares the topics first.
+    tests. Declares the topics first. Same as ``KafkaRuntime(topology, settings).run()``.
     """
-    plan = plan_worker(topology)
-    await ensure_topics(
-        settings, plan_topics(plan.topology, [v.id for v in plan.variables], settings)
-    )
-    runners: Sequence[Any] = [*plan.agents(settings, metrics)]
-    if with_sink:
-        runners = [*runners, TrustedSink(settings, plan.topology, metrics=metrics)]
-    for runner in runners:
-        await runner.start()
-    tasks = [asyncio.create_task(r.run()) for r in runners]
-    waiter = asyncio.create_task((stop or asyncio.Event()).wait())
+    from lasp_streams.runtime.kafka.runtime import KafkaRuntime
+
+    runtime = KafkaRuntime(topology, settings, metrics=metrics, name=name)
+    await runtime.start()
     try:
-        done, _ = await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task is not waiter:
-                task.result()  # a runner that ended by itself failed: re-raise its error
+        await runtime.run(with_sink=with_sink, stop=stop, ready=ready)
     finally:
-        waiter.cancel()
-        for runner in runners:
-            await runner.stop()
+        await runtime.stop()
 
 
 def load_topology(ref: str) -> Topology:

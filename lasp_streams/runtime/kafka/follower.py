@@ -1,0 +1,194 @@
+"""Following a variable from outside the consumer groups: its compacted state topic, every
+partition, from the beginning, ``read_committed``, joined per key.
+
+Used where a process needs a whole (small) variable: the broadcast of the variables a per-key
+threshold function watches (every worker reads them in full), ``KafkaRuntime.query``/``read``,
+and the state an ``update`` mutates. Reading both topics from the start and joining everything
+is correct whatever the order (joins are idempotent and commutative).
+
+Only the state topic by default: everything on it was written by an agent, after decoding and
+validation (a forged client delta is dead-lettered, never joined), and every agent batch writes
+it, so it lags the deltas by one batch. ``include_deltas=True`` also joins the raw delta topic
+(for derived variables, whose deltas an operator agent wrote: lower latency).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Hashable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from lasp_streams import codec
+from lasp_streams.errors import CodecError
+from lasp_streams.lattices.base import Lattice, describe_type
+from lasp_streams.runtime.kafka.reader import partitions_of
+from lasp_streams.runtime.kafka.settings import KafkaSettings
+from lasp_streams.runtime.kafka.topics import delta_topic, state_topic
+
+__all__ = ["VariableFollower", "kafka_key", "key_of"]
+
+log = logging.getLogger(__name__)
+
+
+def kafka_key(key: Hashable) -> bytes:
+    """A variable key as the bytes agents store it under (b"" for a non-keyed variable)."""
+    if key is None:
+        return b""
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, bytes):
+        return key
+    raise TypeError(f"Kafka keys are str or bytes here, got {key!r}")
+
+
+def key_of(raw: bytes | None) -> Hashable:
+    """The inverse of :func:`kafka_key` for str keys (b"" or no key: None)."""
+    if not raw:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
+
+
+class VariableFollower:
+    """A live, joined replica of one variable (every key) in this process.
+
+    ``start()`` returns once the topics were read to their ends as of the start; a background
+    task keeps following. ``version`` counts strict inflations; :meth:`wait` blocks until a
+    predicate on the follower holds.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topology: str,
+        variable: str,
+        prototype: Lattice,
+        *,
+        keyed: bool,
+        include_deltas: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.variable = variable
+        self.keyed = keyed
+        self._proto = prototype
+        self._topics = (state_topic(topology, variable),) + (
+            (delta_topic(topology, variable),) if include_deltas else ()
+        )
+        self.states: dict[bytes, Lattice] = {}
+        self.version = 0
+        self._changed = asyncio.Condition()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float = 60.0) -> None:
+        s = self.settings
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers,
+            client_id=f"{s.client_id}-follow-{self.variable}",
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            max_partition_fetch_bytes=s.max_partition_fetch_bytes,
+            request_timeout_ms=s.request_timeout_ms,
+        )
+        await self._consumer.start()
+        tps = [
+            TopicPartition(topic, p)
+            for topic in self._topics
+            for p in sorted(await partitions_of(s, topic, timeout))
+        ]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_beginning(*tps)
+        ends = await self._consumer.end_offsets(tps)
+        pending = {tp for tp in tps if ends[tp] > 0}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while pending:
+            if loop.time() > deadline:
+                raise TimeoutError(f"following {self.variable!r}: no catch-up within {timeout} s")
+            await self._poll(200)
+            for tp in list(pending):
+                if await self._consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+        self._task = asyncio.create_task(self._follow())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def _follow(self) -> None:
+        while True:
+            await self._poll(500)
+
+    async def _poll(self, timeout_ms: int) -> None:
+        assert self._consumer is not None
+        data = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=50_000)
+        grew = False
+        for tp, records in data.items():
+            for record in records:
+                if record.value is None:
+                    continue
+                try:
+                    state = codec.decode(record.value)
+                except CodecError as exc:
+                    log.debug(
+                        "follower %s: %s:%d@%d skipped: %s",
+                        self.variable,
+                        tp.topic,
+                        tp.partition,
+                        record.offset,
+                        exc,
+                    )
+                    continue
+                if not self._proto.same_type(state):
+                    log.debug("follower %s: skipped a %s", self.variable, describe_type(state))
+                    continue
+                grew |= self._join(record.key if self.keyed else b"", state)
+        if grew:
+            await self._notify()
+
+    def _join(self, key: bytes | None, delta: Lattice) -> bool:
+        key = key or b""
+        state = self.states.get(key)
+        if state is None:
+            if delta.is_bottom():
+                return False
+            self.states[key] = delta
+            return True
+        try:
+            return state.merge(delta)
+        except Exception as exc:  # a record the agent would dead-letter: not ours to judge
+            log.debug("follower %s: join refused: %r", self.variable, exc)
+            return False
+
+    async def _notify(self) -> None:
+        self.version += 1
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def join_local(self, key: Hashable, delta: Lattice) -> None:
+        """Join a delta this process produced (read your writes before it comes back)."""
+        if self._join(kafka_key(key) if self.keyed else b"", delta.copy()):
+            await self._notify()
+
+    def state(self, key: Hashable = None) -> Lattice:
+        """The joined state of ``key`` (bottom when none was seen); do not mutate it."""
+        found = self.states.get(kafka_key(key) if self.keyed else b"")
+        return self._proto if found is None else found
+
+    def keys(self) -> list[Hashable]:
+        return [key_of(k) for k in self.states]
+
+    async def wait(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Return once ``predicate()`` holds (checked now and after every inflation)."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(predicate), timeout)

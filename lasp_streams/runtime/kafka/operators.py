@@ -1,0 +1,495 @@
+"""The operator agent: a topology's operator steps (map, filter, union, intersection, product,
+fold, ``bind_to``) on Kafka, driven by :class:`~lasp_streams.dataflow.propagation.Propagation`.
+
+**What it owns.** One operator agent runs the keyed part of a topology and one the non-keyed
+part (a binary step's inputs are both keyed or both not, so the parts never meet). It is the
+agent of every declared variable that feeds an operator step (it consumes their delta topics,
+checks, joins and dead-letters records exactly as a :class:`VariableAgent` does, and writes
+their state topics) and it writes every derived variable itself: output deltas to the derived
+variable's delta topic, only on strict inflation, and the derived variable's full state to its
+state topic. There is no separate agent for a derived variable: the operator agent already
+holds its state, and another hop would re-read and re-join every output delta for nothing.
+
+**How inputs meet (binary steps).** The unit of work is a *slot*:
+
+- keyed part: slot = partition number. Every topic of a topology has ``delta_partitions``
+  partitions and a key is partitioned by the same hash everywhere, so key ``k`` of both inputs
+  of a product is in the same partition number. The consumer group uses Kafka's range
+  assignor, which gives a member the same partition numbers of every topic when the partition
+  counts are equal (they are: ``ensure_topics`` refuses a mismatch), so both sides of a key
+  are always in one process, for any partition count.
+- non-keyed part: one slot for everything. Clients produce non-keyed deltas with no key (they
+  land on any partition), so the single owner consumes every partition of every input:
+  a group assignor (:class:`SingleOwnerAssignor`) gives all partitions to one member; the
+  others stand by and take over on a rebalance. Non-keyed variables are small by design
+  (sets of ads and contracts), and their outputs are written to partition 0.
+
+**One batch of a slot** is one transaction of the slot's producer (transactional id
+``<group>.s<slot>``, which fences a former owner): input states, dead letters, crossings,
+output deltas, output states and the input offsets. So offsets are committed only with the
+output deltas and states they caused.
+
+**Recovery.** When a slot is assigned, the agent reads the state topics of its inputs and of
+its derived variables (read_committed), then recomputes every output from the full input
+states and publishes what that adds (nothing, usually): an input state that got ahead of the
+derived states (or a crash between two batches) can never leave an output behind. Then it
+resumes from the committed offsets — the delta tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
+
+from lasp_streams import codec
+from lasp_streams.dataflow.propagation import Propagation
+from lasp_streams.dataflow.topology import Topology
+from lasp_streams.lattices.base import Lattice
+from lasp_streams.lattices.provenance import ProvenanceSet
+from lasp_streams.metrics import Metrics
+from lasp_streams.runtime.kafka.agent import read_state_partition
+from lasp_streams.runtime.kafka.crossing import Crossing, TriggerSpec
+from lasp_streams.runtime.kafka.dlq import DeadLetter
+from lasp_streams.runtime.kafka.fencing import close_fenced
+from lasp_streams.runtime.kafka.joiner import PartitionJoiner, RecordValidator
+from lasp_streams.runtime.kafka.settings import KafkaSettings
+from lasp_streams.runtime.kafka.topics import crossings_topic, delta_topic, dlq_topic, state_topic
+
+__all__ = ["OperatorAgent", "SingleOwnerAssignor", "operator_sources"]
+
+log = logging.getLogger(__name__)
+
+
+class SingleOwnerAssignor(RangePartitionAssignor):  # type: ignore[misc]  # untyped aiokafka
+    """Every partition of every subscribed topic to one member (the least member id); the
+    others get nothing and stand by. For the non-keyed part of a topology, whose inputs must
+    all be seen by one process."""
+
+    name = "lasp-single-owner"
+    version = 0
+
+    @classmethod
+    def assign(
+        cls, cluster: Any, members: Mapping[str, Any]
+    ) -> dict[str, ConsumerProtocolMemberAssignment]:
+        owner = min(members)
+        topics = sorted({t for meta in members.values() for t in meta.subscription})
+        mine = [(t, sorted(cluster.partitions_for_topic(t) or ())) for t in topics]
+        return {
+            member: ConsumerProtocolMemberAssignment(
+                cls.version, mine if member == owner else [], b""
+            )
+            for member in members
+        }
+
+
+def operator_sources(topology: Topology) -> list[str]:
+    """The declared variables an operator agent owns: those feeding an operator or binding."""
+    prop = Propagation(topology)
+    return [
+        v.id for v in topology.variables.values() if v.kind == "declared" and prop.has_outputs(v.id)
+    ]
+
+
+@dataclass
+class _Slot:
+    producer: AIOKafkaProducer
+    joiners: dict[str, PartitionJoiner]
+    mirrors: dict[str, dict[bytes, ProvenanceSet]] = field(default_factory=dict)
+    derived: dict[str, dict[bytes, Lattice]] = field(default_factory=dict)
+
+
+@dataclass
+class _Effects:
+    """What a batch (or a recovery) of one slot has to write."""
+
+    states: dict[tuple[str, bytes], Lattice] = field(default_factory=dict)
+    out_deltas: dict[tuple[str, bytes], Lattice] = field(default_factory=dict)
+    out_states: dict[tuple[str, bytes], Lattice] = field(default_factory=dict)
+    binds: list[tuple[str, bytes, Lattice]] = field(default_factory=list)
+    crossings: list[Crossing] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+
+    def empty(self) -> bool:
+        return not (
+            self.states
+            or self.out_deltas
+            or self.binds
+            or self.crossings
+            or self.dead
+            or self.offsets
+        )
+
+
+class OperatorAgent:
+    """Runs the keyed (``keyed=True``) or non-keyed operator steps of a topology. See the
+    module docstring. ``start``/``run``/``stop`` like a :class:`VariableAgent`."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topology: Topology,
+        *,
+        keyed: bool,
+        name: str | None = None,
+        triggers: Mapping[str, Sequence[TriggerSpec]] | None = None,
+        validators: Mapping[str, RecordValidator] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topology = topology
+        self.name = name or topology.name
+        self.keyed = keyed
+        self.prop = Propagation(topology)
+        self.sources = [v for v in operator_sources(topology) if topology.var(v).keyed == keyed]
+        self.derived = [
+            v.id for v in topology.variables.values() if v.kind == "derived" and v.keyed == keyed
+        ]
+        self.triggers = {k: tuple(v) for k, v in (triggers or {}).items()}
+        self.validators = dict(validators or {})
+        self.metrics = metrics
+        self.group_id = f"{self.name}.operators.{'keyed' if keyed else 'unkeyed'}"
+        self._topic_var = {delta_topic(self.name, v): v for v in self.sources}
+        self._slots: dict[int, _Slot] = {}
+        self._lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._stopping = asyncio.Event()
+        self._running: asyncio.Task[None] | None = None
+        self._assigned_once = asyncio.Event()
+
+    def describe(self) -> str:
+        """How this agent's inputs meet, for the worker's plan output."""
+        how = (
+            "co-partitioned by key (range assignor, equal partition counts): slot = partition"
+            if self.keyed
+            else "one owner for every partition (single-owner assignor), outputs on partition 0"
+        )
+        return (
+            f"operator agent [{'keyed' if self.keyed else 'non-keyed'}] group {self.group_id}: "
+            f"inputs {self.sources} -> derived {self.derived}; {how}"
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        assignor = RangePartitionAssignor if self.keyed else SingleOwnerAssignor
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers,
+            client_id=f"{s.client_id}-operators",
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, s.session_timeout_ms // 3),
+            auto_offset_reset="earliest",
+            max_poll_records=s.max_batch_records,
+            max_partition_fetch_bytes=s.max_partition_fetch_bytes,
+            fetch_max_bytes=s.fetch_max_bytes,
+            request_timeout_ms=s.request_timeout_ms,
+            partition_assignment_strategy=(assignor,),
+        )
+        await self._consumer.start()
+        self._consumer.subscribe(sorted(self._topic_var), listener=_Listener(self))
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._running is not None and self._running is not asyncio.current_task():
+            await asyncio.gather(self._running, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        for slot in self._slots.values():
+            await _stop_quietly(slot.producer)
+        self._slots.clear()
+
+    async def run(self) -> None:
+        self._running = asyncio.current_task()
+        while not self._stopping.is_set():
+            await self.step()
+
+    async def wait_assigned(self, timeout: float) -> None:
+        await asyncio.wait_for(self._assigned_once.wait(), timeout)
+
+    @property
+    def slots(self) -> frozenset[int]:
+        return frozenset(self._slots)
+
+    def state(self, var: str, key: bytes = b"") -> Lattice | None:
+        """The state this agent holds for ``var`` (a source or derived variable) and ``key``."""
+        for slot in self._slots.values():
+            if var in slot.joiners:
+                found = slot.joiners[var].state(key)
+            else:
+                found = slot.derived.get(var, {}).get(key)
+            if found is not None:
+                return found
+        return None
+
+    def _slot_of(self, partition: int) -> int:
+        return partition if self.keyed else 0
+
+    # -- one batch -----------------------------------------------------------------------------
+    async def step(self) -> int:
+        consumer = self._consumer
+        if consumer is None:
+            raise RuntimeError(f"operator agent {self.group_id!r} is not started")
+        s = self.settings
+        data = await consumer.getmany(timeout_ms=s.poll_timeout_ms, max_records=s.max_batch_records)
+        if not data:
+            return 0
+        async with self._lock:
+            by_slot: dict[int, list[tuple[TopicPartition, list[Any]]]] = {}
+            for tp, records in data.items():
+                if records:
+                    by_slot.setdefault(self._slot_of(tp.partition), []).append((tp, records))
+            count = 0
+            for number, batches in by_slot.items():
+                slot = self._slots.get(number)
+                if slot is None:
+                    continue  # revoked meanwhile: the new owner reads these again
+                effects = _Effects()
+                for tp, records in batches:
+                    var = self._topic_var[tp.topic]
+                    outcome = slot.joiners[var].apply(records)
+                    count += len(records)
+                    effects.offsets[tp] = outcome.last_offset + 1
+                    effects.dead.extend(outcome.dead)
+                    effects.crossings.extend(outcome.crossings)
+                    for key, state in outcome.changed.items():
+                        effects.states[(var, key)] = state
+                    for key, delta in outcome.deltas.items():
+                        self._propagate(slot, var, key, delta, effects)
+                await self._write(number, slot, effects)
+            if self.metrics is not None:
+                self.metrics.records_consumed.labels(self.group_id).inc(count)
+            return count
+
+    def _propagate(
+        self, slot: _Slot, var: str, key: bytes, delta: Lattice, effects: _Effects
+    ) -> None:
+        """Mirror, then run every step fed by ``var`` growing by ``delta`` (recursively), as
+        the LocalRuntime does per delta; record the output deltas and states to write."""
+        prop = self.prop
+        queue: deque[tuple[str, Lattice]] = deque([(var, delta)])
+
+        def lookup(v: str, k: Any) -> ProvenanceSet:
+            if prop.mirrored(v):
+                return slot.mirrors.setdefault(v, {}).setdefault(k, ProvenanceSet())
+            if v in slot.joiners:
+                found = slot.joiners[v].state(k)
+                return found if isinstance(found, ProvenanceSet) else ProvenanceSet()
+            state = slot.derived.setdefault(v, {}).get(k)
+            if state is None:
+                state = slot.derived[v][k] = ProvenanceSet()
+            assert isinstance(state, ProvenanceSet)
+            return state
+
+        while queue:
+            v, d = queue.popleft()
+            if not prop.has_outputs(v):
+                continue
+            pdelta: ProvenanceSet | None = None
+            if prop.mirrored(v):
+                pdelta = prop.provenance_delta(v, d)
+                lookup(v, key).merge(pdelta)
+            elif isinstance(d, ProvenanceSet):
+                pdelta = d
+            for out_var, out in prop.outputs(v, key, d, pdelta, lookup):
+                target = self.topology.var(out_var)
+                if target.kind != "derived":
+                    effects.binds.append((out_var, key, out))
+                    continue
+                states = slot.derived.setdefault(out_var, {})
+                state = states.get(key)
+                if state is None:
+                    state = states[key] = target.prototype.bottom()
+                if not state.merge(out):
+                    continue
+                effects.out_states[(out_var, key)] = state
+                acc = effects.out_deltas.get((out_var, key))
+                if acc is None:
+                    effects.out_deltas[(out_var, key)] = out.copy()
+                else:
+                    acc.merge(out)
+                queue.append((out_var, out))
+
+    async def _write(self, number: int, slot: _Slot, effects: _Effects) -> None:
+        if effects.empty():
+            return
+        producer = slot.producer
+        part = number if self.keyed else 0
+        sent: list[asyncio.Future[Any]] = []
+        name = self.name
+        try:
+            async with producer.transaction():
+                for crossing in effects.crossings:
+                    sent.append(
+                        await producer.send(
+                            crossings_topic(name),
+                            key=crossing.key,
+                            value=crossing.encode(),
+                            partition=part,
+                        )
+                    )
+                for dead in effects.dead:
+                    if self.metrics is not None:
+                        self.metrics.dead_lettered(dead.variable, dead.reason)
+                    log.warning(
+                        "operators: %s:%d@%d dead-lettered (%s): %s",
+                        dead.topic,
+                        dead.partition,
+                        dead.offset,
+                        dead.reason,
+                        dead.error,
+                    )
+                    sent.append(
+                        await producer.send(
+                            dlq_topic(name),
+                            key=dead.key,
+                            value=dead.value,
+                            headers=dead.headers(),
+                        )
+                    )
+                for (var, key), state in effects.states.items():
+                    sent.append(
+                        await producer.send(
+                            state_topic(name, var),
+                            key=key,
+                            value=codec.encode(state),
+                            partition=part,
+                        )
+                    )
+                for (var, key), delta in effects.out_deltas.items():
+                    sent.append(
+                        await producer.send(
+                            delta_topic(name, var),
+                            key=key,
+                            value=codec.encode(delta),
+                            partition=part,
+                        )
+                    )
+                for (var, key), state in effects.out_states.items():
+                    sent.append(
+                        await producer.send(
+                            state_topic(name, var),
+                            key=key,
+                            value=codec.encode(state),
+                            partition=part,
+                        )
+                    )
+                for var, key, delta in effects.binds:
+                    sent.append(
+                        await producer.send(
+                            delta_topic(name, var), key=key, value=codec.encode(delta)
+                        )
+                    )
+                if effects.offsets:
+                    await producer.send_offsets_to_transaction(effects.offsets, self.group_id)
+        except (ProducerFenced, InvalidProducerEpoch):
+            for fut in sent:
+                fut.add_done_callback(_consume_error)
+            log.warning(
+                "operators %s: slot %d taken over (fenced); dropping it", self.group_id, number
+            )
+            self._slots.pop(number, None)
+            await close_fenced(producer)
+
+    # -- rebalance -----------------------------------------------------------------------------
+    async def _revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        async with self._lock:
+            for number in {self._slot_of(tp.partition) for tp in revoked}:
+                slot = self._slots.pop(number, None)
+                if slot is not None:
+                    await _stop_quietly(slot.producer)
+
+    async def _assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        async with self._lock:
+            numbers = sorted({self._slot_of(tp.partition) for tp in assigned})
+            for number in numbers:
+                if number not in self._slots:
+                    self._slots[number] = await self._recover(number)
+        self._assigned_once.set()
+
+    async def _recover(self, number: int) -> _Slot:
+        s = self.settings
+        producer = AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap_servers,
+            client_id=f"{s.client_id}-operators-s{number}",
+            transactional_id=f"{self.group_id}.s{number}",
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=s.linger_ms,
+            max_batch_size=1024 * 1024,
+            transaction_timeout_ms=s.transaction_timeout_ms,
+            request_timeout_ms=s.request_timeout_ms,
+        )
+        # Starting it fences the slot's former owner before we read what it wrote.
+        await producer.start()
+        parts = [number] if self.keyed else list(range(s.delta_partitions))
+        joiners: dict[str, PartitionJoiner] = {}
+        effects = _Effects()
+        for var in self.sources:
+            v = self.topology.var(var)
+            joiner = PartitionJoiner(
+                self.name,
+                var,
+                v.prototype,
+                triggers=self.triggers.get(var, ()),
+                validate_record=self.validators.get(var),
+                track_deltas=True,
+            )
+            loaded = await read_state_partition(s, state_topic(self.name, var), parts, v.prototype)
+            for states in loaded.values():
+                for key, state in states.items():
+                    effects.crossings.extend(joiner.load(key, state))
+            joiners[var] = joiner
+        slot = _Slot(producer, joiners)
+        for var in self.derived:
+            proto = self.topology.var(var).prototype
+            loaded = await read_state_partition(s, state_topic(self.name, var), parts, proto)
+            mine = slot.derived.setdefault(var, {})
+            for states in loaded.values():
+                for key, state in states.items():
+                    if key in mine:
+                        mine[key].merge(state)
+                    else:
+                        mine[key] = state
+        for var, joiner in joiners.items():
+            for key, state in list(joiner.states.items()):
+                self._propagate(slot, var, key, state.copy(), effects)
+        await self._write(number, slot, effects)
+        log.info("operators %s: slot %d recovered", self.group_id, number)
+        return slot
+
+
+def _consume_error(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    try:
+        await producer.stop()
+    except KafkaError as exc:
+        log.debug("producer stop: %r", exc)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped aiokafka base
+    def __init__(self, agent: OperatorAgent) -> None:
+        self._agent = agent
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._agent._revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._agent._assigned(assigned)

@@ -1,0 +1,286 @@
+"""``KafkaRuntime``: the LocalRuntime's API over Kafka, and the programmatic way to run workers.
+
+- ``update(var, actor, mutator, *args, key=...)`` applies the mutator to this process's replica
+  of the variable (followed from its state and delta topics) and produces the delta to the
+  variable's delta topic, with the actor in the ``lasp.actor`` header; it returns once the
+  broker acknowledged it.
+- ``read(var, threshold, timeout=..., key=...)`` follows the variable (read_committed) until the
+  threshold is met; ``query``/``state``/``keys`` read the followed replica without waiting.
+  Non-keyed variables are followed from ``start()``; a keyed one from its first use (or
+  ``await follow(var)``).
+- ``run()`` runs the topology's agents (and the trusted sink) in this event loop until stopped.
+  Trigger *actions* run at the sink, once a crossing was billed (the billing event is exactly
+  once; the action at least once: after a sink restart the actions of billed events run again,
+  so actions must be idempotent — removing an ad already removed changes nothing). The action
+  receives this runtime as ``event.runtime``: its updates go to Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Hashable, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from lasp_streams import codec
+from lasp_streams.dataflow.events import TriggerEvent
+from lasp_streams.dataflow.steps import TriggerStep, Var
+from lasp_streams.dataflow.topology import Topology
+from lasp_streams.errors import LaspError, MutatorError, ReadTimeout
+from lasp_streams.lattices.base import Lattice
+from lasp_streams.lattices.threshold import Threshold, threshold_met
+from lasp_streams.metrics import Metrics
+from lasp_streams.runtime.kafka.crossing import BillingEvent
+from lasp_streams.runtime.kafka.follower import VariableFollower, kafka_key, key_of
+from lasp_streams.runtime.kafka.settings import KafkaSettings
+from lasp_streams.runtime.kafka.sink import TrustedSink, read_billing_events
+from lasp_streams.runtime.kafka.topics import billing_topic, delta_topic, ensure_topics, plan_topics
+from lasp_streams.runtime.kafka.worker import WorkerPlan, plan_worker
+
+__all__ = ["KafkaRuntime"]
+
+log = logging.getLogger(__name__)
+
+_ACTOR_HEADER = "lasp.actor"
+
+
+class KafkaRuntime:
+    """A topology on Kafka, seen from one process. ``async with KafkaRuntime(...) as rt``
+    (or ``start``/``stop``)."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        settings: KafkaSettings,
+        *,
+        metrics: Metrics | None = None,
+        checked: Iterable[str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.topology = topology
+        #: The name its topics, groups and event ids use (the topology's own by default).
+        self.name = name or topology.name
+        self.settings = settings
+        self.metrics = metrics
+        self.plan: WorkerPlan = plan_worker(topology, checked=checked, name=self.name)
+        self.fired: list[TriggerEvent] = []
+        self._followers: dict[str, VariableFollower] = {}
+        self._follow_lock = asyncio.Lock()
+        self._producer: AIOKafkaProducer | None = None
+        self._triggers = {s.id: s for s in topology.steps if isinstance(s, TriggerStep)}
+
+    async def __aenter__(self) -> KafkaRuntime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Declare the topology's topics, connect, and follow its non-keyed variables."""
+        s = self.settings
+        await ensure_topics(s, plan_topics(self.name, self.plan.topic_variables, s))
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap_servers,
+            client_id=f"{s.client_id}-runtime",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=s.linger_ms,
+            request_timeout_ms=s.request_timeout_ms,
+        )
+        await self._producer.start()
+        for var in self.topology.variables.values():
+            if not var.keyed or var.id in self.plan.watched:
+                await self.follow(var)
+
+    async def stop(self) -> None:
+        for follower in self._followers.values():
+            await follower.stop()
+        self._followers.clear()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    @property
+    def watch_version(self) -> int:
+        """Moves whenever a variable watched by a per-key threshold function grows."""
+        return sum(self._followers[w].version for w in self.plan.watched if w in self._followers)
+
+    async def follow(self, var: Var | str) -> VariableFollower:
+        """This process's live replica of ``var`` (started on first use)."""
+        v = self.topology.var(var)
+        async with self._follow_lock:
+            found = self._followers.get(v.id)
+            if found is None:
+                found = VariableFollower(self.settings, self.name, v.id, v.prototype, keyed=v.keyed)
+                await found.start()
+                self._followers[v.id] = found
+        return found
+
+    def _followed(self, var: Var | str) -> VariableFollower:
+        v = self.topology.var(var)
+        found = self._followers.get(v.id)
+        if found is None:
+            raise LaspError(
+                f"variable {v.id!r} is not followed by this KafkaRuntime yet: "
+                f"`await runtime.follow({v.id!r})` first (keyed variables are followed on "
+                "first use)"
+            )
+        return found
+
+    # -- the LocalRuntime API ------------------------------------------------------------------
+    async def update(
+        self, var: Var | str, actor: str, mutator: str, *args: Any, key: Hashable = None
+    ) -> Lattice:
+        """Apply ``mutator(actor, *args)`` to ``var`` (for ``key``) and produce the delta."""
+        v = self.topology.var(var)
+        if v.kind != "declared":
+            raise MutatorError(
+                f"variable {v.id!r} is {v.kind}: only declared variables are updated"
+            )
+        self._check_key(v, key)
+        follower = await self.follow(v)
+        state = follower.state(key).copy()
+        method = getattr(state, mutator, None) if not mutator.startswith("_") else None
+        if method is None or not callable(method):
+            raise MutatorError(f"{v.type_name} (variable {v.id!r}) has no mutator {mutator!r}")
+        delta: Lattice = method(actor, *args)
+        if not delta.is_bottom():
+            await self._produce(v, key, delta, actor)
+            await follower.join_local(key, delta)
+        return delta
+
+    async def bind(self, var: Var | str, state: Lattice, *, key: Hashable = None) -> None:
+        """Join a whole state into ``var`` (produced as one delta, actor header ``server``)."""
+        v = self.topology.var(var)
+        if not v.prototype.same_type(state):
+            raise MutatorError(f"bind {v.id!r}: expected a {v.type_name}, got {state!r}")
+        self._check_key(v, key)
+        await self._produce(v, key, state, "server")
+        await (await self.follow(v)).join_local(key, state)
+
+    async def _produce(self, v: Var, key: Hashable, delta: Lattice, actor: str) -> None:
+        if self._producer is None:
+            raise LaspError("KafkaRuntime is not started")
+        await self._producer.send_and_wait(
+            delta_topic(self.name, v.id),
+            key=kafka_key(key) if v.keyed else None,
+            value=codec.encode(delta),
+            headers=[(_ACTOR_HEADER, actor.encode())],
+        )
+
+    def query(self, var: Var | str, key: Hashable = None) -> Any:
+        """The current value of ``var`` in this process's replica (no waiting)."""
+        return self._followed(var).state(key).value()
+
+    def state(self, var: Var | str, *, key: Hashable = None) -> Lattice:
+        return self._followed(var).state(key).copy()
+
+    def keys(self, var: Var | str) -> list[Hashable]:
+        return self._followed(var).keys()
+
+    async def read(
+        self, var: Var | str, threshold: Threshold, *, timeout: float = 5.0, key: Hashable = None
+    ) -> Any:
+        """Wait until ``var`` (``key``) meets ``threshold``; return its value then."""
+        v = self.topology.var(var)
+        threshold.check_fits(v.prototype)
+        follower = await self.follow(v)
+        try:
+            await follower.wait(lambda: threshold_met(follower.state(key), threshold), timeout)
+        except TimeoutError:
+            raise ReadTimeout(
+                f"read {v.id!r}{'' if key is None else f' key {key!r}'}: {threshold!r} not met "
+                f"within {timeout} s on Kafka (value now {follower.state(key).value()!r})"
+            ) from None
+        return follower.state(key).value()
+
+    @staticmethod
+    def _check_key(v: Var, key: Hashable) -> None:
+        if v.keyed and key is None:
+            raise MutatorError(f"variable {v.id!r} is keyed: pass key=")
+        if not v.keyed and key is not None:
+            raise MutatorError(f"variable {v.id!r} is not keyed: do not pass key=")
+
+    # -- workers -------------------------------------------------------------------------------
+    async def run(
+        self,
+        *,
+        with_sink: bool = True,
+        stop: asyncio.Event | None = None,
+        ready: asyncio.Event | None = None,
+        replay_actions: bool = True,
+    ) -> None:
+        """Run the topology's agents (and the sink with the trigger actions) here until
+        ``stop`` is set; ``ready`` is set once every runner started."""
+        if self._producer is None:
+            await self.start()
+        actions: asyncio.Queue[BillingEvent] = asyncio.Queue()
+        runners: list[Any] = self.plan.agents(
+            self.settings, self.metrics, view=self, watch_version=lambda: self.watch_version
+        )
+        if with_sink:
+            runners.append(
+                TrustedSink(
+                    self.settings,
+                    self.name,
+                    metrics=self.metrics,
+                    on_billed=actions.put_nowait,
+                )
+            )
+        started: list[Any] = []
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            for runner in runners:
+                await runner.start()
+                started.append(runner)
+            if with_sink and replay_actions:
+                for event in await read_billing_events(self.settings, billing_topic(self.name)):
+                    actions.put_nowait(event)
+            tasks = [asyncio.create_task(r.run()) for r in runners]
+            if with_sink:
+                tasks.append(asyncio.create_task(self._act(actions)))
+            if ready is not None:
+                ready.set()
+            waiter = asyncio.create_task((stop or asyncio.Event()).wait())
+            done, _ = await asyncio.wait([*tasks, waiter], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            for task in done:
+                if task is not waiter:
+                    task.result()
+        finally:
+            for runner in started:
+                await runner.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _act(self, queue: asyncio.Queue[BillingEvent]) -> None:
+        while True:
+            billed = await queue.get()
+            step = self._triggers.get(billed.trigger)
+            if step is None:
+                log.warning("billing event for unknown trigger %r: no action", billed.trigger)
+                continue
+            key = key_of(billed.key)
+            var = self.topology.var(step.var)
+            try:
+                state = codec.decode(billed.state) if billed.state else var.prototype.bottom()
+                threshold = step.threshold_for(key, self)
+                event = TriggerEvent(
+                    step.id,
+                    step.var,
+                    key,
+                    threshold if threshold is not None else Threshold.value(0),
+                    state.value(),
+                    state,
+                    self,
+                )
+                result = step.action(event)
+                if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+                    await result
+                self.fired.append(event)
+            except Exception:
+                log.exception("trigger %r action for key %r failed", step.id, key)
