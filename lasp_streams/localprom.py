@@ -147,9 +147,10 @@ class LocalPrometheus:
     """One Prometheus server, a child process of this one, listening on ``host:port``.
 
     Give either ``targets`` (a config is generated, see :func:`scrape_config`) or
-    ``config_file`` (used as is, e.g. ``ops/prometheus/prometheus.yml``). ``port=None`` picks a
-    free port (and another one if a different process takes it first). ``data_dir=None`` keeps
-    the TSDB, config and log in a temporary directory removed by :meth:`stop`.
+    ``config_file`` (used as is, e.g. ``ops/prometheus/prometheus.yml``). ``port=None`` (or 0)
+    picks a free port (and another one if a different process takes it first).
+    ``data_dir=None`` keeps the TSDB, config and log in a temporary directory that
+    :meth:`stop` removes.
     """
 
     def __init__(
@@ -174,8 +175,8 @@ class LocalPrometheus:
             )
         self.config_file = Path(config_file).resolve() if config_file is not None else None
         self.host = host
-        self.port = port
-        self._fixed_port = port is not None
+        self.port = port or None
+        self._fixed_port = bool(port)
         self._data_dir = Path(data_dir).expanduser().resolve() if data_dir is not None else None
         self._temp_dir: Path | None = None
         self.start_timeout = start_timeout
@@ -191,11 +192,15 @@ class LocalPrometheus:
 
     @property
     def data_dir(self) -> Path:
-        """Where the TSDB, the generated config and ``prometheus.log`` live."""
+        """Where the TSDB, the generated config and ``prometheus.log`` live (a temporary
+        directory exists only between start and stop)."""
         if self._data_dir is not None:
             return self._data_dir
         if self._temp_dir is None:
-            self._temp_dir = Path(tempfile.mkdtemp(prefix="lasp-prometheus-"))
+            raise PrometheusSetupError(
+                "this Prometheus keeps its data in a temporary directory, which exists only "
+                "while it runs; call start() first (or pass data_dir=)"
+            )
         return self._temp_dir
 
     @property
@@ -216,6 +221,8 @@ class LocalPrometheus:
         if self.pid is not None:
             return
         binary = find_binary()
+        if self._data_dir is None:
+            self._temp_dir = Path(tempfile.mkdtemp(prefix="lasp-prometheus-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             config = self._config_path()
@@ -302,11 +309,11 @@ class LocalPrometheus:
                 log.info("Prometheus ready at %s (pid %d)", self.url, self._process.pid)
                 return
             if time.monotonic() > deadline:
-                text = self.tail_log()
+                text, where = self.tail_log(), self.log_path
                 self.stop()
                 raise PrometheusSetupError(
                     f"Prometheus at {self.url} was not ready within {self.start_timeout:.0f} s."
-                    f"\n--- {self.log_path} (last lines) ---\n{text}"
+                    f"\n--- {where} (last lines) ---\n{text}"
                 )
             time.sleep(_POLL_S)
 
@@ -382,6 +389,10 @@ def _diagnose(log_text: str) -> str:
     return "see the log lines below"
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m lasp_streams.localprom``: run Prometheus on loopback until Ctrl-C."""
     parser = argparse.ArgumentParser(
@@ -402,7 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="scrape this worker's metrics endpoint (repeatable); a config is generated",
     )
     parser.add_argument("--scrape-interval", default="5s", help="with --target (default 5s)")
-    parser.add_argument("--port", type=int, default=9090, help="listen port (default 9090)")
+    parser.add_argument(
+        "--port", type=int, default=9090, help="listen port (default 9090; 0: any free port)"
+    )
     parser.add_argument(
         "--data-dir", type=Path, help="keep the TSDB here (default: a temporary dir, removed)"
     )
@@ -420,6 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         data_dir=args.data_dir,
     )
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # A SIGTERM (a service manager, `kill`) must stop our child too, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         prom.start()
     except PrometheusSetupError as exc:

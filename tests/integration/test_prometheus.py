@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +25,13 @@ from prometheus_client import CollectorRegistry
 
 from lasp_streams import codec
 from lasp_streams.lattices.counters import GCounter
-from lasp_streams.localprom import LocalPrometheus, Sample, promtool
+from lasp_streams.localprom import (
+    LocalPrometheus,
+    PrometheusSetupError,
+    PromQLError,
+    Sample,
+    promtool,
+)
 from lasp_streams.metrics import Metrics
 from lasp_streams.runtime.kafka.agent import VariableAgent
 from lasp_streams.runtime.kafka.metrics_http import MetricsServer, serve_metrics
@@ -386,3 +393,64 @@ def test_real_prometheus_accepts_every_dashboard_query(
 ) -> None:
     for expr in _dashboard_exprs():
         prometheus.query(_as_promql(expr))  # a PromQLError names the expression
+
+
+# -- LocalPrometheus itself: errors name the cause and the fix; nothing is left behind ---------
+
+
+def test_a_missing_binary_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(PrometheusSetupError, match=r"apt-get install .*prometheus"):
+        LocalPrometheus(["127.0.0.1:9400"]).start()
+    with pytest.raises(PrometheusSetupError, match="`promtool` binary is not on PATH"):
+        promtool("--version")
+
+
+def test_stop_ends_the_process_and_removes_the_temporary_directory() -> None:
+    prom = LocalPrometheus(["127.0.0.1:9400"])
+    prom.start()
+    pid, data_dir = prom.pid, prom.data_dir
+    assert pid is not None and (data_dir / "tsdb").is_dir()
+    assert prom.ready()
+    assert prom.url.startswith("http://127.0.0.1:")
+    prom.stop()
+    assert prom.pid is None
+    assert not data_dir.exists()
+    assert not Path(f"/proc/{pid}").exists() or "prometheus" not in Path(
+        f"/proc/{pid}/cmdline"
+    ).read_text(errors="replace")
+    prom.stop()  # idempotent
+
+
+def test_a_taken_port_is_reported_with_the_port(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        prom = LocalPrometheus(["127.0.0.1:9400"], port=port, data_dir=tmp_path)
+        with pytest.raises(PrometheusSetupError, match=rf"127\.0\.0\.1:{port}: the port is in use"):
+            prom.start()
+    assert prom.pid is None
+
+
+def test_an_invalid_config_file_is_diagnosed_with_promtool(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("scrape_configs:\n  - job_name: x\n    scrape_interval: often\n")
+    prom = LocalPrometheus(config_file=bad, data_dir=tmp_path / "data")
+    with pytest.raises(PrometheusSetupError, match="promtool check config") as info:
+        prom.start()
+    assert "often" in str(info.value)  # the log lines quoted name the offending value
+    assert prom.pid is None
+
+
+def test_bad_promql_raises_promql_error_naming_the_query(
+    prometheus: LocalPrometheus,
+) -> None:
+    with pytest.raises(PromQLError, match=r"sum\(.*unclosed left parenthesis"):
+        prometheus.query("sum(")
+
+
+@pytest.mark.parametrize("target", ["", "9400", "127.0.0.1:", "127.0.0.1:http"])
+def test_targets_must_be_host_and_port(target: str) -> None:
+    with pytest.raises(PrometheusSetupError, match="not host:port"):
+        LocalPrometheus([target])
