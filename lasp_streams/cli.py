@@ -310,6 +310,11 @@ def demo() -> None:
 )
 @click.option("--no-plot", is_flag=True, help="Do not write the plot.")
 @click.option("--seed", type=int, default=1, show_default=True)
+@click.option(
+    "--keep-broker",
+    is_flag=True,
+    help="Kafka mode without --bootstrap: leave the local broker running at the end.",
+)
 def ad_counter(
     local: bool,
     bootstrap: str | None,
@@ -327,6 +332,7 @@ def ad_counter(
     plot_path: Path,
     no_plot: bool,
     seed: int,
+    keep_broker: bool,
 ) -> None:
     """Lasp's advertisement counter end to end: edge clients view ads, the server disables
     each ad at its contract's minimum and bills it once; prints a summary and plots it.
@@ -337,12 +343,9 @@ def ad_counter(
 
     from lasp_streams.demo import DemoConfig, plot, render, run_local
 
-    if not local:
-        where = f"the cluster at {bootstrap}" if bootstrap else "the local broker"
+    if not local and mode == "bounded":
         raise click.ClickException(
-            f"the Kafka mode of the demo (on {where}) is not available yet: the Kafka runtime "
-            "cannot deploy the whole ad-counter topology from this command yet. "
-            "Run it in the LocalRuntime with --local."
+            "bounded (escrow) mode runs in the LocalRuntime only: add --local"
         )
     config = DemoConfig(
         ads=ads,
@@ -358,12 +361,26 @@ def ad_counter(
         seed=seed,
         timeout=timeout,
     )
+    where = "local mode" if local else f"Kafka at {bootstrap or 'the local broker'}"
     click.echo(
-        f"ad counter, local mode ({config.mode}): {config.total_ads} ads, {clients} clients, "
+        f"ad counter, {where} ({config.mode}): {config.total_ads} ads, {clients} clients, "
         f"{rate:g} impressions/s each, minimum {min_impressions:,} ...",
         err=True,
     )
-    summary = asyncio.run(run_local(config))
+    if local:
+        summary = asyncio.run(run_local(config))
+    else:
+        from lasp_streams.demo.kafka import run_kafka
+
+        def progress(message: str) -> None:
+            click.echo(f"lasp-streams: {message}", err=True)
+
+        try:
+            summary = asyncio.run(
+                run_kafka(config, bootstrap=bootstrap, keep_broker=keep_broker, progress=progress)
+            )
+        except KafkaSetupError as exc:
+            raise _fail(exc) from None
     click.echo(render(summary))
     if not no_plot:
         click.echo(f"plot: {plot(summary, plot_path)}")
@@ -373,3 +390,103 @@ def ad_counter(
             f"{'; ' if summary.timed_out and summary.lost else ''}"
             f"{f'{summary.lost} impressions lost' if summary.lost else ''}"
         )
+
+
+@main.command()
+@click.argument("topology_ref", metavar="MODULE[:ATTR]")
+@click.option(
+    "--bootstrap",
+    metavar="HOST:PORT",
+    default="127.0.0.1:9092",
+    show_default=True,
+    help="The Kafka cluster (the local broker of `lasp-streams kafka start` by default).",
+)
+@click.option(
+    "--partitions",
+    type=click.IntRange(1),
+    default=6,
+    show_default=True,
+    help="Partitions of every delta and state topic (must match topics that already exist).",
+)
+@click.option(
+    "--name",
+    default=None,
+    help="Run the topology under this name (its topics and groups) [default: its own name].",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics.",
+)
+@click.option(
+    "--sink/--no-sink",
+    default=False,
+    show_default=True,
+    help="Also run the trusted sink (billing and trigger actions). Run it in ONE worker: "
+    "two sinks on the same crossings partitions fence each other.",
+)
+@click.option(
+    "--trust-all",
+    is_flag=True,
+    help="Accept counter deltas without a client actor header (no per-actor check).",
+)
+@click.option(
+    "--loglevel",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def worker(
+    topology_ref: str,
+    bootstrap: str,
+    partitions: int,
+    name: str | None,
+    metrics_port: int | None,
+    sink: bool,
+    trust_all: bool,
+    loglevel: str,
+) -> None:
+    """Run a topology's agents on Kafka in this process (a faust worker) until Ctrl-C/SIGTERM.
+
+    MODULE[:ATTR] names the topology: a module with a `topology` or a `build()` function, or
+    ATTR naming either (e.g. `topologies.ad_counter` or `mytopo:build`). Start as many workers
+    as you like with the same arguments: they share the partitions (consumer groups); one of
+    them should run with --sink. The plan (agents, how binary steps' inputs meet, what is
+    broadcast) is printed first.
+    """
+    from lasp_streams.errors import InvalidTopology
+    from lasp_streams.runtime.kafka.settings import KafkaSettings
+    from lasp_streams.runtime.kafka.worker import load_topology, plan_worker, run_faust_worker
+
+    try:
+        topology = load_topology(topology_ref)
+        checked = () if trust_all else None
+        click.echo(plan_worker(topology, checked=checked, name=name).describe(), err=True)
+    except InvalidTopology as exc:
+        raise click.ClickException(str(exc)) from None
+    settings = KafkaSettings(bootstrap_servers=bootstrap, delta_partitions=partitions)
+    metrics = None
+    server = None
+    if metrics_port is not None:
+        from prometheus_client import CollectorRegistry
+
+        from lasp_streams.metrics import Metrics
+        from lasp_streams.runtime.kafka.metrics_http import serve_metrics
+
+        registry = CollectorRegistry()
+        metrics = Metrics(registry)
+        try:
+            server = serve_metrics(registry, metrics_port)
+        except OSError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"metrics: {server.url}", err=True)
+    # faust parses sys.argv itself: hand it only its own worker arguments.
+    sys.argv = [sys.argv[0], "worker", f"--loglevel={loglevel}"]
+    try:
+        run_faust_worker(
+            topology, settings, with_sink=sink, checked=checked, metrics=metrics, name=name
+        )
+    finally:
+        if server is not None:
+            server.close()

@@ -75,6 +75,11 @@ class WorkerPlan:
     watched: tuple[str, ...] = ()
 
     @property
+    def checked(self) -> list[str]:
+        """The declared variables whose records get the client check."""
+        return [v.id for v in (*self.variables, *self.operator_inputs) if v.checked]
+
+    @property
     def topic_variables(self) -> list[str]:
         """Every variable that has topics (declared and derived)."""
         if self.graph is None:
@@ -411,11 +416,18 @@ def run_faust_worker(
     with_sink: bool = False,
     loglevel: str = "info",
     web_enabled: bool = False,
+    checked: Iterable[str] | None = None,
+    metrics: Metrics | None = None,
+    name: str | None = None,
 ) -> None:
     """Run a faust worker for ``topology`` in this process until it is stopped (blocking):
-    what ``lasp-streams worker <topology module>`` does."""
+    what ``lasp-streams worker <topology module>`` does. ``checked``: see :func:`plan_worker`."""
     app = build_faust_app(
-        plan_worker(topology), settings, with_sink=with_sink, web_enabled=web_enabled
+        plan_worker(topology, checked=checked, name=name),
+        settings,
+        with_sink=with_sink,
+        web_enabled=web_enabled,
+        metrics=metrics,
     )
     worker = app.Worker(loglevel=loglevel)
     worker.execute_from_commandline()

@@ -1,0 +1,322 @@
+"""The ad-counter demo on Kafka: the same run as :mod:`lasp_streams.demo.local`, with the
+topology deployed by a :class:`~lasp_streams.runtime.kafka.runtime.KafkaRuntime` (variable and
+operator agents, the broadcast of ``ads_with_contracts``, the trusted sink and the
+``disable_ad`` action, all in this process) and each simulated client an
+:class:`~lasp_streams.client.EdgeClient` over its own
+:class:`~lasp_streams.client.kafka.KafkaTransport`.
+
+With no ``bootstrap`` the local broker (:class:`~lasp_streams.localkafka.LocalKafka`, in the
+user data directory) is started — its jars are fetched with Maven on first use — and stopped at
+the end unless ``keep_broker`` (a broker that was already running is left running). Each run
+uses fresh topics (``ad_counter_<time>``), so runs never see each other's ads or billing.
+
+Billing events in the summary are the ones a ``read_committed`` reader finds on the billing
+topic at the end (one per ad, by the sink's construction), with the time their action ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from lasp_streams.client import EdgeClient
+from lasp_streams.client.kafka import KafkaTransport
+from lasp_streams.dataflow.events import TriggerEvent
+from lasp_streams.demo.config import DemoConfig
+from lasp_streams.demo.local import ad_ids
+from lasp_streams.demo.summary import AdResult, BillingEvent, RunSummary
+from lasp_streams.demo.topology import ad_counter
+from lasp_streams.errors import LaspError, ReadTimeout
+from lasp_streams.lattices.threshold import Threshold
+from lasp_streams.runtime.kafka.reader import read_all
+from lasp_streams.runtime.kafka.runtime import KafkaRuntime
+from lasp_streams.runtime.kafka.settings import KafkaSettings
+from lasp_streams.runtime.kafka.sink import read_billing_events
+from lasp_streams.runtime.kafka.topics import billing_topic, dlq_topic
+
+__all__ = ["run_kafka"]
+
+
+def _say(message: str) -> None:
+    print(f"lasp-streams: {message}", flush=True)
+
+
+def start_local_broker(progress: Callable[[str], None]) -> tuple[str, Callable[[], None]]:
+    """Start (or find) the local broker; returns its bootstrap address and how to stop it
+    (a no-op when it was already running before)."""
+    from lasp_streams.localkafka import LocalKafka
+    from lasp_streams.localkafka.jars import cache_problem
+
+    if cache_problem() is not None:
+        progress("fetching the Kafka broker's jars with Maven (first use; about a minute) ...")
+    broker = LocalKafka()
+    before = broker.status()
+    if before.running:
+        progress(f"using the local broker already running at {before.bootstrap_servers}")
+        return before.bootstrap_servers, lambda: None
+    progress("starting the local Kafka broker ...")
+    status = broker.start(fetch=True)
+    progress(f"local broker up at {status.bootstrap_servers} (data in {status.data_dir})")
+
+    def stop() -> None:
+        progress("stopping the local broker")
+        broker.stop()
+
+    return status.bootstrap_servers, stop
+
+
+async def run_kafka(
+    cfg: DemoConfig,
+    *,
+    bootstrap: str | None = None,
+    keep_broker: bool = False,
+    partitions: int = 3,
+    name: str | None = None,
+    progress: Callable[[str], None] = _say,
+    clock: Callable[[], float] = time.monotonic,
+) -> RunSummary:
+    """Run the demo on Kafka (see the module docstring) and summarise it."""
+    if cfg.mode != "lasp":
+        raise LaspError(
+            "the Kafka mode of the demo runs the lasp mode only; bounded (escrow) mode runs "
+            "with --local"
+        )
+    stop_broker: Callable[[], None] = lambda: None  # noqa: E731
+    if bootstrap is None:
+        address, stop_broker = await asyncio.to_thread(start_local_broker, progress)
+    else:
+        address = bootstrap
+    try:
+        return await _run(cfg, address, partitions, name, progress, clock)
+    finally:
+        if not keep_broker:
+            await asyncio.to_thread(stop_broker)
+
+
+async def _run(
+    cfg: DemoConfig,
+    bootstrap: str,
+    partitions: int,
+    name: str | None,
+    progress: Callable[[str], None],
+    clock: Callable[[], float],
+) -> RunSummary:
+    mod = ad_counter()
+    master = random.Random(cfg.seed)
+    name = name or f"ad_counter_{int(time.time() * 1000)}"
+    settings = KafkaSettings(
+        bootstrap_servers=bootstrap,
+        delta_partitions=partitions,
+        poll_timeout_ms=50,
+        linger_ms=2,
+        client_id=f"demo-{name}",
+    )
+    ads = [mod.Ad(f"{company}-{i}", company) for company in mod.COMPANIES for i in range(cfg.ads)]
+    minimum = {ad.id: cfg.minimum_of(i) for i, ad in enumerate(ads)}
+    company = {ad.id: ad.company for ad in ads}
+    disabled_at: dict[str, float] = {}
+    all_disabled = asyncio.Event()
+    start = clock()
+
+    def on_disable(event: TriggerEvent) -> None:
+        disabled_at.setdefault(str(event.key), clock() - start)
+        if len(disabled_at) == len(ads):
+            all_disabled.set()
+
+    topo = mod.build(cfg.min_impressions, on_disable=on_disable)
+    rt = KafkaRuntime(topo, settings, name=name)
+    progress(f"deploying topology {name!r} ({partitions} partitions per topic)")
+    await rt.start()
+    halt = asyncio.Event()
+    ready = asyncio.Event()
+    worker = asyncio.create_task(rt.run(stop=halt, ready=ready))
+    transports: list[KafkaTransport] = []
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        await _first(ready.wait(), worker, 120)
+        await rt.follow("impressions")
+        for ad in ads:
+            await rt.update(mod.ad_source(ad), mod.SERVER_ACTOR, "add", ad)
+            contract_min = minimum[ad.id] if minimum[ad.id] != cfg.min_impressions else 0
+            await rt.update("contracts", mod.SERVER_ACTOR, "add", mod.Contract(ad.id, contract_min))
+        await rt.read("ads_with_contracts", Threshold.cardinality(len(ads)), timeout=60)
+        progress(f"{len(ads)} ads with contracts; starting {cfg.clients} clients")
+
+        sims = []
+        for i in range(cfg.clients):
+            transport = KafkaTransport(settings, name, f"client-{i}")
+            await transport.start()
+            transports.append(transport)
+            client = EdgeClient(
+                transport.actor,
+                transport,
+                topo,
+                keys_of=ad_ids,
+                flush_interval=cfg.flush_interval,
+                jitter=cfg.jitter,
+                rng=random.Random(master.getrandbits(64)),
+                clock=clock,
+                horizon=cfg.horizon,
+            )
+            sims.append(_Sim(client, transport, random.Random(master.getrandbits(64))))
+
+        samples: list[tuple[float, dict[str, int]]] = []
+
+        def sample() -> None:
+            samples.append((clock() - start, {ad.id: rt.query("impressions", ad.id) for ad in ads}))
+
+        stop = asyncio.Event()
+
+        async def sampler() -> None:
+            while not stop.is_set():
+                sample()
+                await asyncio.sleep(cfg.sample_interval)
+
+        for sim in sims:
+            await sim.client.sync()
+        start = clock()
+        tasks = [asyncio.create_task(_simulate(sim, cfg, stop, clock)) for sim in sims]
+        tasks.append(asyncio.create_task(sampler()))
+        timed_out = False
+        try:
+            await _first(all_disabled.wait(), worker, cfg.timeout)
+        except TimeoutError:
+            timed_out = True
+        run_seconds = clock() - start
+        stop.set()
+        await asyncio.gather(*tasks)
+        tasks = []
+        for _ in range(2):
+            for sim in sims:
+                sim.transport.online = True
+                await sim.client.sync()
+
+        made: dict[str, int] = {ad.id: 0 for ad in ads}
+        for sim in sims:
+            for key, n in sim.client.counts().items():
+                made[str(key)] += n
+        for ad in ads:  # the agents have joined every flushed delta (or this times out)
+            try:
+                await rt.read("impressions", Threshold.value(made[ad.id]), key=ad.id, timeout=30)
+            except ReadTimeout as exc:
+                progress(f"warning: {exc}")
+        sample()
+        billed = await read_billing_events(settings, billing_topic(name))
+        refused = len(await read_all(settings, dlq_topic(name)))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        halt.set()
+        await asyncio.gather(worker, return_exceptions=True)
+        for transport in transports:
+            await transport.stop()
+        await rt.stop()
+
+    billing = [
+        BillingEvent(
+            event_id=event.event_id,
+            advertiser=company.get(event.key.decode(), "?"),
+            ad=event.key.decode(),
+            minimum=minimum.get(event.key.decode(), 0),
+            impressions=int(event.value) if isinstance(event.value, int) else 0,
+            amount=round(minimum.get(event.key.decode(), 0) * cfg.price, 6),
+            at=disabled_at.get(event.key.decode(), run_seconds),
+        )
+        for event in billed
+    ]
+    results = [
+        AdResult(
+            ad=ad.id,
+            advertiser=ad.company,
+            minimum=minimum[ad.id],
+            final=rt_final(samples, ad.id),
+            made=made[ad.id],
+            billing_events=sum(1 for b in billing if b.ad == ad.id),
+            disabled_after=disabled_at.get(ad.id),
+        )
+        for ad in ads
+    ]
+    stats = [s.client.stats for s in sims]
+    return RunSummary(
+        mode=cfg.mode,
+        clients=cfg.clients,
+        ads=results,
+        billing=billing,
+        seconds=clock() - start,
+        run_seconds=run_seconds,
+        bytes_sent=sum(s.bytes_sent for s in stats),
+        deltas_sent=sum(s.deltas_sent for s in stats),
+        refused_deltas=refused,
+        resyncs=sum(s.resyncs for s in stats),
+        offline_episodes=sum(s.offline_episodes for s in sims),
+        timed_out=timed_out,
+        refused_views=sum(s.refused_views for s in stats),
+        samples=samples,
+    )
+
+
+def rt_final(samples: list[tuple[float, dict[str, int]]], ad: str) -> int:
+    """The last sampled count of ``ad`` (taken after every client's final flush was joined)."""
+    return samples[-1][1][ad] if samples else 0
+
+
+async def _first(waiting: Any, worker: asyncio.Task[None], timeout: float) -> None:
+    """Await ``waiting`` unless the worker fails first (its error is raised then)."""
+    waiter = asyncio.ensure_future(waiting)
+    done, _ = await asyncio.wait([waiter, worker], timeout=timeout, return_when="FIRST_COMPLETED")
+    if worker in done:
+        waiter.cancel()
+        worker.result()
+        raise LaspError("the topology's worker stopped early")
+    if waiter not in done:
+        waiter.cancel()
+        raise TimeoutError
+
+
+class _Sim:
+    __slots__ = ("back_at", "client", "offline_episodes", "rng", "transport")
+
+    def __init__(self, client: EdgeClient, transport: KafkaTransport, rng: random.Random) -> None:
+        self.client = client
+        self.transport = transport
+        self.rng = rng
+        self.back_at = 0.0
+        self.offline_episodes = 0
+
+
+async def _simulate(
+    sim: _Sim, cfg: DemoConfig, stop: asyncio.Event, clock: Callable[[], float]
+) -> None:
+    client, rng = sim.client, sim.rng
+    view = client.view
+    last = clock()
+    carry = 0.0
+    keys: tuple[Hashable, ...] = ()
+    version = -1
+    while not stop.is_set():
+        now = clock()
+        if not sim.transport.online and now >= sim.back_at:
+            sim.transport.online = True
+        if client.version != version:
+            keys, version = client.showing, client.version
+        if cfg.rate:
+            due = cfg.rate * (now - last) + carry
+            n = int(due)
+            carry = due - n
+        else:
+            n = 1_000
+        last = now
+        if keys and n:
+            for key in rng.choices(keys, k=n):
+                view(key)
+        if now >= client.next_flush_at:
+            if sim.transport.online and cfg.offline_prob and rng.random() < cfg.offline_prob:
+                sim.transport.online = False
+                sim.back_at = now + cfg.offline_duration * rng.uniform(0.5, 1.5)
+                sim.offline_episodes += 1
+            await client.sync()
+        await asyncio.sleep(cfg.step if cfg.rate else 0)
