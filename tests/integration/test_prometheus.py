@@ -10,6 +10,7 @@ command instead of skipping.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import re
 import socket
@@ -102,10 +103,13 @@ def prometheus(
         data_dir=tmp_path / "prometheus",
     )
     prom.start()
+    # Also stopped if the interpreter exits without running teardown (its TSDB is in tmp_path).
+    atexit.register(prom.stop)
     try:
         yield prom
     finally:
         prom.stop()
+        atexit.unregister(prom.stop)
 
 
 async def test_prometheus_counts_applied_and_dead_lettered_records_of_a_real_agent(
