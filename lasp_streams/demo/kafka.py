@@ -17,6 +17,7 @@ topic at the end (one per ad, by the sink's construction), with the time their a
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Callable, Hashable
@@ -78,7 +79,12 @@ async def run_kafka(
     progress: Callable[[str], None] = _say,
     clock: Callable[[], float] = time.monotonic,
 ) -> RunSummary:
-    """Run the demo on Kafka (see the module docstring) and summarise it."""
+    """Run the demo on Kafka (see the module docstring) and summarise it.
+
+    aiokafka's own retry warnings (a fresh broker electing leaders, say) are silenced unless
+    the caller configured logging: they are noise in a demo's output, not failures."""
+    if not logging.getLogger().handlers:
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     if cfg.mode != "lasp":
         raise LaspError(
             "the Kafka mode of the demo runs the lasp mode only; bounded (escrow) mode runs "

@@ -332,7 +332,9 @@ def build_faust_app(
             from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 
             assert plan.graph is not None
-            self.runtime = KafkaRuntime(plan.graph, settings, metrics=metrics, name=plan.topology)
+            self.runtime = KafkaRuntime(
+                plan.graph, settings, metrics=metrics, name=plan.topology, checked=plan.checked
+            )
             await self.runtime.start()
             self.running = self.add_future(self.runtime.run(with_sink=with_sink, stop=self.halt))
 
@@ -363,6 +365,7 @@ async def run_worker(
     stop: asyncio.Event | None = None,
     ready: asyncio.Event | None = None,
     name: str | None = None,
+    checked: Iterable[str] | None = None,
 ) -> None:
     """Run a topology's agents (and the sink) in this event loop until ``stop`` is set.
 
@@ -371,7 +374,7 @@ async def run_worker(
     """
     from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 
-    runtime = KafkaRuntime(topology, settings, metrics=metrics, name=name)
+    runtime = KafkaRuntime(topology, settings, metrics=metrics, name=name, checked=checked)
     await runtime.start()
     try:
         await runtime.run(with_sink=with_sink, stop=stop, ready=ready)
