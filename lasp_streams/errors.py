@@ -17,6 +17,9 @@
     │                                      resync from full state (lasp_streams.client.transport)
     ├── SinkFenced (RuntimeError)          another sink with the same identity took over
     │                                      (lasp_streams.runtime.kafka.sink)
+    ├── PrometheusSetupError (RuntimeError) a local Prometheus cannot be started
+    │                                      (lasp_streams.localprom)
+    ├── PromQLError (ValueError)           Prometheus refused a query (lasp_streams.localprom)
     ├── CodecError (ValueError)     encoding or decoding failed
     │   ├── EncodeError                    a value cannot be put on the wire
     │   └── DecodeError                    malformed, unknown or unsupported bytes

@@ -20,4 +20,14 @@ if [ ! -e "$policy" ]; then
   $sudo chmod +x "$policy"
   trap '$sudo rm -f "$policy"' EXIT
 fi
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
+# --no-install-recommends: prometheus recommends node-exporter, a service we do not want.
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+# The Debian package enables its service for the next boot (listening on every interface);
+# lasp_streams runs its own Prometheus on 127.0.0.1 only when it needs one.
+if [[ " ${need[*]} " == *" prometheus "* ]]; then
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+  else
+    $sudo update-rc.d prometheus disable >/dev/null 2>&1 || true
+  fi
+fi
