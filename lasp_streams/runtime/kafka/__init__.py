@@ -5,13 +5,19 @@ Modules: :mod:`.settings` (one frozen settings object), :mod:`.topics` (names, p
 declaration and checks), :mod:`.joiner` (the pure per-partition join), :mod:`.agent` (the
 consume-join-write-commit loop and recovery), :mod:`.crossing` (crossing and billing records),
 :mod:`.sink` (the trusted sink), :mod:`.dlq` (dead letters), :mod:`.reader` (read a topic to
-its end), :mod:`.worker` (a Topology on Kafka; the only module that imports faust) and
-:mod:`.process` (one agent or the sink as a process).
+its end), :mod:`.operators` (operator steps: co-partitioned keyed slots, a single-owner
+non-keyed slot), :mod:`.follower` (a live replica of a variable outside the groups: broadcast
+of watched variables, reads), :mod:`.runtime` (:class:`KafkaRuntime`, the LocalRuntime's API
+on Kafka, and ``run``), :mod:`.worker` (a Topology's plan on Kafka; the only module that
+imports faust) and :mod:`.process` (one agent or the sink as a process).
 """
 
 from lasp_streams.runtime.kafka.agent import VariableAgent
 from lasp_streams.runtime.kafka.crossing import BillingEvent, Crossing, TriggerSpec, event_id
 from lasp_streams.runtime.kafka.dlq import DeadLetter
+from lasp_streams.runtime.kafka.follower import VariableFollower
+from lasp_streams.runtime.kafka.operators import OperatorAgent
+from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import SinkFenced, TrustedSink, read_billing_events
 from lasp_streams.runtime.kafka.topics import (
@@ -36,12 +42,15 @@ __all__ = [
     "BillingEvent",
     "Crossing",
     "DeadLetter",
+    "KafkaRuntime",
     "KafkaSettings",
+    "OperatorAgent",
     "SinkFenced",
     "TopicMismatch",
     "TriggerSpec",
     "TrustedSink",
     "VariableAgent",
+    "VariableFollower",
     "billing_topic",
     "build_faust_app",
     "crossings_topic",
