@@ -34,6 +34,12 @@ its derived variables (read_committed), then recomputes every output from the fu
 states and publishes what that adds (nothing, usually): an input state that got ahead of the
 derived states (or a crash between two batches) can never leave an output behind. Then it
 resumes from the committed offsets — the delta tail.
+
+**Limits.** A state is one Kafka record: a non-keyed variable (or one key of a keyed one)
+whose encoded full state exceeds the broker's maximum message size (1 MB by default) cannot be
+written, and the agent stops with aiokafka's ``MessageSizeTooLargeError``. Non-keyed variables
+are meant to be small (they are followed in full by every worker that watches them); large
+collections should be keyed.
 """
 
 from __future__ import annotations

@@ -10,6 +10,17 @@ slower, far outside the issue's 2x budget), because faust builds an event, an ac
 hop per record before any batching; the batched agent hosted in a faust App kept pace with the
 raw loop, state writes and commits included.
 
+The plan (:func:`plan_worker`, printed by ``lasp-streams worker``): a :class:`VariableAgent` per
+declared variable that feeds no operator (its triggers included); an :class:`OperatorAgent`
+for the keyed and one for the non-keyed operator steps, each owning the declared variables that
+feed them (see :mod:`.operators` for how binary steps' inputs meet); the variables that
+per-key threshold functions watch are broadcast (every worker follows them in full, outside
+the consumer groups); the sink (``with_sink``) bills crossings and runs trigger actions. In a
+faust worker the whole plan runs through one :class:`~.runtime.KafkaRuntime` service.
+
+Not on Kafka yet (refused by name): windows, ``stream`` callbacks, triggers on derived
+variables.
+
 This module is the only one that imports faust.
 """
 
