@@ -264,11 +264,15 @@ class OperatorAgent:
                 if slot is None:
                     continue  # revoked meanwhile: the new owner reads these again
                 effects = _Effects()
+                # One join per input and batch (the non-keyed slot reads every partition):
+                # one propagation per grown key, however many partitions its records came from.
+                by_var: dict[str, list[Any]] = {}
                 for tp, records in batches:
-                    var = self._topic_var[tp.topic]
-                    outcome = slot.joiners[var].apply(records)
+                    by_var.setdefault(self._topic_var[tp.topic], []).extend(records)
+                    effects.offsets[tp] = records[-1].offset + 1
                     count += len(records)
-                    effects.offsets[tp] = outcome.last_offset + 1
+                for var, records in by_var.items():
+                    outcome = slot.joiners[var].apply(records)
                     effects.dead.extend(outcome.dead)
                     effects.crossings.extend(outcome.crossings)
                     for key, state in outcome.changed.items():
