@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORTS = ROOT / "tests" / "benchmarks" / "reports"
-ORDER = ["lattices", "dataflow", "consume", "client_kafka", "overcount"]
+ORDER = ["lattices", "dataflow", "consume", "operators", "client_kafka", "naive_faust", "overcount"]
 
 HEADER = """# Benchmarks
 
