@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,6 +151,7 @@ class OperatorAgent:
         triggers: Mapping[str, Sequence[TriggerSpec]] | None = None,
         validators: Mapping[str, RecordValidator] | None = None,
         metrics: Metrics | None = None,
+        watch_version: Callable[[], int] | None = None,
     ) -> None:
         self.settings = settings
         self.topology = topology
@@ -164,6 +165,10 @@ class OperatorAgent:
         self.triggers = {k: tuple(v) for k, v in (triggers or {}).items()}
         self.validators = dict(validators or {})
         self.metrics = metrics
+        # Per-key threshold functions on the inputs read watched variables: when those grow,
+        # every key is checked again (as the VariableAgent does).
+        self.watch_version = watch_version
+        self._checked_version = -1
         self.group_id = f"{self.name}.operators.{'keyed' if keyed else 'unkeyed'}"
         self._topic_var = {delta_topic(self.name, v): v for v in self.sources}
         self._slots: dict[int, _Slot] = {}
@@ -251,6 +256,14 @@ class OperatorAgent:
             raise RuntimeError(f"operator agent {self.group_id!r} is not started")
         s = self.settings
         data = await consumer.getmany(timeout_ms=s.poll_timeout_ms, max_records=s.max_batch_records)
+        if self.watch_version is not None and self.watch_version() != self._checked_version:
+            async with self._lock:
+                self._checked_version = self.watch_version()
+                for number, held in list(self._slots.items()):
+                    effects = _Effects()
+                    for joiner in held.joiners.values():
+                        effects.crossings.extend(joiner.recheck())
+                    await self._write(number, held, effects)
         if not data:
             return 0
         async with self._lock:

@@ -136,6 +136,7 @@ class WorkerPlan:
                     triggers={v.id: specs(v) for v in inputs},
                     validators={v.id: _client_check() for v in inputs if v.checked},
                     metrics=metrics,
+                    watch_version=watch_version if any(v.trigger_steps for v in inputs) else None,
                 )
             )
         return agents
