@@ -84,7 +84,15 @@ def test_cli_local_demo_prints_the_summary_and_writes_the_plot(tmp_path: Path) -
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_kafka_mode_says_it_is_not_available_yet() -> None:
+def test_cli_kafka_mode_names_an_unreachable_broker() -> None:
+    # The Kafka mode exists (tests/integration/test_kafka_demo.py runs it on a real broker);
+    # with no broker at the address it fails at once with the address in the message.
     result = CliRunner().invoke(main, ["demo", "ad-counter", "--bootstrap", "127.0.0.1:1"])
     assert result.exit_code != 0
-    assert "not available yet" in result.output and "--local" in result.output
+    assert "cannot reach Kafka at 127.0.0.1:1" in result.output
+
+
+def test_cli_kafka_mode_refuses_bounded_mode() -> None:
+    result = CliRunner().invoke(main, ["demo", "ad-counter", "--mode", "bounded"])
+    assert result.exit_code != 0
+    assert "--local" in result.output
