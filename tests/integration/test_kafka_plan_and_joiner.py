@@ -117,7 +117,7 @@ def test_the_plan_runs_operators_and_refuses_what_kafka_cannot_run_by_name() -> 
     with pytest.raises(InvalidTopology) as exc:
         plan_worker(t)
     assert "stream 'watch'" in str(exc.value)
-    assert "trigger 'on_m' (on derived variable 'm'" in str(exc.value)
+    assert "on_m" not in str(exc.value)  # triggers on derived variables run on Kafka
 
     k = Topology("k")
     a = k.declare("a", AWSet, keyed=True)

@@ -27,7 +27,14 @@ from lasp_streams.lattices.base import Lattice, LatticeSpec, describe_type, new_
 from lasp_streams.runtime.kafka.crossing import Crossing, TriggerSpec
 from lasp_streams.runtime.kafka.dlq import DeadLetter
 
-__all__ = ["BatchOutcome", "PartitionJoiner", "Record", "RecordValidator", "Validator"]
+__all__ = [
+    "BatchOutcome",
+    "PartitionJoiner",
+    "Record",
+    "RecordValidator",
+    "Validator",
+    "informational_value",
+]
 
 #: Checks a decoded delta before it is joined: returns None to accept, or why it is refused.
 Validator = Callable[[bytes, Lattice], "str | None"]
@@ -234,6 +241,11 @@ class PartitionJoiner:
             record.key,
             record.value,
         )
+
+
+def informational_value(state: Lattice) -> Any:
+    """A state's value for crossings and billing events (informational only)."""
+    return _value(state)
 
 
 def _value(state: Lattice) -> Any:

@@ -66,7 +66,7 @@ from lasp_streams.runtime.kafka.agent import read_state_partition
 from lasp_streams.runtime.kafka.crossing import Crossing, TriggerSpec
 from lasp_streams.runtime.kafka.dlq import DeadLetter
 from lasp_streams.runtime.kafka.fencing import close_fenced
-from lasp_streams.runtime.kafka.joiner import PartitionJoiner, RecordValidator
+from lasp_streams.runtime.kafka.joiner import PartitionJoiner, RecordValidator, informational_value
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import crossings_topic, delta_topic, dlq_topic, state_topic
 
@@ -112,6 +112,8 @@ class _Slot:
     joiners: dict[str, PartitionJoiner]
     mirrors: dict[str, dict[bytes, ProvenanceSet]] = field(default_factory=dict)
     derived: dict[str, dict[bytes, Lattice]] = field(default_factory=dict)
+    #: (trigger, key) pairs of derived variables whose crossing this slot already published.
+    crossed: set[tuple[str, bytes]] = field(default_factory=set)
 
 
 @dataclass
@@ -263,6 +265,9 @@ class OperatorAgent:
                     effects = _Effects()
                     for joiner in held.joiners.values():
                         effects.crossings.extend(joiner.recheck())
+                    for var, states in held.derived.items():
+                        for key, state in states.items():
+                            effects.crossings.extend(self._derived_crossings(held, var, key, state))
                     await self._write(number, held, effects)
         if not data:
             return 0
@@ -338,6 +343,7 @@ class OperatorAgent:
                     state = states[key] = target.prototype.bottom()
                 if not state.merge(out):
                     continue
+                effects.crossings.extend(self._derived_crossings(slot, out_var, key, state))
                 effects.out_states[(out_var, key)] = state
                 acc = effects.out_deltas.get((out_var, key))
                 if acc is None:
@@ -345,6 +351,31 @@ class OperatorAgent:
                 else:
                     acc.merge(out)
                 queue.append((out_var, out))
+
+    def _derived_crossings(
+        self, slot: _Slot, var: str, key: bytes, state: Lattice
+    ) -> list[Crossing]:
+        """Crossings of ``var``'s triggers that ``state`` (of ``key``) newly meets. A derived
+        variable's state is joined here, so its triggers are evaluated here; the sink bills
+        them once per (trigger, key) like a declared variable's."""
+        found: list[Crossing] = []
+        for trigger in self.triggers.get(var, ()):
+            marker = (trigger.name, key)
+            if marker in slot.crossed or not trigger.check(key, state):
+                continue
+            slot.crossed.add(marker)
+            found.append(
+                Crossing(
+                    self.name,
+                    var,
+                    trigger.name,
+                    key,
+                    informational_value(state),
+                    trigger.describe,
+                    codec.encode(state) if trigger.carry_state else None,
+                )
+            )
+        return found
 
     async def _write(self, number: int, slot: _Slot, effects: _Effects) -> None:
         if effects.empty():
@@ -487,6 +518,11 @@ class OperatorAgent:
                         mine[key].merge(state)
                     else:
                         mine[key] = state
+        # A recovered derived state that meets a trigger is published again: the former
+        # owner may have crashed before its crossing was committed (the sink deduplicates).
+        for var, states in slot.derived.items():
+            for key, state in states.items():
+                effects.crossings.extend(self._derived_crossings(slot, var, key, state))
         for var, joiner in joiners.items():
             for key, state in list(joiner.states.items()):
                 self._propagate(slot, var, key, state.copy(), effects)

@@ -18,8 +18,7 @@ per-key threshold functions watch are broadcast (every worker follows them in fu
 the consumer groups); the sink (``with_sink``) bills crossings and runs trigger actions. In a
 faust worker the whole plan runs through one :class:`~.runtime.KafkaRuntime` service.
 
-Not on Kafka yet (refused by name): windows, ``stream`` callbacks, triggers on derived
-variables.
+Not on Kafka yet (refused by name): windows, ``stream`` callbacks.
 
 This module is the only one that imports faust.
 """
@@ -84,6 +83,8 @@ class WorkerPlan:
     operator_parts: tuple[bool, ...] = ()
     operator_inputs: tuple[VariablePlan, ...] = ()
     watched: tuple[str, ...] = ()
+    #: Derived variables with triggers: their operator agent evaluates them.
+    derived_triggers: tuple[VariablePlan, ...] = ()
 
     @property
     def checked(self) -> list[str]:
@@ -127,6 +128,7 @@ class WorkerPlan:
         for keyed in self.operator_parts:
             assert self.graph is not None
             inputs = [v for v in self.operator_inputs if v.keyed == keyed]
+            inputs += [v for v in self.derived_triggers if v.keyed == keyed]
             agents.append(
                 OperatorAgent(
                     settings,
@@ -163,6 +165,10 @@ class WorkerPlan:
             lines.append(
                 f"  operator agent ({'keyed' if keyed else 'non-keyed'}) inputs {ins}: {how}"
             )
+            for v in self.derived_triggers:
+                if v.keyed == keyed:
+                    trig = [t.name for t in v.triggers] + [t.id for t in v.trigger_steps]
+                    lines.append(f"    triggers on derived {v.id}: {trig}")
         if self.watched:
             lines.append(
                 f"  broadcast to every worker (read in full, outside the groups): "
@@ -205,10 +211,10 @@ def plan_worker(
     """The agents a worker runs for ``topology``.
 
     Declared variables, operator steps (map, filter, union, intersection, product, fold),
-    ``bind_to`` and triggers on declared variables (fixed thresholds, or per-key threshold
-    functions whose ``watch`` variables are broadcast) run on Kafka. Windows, ``stream``
-    callbacks and triggers on derived variables are refused by name, so a topology never runs
-    half on Kafka silently.
+    ``bind_to`` and triggers (fixed thresholds, or per-key threshold functions whose ``watch``
+    variables are broadcast) on declared variables and on derived ones (evaluated by the
+    operator agent that joins the derived state) run on Kafka. Windows and ``stream``
+    callbacks are refused by name, so a topology never runs half on Kafka silently.
 
     ``checked``: the declared variables whose records must carry a client actor header and
     write only that actor's entries (:func:`~lasp_streams.client.validate.record_delta_problem`;
@@ -226,12 +232,7 @@ def plan_worker(
     unsupported: list[str] = []
     for step in topology.steps:
         if isinstance(step, TriggerStep):
-            if topology.var(step.var).kind != "declared":
-                unsupported.append(
-                    f"trigger {step.id!r} (on derived variable {step.var!r}: trigger on a "
-                    "declared variable instead)"
-                )
-            elif isinstance(step.threshold, Threshold):
+            if isinstance(step.threshold, Threshold):
                 spec = TriggerSpec.from_threshold(step.id, step.threshold)
                 steps_by_var.setdefault(step.var, []).append(
                     TriggerSpec(spec.name, spec.met, spec.describe, None, True)
@@ -274,8 +275,25 @@ def plan_worker(
         )
         (feeding if prop.has_outputs(var.id) else alone).append(plan)
     parts = tuple(sorted({v.keyed for v in feeding}))
+    derived = tuple(
+        VariablePlan(
+            var.id,
+            var.prototype,
+            var.keyed,
+            tuple(steps_by_var.get(var.id, ())),
+            tuple(fn_steps.get(var.id, ())),
+        )
+        for var in topology.variables.values()
+        if var.kind == "derived" and (var.id in steps_by_var or var.id in fn_steps)
+    )
     return WorkerPlan(
-        name or topology.name, tuple(alone), topology, parts, tuple(feeding), tuple(watched)
+        name or topology.name,
+        tuple(alone),
+        topology,
+        parts,
+        tuple(feeding),
+        tuple(watched),
+        derived,
     )
 
 
