@@ -343,10 +343,6 @@ def ad_counter(
 
     from lasp_streams.demo import DemoConfig, plot, render, run_local
 
-    if not local and mode == "bounded":
-        raise click.ClickException(
-            "bounded (escrow) mode runs in the LocalRuntime only: add --local"
-        )
     config = DemoConfig(
         ads=ads,
         clients=clients,

@@ -10,6 +10,12 @@ user data directory) is started — its jars are fetched with Maven on first use
 the end unless ``keep_broker`` (a broker that was already running is left running). Each run
 uses fresh topics (``ad_counter_<time>``), so runs never see each other's ads or billing.
 
+Bounded mode (``cfg.mode == "bounded"``): a :class:`~lasp_streams.client.RightsEscrow` declares
+the ``rights`` and ``rights_requests`` variables, funds each ad with its minimum and serves
+requests in this process, next to the sink (:meth:`~lasp_streams.client.RightsEscrow.serve`);
+each client is a bounded :class:`~lasp_streams.client.EdgeClient` that reads its grants through
+its KafkaTransport. What the escrow's audit finds counts as refused deltas in the summary.
+
 Billing events in the summary are the ones a ``read_committed`` reader finds on the billing
 topic at the end (one per ad, by the sink's construction), with the time their action ran.
 """
@@ -23,7 +29,7 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from lasp_streams.client import EdgeClient
+from lasp_streams.client import Bounded, EdgeClient, RightsEscrow
 from lasp_streams.client.kafka import KafkaTransport
 from lasp_streams.dataflow.events import TriggerEvent
 from lasp_streams.demo.config import DemoConfig
@@ -85,11 +91,6 @@ async def run_kafka(
     the caller configured logging: they are noise in a demo's output, not failures."""
     if not logging.getLogger().handlers:
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    if cfg.mode != "lasp":
-        raise LaspError(
-            "the Kafka mode of the demo runs the lasp mode only; bounded (escrow) mode runs "
-            "with --local"
-        )
     stop_broker: Callable[[], None] = lambda: None  # noqa: E731
     if bootstrap is None:
         address, stop_broker = await asyncio.to_thread(start_local_broker, progress)
@@ -133,21 +134,32 @@ async def _run(
             all_disabled.set()
 
     topo = mod.build(cfg.min_impressions, on_disable=on_disable)
+    escrow: RightsEscrow | None = None
+    if cfg.mode == "bounded":
+        escrow = RightsEscrow(
+            quota=cfg.grant_quota(), clients=cfg.clients, server_actor=mod.SERVER_ACTOR
+        )
+        escrow.declare(topo)
     rt = KafkaRuntime(topo, settings, name=name)
     progress(f"deploying topology {name!r} ({partitions} partitions per topic)")
     await rt.start()
     halt = asyncio.Event()
     ready = asyncio.Event()
-    worker = asyncio.create_task(rt.run(stop=halt, ready=ready))
+    servers = [asyncio.create_task(rt.run(stop=halt, ready=ready))]
     transports: list[KafkaTransport] = []
     tasks: list[asyncio.Task[Any]] = []
     try:
-        await _first(ready.wait(), worker, 120)
+        await _first(ready.wait(), servers, 120)
         await rt.follow("impressions")
         for ad in ads:
             await rt.update(mod.ad_source(ad), mod.SERVER_ACTOR, "add", ad)
             contract_min = minimum[ad.id] if minimum[ad.id] != cfg.min_impressions else 0
             await rt.update("contracts", mod.SERVER_ACTOR, "add", mod.Contract(ad.id, contract_min))
+        if escrow is not None:
+            escrow.attach(rt)
+            for ad in ads:
+                await escrow.fund(ad.id, minimum[ad.id])
+            servers.append(asyncio.create_task(escrow.serve(halt)))
         await rt.read("ads_with_contracts", Threshold.cardinality(len(ads)), timeout=60)
         progress(f"{len(ads)} ads with contracts; starting {cfg.clients} clients")
 
@@ -161,6 +173,11 @@ async def _run(
                 transport,
                 topo,
                 keys_of=ad_ids,
+                # Ask again at half a quota left, so the next grant usually lands before the
+                # client runs dry (as in local mode).
+                bounded=Bounded(escrow.rights, escrow.requests, max(1, escrow.quota // 2))
+                if escrow
+                else None,
                 flush_interval=cfg.flush_interval,
                 jitter=cfg.jitter,
                 rng=random.Random(master.getrandbits(64)),
@@ -188,7 +205,7 @@ async def _run(
         tasks.append(asyncio.create_task(sampler()))
         timed_out = False
         try:
-            await _first(all_disabled.wait(), worker, cfg.timeout)
+            await _first(all_disabled.wait(), servers, cfg.timeout)
         except TimeoutError:
             timed_out = True
         run_seconds = clock() - start
@@ -212,12 +229,15 @@ async def _run(
         sample()
         billed = await read_billing_events(settings, billing_topic(name))
         refused = len(await read_all(settings, dlq_topic(name)))
+        if escrow is not None:
+            escrow.audit()
+            refused += len(escrow.violations)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         halt.set()
-        await asyncio.gather(worker, return_exceptions=True)
+        await asyncio.gather(*servers, return_exceptions=True)
         for transport in transports:
             await transport.stop()
         await rt.stop()
@@ -270,14 +290,16 @@ def rt_final(samples: list[tuple[float, dict[str, int]]], ad: str) -> int:
     return samples[-1][1][ad] if samples else 0
 
 
-async def _first(waiting: Any, worker: asyncio.Task[None], timeout: float) -> None:
-    """Await ``waiting`` unless the worker fails first (its error is raised then)."""
+async def _first(waiting: Any, servers: list[asyncio.Task[None]], timeout: float) -> None:
+    """Await ``waiting`` unless a server task (the worker, the escrow) ends first (its error is
+    raised then)."""
     waiter = asyncio.ensure_future(waiting)
-    done, _ = await asyncio.wait([waiter, worker], timeout=timeout, return_when="FIRST_COMPLETED")
-    if worker in done:
-        waiter.cancel()
-        worker.result()
-        raise LaspError("the topology's worker stopped early")
+    done, _ = await asyncio.wait([waiter, *servers], timeout=timeout, return_when="FIRST_COMPLETED")
+    for server in servers:
+        if server in done:
+            waiter.cancel()
+            server.result()
+            raise LaspError("the topology's worker or the escrow stopped early")
     if waiter not in done:
         waiter.cancel()
         raise TimeoutError
