@@ -114,10 +114,12 @@ def test_the_plan_runs_operators_and_refuses_what_kafka_cannot_run_by_name() -> 
     m = t.map("m", s, str)
     t.stream("watch", s, print)
     t.trigger("on_m", m, Threshold.cardinality(1), action=print)
+    t.window("per_minute", GCounter, size=60)
     with pytest.raises(InvalidTopology) as exc:
         plan_worker(t)
-    assert "stream 'watch'" in str(exc.value)
-    assert "on_m" not in str(exc.value)  # triggers on derived variables run on Kafka
+    assert "window 'per_minute'" in str(exc.value)
+    # Triggers on derived variables and stream callbacks run on Kafka.
+    assert "on_m" not in str(exc.value) and "watch" not in str(exc.value)
 
     k = Topology("k")
     a = k.declare("a", AWSet, keyed=True)

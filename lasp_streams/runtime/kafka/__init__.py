@@ -20,6 +20,7 @@ from lasp_streams.runtime.kafka.operators import OperatorAgent
 from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import SinkFenced, TrustedSink, read_billing_events
+from lasp_streams.runtime.kafka.streams import StreamRunner
 from lasp_streams.runtime.kafka.topics import (
     TopicMismatch,
     billing_topic,
@@ -46,6 +47,7 @@ __all__ = [
     "KafkaSettings",
     "OperatorAgent",
     "SinkFenced",
+    "StreamRunner",
     "TopicMismatch",
     "TriggerSpec",
     "TrustedSink",

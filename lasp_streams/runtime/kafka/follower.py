@@ -58,7 +58,8 @@ class VariableFollower:
 
     ``start()`` returns once the topics were read to their ends as of the start; a background
     task keeps following. ``version`` counts strict inflations; :meth:`wait` blocks until a
-    predicate on the follower holds.
+    predicate on the follower holds; ``on_inflation`` sees every strict inflation (``stream``
+    callbacks on Kafka).
     """
 
     def __init__(
@@ -70,6 +71,7 @@ class VariableFollower:
         *,
         keyed: bool,
         include_deltas: bool = False,
+        on_inflation: Callable[[bytes, Lattice], None] | None = None,
     ) -> None:
         self.settings = settings
         self.variable = variable
@@ -79,6 +81,8 @@ class VariableFollower:
             (delta_topic(topology, variable),) if include_deltas else ()
         )
         self.states: dict[bytes, Lattice] = {}
+        #: Called with (key, a copy of the new state) on every strict inflation, in order.
+        self.on_inflation = on_inflation
         self.version = 0
         self._changed = asyncio.Condition()
         self._consumer: AIOKafkaConsumer | None = None
@@ -163,12 +167,17 @@ class VariableFollower:
             if delta.is_bottom():
                 return False
             self.states[key] = delta
+            if self.on_inflation is not None:
+                self.on_inflation(key, delta.copy())
             return True
         try:
-            return state.merge(delta)
+            grew = state.merge(delta)
         except Exception as exc:  # a record the agent would dead-letter: not ours to judge
             log.debug("follower %s: join refused: %r", self.variable, exc)
             return False
+        if grew and self.on_inflation is not None:
+            self.on_inflation(key, state.copy())
+        return grew
 
     async def _notify(self) -> None:
         self.version += 1

@@ -12,7 +12,8 @@
   Trigger *actions* run at the sink, once a crossing was billed (the billing event is exactly
   once; the action at least once: after a sink restart the actions of billed events run again,
   so actions must be idempotent — removing an ad already removed changes nothing). The action
-  receives this runtime as ``event.runtime``: its updates go to Kafka.
+  receives this runtime as ``event.runtime``: its updates go to Kafka. ``stream`` callbacks
+  run there too, at least once (:mod:`.streams`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from lasp_streams.runtime.kafka.crossing import BillingEvent
 from lasp_streams.runtime.kafka.follower import VariableFollower, kafka_key, key_of
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import TrustedSink, read_billing_events
+from lasp_streams.runtime.kafka.streams import StreamRunner
 from lasp_streams.runtime.kafka.topics import billing_topic, delta_topic, ensure_topics, plan_topics
 from lasp_streams.runtime.kafka.worker import WorkerPlan, plan_worker
 
@@ -221,6 +223,10 @@ class KafkaRuntime:
         runners: list[Any] = self.plan.agents(
             self.settings, self.metrics, view=self, watch_version=lambda: self.watch_version
         )
+        if with_sink and self.plan.streams:
+            runners.append(
+                StreamRunner(self.settings, self.topology, self.plan.streams, name=self.name)
+            )
         if with_sink:
             runners.append(
                 TrustedSink(

@@ -18,7 +18,8 @@ per-key threshold functions watch are broadcast (every worker follows them in fu
 the consumer groups); the sink (``with_sink``) bills crossings and runs trigger actions. In a
 faust worker the whole plan runs through one :class:`~.runtime.KafkaRuntime` service.
 
-Not on Kafka yet (refused by name): windows, ``stream`` callbacks.
+``stream`` callbacks run where the sink runs (see :mod:`.streams`). Not on Kafka yet (refused
+by name): windows.
 
 This module is the only one that imports faust.
 """
@@ -85,6 +86,8 @@ class WorkerPlan:
     watched: tuple[str, ...] = ()
     #: Derived variables with triggers: their operator agent evaluates them.
     derived_triggers: tuple[VariablePlan, ...] = ()
+    #: ``stream`` steps: run by the sink process (:class:`~.streams.StreamRunner`).
+    streams: tuple[StreamStep, ...] = ()
 
     @property
     def checked(self) -> list[str]:
@@ -169,6 +172,11 @@ class WorkerPlan:
                 if v.keyed == keyed:
                     trig = [t.name for t in v.triggers] + [t.id for t in v.trigger_steps]
                     lines.append(f"    triggers on derived {v.id}: {trig}")
+        if self.streams:
+            lines.append(
+                "  stream callbacks, at the sink process (at least once): "
+                + ", ".join(f"{s.id} on {s.var}" for s in self.streams)
+            )
         if self.watched:
             lines.append(
                 f"  broadcast to every worker (read in full, outside the groups): "
@@ -213,8 +221,9 @@ def plan_worker(
     Declared variables, operator steps (map, filter, union, intersection, product, fold),
     ``bind_to`` and triggers (fixed thresholds, or per-key threshold functions whose ``watch``
     variables are broadcast) on declared variables and on derived ones (evaluated by the
-    operator agent that joins the derived state) run on Kafka. Windows and ``stream``
-    callbacks are refused by name, so a topology never runs half on Kafka silently.
+    operator agent that joins the derived state) run on Kafka, and ``stream`` callbacks at
+    the sink process (:mod:`.streams`, at least once). Windows are refused by name, so a
+    topology never runs half on Kafka silently.
 
     ``checked``: the declared variables whose records must carry a client actor header and
     write only that actor's entries (:func:`~lasp_streams.client.validate.record_delta_problem`;
@@ -242,11 +251,6 @@ def plan_worker(
                 watched.extend(w for w in step.watch if w not in watched)
         elif isinstance(step, WindowStep):
             unsupported.append(f"window {step.id!r} (windows run in the LocalRuntime only for now)")
-        elif isinstance(step, StreamStep):
-            unsupported.append(
-                f"stream {step.id!r} (stream callbacks need a process that sees every "
-                "inflation: use a trigger, or KafkaRuntime.read)"
-            )
     if unsupported:
         raise InvalidTopology(
             f"topology {topology.name!r}: the Kafka runtime cannot run these steps yet: "
@@ -294,6 +298,7 @@ def plan_worker(
         tuple(feeding),
         tuple(watched),
         derived,
+        tuple(s for s in topology.steps if isinstance(s, StreamStep)),
     )
 
 
