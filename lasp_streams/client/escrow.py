@@ -146,7 +146,9 @@ class RightsEscrow:
         """:meth:`validate` for a Kafka record (actor from its header; the server's own records
         pass): the shape a per-variable validator hook of the Kafka agents would call."""
         actors = [value for name, value in headers if name == ACTOR_HEADER]
-        actor = actors[0].decode(errors="replace") if len(actors) == 1 else ""
+        if len(actors) != 1:
+            return f"a record must carry exactly one {ACTOR_HEADER!r} header, found {len(actors)}"
+        actor = actors[0].decode(errors="replace")
         if actor == self.server_actor:
             return None
         return self.validate(actor, var, key, delta)

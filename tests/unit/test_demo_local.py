@@ -8,7 +8,11 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from lasp_streams.cli import main
+from lasp_streams.client import RightsEscrow
+from lasp_streams.dataflow.topology import Topology
 from lasp_streams.demo import DemoConfig, RunSummary, render, run_local
+from lasp_streams.lattices.counters import BCounter, GCounter
+from lasp_streams.runtime.local import LocalRuntime
 
 SMALL = DemoConfig(
     ads=2,
@@ -101,3 +105,51 @@ def test_cli_kafka_bounded_mode_runs_and_names_an_unreachable_broker() -> None:
     assert result.exit_code != 0
     assert "cannot reach Kafka at 127.0.0.1:1" in result.output
     assert "--local" not in result.output
+
+
+async def test_escrow_audit_flags_overspending_and_self_funding_and_cuts_the_client_off() -> None:
+    # The Kafka escrow audits its followed replicas; any runtime with update/state/keys will do.
+    topo = Topology("escrow_audit")
+    topo.declare("impressions", GCounter, keyed=True)
+    escrow = RightsEscrow(quota=5, clients=2)
+    escrow.declare(topo)
+    rt = LocalRuntime(topo)
+    escrow.attach(rt)
+    await escrow.fund("ad", 20)
+    asks = GCounter()
+    asks.increment("c1")
+    asks.increment("c2")
+    await escrow.answer("ad", asks)
+    assert escrow.granted == {("ad", "c1"): 5, ("ad", "c2"): 5} and escrow.left("ad") == 10
+    assert rt.state("rights", key="ad").rights("c1") == 5  # type: ignore[attr-defined]
+
+    await rt.update("impressions", "c1", "increment", 5, key="ad")
+    assert escrow.audit() == []
+    await rt.update("impressions", "c2", "increment", 6, key="ad")  # one beyond its grant
+    await rt.update("rights", "c3", "increment", 100, key="ad")  # self-funding
+    found = escrow.audit()
+    assert len(found) == 2 and "'c2' counts 6" in found[0] and "'c3' wrote" in found[1]
+    assert escrow.cut_off == {"c2", "c3"}
+    assert escrow.audit() == []  # each violation is reported once
+
+    asks.increment("c2")
+    asks.increment("c1")
+    await escrow.answer("ad", asks)
+    assert escrow.granted[("ad", "c2")] == 5  # cut off: nothing more
+    assert escrow.granted[("ad", "c1")] == 10
+
+
+def test_escrow_record_problem_is_the_kafka_validator_shape() -> None:
+    escrow = RightsEscrow(quota=5, server_actor="server")
+    escrow.granted[("ad", "c1")] = 5
+    within, beyond = GCounter(), GCounter()
+    within.increment("c1", 5)
+    beyond.increment("c1", 6)
+    as_c1 = [("lasp.actor", b"c1")]
+    assert escrow.record_problem("impressions", "ad", as_c1, within) is None
+    assert "granted 5" in str(escrow.record_problem("impressions", "ad", as_c1, beyond))
+    grant = BCounter()
+    grant.increment("server", 5)
+    assert escrow.record_problem("rights", "ad", [("lasp.actor", b"server")], grant) is None
+    assert "may not write" in str(escrow.record_problem("rights", "ad", as_c1, grant))
+    assert escrow.record_problem("impressions", "ad", [], within) is not None  # no actor header
