@@ -114,10 +114,10 @@ def test_the_plan_runs_operators_and_refuses_what_kafka_cannot_run_by_name() -> 
     m = t.map("m", s, str)
     t.stream("watch", s, print)
     t.trigger("on_m", m, Threshold.cardinality(1), action=print)
-    t.window("per_minute", GCounter, size=60)
+    t.window("per_minute", GCounter, size=60, clock=lambda: 0)
     with pytest.raises(InvalidTopology) as exc:
         plan_worker(t)
-    assert "window 'per_minute'" in str(exc.value)
+    assert "window 'per_minute' (an injected clock" in str(exc.value)
     # Triggers on derived variables and stream callbacks run on Kafka.
     assert "on_m" not in str(exc.value) and "watch" not in str(exc.value)
 
@@ -128,8 +128,9 @@ def test_the_plan_runs_operators_and_refuses_what_kafka_cannot_run_by_name() -> 
     assert "co-partitioned by key" in plan_worker(k).describe()
 
 
-def test_windows_are_refused_with_their_step_named() -> None:
-    from lasp_streams.runtime.kafka.worker import load_topology
+def test_windows_with_an_injected_clock_are_refused_with_their_step_named() -> None:
+    from topologies.windowed_impressions import build as windowed
 
-    with pytest.raises(InvalidTopology, match=r"window '\w+' \(windows run in the LocalRuntime"):
-        plan_worker(load_topology("topologies.windowed_impressions"))
+    plan_worker(windowed())  # event-time windows run on Kafka
+    with pytest.raises(InvalidTopology, match=r"window '\w+' \(an injected clock"):
+        plan_worker(windowed(clock=lambda: 0))

@@ -261,7 +261,7 @@ async def until_exists(settings: KafkaSettings, topic: str) -> None:
 def test_steps_the_kafka_runtime_cannot_run_yet_are_refused_by_name() -> None:
     topology = Topology("t")
     topology.declare("ads", AWSet)
-    topology.window("per_minute", GCounter, size=60)
+    topology.window("per_minute", GCounter, size=60, clock=lambda: 0)
     with pytest.raises(InvalidTopology, match="cannot run these steps yet: window 'per_minute'"):
         plan_worker(topology)
 

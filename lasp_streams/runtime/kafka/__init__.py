@@ -24,6 +24,7 @@ from lasp_streams.runtime.kafka.streams import StreamRunner
 from lasp_streams.runtime.kafka.topics import (
     TopicMismatch,
     billing_topic,
+    closed_topic,
     crossings_topic,
     delta_topic,
     dlq_topic,
@@ -31,6 +32,7 @@ from lasp_streams.runtime.kafka.topics import (
     plan_topics,
     state_topic,
 )
+from lasp_streams.runtime.kafka.windows import ClosedWindow, WindowGate, read_closed_windows
 from lasp_streams.runtime.kafka.worker import (
     build_faust_app,
     load_topology,
@@ -41,6 +43,7 @@ from lasp_streams.runtime.kafka.worker import (
 
 __all__ = [
     "BillingEvent",
+    "ClosedWindow",
     "Crossing",
     "DeadLetter",
     "KafkaRuntime",
@@ -53,8 +56,10 @@ __all__ = [
     "TrustedSink",
     "VariableAgent",
     "VariableFollower",
+    "WindowGate",
     "billing_topic",
     "build_faust_app",
+    "closed_topic",
     "crossings_topic",
     "delta_topic",
     "dlq_topic",
@@ -64,6 +69,7 @@ __all__ = [
     "plan_topics",
     "plan_worker",
     "read_billing_events",
+    "read_closed_windows",
     "run_faust_worker",
     "run_worker",
     "state_topic",

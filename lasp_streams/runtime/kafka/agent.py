@@ -56,6 +56,7 @@ from aiokafka.errors import (
 )
 
 from lasp_streams import codec
+from lasp_streams.dataflow.windows import WindowSpec
 from lasp_streams.errors import CodecError
 from lasp_streams.lattices.base import Lattice, LatticeSpec, describe_type, new_bottom
 from lasp_streams.metrics import Metrics
@@ -70,11 +71,13 @@ from lasp_streams.runtime.kafka.joiner import (
 )
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import (
+    closed_topic,
     crossings_topic,
     delta_topic,
     dlq_topic,
     state_topic,
 )
+from lasp_streams.runtime.kafka.windows import ClosedWindow, WindowGate
 
 __all__ = ["VariableAgent", "read_state_partition"]
 
@@ -102,8 +105,11 @@ class VariableAgent:
         group_id: str | None = None,
         on_batch: Callable[[int, BatchOutcome], None] | None = None,
         watch_version: Callable[[], int] | None = None,
+        window: WindowSpec | None = None,
     ) -> None:
         self.settings = settings
+        #: A windowed variable's geometry and grace (see :mod:`.windows`).
+        self.window = window
         self.topology = topology
         self.variable = variable
         self.spec = spec
@@ -120,6 +126,7 @@ class VariableAgent:
         self.on_batch = on_batch
         self.delta_topic = delta_topic(topology, variable)
         self.state_topic = state_topic(topology, variable)
+        self.closed_topic = closed_topic(topology, variable)
         self.crossings_topic = crossings_topic(topology)
         self.dlq_topic = dlq_topic(topology)
         self._joiners: dict[int, PartitionJoiner] = {}
@@ -282,6 +289,8 @@ class VariableAgent:
 
         second_wave: list[asyncio.Future[Any]] = []
         for tp, outcome in outcomes.items():
+            for closed in outcome.closed:
+                second_wave.append(await self._send_closed(producer, tp.partition, closed))
             for key, state in outcome.changed.items():
                 second_wave.append(
                     await producer.send(
@@ -316,6 +325,8 @@ class VariableAgent:
                         sent.append(await self._send_crossing(producer, tp.partition, crossing))
                     for dead in outcome.dead:
                         sent.append(await self._send_dead(producer, dead))
+                    for closed in outcome.closed:
+                        sent.append(await self._send_closed(producer, tp.partition, closed))
                     for key, state in outcome.changed.items():
                         sent.append(
                             await producer.send(
@@ -391,6 +402,7 @@ class VariableAgent:
             triggers=self.triggers,
             validate=self.validate,
             validate_record=self.validate_record,
+            gate=None if self.window is None else WindowGate(self.variable, self.window),
         )
 
     def transactional_id(self, partition: int) -> str:
@@ -425,6 +437,14 @@ class VariableAgent:
             self.metrics.crossings_published.labels(self.variable, crossing.trigger).inc()
         fut: asyncio.Future[Any] = await producer.send(
             self.crossings_topic, key=crossing.key, value=crossing.encode(), partition=partition
+        )
+        return fut
+
+    async def _send_closed(
+        self, producer: AIOKafkaProducer, partition: int, closed: ClosedWindow
+    ) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = await producer.send(
+            self.closed_topic, key=closed.key, value=closed.encode(), partition=partition
         )
         return fut
 

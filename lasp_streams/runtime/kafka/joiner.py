@@ -26,6 +26,7 @@ from lasp_streams.errors import CodecError, LatticeError
 from lasp_streams.lattices.base import Lattice, LatticeSpec, describe_type, new_bottom
 from lasp_streams.runtime.kafka.crossing import Crossing, TriggerSpec
 from lasp_streams.runtime.kafka.dlq import DeadLetter
+from lasp_streams.runtime.kafka.windows import ClosedWindow, WindowGate
 
 __all__ = [
     "BatchOutcome",
@@ -75,6 +76,8 @@ class BatchOutcome:
     #: Per key, the join of the batch's deltas that made the state grow (only with
     #: ``track_deltas``): what operator steps downstream propagate.
     deltas: dict[bytes, Lattice] = field(default_factory=dict)
+    #: Windows that closed in this batch (windowed variables only), in order.
+    closed: list[ClosedWindow] = field(default_factory=list)
 
 
 class PartitionJoiner:
@@ -91,8 +94,11 @@ class PartitionJoiner:
         validate_record: RecordValidator | None = None,
         decode: Callable[[bytes], Lattice] = codec.decode,
         track_deltas: bool = False,
+        gate: WindowGate | None = None,
     ) -> None:
         self.topology = topology
+        #: Closing rules of a windowed variable (:mod:`.windows`): late parts are not joined.
+        self.gate = gate
         self.variable = variable
         self._proto = new_bottom(spec)
         self._triggers = tuple(triggers)
@@ -116,6 +122,8 @@ class PartitionJoiner:
             self.states[key] = state
         else:
             current.merge(state)
+        if self.gate is not None:
+            self.gate.load(key, self.states[key])
         return self._new_crossings(key, self.states[key])
 
     def apply(self, records: Iterable[Record]) -> BatchOutcome:
@@ -174,6 +182,18 @@ class PartitionJoiner:
                     outcome.dead.append(self._dead(record, "validation", refusal))
                     continue
             state = states.get(key)
+            gate = self.gate
+            if gate is not None:
+                delta, late = gate.admit(key, state, delta)
+                if late:
+                    outcome.dead.append(
+                        self._dead(
+                            record,
+                            "late",
+                            f"variable {self.variable!r}: windows {list(late)} had closed; "
+                            "their part of this delta is not merged",
+                        )
+                    )
             if state is None:
                 # The first delta of a key becomes its state: it is fresh from the decoder.
                 if not delta.is_bottom():
@@ -181,6 +201,8 @@ class PartitionJoiner:
                     changed[key] = delta
                     if track:
                         deltas[key] = delta.copy()
+                    if gate is not None:
+                        outcome.closed.extend(gate.advance(key, delta))
                 outcome.applied += 1
                 continue
             try:
@@ -189,6 +211,8 @@ class PartitionJoiner:
                 outcome.dead.append(self._dead(record, "invariant", str(exc)))
                 continue
             outcome.applied += 1
+            if grew and gate is not None:
+                outcome.closed.extend(gate.advance(key, state))
             if grew:
                 changed[key] = state
                 if track:

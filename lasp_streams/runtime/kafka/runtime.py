@@ -29,6 +29,7 @@ from lasp_streams import codec
 from lasp_streams.dataflow.events import TriggerEvent
 from lasp_streams.dataflow.steps import TriggerStep, Var
 from lasp_streams.dataflow.topology import Topology
+from lasp_streams.dataflow.windows import Windowed
 from lasp_streams.errors import LaspError, MutatorError, ReadTimeout
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.threshold import Threshold, threshold_met
@@ -83,7 +84,9 @@ class KafkaRuntime:
     async def start(self) -> None:
         """Declare the topology's topics, connect, and follow its non-keyed variables."""
         s = self.settings
-        await ensure_topics(s, plan_topics(self.name, self.plan.topic_variables, s))
+        await ensure_topics(
+            s, plan_topics(self.name, self.plan.topic_variables, s, windowed=self.plan.windowed)
+        )
         self._producer = AIOKafkaProducer(
             bootstrap_servers=s.bootstrap_servers,
             client_id=f"{s.client_id}-runtime",
@@ -134,10 +137,20 @@ class KafkaRuntime:
 
     # -- the LocalRuntime API ------------------------------------------------------------------
     async def update(
-        self, var: Var | str, actor: str, mutator: str, *args: Any, key: Hashable = None
+        self,
+        var: Var | str,
+        actor: str,
+        mutator: str,
+        *args: Any,
+        key: Hashable = None,
+        event_time: int | None = None,
     ) -> Lattice:
-        """Apply ``mutator(actor, *args)`` to ``var`` (for ``key``) and produce the delta."""
+        """Apply ``mutator(actor, *args)`` to ``var`` (for ``key``) and produce the delta.
+        A windowed variable needs ``event_time``: the mutator applies to every window that
+        contains it (its agent decides what is late: :mod:`.windows`)."""
         v = self.topology.var(var)
+        if v.kind == "window":
+            return await self._update_window(v, actor, mutator, args, key, event_time)
         if v.kind != "declared":
             raise MutatorError(
                 f"variable {v.id!r} is {v.kind}: only declared variables are updated"
@@ -149,6 +162,27 @@ class KafkaRuntime:
         if method is None or not callable(method):
             raise MutatorError(f"{v.type_name} (variable {v.id!r}) has no mutator {mutator!r}")
         delta: Lattice = method(actor, *args)
+        if not delta.is_bottom():
+            await self._produce(v, key, delta, actor)
+            await follower.join_local(key, delta)
+        return delta
+
+    async def _update_window(
+        self,
+        v: Var,
+        actor: str,
+        mutator: str,
+        args: tuple[Any, ...],
+        key: Hashable,
+        event_time: int | None,
+    ) -> Lattice:
+        if event_time is None:
+            raise MutatorError(f"windowed variable {v.id!r}: update needs event_time=...")
+        self._check_key(v, key)
+        follower = await self.follow(v)
+        state = follower.state(key).copy()
+        assert isinstance(state, Windowed)
+        delta: Lattice = state.record(actor, event_time, mutator, *args)
         if not delta.is_bottom():
             await self._produce(v, key, delta, actor)
             await follower.join_local(key, delta)

@@ -75,6 +75,11 @@ def state_topic(topology: str, variable: str) -> str:
     return _topic(_check_part("topology", topology), _check_part("variable", variable), "state")
 
 
+def closed_topic(topology: str, variable: str) -> str:
+    """``<topology>.<variable>.closed``: the final states of a windowed variable's windows."""
+    return _topic(_check_part("topology", topology), _check_part("variable", variable), "closed")
+
+
 def crossings_topic(topology: str) -> str:
     """``<topology>.crossings``: threshold crossings for the trusted sink."""
     return _topic(_check_part("topology", topology), "crossings")
@@ -105,11 +110,25 @@ class TopicSpec:
 
 
 def plan_topics(
-    topology: str, variables: Iterable[str], settings: KafkaSettings
+    topology: str,
+    variables: Iterable[str],
+    settings: KafkaSettings,
+    *,
+    windowed: Iterable[str] = (),
 ) -> list[TopicSpec]:
-    """Every topic a topology with these variables needs, with its configs."""
+    """Every topic a topology with these variables needs, with its configs (``windowed``
+    variables also get a closed-windows topic)."""
     retention = str(settings.delta_retention_ms)
     specs: list[TopicSpec] = []
+    for variable in windowed:
+        specs.append(
+            TopicSpec(
+                closed_topic(topology, variable),
+                settings.delta_partitions,
+                {"cleanup.policy": "delete", "retention.ms": retention},
+                f"closed windows of windowed variable {variable!r}",
+            )
+        )
     for variable in variables:
         specs.append(
             TopicSpec(

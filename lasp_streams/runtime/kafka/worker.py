@@ -36,6 +36,7 @@ from lasp_streams.dataflow.events import StateView
 from lasp_streams.dataflow.propagation import Propagation
 from lasp_streams.dataflow.steps import StreamStep, TriggerStep, WindowStep
 from lasp_streams.dataflow.topology import Topology
+from lasp_streams.dataflow.windows import WindowSpec
 from lasp_streams.errors import InvalidTopology
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.threshold import Threshold, threshold_met
@@ -70,6 +71,8 @@ class VariablePlan:
     triggers: tuple[TriggerSpec, ...]
     trigger_steps: tuple[TriggerStep, ...] = ()
     checked: bool = False
+    #: A windowed variable's geometry and grace (its agent closes windows: :mod:`.windows`).
+    window: WindowSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,11 @@ class WorkerPlan:
     def checked(self) -> list[str]:
         """The declared variables whose records get the client check."""
         return [v.id for v in (*self.variables, *self.operator_inputs) if v.checked]
+
+    @property
+    def windowed(self) -> list[str]:
+        """The windowed variables (they also have a closed-windows topic)."""
+        return [v.id for v in self.variables if v.window is not None]
 
     @property
     def topic_variables(self) -> list[str]:
@@ -125,6 +133,7 @@ class WorkerPlan:
                 validate_record=_client_check() if v.checked else None,
                 metrics=metrics,
                 watch_version=watch_version if v.trigger_steps else None,
+                window=v.window,
             )
             for v in self.variables
         ]
@@ -153,6 +162,13 @@ class WorkerPlan:
             trig = [t.name for t in v.triggers] + [t.id for t in v.trigger_steps]
             lines.append(
                 f"  variable agent {v.id}{' (keyed)' * v.keyed}"
+                + (
+                    f", windowed (size {v.window.size}, slide {v.window.slide}, grace "
+                    f"{v.window.grace}; closed windows on its .closed topic, late deltas to the "
+                    "DLQ)"
+                    if v.window is not None
+                    else ""
+                )
                 + (f", triggers {trig}" if trig else "")
                 + (", client deltas checked" if v.checked else "")
             )
@@ -250,7 +266,22 @@ def plan_worker(
                 fn_steps.setdefault(step.var, []).append(step)
                 watched.extend(w for w in step.watch if w not in watched)
         elif isinstance(step, WindowStep):
-            unsupported.append(f"window {step.id!r} (windows run in the LocalRuntime only for now)")
+            if step.clock is not None:
+                unsupported.append(
+                    f"window {step.id!r} (an injected clock: on Kafka the watermark is the "
+                    "event time, which a restarted agent recovers from the state; drop clock=)"
+                )
+            if step.on_close is not None or step.on_late is not None:
+                unsupported.append(
+                    f"window {step.id!r} (on_close/on_late callbacks: on Kafka closed windows "
+                    "go to the <topology>.<variable>.closed topic and late deltas to the DLQ "
+                    "with reason 'late'; drop the callbacks and read those)"
+                )
+            if prop.has_outputs(step.id):
+                unsupported.append(
+                    f"window {step.id!r} (feeds another step: windowed variables are "
+                    "terminal on Kafka)"
+                )
     if unsupported:
         raise InvalidTopology(
             f"topology {topology.name!r}: the Kafka runtime cannot run these steps yet: "
@@ -266,8 +297,9 @@ def plan_worker(
         wanted = set(checked)
     alone: list[VariablePlan] = []
     feeding: list[VariablePlan] = []
+    windows = {s.id: s.window for s in topology.steps if isinstance(s, WindowStep)}
     for var in topology.variables.values():
-        if var.kind != "declared":
+        if var.kind not in ("declared", "window"):
             continue
         plan = VariablePlan(
             var.id,
@@ -276,6 +308,7 @@ def plan_worker(
             tuple(steps_by_var.get(var.id, ())),
             tuple(fn_steps.get(var.id, ())),
             var.id in wanted,
+            windows.get(var.id),
         )
         (feeding if prop.has_outputs(var.id) else alone).append(plan)
     parts = tuple(sorted({v.keyed for v in feeding}))
@@ -344,7 +377,10 @@ def build_faust_app(
             async with declared:
                 if not done:
                     await ensure_topics(
-                        settings, plan_topics(plan.topology, plan.topic_variables, settings)
+                        settings,
+                        plan_topics(
+                            plan.topology, plan.topic_variables, settings, windowed=plan.windowed
+                        ),
                     )
                     done.append(True)
             await self.runner.start()
