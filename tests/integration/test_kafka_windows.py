@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from lasp_streams import codec
 from lasp_streams.dataflow.topology import Topology
-from lasp_streams.dataflow.windows import Windowed, WindowSpec
+from lasp_streams.dataflow.windows import WindowClosed, Windowed, WindowSpec
 from lasp_streams.errors import InvalidTopology
 from lasp_streams.lattices.counters import GCounter
 from lasp_streams.metrics import Metrics
@@ -27,9 +27,9 @@ from lasp_streams.runtime.kafka.windows import ClosedWindow, WindowGate, read_cl
 from lasp_streams.runtime.kafka.worker import load_topology, plan_worker
 
 
-def graph(name: str) -> Topology:
+def graph(name: str, on_close: Callable[[WindowClosed], object] | None = None) -> Topology:
     t = Topology(name)
-    t.window("per_ten", GCounter, size=10, grace=2, keyed=True)
+    t.window("per_ten", GCounter, size=10, grace=2, keyed=True, on_close=on_close)
     return t
 
 
@@ -65,11 +65,12 @@ def test_the_plan_runs_windows_and_refuses_clocks_and_callbacks_by_name() -> Non
     text = plan_worker(load_topology("topologies.windowed_impressions")).describe()
     assert "variable agent impressions_per_minute (keyed), windowed (size 60, slide 10" in text
     t = Topology("t")
-    t.window("w", GCounter, size=10, clock=lambda: 0, on_close=print)
+    t.window("w", GCounter, size=10, clock=lambda: 0, on_close=print, on_late=print)
     with pytest.raises(InvalidTopology) as exc:
         plan_worker(t)
     assert "window 'w' (an injected clock" in str(exc.value)
-    assert "window 'w' (on_close/on_late callbacks" in str(exc.value)
+    assert "window 'w' (an on_late callback" in str(exc.value)
+    assert "on_close" not in str(exc.value)  # run at the sink process
 
 
 async def test_tumbling_windows_close_once_and_late_deltas_are_counted_not_merged(
@@ -92,12 +93,18 @@ async def test_tumbling_windows_close_once_and_late_deltas_are_counted_not_merge
         return state
 
     first_delta: Any = None
+    calls: list[list[tuple[int, Any]]] = [[], []]
     for run in range(2):
         metrics = Metrics(CollectorRegistry())
-        rt = KafkaRuntime(graph(name), settings, name=name, metrics=metrics)
+
+        def on_close(event: WindowClosed, run: int = run) -> None:
+            assert event.var == "per_ten" and event.key == "ad"
+            calls[run].append((event.start, event.value))
+
+        rt = KafkaRuntime(graph(name, on_close), settings, name=name, metrics=metrics)
         await rt.start()
         stop, ready = asyncio.Event(), asyncio.Event()
-        worker = asyncio.create_task(rt.run(stop=stop, ready=ready, with_sink=False))
+        worker = asyncio.create_task(rt.run(stop=stop, ready=ready))
         try:
             await asyncio.wait_for(ready.wait(), 60)
             if run == 0:
@@ -143,6 +150,14 @@ async def test_tumbling_windows_close_once_and_late_deltas_are_counted_not_merge
                 return (await agent_state(b"ad")).max_event_time == (25 if run == 0 else 33)
 
             await until("the agent's state", caught_up, 60)
+            want = [(0, 2), (10, 1)] if run == 0 else [(0, 2), (10, 1), (20, 2)]
+
+            async def called(run: int = run, want: Any = want) -> bool:
+                return calls[run] == want
+
+            # on_close at the sink process: each window once per run; a restarted process
+            # reports the windows closed before it again (at least once).
+            await until("the on_close calls", called, 60)
         finally:
             stop.set()
             await asyncio.wait_for(worker, 60)

@@ -13,7 +13,8 @@
   once; the action at least once: after a sink restart the actions of billed events run again,
   so actions must be idempotent — removing an ad already removed changes nothing). The action
   receives this runtime as ``event.runtime``: its updates go to Kafka. ``stream`` callbacks
-  run there too, at least once (:mod:`.streams`).
+  and windows' ``on_close`` run there too, at least once (:mod:`.streams`,
+  :mod:`.window_callbacks`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from aiokafka import AIOKafkaProducer
 
 from lasp_streams import codec
 from lasp_streams.dataflow.events import TriggerEvent
-from lasp_streams.dataflow.steps import TriggerStep, Var
+from lasp_streams.dataflow.steps import TriggerStep, Var, WindowStep
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.dataflow.windows import Windowed
 from lasp_streams.errors import LaspError, MutatorError, ReadTimeout
@@ -40,6 +41,7 @@ from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import TrustedSink, read_billing_events
 from lasp_streams.runtime.kafka.streams import StreamRunner
 from lasp_streams.runtime.kafka.topics import billing_topic, delta_topic, ensure_topics, plan_topics
+from lasp_streams.runtime.kafka.window_callbacks import WindowCallbackRunner
 from lasp_streams.runtime.kafka.worker import WorkerPlan, plan_worker
 
 __all__ = ["KafkaRuntime"]
@@ -261,6 +263,11 @@ class KafkaRuntime:
             runners.append(
                 StreamRunner(self.settings, self.topology, self.plan.streams, name=self.name)
             )
+        closers = [
+            s for s in self.topology.steps if isinstance(s, WindowStep) and s.on_close is not None
+        ]
+        if with_sink and closers:
+            runners.append(WindowCallbackRunner(self.settings, self.name, closers))
         if with_sink:
             runners.append(
                 TrustedSink(

@@ -1,0 +1,113 @@
+"""A windowed variable's ``on_close`` callback on Kafka: called with each closed window's
+final value, in the process that runs the trusted sink (like trigger actions and ``stream``
+callbacks).
+
+The runner reads the variable's ``<topology>.<variable>.closed`` topic (read_committed, from
+the beginning, every partition): each committed closed window is there exactly once (see
+:mod:`.windows`), and the callback is called once per record it reads. It keeps no durable
+record of the calls, so a restarted sink process calls it again for the windows already
+reported: **at least once**, in close order per key. A callback that raises is logged with its
+window and the runner goes on.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from lasp_streams.dataflow.steps import WindowStep
+from lasp_streams.dataflow.windows import WindowClosed
+from lasp_streams.errors import DecodeError
+from lasp_streams.runtime.kafka.follower import key_of
+from lasp_streams.runtime.kafka.reader import partitions_of
+from lasp_streams.runtime.kafka.settings import KafkaSettings
+from lasp_streams.runtime.kafka.topics import closed_topic
+from lasp_streams.runtime.kafka.windows import ClosedWindow
+
+__all__ = ["WindowCallbackRunner"]
+
+log = logging.getLogger(__name__)
+
+
+class WindowCallbackRunner:
+    """Runs the ``on_close`` callbacks of a topology's windows: ``start``/``run``/``stop``."""
+
+    def __init__(self, settings: KafkaSettings, name: str, steps: Sequence[WindowStep]) -> None:
+        self.settings = settings
+        self.name = name
+        self._callbacks: dict[str, Callable[[WindowClosed], object]] = {
+            closed_topic(name, s.id): s.on_close for s in steps if s.on_close is not None
+        }
+        #: Calls made (successful or not).
+        self.calls = 0
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers,
+            client_id=f"{s.client_id}-window-callbacks",
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            request_timeout_ms=s.request_timeout_ms,
+        )
+        await self._consumer.start()
+        tps = [
+            TopicPartition(topic, p)
+            for topic in sorted(self._callbacks)
+            for p in sorted(await partitions_of(s, topic))
+        ]
+        self._consumer.assign(tps)
+        if tps:
+            await self._consumer.seek_to_beginning(*tps)
+
+    async def run(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None, "start() the runner first"
+        while True:
+            data = await consumer.getmany(timeout_ms=500)
+            for tp, records in data.items():
+                for record in records:
+                    if record.value is not None:
+                        await self._call(tp.topic, record.value)
+
+    async def _call(self, topic: str, raw: bytes) -> None:
+        try:
+            closed = ClosedWindow.decode(raw)
+        except DecodeError as exc:
+            log.warning("closed window record on %s skipped: %s", topic, exc)
+            return
+        event = WindowClosed(
+            closed.variable,
+            key_of(closed.key),
+            closed.start,
+            closed.end,
+            closed.value,
+            closed.state,
+        )
+        callback = self._callbacks[topic]
+        try:
+            result: Any = callback(event)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception(
+                "window %r on_close for key %r, window [%d, %d) raised; going on",
+                event.var,
+                event.key,
+                event.start,
+                event.end,
+            )
+        finally:
+            self.calls += 1
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
