@@ -90,3 +90,41 @@ async def test_a_trigger_on_filter_output_cardinality_fires_exactly_once(
     assert [(e.variable, e.trigger, e.key) for e in events] == [("evens", "three_evens", b"")]
     assert len(fired) == 1
     assert fired[0].var == "evens" and fired[0].value == {2, 4, 6}
+
+
+async def test_a_trigger_on_a_keyed_intersection_fires_once_per_key(
+    bootstrap_servers: str, unique_topic: Callable[..., str]
+) -> None:
+    name = unique_topic("kderived")
+    settings = KafkaSettings(
+        bootstrap_servers=bootstrap_servers, poll_timeout_ms=100, delta_partitions=3
+    )
+    fired: list[TriggerEvent] = []
+    t = Topology(name)
+    a = t.declare("a", AWSet, keyed=True)
+    b = t.declare("b", AWSet, keyed=True)
+    both = t.intersection("both", a, b)
+    t.trigger("two_in_both", both, Threshold.cardinality(2), action=fired.append)
+    rt = KafkaRuntime(t, settings, name=name)
+    await rt.start()
+    stop, ready = asyncio.Event(), asyncio.Event()
+    worker = asyncio.create_task(rt.run(stop=stop, ready=ready))
+    keys = [f"k{i}" for i in range(6)]
+    try:
+        await asyncio.wait_for(ready.wait(), 60)
+        for key in keys:
+            for n in range(4):
+                await rt.update("a", "server", "add", n, key=key)
+            # k0..k3 get two common elements (and later a third); k4, k5 only one.
+            for n in (0, 1, 2) if key < "k4" else (0,):
+                await rt.update("b", "server", "add", n, key=key)
+        await until("one action per crossed key", lambda: len(fired) == 4, 60)
+        for key in keys:
+            await rt.read("both", Threshold.cardinality(3 if key < "k4" else 1), key=key)
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 60)
+        await rt.stop()
+    events = await read_billing_events(settings, billing_topic(name))
+    assert sorted(e.key for e in events) == [b"k0", b"k1", b"k2", b"k3"]
+    assert sorted(str(e.key) for e in fired) == ["k0", "k1", "k2", "k3"]

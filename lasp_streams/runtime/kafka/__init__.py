@@ -32,6 +32,7 @@ from lasp_streams.runtime.kafka.topics import (
     plan_topics,
     state_topic,
 )
+from lasp_streams.runtime.kafka.window_callbacks import WindowCallbackRunner
 from lasp_streams.runtime.kafka.windows import ClosedWindow, WindowGate, read_closed_windows
 from lasp_streams.runtime.kafka.worker import (
     build_faust_app,
@@ -56,6 +57,7 @@ __all__ = [
     "TrustedSink",
     "VariableAgent",
     "VariableFollower",
+    "WindowCallbackRunner",
     "WindowGate",
     "billing_topic",
     "build_faust_app",
