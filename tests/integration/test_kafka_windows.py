@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from lasp_streams import codec
 from lasp_streams.dataflow.topology import Topology
-from lasp_streams.dataflow.windows import WindowClosed, Windowed, WindowSpec
+from lasp_streams.dataflow.windows import LateDelta, WindowClosed, Windowed, WindowSpec
 from lasp_streams.errors import InvalidTopology
 from lasp_streams.lattices.counters import GCounter
 from lasp_streams.metrics import Metrics
@@ -27,9 +27,13 @@ from lasp_streams.runtime.kafka.windows import ClosedWindow, WindowGate, read_cl
 from lasp_streams.runtime.kafka.worker import load_topology, plan_worker
 
 
-def graph(name: str, on_close: Callable[[WindowClosed], object] | None = None) -> Topology:
+def graph(
+    name: str,
+    on_close: Callable[[WindowClosed], object] | None = None,
+    on_late: Callable[[LateDelta], object] | None = None,
+) -> Topology:
     t = Topology(name)
-    t.window("per_ten", GCounter, size=10, grace=2, keyed=True, on_close=on_close)
+    t.window("per_ten", GCounter, size=10, grace=2, keyed=True, on_close=on_close, on_late=on_late)
     return t
 
 
@@ -69,8 +73,7 @@ def test_the_plan_runs_windows_and_refuses_clocks_and_callbacks_by_name() -> Non
     with pytest.raises(InvalidTopology) as exc:
         plan_worker(t)
     assert "window 'w' (an injected clock" in str(exc.value)
-    assert "window 'w' (an on_late callback" in str(exc.value)
-    assert "on_close" not in str(exc.value)  # run at the sink process
+    assert "on_close" not in str(exc.value) and "on_late" not in str(exc.value)
 
 
 async def test_tumbling_windows_close_once_and_late_deltas_are_counted_not_merged(
@@ -94,6 +97,7 @@ async def test_tumbling_windows_close_once_and_late_deltas_are_counted_not_merge
 
     first_delta: Any = None
     calls: list[list[tuple[int, Any]]] = [[], []]
+    lates: list[LateDelta] = []
     for run in range(2):
         metrics = Metrics(CollectorRegistry())
 
@@ -101,7 +105,7 @@ async def test_tumbling_windows_close_once_and_late_deltas_are_counted_not_merge
             assert event.var == "per_ten" and event.key == "ad"
             calls[run].append((event.start, event.value))
 
-        rt = KafkaRuntime(graph(name, on_close), settings, name=name, metrics=metrics)
+        rt = KafkaRuntime(graph(name, on_close, lates.append), settings, name=name, metrics=metrics)
         await rt.start()
         stop, ready = asyncio.Event(), asyncio.Event()
         worker = asyncio.create_task(rt.run(stop=stop, ready=ready))
@@ -139,6 +143,13 @@ async def test_tumbling_windows_close_once_and_late_deltas_are_counted_not_merge
                     "lasp_records_dead_lettered_total", {"variable": "per_ten", "reason": "late"}
                 )
                 assert counted == 1
+
+                async def on_late_called() -> bool:
+                    return len(lates) == 1
+
+                await until("on_late", on_late_called, 60)
+                assert (lates[0].var, lates[0].key, lates[0].starts) == ("per_ten", "ad", (0,))
+                assert lates[0].delta.value() == {0: 7}
                 await rt.update("per_ten", "c1", "increment", 1, key="ad", event_time=25)
             else:
                 # A restarted owner recovers the watermark from the state: nothing is closed
@@ -158,6 +169,11 @@ async def test_tumbling_windows_close_once_and_late_deltas_are_counted_not_merge
             # on_close at the sink process: each window once per run; a restarted process
             # reports the windows closed before it again (at least once).
             await until("the on_close calls", called, 60)
+
+            async def lates_seen(run: int = run) -> bool:
+                return len(lates) == run + 1
+
+            await until("the on_late calls (replayed after the restart)", lates_seen, 60)
         finally:
             stop.set()
             await asyncio.wait_for(worker, 60)
@@ -169,3 +185,4 @@ async def test_tumbling_windows_close_once_and_late_deltas_are_counted_not_merge
     state = await agent_state(b"ad")
     assert state.value() == {0: 2, 10: 1, 20: 2, 30: 1}
     assert [h["reason"] for h in await late_letters()] == ["late"]
+    assert [(d.key, d.starts) for d in lates] == [("ad", (0,))] * 2  # at least once

@@ -50,6 +50,9 @@ class DeadLetter:
     offset: int
     key: bytes | None
     value: bytes | None
+    #: More ``lasp.*`` headers (name without the prefix, text): e.g. a late record's
+    #: ``window.starts``.
+    extra: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.reason not in DLQ_REASONS:
@@ -66,6 +69,7 @@ class DeadLetter:
             ("lasp.source.topic", self.topic.encode()),
             ("lasp.source.partition", str(self.partition).encode()),
             ("lasp.source.offset", str(self.offset).encode()),
+            *((HEADER_PREFIX + name, text.encode()) for name, text in self.extra),
         ]
 
 

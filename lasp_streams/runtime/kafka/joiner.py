@@ -192,6 +192,7 @@ class PartitionJoiner:
                             "late",
                             f"variable {self.variable!r}: windows {list(late)} had closed; "
                             "their part of this delta is not merged",
+                            (("window.starts", ",".join(map(str, late))),),
                         )
                     )
             if state is None:
@@ -254,7 +255,9 @@ class PartitionJoiner:
             )
         return found
 
-    def _dead(self, record: Record, reason: str, error: str) -> DeadLetter:
+    def _dead(
+        self, record: Record, reason: str, error: str, extra: tuple[tuple[str, str], ...] = ()
+    ) -> DeadLetter:
         return DeadLetter(
             self.variable,
             reason,
@@ -264,6 +267,7 @@ class PartitionJoiner:
             record.offset,
             record.key,
             record.value,
+            extra,
         )
 
 

@@ -13,7 +13,7 @@
   once; the action at least once: after a sink restart the actions of billed events run again,
   so actions must be idempotent — removing an ad already removed changes nothing). The action
   receives this runtime as ``event.runtime``: its updates go to Kafka. ``stream`` callbacks
-  and windows' ``on_close`` run there too, at least once (:mod:`.streams`,
+  and windows' ``on_close``/``on_late`` run there too, at least once (:mod:`.streams`,
   :mod:`.window_callbacks`).
 """
 
@@ -264,7 +264,9 @@ class KafkaRuntime:
                 StreamRunner(self.settings, self.topology, self.plan.streams, name=self.name)
             )
         closers = [
-            s for s in self.topology.steps if isinstance(s, WindowStep) and s.on_close is not None
+            s
+            for s in self.topology.steps
+            if isinstance(s, WindowStep) and (s.on_close is not None or s.on_late is not None)
         ]
         if with_sink and closers:
             runners.append(WindowCallbackRunner(self.settings, self.name, closers))

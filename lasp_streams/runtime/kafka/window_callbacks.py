@@ -1,6 +1,9 @@
-"""A windowed variable's ``on_close`` callback on Kafka: called with each closed window's
-final value, in the process that runs the trusted sink (like trigger actions and ``stream``
-callbacks).
+"""A windowed variable's ``on_close`` and ``on_late`` callbacks on Kafka, in the process that
+runs the trusted sink (like trigger actions and ``stream`` callbacks).
+
+``on_late`` is called for each dead letter with reason ``late`` of the variable (the DLQ,
+read_committed, from the beginning), with the late part of the record's delta (the windows
+named by its ``lasp.window.starts`` header); at least once, like ``on_close``.
 
 The runner reads the variable's ``<topology>.<variable>.closed`` topic (read_committed, from
 the beginning, every partition): each committed closed window is there exactly once (see
@@ -19,13 +22,15 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from lasp_streams import codec
 from lasp_streams.dataflow.steps import WindowStep
-from lasp_streams.dataflow.windows import WindowClosed
-from lasp_streams.errors import DecodeError
+from lasp_streams.dataflow.windows import LateDelta, WindowClosed, Windowed
+from lasp_streams.errors import CodecError, DecodeError
+from lasp_streams.runtime.kafka.dlq import parse_headers
 from lasp_streams.runtime.kafka.follower import key_of
 from lasp_streams.runtime.kafka.reader import partitions_of
 from lasp_streams.runtime.kafka.settings import KafkaSettings
-from lasp_streams.runtime.kafka.topics import closed_topic
+from lasp_streams.runtime.kafka.topics import closed_topic, dlq_topic
 from lasp_streams.runtime.kafka.windows import ClosedWindow
 
 __all__ = ["WindowCallbackRunner"]
@@ -42,6 +47,10 @@ class WindowCallbackRunner:
         self._callbacks: dict[str, Callable[[WindowClosed], object]] = {
             closed_topic(name, s.id): s.on_close for s in steps if s.on_close is not None
         }
+        self._late: dict[str, Callable[[LateDelta], object]] = {
+            s.id: s.on_late for s in steps if s.on_late is not None
+        }
+        self._dlq = dlq_topic(name)
         #: Calls made (successful or not).
         self.calls = 0
         self._consumer: AIOKafkaConsumer | None = None
@@ -58,9 +67,10 @@ class WindowCallbackRunner:
             request_timeout_ms=s.request_timeout_ms,
         )
         await self._consumer.start()
+        topics = sorted(self._callbacks) + ([self._dlq] if self._late else [])
         tps = [
             TopicPartition(topic, p)
-            for topic in sorted(self._callbacks)
+            for topic in topics
             for p in sorted(await partitions_of(s, topic))
         ]
         self._consumer.assign(tps)
@@ -74,8 +84,36 @@ class WindowCallbackRunner:
             data = await consumer.getmany(timeout_ms=500)
             for tp, records in data.items():
                 for record in records:
-                    if record.value is not None:
+                    if record.value is None:
+                        continue
+                    if tp.topic == self._dlq:
+                        await self._call_late(record)
+                    else:
                         await self._call(tp.topic, record.value)
+
+    async def _call_late(self, record: Any) -> None:
+        headers = parse_headers(record.headers or ())
+        callback = self._late.get(headers.get("variable", ""))
+        if headers.get("reason") != "late" or callback is None:
+            return
+        try:
+            starts = tuple(int(x) for x in headers.get("window.starts", "").split(",") if x)
+            delta = codec.decode(record.value)
+            if not isinstance(delta, Windowed):
+                raise DecodeError(f"a late record holds a {type(delta).__name__}")
+        except (ValueError, CodecError) as exc:
+            log.warning("late record %s@%d skipped: %s", record.topic, record.offset, exc)
+            return
+        _, late = delta.split(lambda start: start in starts)
+        event = LateDelta(headers["variable"], key_of(record.key), starts, 0, late)
+        try:
+            result: Any = callback(event)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("window %r on_late for key %r raised; going on", event.var, event.key)
+        finally:
+            self.calls += 1
 
     async def _call(self, topic: str, raw: bytes) -> None:
         try:

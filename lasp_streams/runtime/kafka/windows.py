@@ -24,11 +24,13 @@ only a committed transaction is read by a ``read_committed`` reader. Closed wind
 therefore emitted exactly once with ``transactional_agents`` (the default); at least once
 without it.
 
-``on_close`` callbacks run at the sink process, at least once (:mod:`.window_callbacks`).
+``on_close`` and ``on_late`` callbacks run at the sink process, at least once
+(:mod:`.window_callbacks`); a late dead letter names the closed windows in its
+``lasp.window.starts`` header.
 
 Not on Kafka (refused by the plan): a window with an injected ``clock`` (a processing-time
 watermark is not a function of the state, so a restarted owner could not tell which windows
-it had closed), and ``on_late`` callbacks (read the DLQ's ``late`` records).
+it had closed).
 """
 
 from __future__ import annotations

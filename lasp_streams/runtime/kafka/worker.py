@@ -165,7 +165,7 @@ class WorkerPlan:
                 + (
                     f", windowed (size {v.window.size}, slide {v.window.slide}, grace "
                     f"{v.window.grace}; closed windows on its .closed topic, late deltas to the "
-                    "DLQ; on_close, if any, at the sink process)"
+                    "DLQ; on_close/on_late, if any, at the sink process)"
                     if v.window is not None
                     else ""
                 )
@@ -270,11 +270,6 @@ def plan_worker(
                 unsupported.append(
                     f"window {step.id!r} (an injected clock: on Kafka the watermark is the "
                     "event time, which a restarted agent recovers from the state; drop clock=)"
-                )
-            if step.on_late is not None:
-                unsupported.append(
-                    f"window {step.id!r} (an on_late callback: on Kafka late deltas go to the "
-                    "DLQ with reason 'late' and are counted; drop on_late and read the DLQ)"
                 )
             if prop.has_outputs(step.id):
                 unsupported.append(
