@@ -208,6 +208,13 @@ async def _run(
             await _first(all_disabled.wait(), servers, cfg.timeout)
         except TimeoutError:
             timed_out = True
+            if escrow is not None:
+                left = {ad.id: escrow.left(ad.id) for ad in ads}
+                counted = {ad.id: rt.query("impressions", ad.id) for ad in ads}
+                progress(
+                    f"timed out: escrow made {escrow.grants} grants; rights left {left}; "
+                    f"counted {counted}"
+                )
         run_seconds = clock() - start
         stop.set()
         await asyncio.gather(*tasks)
