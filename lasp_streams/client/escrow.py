@@ -21,7 +21,8 @@ On Kafka (:meth:`RightsEscrow.serve`, next to the sink): the escrow follows ``re
 the :class:`~lasp_streams.runtime.kafka.runtime.KafkaRuntime` and answers each request with a
 ``move`` on ``rights``, produced as a BCounter delta to the rights variable's delta topic keyed
 by the key (actor header: the server). The Kafka agents check only that a client writes its own
-entries, which does not bound spending, so the escrow *audits* what it follows: a client whose
+entries, which does not bound spending, so the escrow *audits* the states the agents accepted
+(the runtime's followers read the state topics): a client whose
 impressions entry exceeds its grants, or that writes ``rights`` at all (self-funding), is
 recorded in :attr:`RightsEscrow.violations` and cut off from further grants. Refusing such a
 delta before it is joined needs a per-variable validator hook in the Kafka agents (the
@@ -92,10 +93,10 @@ class RightsEscrow:
         self._served: dict[tuple[Hashable, str], int] = {}
         self._left: dict[Hashable, int] = {}
         self.violations: list[str] = []
-        """What the Kafka audit found (one message per client and key), oldest first."""
+        """What the Kafka audit found (one message per variable, key and client), oldest first."""
         self.cut_off: set[str] = set()
         """Clients that spent beyond their grants or wrote ``rights``: granted nothing more."""
-        self._flagged: set[tuple[Hashable, str]] = set()
+        self._flagged: set[tuple[str, Hashable, str]] = set()
 
     def declare(self, topology: Topology) -> None:
         """Declare ``rights`` (keyed BCounter) and ``requests`` (keyed GCounter) if missing."""
@@ -221,7 +222,7 @@ class RightsEscrow:
                 continue
             for actor, spent in state.counts().items():
                 if actor != self.server_actor:
-                    self._flag(key, actor, self.overspent(actor, key, spent), found)
+                    self._flag(self.counter, key, actor, self.overspent(actor, key, spent), found)
         for key in rt.keys(self.rights):
             state = rt.state(self.rights, key=key)
             if not isinstance(state, BCounter):
@@ -230,13 +231,13 @@ class RightsEscrow:
             writers = {*up, *down, *(src for src, _dst, _n in moves)} - {self.server_actor}
             for actor in sorted(writers):
                 why = f"client {actor!r} wrote {self.rights!r} of {key!r}: only the server grants"
-                self._flag(key, actor, why, found)
+                self._flag(self.rights, key, actor, why, found)
         return found
 
-    def _flag(self, key: Hashable, actor: str, why: str | None, found: list[str]) -> None:
-        if why is None or (key, actor) in self._flagged:
+    def _flag(self, var: str, key: Hashable, actor: str, why: str | None, found: list[str]) -> None:
+        if why is None or (var, key, actor) in self._flagged:
             return
-        self._flagged.add((key, actor))
+        self._flagged.add((var, key, actor))
         self.cut_off.add(actor)
         self.violations.append(why)
         found.append(why)
