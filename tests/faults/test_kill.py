@@ -165,8 +165,10 @@ async def test_killing_the_agent_mid_batch_loses_no_update(
                     delta.increment(f"p{phase}-r{i}", 1)
                     per_key[key] += 1
                     batch.append((key, codec.encode(delta)))
-                await publish(producer, delta_topic(topo, VAR), batch)
+                # Snapshot the commits before publishing: an agent fast enough to commit the
+                # whole phase before a later snapshot would leave nothing to wait for.
                 before = await committed_offsets(settings, group, delta_topic(topo, VAR))
+                await publish(producer, delta_topic(topo, VAR), batch)
 
                 async def progressed(before: dict[int, int | None] = before) -> bool:
                     now = await committed_offsets(settings, group, delta_topic(topo, VAR))
