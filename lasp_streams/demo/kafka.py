@@ -26,14 +26,14 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any
 
 from lasp_streams.client import Bounded, EdgeClient, RightsEscrow
 from lasp_streams.client.kafka import KafkaTransport
 from lasp_streams.dataflow.events import TriggerEvent
 from lasp_streams.demo.config import DemoConfig
-from lasp_streams.demo.local import ad_ids
+from lasp_streams.demo.simulate import SimulatedClient, ad_ids, simulate
 from lasp_streams.demo.summary import AdResult, BillingEvent, RunSummary
 from lasp_streams.demo.topology import ad_counter
 from lasp_streams.errors import LaspError, ReadTimeout
@@ -184,7 +184,7 @@ async def _run(
                 clock=clock,
                 horizon=cfg.horizon,
             )
-            sims.append(_Sim(client, transport, random.Random(master.getrandbits(64))))
+            sims.append(SimulatedClient(client, transport, random.Random(master.getrandbits(64))))
 
         samples: list[tuple[float, dict[str, int]]] = []
 
@@ -201,7 +201,7 @@ async def _run(
         for sim in sims:
             await sim.client.sync()
         start = clock()
-        tasks = [asyncio.create_task(_simulate(sim, cfg, stop, clock)) for sim in sims]
+        tasks = [asyncio.create_task(simulate(sim, cfg, stop, clock)) for sim in sims]
         tasks.append(asyncio.create_task(sampler()))
         timed_out = False
         try:
@@ -310,48 +310,3 @@ async def _first(waiting: Any, servers: list[asyncio.Task[None]], timeout: float
     if waiter not in done:
         waiter.cancel()
         raise TimeoutError
-
-
-class _Sim:
-    __slots__ = ("back_at", "client", "offline_episodes", "rng", "transport")
-
-    def __init__(self, client: EdgeClient, transport: KafkaTransport, rng: random.Random) -> None:
-        self.client = client
-        self.transport = transport
-        self.rng = rng
-        self.back_at = 0.0
-        self.offline_episodes = 0
-
-
-async def _simulate(
-    sim: _Sim, cfg: DemoConfig, stop: asyncio.Event, clock: Callable[[], float]
-) -> None:
-    client, rng = sim.client, sim.rng
-    view = client.view
-    last = clock()
-    carry = 0.0
-    keys: tuple[Hashable, ...] = ()
-    version = -1
-    while not stop.is_set():
-        now = clock()
-        if not sim.transport.online and now >= sim.back_at:
-            sim.transport.online = True
-        if client.version != version:
-            keys, version = client.showing, client.version
-        if cfg.rate:
-            due = cfg.rate * (now - last) + carry
-            n = int(due)
-            carry = due - n
-        else:
-            n = 1_000
-        last = now
-        if keys and n:
-            for key in rng.choices(keys, k=n):
-                view(key)
-        if now >= client.next_flush_at:
-            if sim.transport.online and cfg.offline_prob and rng.random() < cfg.offline_prob:
-                sim.transport.online = False
-                sim.back_at = now + cfg.offline_duration * rng.uniform(0.5, 1.5)
-                sim.offline_episodes += 1
-            await client.sync()
-        await asyncio.sleep(cfg.step if cfg.rate else 0)
