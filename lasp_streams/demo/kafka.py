@@ -29,11 +29,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lasp_streams.client import Bounded, EdgeClient, RightsEscrow
+from lasp_streams.client import RightsEscrow
 from lasp_streams.client.kafka import KafkaTransport
 from lasp_streams.dataflow.events import TriggerEvent
 from lasp_streams.demo.config import DemoConfig
-from lasp_streams.demo.simulate import SimulatedClient, ad_ids, simulate
+from lasp_streams.demo.simulate import new_client, simulate
 from lasp_streams.demo.summary import AdResult, BillingEvent, RunSummary
 from lasp_streams.demo.topology import ad_counter
 from lasp_streams.errors import LaspError, ReadTimeout
@@ -168,23 +168,7 @@ async def _run(
             transport = KafkaTransport(settings, name, f"client-{i}")
             await transport.start()
             transports.append(transport)
-            client = EdgeClient(
-                transport.actor,
-                transport,
-                topo,
-                keys_of=ad_ids,
-                # Ask again at half a quota left, so the next grant usually lands before the
-                # client runs dry (as in local mode).
-                bounded=Bounded(escrow.rights, escrow.requests, max(1, escrow.quota // 2))
-                if escrow
-                else None,
-                flush_interval=cfg.flush_interval,
-                jitter=cfg.jitter,
-                rng=random.Random(master.getrandbits(64)),
-                clock=clock,
-                horizon=cfg.horizon,
-            )
-            sims.append(SimulatedClient(client, transport, random.Random(master.getrandbits(64))))
+            sims.append(new_client(transport.actor, transport, topo, cfg, escrow, master, clock))
 
         samples: list[tuple[float, dict[str, int]]] = []
 

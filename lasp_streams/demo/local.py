@@ -20,10 +20,10 @@ import random
 import time
 from collections.abc import Callable
 
-from lasp_streams.client import Bounded, EdgeClient, LocalHub, RightsEscrow
+from lasp_streams.client import LocalHub, RightsEscrow
 from lasp_streams.dataflow.events import TriggerEvent
 from lasp_streams.demo.config import DemoConfig
-from lasp_streams.demo.simulate import SimulatedClient, ad_ids, simulate
+from lasp_streams.demo.simulate import SimulatedClient, ad_ids, new_client, simulate
 from lasp_streams.demo.summary import AdResult, BillingEvent, RunSummary
 from lasp_streams.demo.topology import ad_counter
 
@@ -87,23 +87,7 @@ async def run_local(cfg: DemoConfig, *, clock: Callable[[], float] = time.monoto
     for i in range(cfg.clients):
         actor = f"client-{i}"
         transport = hub.connect(actor)
-        client = EdgeClient(
-            actor,
-            transport,
-            rt.topology,
-            keys_of=ad_ids,
-            # Ask again at half a quota left, so the next grant usually lands before the
-            # client runs dry (a grant takes one sync round to arrive).
-            bounded=Bounded(escrow.rights, escrow.requests, max(1, escrow.quota // 2))
-            if escrow
-            else None,
-            flush_interval=cfg.flush_interval,
-            jitter=cfg.jitter,
-            rng=random.Random(master.getrandbits(64)),
-            clock=clock,
-            horizon=cfg.horizon,
-        )
-        sims.append(SimulatedClient(client, transport, random.Random(master.getrandbits(64))))
+        sims.append(new_client(actor, transport, rt.topology, cfg, escrow, master, clock))
 
     samples: list[tuple[float, dict[str, int]]] = []
 

@@ -8,10 +8,11 @@ import random
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
-from lasp_streams.client import EdgeClient
+from lasp_streams.client import Bounded, EdgeClient, RightsEscrow
+from lasp_streams.dataflow.topology import Topology
 from lasp_streams.demo.config import DemoConfig
 
-__all__ = ["SimulatedClient", "Switchable", "ad_ids", "simulate"]
+__all__ = ["SimulatedClient", "Switchable", "ad_ids", "new_client", "simulate"]
 
 
 class Switchable(Protocol):
@@ -36,6 +37,36 @@ class SimulatedClient:
         self.rng = rng
         self.back_at = 0.0
         self.offline_episodes = 0
+
+
+def new_client(
+    actor: str,
+    transport: Any,
+    topology: Topology,
+    cfg: DemoConfig,
+    escrow: RightsEscrow | None,
+    master: random.Random,
+    clock: Callable[[], float],
+) -> SimulatedClient:
+    """One simulated client over ``transport``, its EdgeClient set up from ``cfg`` (bounded by
+    ``escrow`` when given); both rngs are drawn from ``master``, the client's first."""
+    client = EdgeClient(
+        actor,
+        transport,
+        topology,
+        keys_of=ad_ids,
+        # Ask again at half a quota left, so the next grant usually lands before the client
+        # runs dry (a grant takes one sync round to arrive).
+        bounded=Bounded(escrow.rights, escrow.requests, max(1, escrow.quota // 2))
+        if escrow
+        else None,
+        flush_interval=cfg.flush_interval,
+        jitter=cfg.jitter,
+        rng=random.Random(master.getrandbits(64)),
+        clock=clock,
+        horizon=cfg.horizon,
+    )
+    return SimulatedClient(client, transport, random.Random(master.getrandbits(64)))
 
 
 async def simulate(
