@@ -149,7 +149,11 @@ class KafkaRuntime:
     ) -> Lattice:
         """Apply ``mutator(actor, *args)`` to ``var`` (for ``key``) and produce the delta.
         A windowed variable needs ``event_time``: the mutator applies to every window that
-        contains it (its agent decides what is late: :mod:`.windows`)."""
+        contains it (its agent decides what is late: :mod:`.windows`).
+
+        New dots are minted from the variable's state topic, which trails the delta topic by
+        one agent batch: a process that restarts must write under a new ``actor`` id, or an
+        add could reuse a dot its previous life already sent."""
         v = self.topology.var(var)
         if v.kind == "window":
             return await self._update_window(v, actor, mutator, args, key, event_time)
