@@ -11,6 +11,11 @@ from typing import TypeVar
 
 import click
 
+from lasp_streams.cli_acls import acls as acls_command
+from lasp_streams.cli_config import KafkaFlags, kafka_options
+from lasp_streams.cli_config import config as config_group
+from lasp_streams.cli_errors import ReadableErrors
+from lasp_streams.cli_preflight import preflight
 from lasp_streams.errors import KafkaSetupError
 from lasp_streams.localkafka import (
     DEFAULT_BROKER_PORT,
@@ -26,9 +31,10 @@ from lasp_streams.localkafka.config import CACHE_ENV, DATA_ENV, default_data_dir
 F = TypeVar("F", bound=Callable[..., object])
 
 
-@click.group()
+@click.group(cls=ReadableErrors)
 @click.version_option(package_name="lasp-streams")
-def main() -> None:
+@click.option("--verbose", is_flag=True, help="Show the traceback of a failure.")
+def main(verbose: bool) -> None:
     """lasp_streams: Lasp's CRDT dataflow on Apache Kafka."""
 
 
@@ -390,19 +396,13 @@ def ad_counter(
 
 @main.command()
 @click.argument("topology_ref", metavar="MODULE[:ATTR]")
-@click.option(
-    "--bootstrap",
-    metavar="HOST:PORT",
-    default="127.0.0.1:9092",
-    show_default=True,
-    help="The Kafka cluster (the local broker of `lasp-streams kafka start` by default).",
-)
+@kafka_options
 @click.option(
     "--partitions",
     type=click.IntRange(1),
-    default=6,
-    show_default=True,
-    help="Partitions of every delta and state topic (must match topics that already exist).",
+    default=None,
+    help="Partitions of every delta and state topic (must match topics that already exist) "
+    "[default: 6]. Env: LASP_STREAMS_PARTITIONS.",
 )
 @click.option(
     "--name",
@@ -435,8 +435,8 @@ def ad_counter(
 )
 def worker(
     topology_ref: str,
-    bootstrap: str,
-    partitions: int,
+    kafka: KafkaFlags,
+    partitions: int | None,
     name: str | None,
     metrics_port: int | None,
     sink: bool,
@@ -452,16 +452,22 @@ def worker(
     broadcast) is printed first.
     """
     from lasp_streams.errors import InvalidTopology
-    from lasp_streams.runtime.kafka.settings import KafkaSettings
     from lasp_streams.runtime.kafka.worker import load_topology, plan_worker, run_faust_worker
 
     try:
         topology = load_topology(topology_ref)
         checked = () if trust_all else None
-        click.echo(plan_worker(topology, checked=checked, name=name).describe(), err=True)
+        plan = plan_worker(topology, checked=checked, name=name)
     except InvalidTopology as exc:
         raise click.ClickException(str(exc)) from None
-    settings = KafkaSettings(bootstrap_servers=bootstrap, delta_partitions=partitions)
+    settings = kafka.settings(partitions=partitions)
+    preflight(
+        topology,
+        settings,
+        name=name,
+        quiet=not click.get_current_context().find_root().params.get("verbose"),
+    )
+    click.echo(plan.describe(), err=True)
     metrics = None
     server = None
     if metrics_port is not None:
@@ -481,8 +487,18 @@ def worker(
     sys.argv = [sys.argv[0], "worker", f"--loglevel={loglevel}"]
     try:
         run_faust_worker(
-            topology, settings, with_sink=sink, checked=checked, metrics=metrics, name=name
+            topology,
+            settings,
+            with_sink=sink,
+            checked=checked,
+            metrics=metrics,
+            name=name,
+            loglevel=loglevel,
         )
     finally:
         if server is not None:
             server.close()
+
+
+main.add_command(config_group)
+main.add_command(acls_command)

@@ -24,6 +24,7 @@
     │   ├── EncodeError                    a value cannot be put on the wire
     │   └── DecodeError                    malformed, unknown or unsupported bytes
     ├── InvalidTopology (ValueError)       a topology graph is refused at build time
+    ├── ConfigError (ValueError)           a setting (flag, env variable, config file) is invalid
     ├── StepError                   a user function raised inside a dataflow step
     ├── ReadTimeout (TimeoutError)  a threshold read did not complete in time
     └── KafkaSetupError (RuntimeError)     the local broker cannot be fetched, started or reached
@@ -76,6 +77,11 @@ class DecodeError(CodecError):
 
 class InvalidTopology(LaspError, ValueError):
     """A topology graph is refused when it is built (names the step and the reason)."""
+
+
+class ConfigError(LaspError, ValueError):
+    """A setting is invalid or missing; the message names it, where it came from when known,
+    and the flag or variable that sets it."""
 
 
 class StepError(LaspError):

@@ -95,6 +95,55 @@ def dlq_topic(topology: str) -> str:
     return _topic(_check_part("topology", topology), "dlq")
 
 
+# -- consumer groups and transactional ids ----------------------------------------------------
+# Spelled here, next to the topic names, so the agents, the clients that read a group's
+# committed offsets and the ACLs of lasp_streams.runtime.kafka.acls cannot disagree. Every
+# group and transactional id of a topology starts with "<topology>.", like its topics.
+
+
+def agent_group(topology: str, variable: str) -> str:
+    """``<topology>.<variable>.agent``: the group of a declared variable's own agent."""
+    return f"{_check_part('topology', topology)}.{_check_part('variable', variable)}.agent"
+
+
+def agent_transactional_id(group: str, partition: int) -> str:
+    """``<group>.p<partition>``: a variable agent's transactional producer of one partition."""
+    return f"{group}.p{partition}"
+
+
+def operators_group(topology: str, keyed: bool) -> str:
+    """``<topology>.operators.keyed`` (or ``.unkeyed``): the group of an operator agent, which
+    also owns the declared variables that feed its steps."""
+    return f"{_check_part('topology', topology)}.operators.{'keyed' if keyed else 'unkeyed'}"
+
+
+def operators_transactional_id(group: str, slot: int) -> str:
+    """``<group>.s<slot>``: an operator agent's transactional producer of one slot."""
+    return f"{group}.s{slot}"
+
+
+def sink_group(topology: str) -> str:
+    """``<topology>.sink``: the trusted sink's group on the crossings topic."""
+    return f"{_check_part('topology', topology)}.sink"
+
+
+def sink_transactional_id(topology: str, partition: int) -> str:
+    """``<topology>.sink.crossings-<partition>``: the sink's producer of one crossings partition."""
+    return f"{sink_group(topology)}.crossings-{partition}"
+
+
+def owner_groups(topology: str, variable: str) -> tuple[str, ...]:
+    """Every group that may consume ``variable``'s delta topic and commit offsets on it: its
+    own agent, or the operator agent it feeds (keyed or not). A resync asks all of them; at
+    most one has commits for a given plan, and any commit is safe to start from (a group
+    commits only after the states of everything before the offset are written)."""
+    return (
+        agent_group(topology, variable),
+        operators_group(topology, True),
+        operators_group(topology, False),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
     """One topic as the runtime wants it: name, partition count, and the configs it sets."""

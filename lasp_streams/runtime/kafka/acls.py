@@ -1,0 +1,265 @@
+"""Who may do what on a topology's topics, groups and transactional ids: Kafka ACLs per role.
+
+Anyone who can write a topic the trusted parts read can bill ads: a record on
+``<topology>.crossings`` is billed, a record on ``<topology>.billing`` is replayed as a trigger
+action, a delta on ``contracts`` or an ad source changes what is billed, a record on a
+``.state`` topic is taken as a recovery point. So each role gets its own principal and only
+what its code does (the broker's StandardAuthorizer refuses the rest):
+
+==========  ===============================================================================
+role        may
+==========  ===============================================================================
+device      write the delta topics of the variables clients write (the checked ones: counters
+            by default; their records still pass the per-actor check); read every variable's
+            delta and state topics; describe the groups that own them (a resync reads their
+            committed offsets). Nothing else: no crossings, billing, state or source writes.
+worker      read every topic of the topology; write state, crossings, dead-letter and
+            closed-window topics and the deltas of derived variables; its agents' and operator
+            agents' groups and transactional ids. Not billing, not declared (source) deltas.
+sink        read every topic; write billing, dead letters and the deltas of declared variables
+            (trigger actions update sources: removing a billed ad); the sink group and its
+            transactional ids.
+auditor     read and describe everything of the topology; write nothing.
+admin       everything on the topology's resources: create topics, write sources (ads,
+            contracts), reset groups.
+==========  ===============================================================================
+
+Every topic, group and transactional id of a topology starts with ``<topology>.`` (topology
+names hold no '.'), so broad grants are PREFIXED on that and writes are LITERAL per topic.
+:func:`plan_acls` is a pure function of the topology; :func:`apply_acls` creates the bindings
+with an admin client (creating an existing binding is a no-op, so applying twice is safe).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from lasp_streams.dataflow.topology import Topology
+from lasp_streams.errors import KafkaSetupError
+from lasp_streams.runtime.kafka.topics import (
+    agent_group,
+    billing_topic,
+    closed_topic,
+    crossings_topic,
+    delta_topic,
+    dlq_topic,
+    operators_group,
+    sink_group,
+    state_topic,
+)
+
+__all__ = ["ROLES", "AclBinding", "Principals", "apply_acls", "plan_acls", "render_acls"]
+
+ROLES: Final = ("device", "worker", "sink", "auditor", "admin")
+
+# Kafka's wire codes (org.apache.kafka.common.acl / resource).
+_RESOURCE: Final = {"TOPIC": 2, "GROUP": 3, "CLUSTER": 4, "TRANSACTIONAL_ID": 5}
+_PATTERN: Final = {"LITERAL": 3, "PREFIXED": 4}
+_OPERATION: Final = {
+    "ALL": 2,
+    "READ": 3,
+    "WRITE": 4,
+    "CREATE": 5,
+    "DELETE": 6,
+    "ALTER": 7,
+    "DESCRIBE": 8,
+    "DESCRIBE_CONFIGS": 10,
+    "ALTER_CONFIGS": 11,
+    "IDEMPOTENT_WRITE": 12,
+}
+_ALLOW: Final = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Principals:
+    """The Kafka principal of each role (``User:<name>`` for SASL and mTLS users)."""
+
+    device: str = "User:lasp-device"
+    worker: str = "User:lasp-worker"
+    sink: str = "User:lasp-sink"
+    auditor: str = "User:lasp-auditor"
+    admin: str = "User:lasp-admin"
+
+    def __post_init__(self) -> None:
+        for role in ROLES:
+            value = getattr(self, role)
+            kind, _, name = value.partition(":")
+            if not kind or not name:
+                raise ValueError(
+                    f"principal of role {role!r} is {value!r}; write it as Kafka does, e.g. "
+                    f"User:{role}"
+                )
+
+    def of(self, role: str) -> str:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+        return str(getattr(self, role))
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class AclBinding:
+    """One ALLOW rule: ``principal`` may ``operation`` on a resource (any host)."""
+
+    role: str
+    principal: str
+    resource_type: str
+    resource_name: str
+    pattern: str
+    operation: str
+
+    def __post_init__(self) -> None:
+        for value, table in (
+            (self.resource_type, _RESOURCE),
+            (self.pattern, _PATTERN),
+            (self.operation, _OPERATION),
+        ):
+            if value not in table:
+                raise ValueError(f"ACL {value!r} is not one of {sorted(table)}")
+
+    def describe(self) -> str:
+        """``User:x ALLOW WRITE on TOPIC t`` (``t*`` for a prefix)."""
+        star = "*" if self.pattern == "PREFIXED" else ""
+        return (
+            f"{self.principal} ALLOW {self.operation} on {self.resource_type} "
+            f"{self.resource_name}{star}"
+        )
+
+    def kafka_acls_args(self) -> list[str]:
+        """The same binding as arguments of Kafka's ``kafka-acls.sh --add``."""
+        resource = {
+            "TOPIC": ["--topic", self.resource_name],
+            "GROUP": ["--group", self.resource_name],
+            "TRANSACTIONAL_ID": ["--transactional-id", self.resource_name],
+            "CLUSTER": ["--cluster"],
+        }[self.resource_type]
+        operation = "".join(w.capitalize() for w in self.operation.split("_"))
+        return [
+            "--add",
+            "--allow-principal",
+            self.principal,
+            "--operation",
+            operation,
+            *resource,
+            "--resource-pattern-type",
+            self.pattern.lower(),
+        ]
+
+
+def plan_acls(
+    topology: Topology,
+    *,
+    principals: Principals | None = None,
+    name: str | None = None,
+    device_writes: Iterable[str] | None = None,
+    roles: Sequence[str] = ROLES,
+) -> list[AclBinding]:
+    """The ACL bindings each role needs to run ``topology`` (under ``name``), sorted.
+
+    ``device_writes``: the declared variables devices write (default: the ones whose client
+    deltas the worker checks, see :func:`~lasp_streams.runtime.kafka.worker.plan_worker`).
+    """
+    from lasp_streams.runtime.kafka.worker import plan_worker
+
+    who = principals or Principals()
+    plan = plan_worker(topology, checked=device_writes, name=name)
+    topo = plan.topology
+    prefix = f"{topo}."
+    variables = list(plan.topic_variables)
+    declared = [v for v, var in topology.variables.items() if var.kind in ("declared", "window")]
+    derived = [v for v in variables if v not in declared]
+    written_by_devices = [v for v in plan.checked if v in declared]
+    bindings: set[AclBinding] = set()
+
+    def allow(role: str, kind: str, resource: str, pattern: str, *operations: str) -> None:
+        if role in roles:
+            for operation in operations:
+                bindings.add(AclBinding(role, who.of(role), kind, resource, pattern, operation))
+
+    def topic(role: str, name_: str, *operations: str) -> None:
+        allow(role, "TOPIC", name_, "LITERAL", *operations)
+
+    owner_groups = sorted(
+        {agent_group(topo, v) for v in declared}
+        | {operators_group(topo, keyed) for keyed in (True, False)}
+    )
+    # device: its own deltas; reads of what clients follow.
+    for v in written_by_devices:
+        topic("device", delta_topic(topo, v), "WRITE", "DESCRIBE")
+    for v in variables:
+        topic("device", delta_topic(topo, v), "READ", "DESCRIBE")
+        topic("device", state_topic(topo, v), "READ", "DESCRIBE")
+    for group in owner_groups:
+        allow("device", "GROUP", group, "LITERAL", "DESCRIBE")
+
+    # worker: reads everything of the topology, writes what agents produce.
+    allow("worker", "TOPIC", prefix, "PREFIXED", "READ", "DESCRIBE", "DESCRIBE_CONFIGS")
+    for v in variables:
+        topic("worker", state_topic(topo, v), "WRITE")
+    for v in derived:
+        topic("worker", delta_topic(topo, v), "WRITE")
+    for v in plan.windowed:
+        topic("worker", closed_topic(topo, v), "WRITE")
+    topic("worker", crossings_topic(topo), "WRITE")
+    topic("worker", dlq_topic(topo), "WRITE")
+    for group in owner_groups:
+        allow("worker", "GROUP", group, "LITERAL", "READ", "DESCRIBE")
+        allow("worker", "TRANSACTIONAL_ID", f"{group}.", "PREFIXED", "WRITE", "DESCRIBE")
+
+    # sink: bills, and runs trigger actions that update declared variables.
+    allow("sink", "TOPIC", prefix, "PREFIXED", "READ", "DESCRIBE", "DESCRIBE_CONFIGS")
+    topic("sink", billing_topic(topo), "WRITE")
+    topic("sink", dlq_topic(topo), "WRITE")
+    for v in declared:
+        topic("sink", delta_topic(topo, v), "WRITE")
+    allow("sink", "GROUP", sink_group(topo), "LITERAL", "READ", "DESCRIBE")
+    allow("sink", "TRANSACTIONAL_ID", f"{sink_group(topo)}.", "PREFIXED", "WRITE", "DESCRIBE")
+
+    # auditor: read-only (DESCRIBE on groups shows their offsets; READ would let it commit).
+    allow("auditor", "TOPIC", prefix, "PREFIXED", "READ", "DESCRIBE", "DESCRIBE_CONFIGS")
+    allow("auditor", "GROUP", prefix, "PREFIXED", "DESCRIBE")
+    allow("auditor", "TRANSACTIONAL_ID", prefix, "PREFIXED", "DESCRIBE")
+
+    # admin: owns the topology's resources.
+    for kind in ("TOPIC", "GROUP", "TRANSACTIONAL_ID"):
+        allow("admin", kind, prefix, "PREFIXED", "ALL")
+    return sorted(bindings)
+
+
+def render_acls(bindings: Sequence[AclBinding]) -> str:
+    """Human-readable bindings, grouped by role."""
+    lines: list[str] = []
+    for role in ROLES:
+        mine = [b for b in bindings if b.role == role]
+        if mine:
+            lines.append(f"# {role} ({mine[0].principal}): {len(mine)} binding(s)")
+            lines.extend(f"  {b.describe()}" for b in mine)
+    return "\n".join(lines)
+
+
+async def apply_acls(admin: Any, bindings: Sequence[AclBinding]) -> int:
+    """Create ``bindings`` on the cluster through a started aiokafka admin client (which has
+    the CreateAcls request but no public method for it); returns how many were sent. Raises
+    :class:`KafkaSetupError` naming the first binding the cluster refused."""
+    from aiokafka.protocol.admin import CreateAclsRequest
+
+    for binding in bindings:
+        request = CreateAclsRequest(
+            _RESOURCE[binding.resource_type],
+            binding.resource_name,
+            _PATTERN[binding.pattern],
+            binding.principal,
+            "*",
+            _OPERATION[binding.operation],
+            _ALLOW,
+        )
+        response = await admin._send_request(request)
+        for error_code, message in response.creation_responses:
+            if error_code != 0:
+                raise KafkaSetupError(
+                    f"the cluster refused ACL '{binding.describe()}': error code {error_code}"
+                    f"{': ' + message if message else ''}. The admin principal needs ALTER on "
+                    "the cluster (or to be a super user)"
+                )
+    return len(bindings)

@@ -1,0 +1,227 @@
+"""The one place that builds Kafka clients: every aiokafka producer, consumer and admin client of
+lasp_streams, and faust's own connection, come from a :class:`KafkaSettings` here.
+
+So a cluster's address, security protocol, SASL credentials and TLS files are given once and
+every client connects the same way; ``grep -rln "bootstrap_servers=" lasp_streams`` lists only
+this module. Client ids are ``<settings.client_id>-<role>`` so a broker's logs, quotas and
+request metrics tell the roles apart.
+
+:func:`start` starts a client and turns the ways a start fails (nobody listening, a refused
+password, a certificate the client does not trust, a missing ACL) into one
+:class:`~lasp_streams.errors.KafkaSetupError` line that names the cluster, the cause and what to
+do, instead of aiokafka's retries and tracebacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import ssl
+from typing import Any, Protocol, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from aiokafka.helpers import create_ssl_context
+
+from lasp_streams.errors import ConfigError, KafkaSetupError
+from lasp_streams.runtime.kafka.settings import KafkaSettings
+
+__all__ = [
+    "admin",
+    "connection_options",
+    "consumer",
+    "describe_failure",
+    "faust_options",
+    "producer",
+    "ssl_context",
+    "start",
+    "transactional_producer",
+]
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_context(
+    cafile: str | None,
+    certfile: str | None,
+    keyfile: str | None,
+    password: str | None,
+    check_hostname: bool,
+) -> ssl.SSLContext:
+    try:
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=cafile, certfile=certfile, keyfile=keyfile, password=password
+        )
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"TLS file {exc.filename!r} does not exist; fix --ssl-cafile/--ssl-certfile/"
+            "--ssl-keyfile"
+        ) from exc
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"TLS files cannot be loaded (CA {cafile!r}, certificate {certfile!r}, key "
+            f"{keyfile!r}): {exc.reason or exc}; they must be PEM, and the key must match the "
+            "certificate (--ssl-key-password if the key is encrypted)"
+        ) from exc
+    context.check_hostname = check_hostname
+    return context
+
+
+def ssl_context(settings: KafkaSettings) -> ssl.SSLContext | None:
+    """The TLS context of SSL and SASL_SSL connections (None otherwise); built once per set of
+    files, so a hundred clients do not read the CA a hundred times."""
+    if not settings.uses_tls:
+        return None
+    return _cached_context(
+        settings.ssl_cafile,
+        settings.ssl_certfile,
+        settings.ssl_keyfile,
+        settings.ssl_key_password,
+        settings.ssl_check_hostname,
+    )
+
+
+def connection_options(settings: KafkaSettings, role: str) -> dict[str, Any]:
+    """The keyword arguments every aiokafka client gets: where, who, and how securely."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": f"{settings.client_id}-{role}",
+        "request_timeout_ms": settings.request_timeout_ms,
+        "security_protocol": settings.security_protocol,
+    }
+    context = ssl_context(settings)
+    if context is not None:
+        options["ssl_context"] = context
+    if settings.security_protocol.startswith("SASL_"):
+        options["sasl_mechanism"] = settings.sasl_mechanism
+        options["sasl_plain_username"] = settings.sasl_username
+        options["sasl_plain_password"] = settings.sasl_password
+    return options
+
+
+def _merge(settings: KafkaSettings, role: str, options: dict[str, Any]) -> dict[str, Any]:
+    merged = connection_options(settings, role)
+    clash = sorted(set(options) & {"bootstrap_servers", "security_protocol", "ssl_context"})
+    if clash:
+        raise TypeError(f"{clash} come from the settings, not from the caller")
+    merged.update(options)
+    return merged
+
+
+def producer(settings: KafkaSettings, role: str, **options: Any) -> AIOKafkaProducer:
+    """A producer (``acks="all"`` and the settings' ``linger_ms`` unless ``options`` say
+    otherwise)."""
+    options.setdefault("acks", "all")
+    options.setdefault("linger_ms", settings.linger_ms)
+    return AIOKafkaProducer(**_merge(settings, role, options))
+
+
+def transactional_producer(
+    settings: KafkaSettings, role: str, transactional_id: str, **options: Any
+) -> AIOKafkaProducer:
+    """A transactional, idempotent producer owning ``transactional_id`` (starting it fences an
+    older owner of the id)."""
+    options.setdefault("transaction_timeout_ms", settings.transaction_timeout_ms)
+    return producer(
+        settings, role, transactional_id=transactional_id, enable_idempotence=True, **options
+    )
+
+
+def consumer(
+    settings: KafkaSettings,
+    role: str,
+    *topics: str,
+    group_id: str | None = None,
+    **options: Any,
+) -> AIOKafkaConsumer:
+    """A consumer (no auto-commit unless ``options`` say so); ``topics`` subscribes at once."""
+    options.setdefault("enable_auto_commit", False)
+    return AIOKafkaConsumer(*topics, group_id=group_id, **_merge(settings, role, options))
+
+
+def admin(settings: KafkaSettings, role: str = "admin", **options: Any) -> AIOKafkaAdminClient:
+    """An admin client."""
+    return AIOKafkaAdminClient(**_merge(settings, role, options))
+
+
+def faust_options(settings: KafkaSettings) -> dict[str, Any]:
+    """``faust.App`` keyword arguments for the same cluster and credentials: ``broker`` and,
+    when the cluster is secured, ``broker_credentials`` (faust hands them to its aiokafka
+    clients)."""
+    import faust
+
+    options: dict[str, Any] = {
+        "broker": ";".join(f"kafka://{entry}" for entry in settings.bootstrap_servers.split(",")),
+        "broker_client_id": f"{settings.client_id}-faust",
+        "broker_request_timeout": settings.request_timeout_ms / 1000,
+    }
+    context = ssl_context(settings)
+    if settings.security_protocol.startswith("SASL_"):
+        options["broker_credentials"] = faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password,
+            ssl_context=context,
+            mechanism=settings.sasl_mechanism,
+        )
+    elif context is not None:
+        options["broker_credentials"] = faust.SSLCredentials(context)
+    return options
+
+
+class _Startable(Protocol):
+    async def start(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Startable)
+
+
+def describe_failure(settings: KafkaSettings, what: str, exc: BaseException) -> str:
+    """One line: ``what`` failed at the settings' cluster, the likely cause, and what to do."""
+    where = f"Kafka at {settings.bootstrap_servers} ({settings.security_protocol})"
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    names = " ".join(f"{type(e).__name__} {e}" for e in chain)
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain) or (
+        "CERTIFICATE_VERIFY_FAILED" in names
+    ):
+        return (
+            f"{what}: the TLS certificate of {where} is not trusted; give the CA that signed it "
+            "with --ssl-cafile (LASP_STREAMS_SSL_CAFILE)"
+        )
+    if "Authentication failed" in names or "SaslAuthenticat" in names or "SASL" in names:
+        return (
+            f"{what}: {where} refused the SASL login of user {settings.sasl_username!r} "
+            f"({settings.sasl_mechanism}); check the username and password "
+            "(--sasl-username, LASP_STREAMS_SASL_PASSWORD) and the mechanism"
+        )
+    if "Authorization" in names or "authorized" in names.lower():
+        return (
+            f"{what}: {where} denied it to user {settings.sasl_username!r} ({text}); grant the "
+            "role's ACLs (lasp-streams acls MODULE --apply)"
+        )
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError) or "Unable to bootstrap" in names:
+        return (
+            f"{what}: cannot reach {where}; is the broker running and is --bootstrap right "
+            "(lasp-streams kafka status; LASP_STREAMS_BOOTSTRAP)?"
+        )
+    return f"{what}: {where} failed: {text}"
+
+
+async def start(client: C, settings: KafkaSettings, what: str) -> C:
+    """``await client.start()``, waiting at most ``settings.connect_timeout_ms``; a failure
+    raises :class:`KafkaSetupError` with one line from :func:`describe_failure` (the client is
+    closed first, so nothing keeps retrying in the background)."""
+    try:
+        await asyncio.wait_for(client.start(), settings.connect_timeout_ms / 1000)
+    except (TimeoutError, KafkaError, OSError, ssl.SSLError) as exc:
+        closer = getattr(client, "stop", None) or getattr(client, "close", None)
+        if closer is not None:
+            with contextlib.suppress(KafkaError, OSError):
+                await closer()
+        raise KafkaSetupError(describe_failure(settings, what, exc)) from exc
+    return client
