@@ -47,6 +47,7 @@ from lasp_streams.localkafka.config import (
 from lasp_streams.localkafka.jars import ensure_jars, verify_jars
 from lasp_streams.localkafka.java import require_java
 from lasp_streams.localkafka.probe import answers_metadata
+from lasp_streams.localkafka.security import BrokerSecurity
 
 log = logging.getLogger("lasp_streams.localkafka.broker")
 
@@ -182,6 +183,7 @@ class LocalKafka:
         heap: str = DEFAULT_HEAP,
         cache_dir: Path | None = None,
         start_timeout: float = DEFAULT_START_TIMEOUT_S,
+        security: BrokerSecurity | None = None,
     ) -> None:
         if port == controller_port:
             raise KafkaSetupError(
@@ -196,6 +198,8 @@ class LocalKafka:
         self.heap = heap
         self.cache_dir = cache_dir
         self.start_timeout = start_timeout
+        #: SASL_SSL, SCRAM users and the authorizer (see :mod:`.security`); None: plaintext.
+        self.security = security
         self._process: subprocess.Popen[bytes] | None = None
         self._note: str | None = None
 
@@ -301,7 +305,7 @@ class LocalKafka:
             bootstrap_servers=f"{host}:{port}",
             data_dir=self.data_dir,
             pid=pid,
-            answering=pid is not None and answers_metadata(host, port, timeout=2.0),
+            answering=pid is not None and self._answers(host, port, 2.0),
             note=self._note,
         )
 
@@ -315,6 +319,11 @@ class LocalKafka:
         if server.strip():
             parts.append(f"--- {self.log_path} (last {lines} lines) ---\n{server}")
         return "\n".join(parts) if parts else f"(no broker log yet in {self.log_dir})"
+
+    def _answers(self, host: str, port: int, timeout: float) -> bool:
+        if self.security is not None:
+            return self.security.probe(host, port, timeout=timeout)
+        return answers_metadata(host, port, timeout=timeout)
 
     # -- pid file ----------------------------------------------------------------------------
     def _owns_cmdline(self, cmdline: str) -> bool:
@@ -402,6 +411,9 @@ class LocalKafka:
         props = broker_properties(
             self.data_dir, host=self.host, port=self.port, controller_port=self.controller_port
         )
+        if self.security is not None:
+            props.update(self.security.listeners(self.host, self.port, self.controller_port))
+            props.update(self.security.properties())
         self.properties_path.write_text(render_properties(props))
         template = resources.files("lasp_streams.localkafka").joinpath("log4j2.xml").read_text()
         log_dir = escape(str(self.log_dir), {'"': "&quot;"})
@@ -435,6 +447,7 @@ class LocalKafka:
             str(self.properties_path),
             f"--cluster-id={cluster_id}",
             "--standalone",
+            *(self.security.format_args() if self.security is not None else ()),
         )
         log.info("formatting KRaft storage in %s (cluster id %s)", self._storage_dir, cluster_id)
         done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
@@ -540,7 +553,7 @@ class LocalKafka:
             code = process.poll()
             if code is not None:
                 self._fail(f"the broker process exited with status {code}")
-            if answers_metadata(self.host, self.port, timeout=1.0):
+            if self._answers(self.host, self.port, 1.0):
                 return
             if time.monotonic() > deadline:
                 self._fail(

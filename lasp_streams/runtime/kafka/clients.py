@@ -17,7 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
+import os
 import ssl
+from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -49,15 +52,17 @@ def _cached_context(
     password: str | None,
     check_hostname: bool,
 ) -> ssl.SSLContext:
+    for flag, path in (
+        ("--ssl-cafile", cafile),
+        ("--ssl-certfile", certfile),
+        ("--ssl-keyfile", keyfile),
+    ):
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(f"TLS file {path!r} does not exist; fix {flag}")
     try:
         context: ssl.SSLContext = create_ssl_context(
             cafile=cafile, certfile=certfile, keyfile=keyfile, password=password
         )
-    except FileNotFoundError as exc:
-        raise ConfigError(
-            f"TLS file {exc.filename!r} does not exist; fix --ssl-cafile/--ssl-certfile/"
-            "--ssl-keyfile"
-        ) from exc
     except ssl.SSLError as exc:
         raise ConfigError(
             f"TLS files cannot be loaded (CA {cafile!r}, certificate {certfile!r}, key "
@@ -176,8 +181,13 @@ class _Startable(Protocol):
 C = TypeVar("C", bound=_Startable)
 
 
-def describe_failure(settings: KafkaSettings, what: str, exc: BaseException) -> str:
-    """One line: ``what`` failed at the settings' cluster, the likely cause, and what to do."""
+def describe_failure(
+    settings: KafkaSettings, what: str, exc: BaseException, logged: Sequence[str] = ()
+) -> str:
+    """One line: ``what`` failed at the settings' cluster, the likely cause, and what to do.
+
+    ``logged``: what aiokafka logged meanwhile; it names the cause (a refused login, an
+    untrusted certificate) that its "Unable to bootstrap" exception leaves out."""
     where = f"Kafka at {settings.bootstrap_servers} ({settings.security_protocol})"
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     chain: list[BaseException] = []
@@ -185,7 +195,7 @@ def describe_failure(settings: KafkaSettings, what: str, exc: BaseException) -> 
     while seen is not None and len(chain) < 8:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
-    names = " ".join(f"{type(e).__name__} {e}" for e in chain)
+    names = " ".join([*(f"{type(e).__name__} {e}" for e in chain), *logged])
     if any(isinstance(e, ssl.SSLCertVerificationError) for e in chain) or (
         "CERTIFICATE_VERIFY_FAILED" in names
     ):
@@ -216,6 +226,9 @@ async def start(client: C, settings: KafkaSettings, what: str) -> C:
     """``await client.start()``, waiting at most ``settings.connect_timeout_ms``; a failure
     raises :class:`KafkaSetupError` with one line from :func:`describe_failure` (the client is
     closed first, so nothing keeps retrying in the background)."""
+    capture = _Capture()
+    library = logging.getLogger("aiokafka")
+    library.addHandler(capture)
     try:
         await asyncio.wait_for(client.start(), settings.connect_timeout_ms / 1000)
     except (TimeoutError, KafkaError, OSError, ssl.SSLError) as exc:
@@ -223,5 +236,20 @@ async def start(client: C, settings: KafkaSettings, what: str) -> C:
         if closer is not None:
             with contextlib.suppress(KafkaError, OSError):
                 await closer()
-        raise KafkaSetupError(describe_failure(settings, what, exc)) from exc
+        raise KafkaSetupError(describe_failure(settings, what, exc, capture.lines)) from exc
+    finally:
+        library.removeHandler(capture)
     return client
+
+
+class _Capture(logging.Handler):
+    """Keeps what aiokafka logs while a client starts (bounded), instead of printing it: the
+    failure is reported once, by :func:`start`'s exception."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.lines) < 20:
+            self.lines.append(record.getMessage()[:500])

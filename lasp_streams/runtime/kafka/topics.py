@@ -240,12 +240,19 @@ class ExistingTopic:
 def check_existing(spec: TopicSpec, found: ExistingTopic) -> None:
     """Raise :class:`TopicMismatch` unless ``found`` can serve as ``spec``."""
     if found.partitions != spec.partitions:
+        if spec.name.endswith((".billing", ".dlq")):
+            field = "billing_partitions" if spec.name.endswith(".billing") else "dlq_partitions"
+            fix = f"set {field} = {found.partitions} in the [kafka] table of --config"
+        else:
+            fix = (
+                f"run with --partitions {found.partitions} (LASP_STREAMS_PARTITIONS; "
+                "KafkaSettings.delta_partitions)"
+            )
         raise TopicMismatch(
             f"topic {spec.name!r} ({spec.purpose}) exists with {found.partitions} partitions, "
             f"but this runtime is configured for {spec.partitions}. Keys are spread over "
-            "partitions by count, so the two cannot mix. Either set the partition count in "
-            f"KafkaSettings to {found.partitions}, or delete the topic (losing its data) and "
-            "let the runtime create it again."
+            f"partitions by count, so the two cannot mix. Either {fix}, or delete the topic "
+            "(losing its data) and let the runtime create it again."
         )
     expected_policy = set(spec.cleanup_policy.split(","))
     found_policy = set(found.cleanup_policy.split(","))
