@@ -40,10 +40,14 @@ def preflight(
     ``name``); returns the topics it created. ``quiet`` hides aiokafka's own log lines
     meanwhile: a failure is reported once, by the exception."""
     library = logging.getLogger("aiokafka")
-    level = library.level
-    if quiet:
-        library.setLevel(logging.CRITICAL)
+    propagate = library.propagate
+    # clients.start keeps what aiokafka logs for its one-line message; not propagating keeps
+    # the same lines from also reaching the root logger (or Python's last-resort printer).
+    library.propagate = propagate and not quiet
+    silence = logging.NullHandler()  # else Python's last-resort handler prints them
+    library.addHandler(silence)
     try:
         return asyncio.run(_declare(topology, settings, name))
     finally:
-        library.setLevel(level)
+        library.removeHandler(silence)
+        library.propagate = propagate
