@@ -15,11 +15,12 @@ from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from lasp_streams.errors import ConfigError
+from lasp_streams.localkafka.config import DEFAULT_BROKER_PORT, DEFAULT_HOST
 
 _DAY_MS = 24 * 60 * 60 * 1000
 
 #: Where the local broker of ``lasp-streams kafka start`` listens: the one default address.
-DEFAULT_BOOTSTRAP: Final = "127.0.0.1:9092"
+DEFAULT_BOOTSTRAP: Final = f"{DEFAULT_HOST}:{DEFAULT_BROKER_PORT}"
 
 SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
