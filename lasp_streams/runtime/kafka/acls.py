@@ -25,7 +25,9 @@ admin       everything on the topology's resources: create topics, write sources
 ==========  ===============================================================================
 
 Every topic, group and transactional id of a topology starts with ``<topology>.`` (topology
-names hold no '.'), so broad grants are PREFIXED on that and writes are LITERAL per topic.
+names hold no '.'), so broad grants are PREFIXED on that and writes are LITERAL per topic; the
+faust App that hosts ``lasp-streams worker`` adds its group ``<topology>-worker`` and its
+leader-assignor topic, both LITERAL.
 :func:`plan_acls` is a pure function of the topology; :func:`apply_acls` creates the bindings
 with an admin client (creating an existing binding is a no-op, so applying twice is safe).
 """
@@ -45,6 +47,8 @@ from lasp_streams.runtime.kafka.topics import (
     crossings_topic,
     delta_topic,
     dlq_topic,
+    faust_app_id,
+    faust_leader_topic,
     operators_group,
     sink_group,
     state_topic,
@@ -206,6 +210,10 @@ def plan_acls(
     for group in owner_groups:
         allow("worker", "GROUP", group, "LITERAL", "READ", "DESCRIBE")
         allow("worker", "TRANSACTIONAL_ID", f"{group}.", "PREFIXED", "WRITE", "DESCRIBE")
+    # The faust App that hosts `lasp-streams worker`: its group and its leader-assignor topic,
+    # which faust creates at start (literal names: a prefix would reach other topologies).
+    allow("worker", "GROUP", faust_app_id(topo), "LITERAL", "READ", "DESCRIBE")
+    topic("worker", faust_leader_topic(topo), "CREATE", "READ", "WRITE", "DESCRIBE")
 
     # sink: bills, and runs trigger actions that update declared variables.
     allow("sink", "TOPIC", prefix, "PREFIXED", "READ", "DESCRIBE", "DESCRIBE_CONFIGS")

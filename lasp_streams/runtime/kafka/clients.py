@@ -159,7 +159,6 @@ def faust_options(settings: KafkaSettings) -> dict[str, Any]:
     options: dict[str, Any] = {
         "broker": ";".join(f"kafka://{entry}" for entry in settings.bootstrap_servers.split(",")),
         "broker_client_id": f"{settings.client_id}-faust",
-        "broker_request_timeout": settings.request_timeout_ms / 1000,
     }
     context = ssl_context(settings)
     if settings.security_protocol.startswith("SASL_"):

@@ -132,6 +132,16 @@ def sink_transactional_id(topology: str, partition: int) -> str:
     return f"{sink_group(topology)}.crossings-{partition}"
 
 
+def faust_app_id(topology: str) -> str:
+    """``<topology>-worker``: the faust App hosting a worker (faust's own consumer group)."""
+    return f"{_check_part('topology', topology)}-worker"
+
+
+def faust_leader_topic(topology: str) -> str:
+    """The topic faust's leader assignor creates for the App of :func:`faust_app_id`."""
+    return f"{faust_app_id(topology)}-__assignor-__leader"
+
+
 def owner_groups(topology: str, variable: str) -> tuple[str, ...]:
     """Every group that may consume ``variable``'s delta topic and commit offsets on it: its
     own agent, or the operator agent it feeds (keyed or not). A resync asks all of them; at
