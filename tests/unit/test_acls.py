@@ -11,6 +11,7 @@ import pytest
 
 from lasp_streams import AWSet, GCounter, Topology
 from lasp_streams.runtime.kafka.acls import ROLES, AclBinding, Principals, plan_acls, render_acls
+from lasp_streams.runtime.kafka.topics import owner_groups
 from topologies.ad_counter import build
 
 T = "ad_counter"
@@ -64,6 +65,14 @@ def test_the_device_principal_writes_its_deltas_and_reads_what_clients_follow() 
         assert allowed(BINDINGS, WHO.device, "DESCRIBE", "GROUP", group)
         assert not allowed(BINDINGS, WHO.device, "READ", "GROUP", group)
     assert not any(b.resource_type == "TRANSACTIONAL_ID" for b in BINDINGS if b.role == "device")
+
+
+def test_the_device_may_describe_every_group_a_client_resync_asks() -> None:
+    # KafkaTransport.read_state asks topics.owner_groups of the variable, derived ones too (a
+    # refusal there once kept every secured client offline).
+    for variable in build().variables:
+        for group in owner_groups(T, variable):
+            assert allowed(BINDINGS, WHO.device, "DESCRIBE", "GROUP", group), group
 
 
 def test_workers_write_states_crossings_and_derived_deltas_but_never_bill_or_edit_sources() -> None:

@@ -53,6 +53,9 @@ from lasp_streams.runtime.kafka.topics import (
     sink_group,
     state_topic,
 )
+from lasp_streams.runtime.kafka.topics import (
+    owner_groups as owner_groups_of,
+)
 
 __all__ = ["ROLES", "AclBinding", "Principals", "apply_acls", "plan_acls", "render_acls"]
 
@@ -188,13 +191,16 @@ def plan_acls(
         {agent_group(topo, v) for v in declared}
         | {operators_group(topo, keyed) for keyed in (True, False)}
     )
+    # A client's resync asks every group that may own a variable (topics.owner_groups), for
+    # derived variables too: describing a group that never exists is harmless, a refusal is not.
+    resync_groups = sorted({g for v in variables for g in owner_groups_of(topo, v)})
     # device: its own deltas; reads of what clients follow.
     for v in written_by_devices:
         topic("device", delta_topic(topo, v), "WRITE", "DESCRIBE")
     for v in variables:
         topic("device", delta_topic(topo, v), "READ", "DESCRIBE")
         topic("device", state_topic(topo, v), "READ", "DESCRIBE")
-    for group in owner_groups:
+    for group in resync_groups:
         allow("device", "GROUP", group, "LITERAL", "DESCRIBE")
 
     # worker: reads everything of the topology, writes what agents produce.
