@@ -11,12 +11,14 @@ from lasp_streams.lattices.composite import GMap, Pair, mutator_names
 from lasp_streams.lattices.counters import BCounter, GCounter, LexCounter, MaxInt, PNCounter
 from lasp_streams.lattices.derived import delta, is_inflation, is_strict_inflation
 from lasp_streams.lattices.flags import DWFlag, EWFlag
+from lasp_streams.lattices.folded import Folded
 from lasp_streams.lattices.mvregister import MVRegister
 from lasp_streams.lattices.orset import ORSet
 from lasp_streams.lattices.provenance import ProvenanceSet
 from lasp_streams.lattices.registers import Boolean, IVar, LWWRegister, value_order_key
 from lasp_streams.lattices.sets import GSet, TwoPSet
 from lasp_streams.lattices.threshold import Threshold, is_monotone, threshold_met
+from lasp_streams.lattices.windowed import Windowed, WindowSpec
 
 __all__ = [
     "AWMap",
@@ -28,6 +30,7 @@ __all__ = [
     "DWFlag",
     "Dot",
     "EWFlag",
+    "Folded",
     "GCounter",
     "GMap",
     "GSet",
@@ -45,6 +48,8 @@ __all__ = [
     "ProvenanceSet",
     "Threshold",
     "TwoPSet",
+    "WindowSpec",
+    "Windowed",
     "delta",
     "is_inflation",
     "is_monotone",

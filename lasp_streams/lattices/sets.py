@@ -9,16 +9,16 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterator
 from typing import Any, ClassVar, Self
 
-import lasp_streams.codec as _codec
 from lasp_streams.errors import MutatorError
 from lasp_streams.lattices.base import Lattice, WireContext
 from lasp_streams.lattices.counters import _require_actor
+from lasp_streams.lattices.elements import element_problem
 
 __all__ = ["GSet", "TwoPSet"]
 
 
 def _require_element(type_name: str, element: object) -> Hashable:
-    problem = _codec.element_problem(element)
+    problem = element_problem(element)
     if problem is not None:
         raise MutatorError(f"{type_name}: invalid element {element!r}: {problem}")
     return element

@@ -43,13 +43,11 @@ import contextlib
 from collections.abc import Hashable, Sequence
 from typing import Any
 
+from lasp_streams.codec import ACTOR_HEADER
 from lasp_streams.dataflow.events import Update
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.counters import BCounter, GCounter
-
-ACTOR_HEADER = "lasp.actor"
-"""The Kafka record header naming the producing actor (as ``lasp_streams.client.validate``)."""
 
 __all__ = ["RightsEscrow"]
 

@@ -8,7 +8,8 @@ one client inflate — or, by the per-actor max, absorb — another's impression
 
 :func:`client_delta_problem` returns the reason a delta is refused (``None``: accept); it is the
 shape the Kafka agent's validator hook takes (``lasp_streams.runtime.kafka.joiner.Validator``
-returns a reason or None), with the actor taken from the record's :data:`ACTOR_HEADER`.
+returns a reason or None), with the actor taken from the record's
+:data:`~lasp_streams.codec.ACTOR_HEADER`.
 :func:`check_client_delta` raises :class:`UntrustedDelta` instead.
 
 Types the check understands: GCounter, PNCounter, LexCounter (per-actor entries), BCounter
@@ -21,23 +22,20 @@ written by trusted services.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any
 
+from lasp_streams.codec import ACTOR_HEADER
 from lasp_streams.errors import LaspError
 from lasp_streams.lattices.base import Lattice, describe_type
 from lasp_streams.lattices.composite import GMap
 from lasp_streams.lattices.counters import BCounter, GCounter, LexCounter, PNCounter
 
 __all__ = [
-    "ACTOR_HEADER",
     "UntrustedDelta",
     "check_client_delta",
     "client_delta_problem",
     "record_delta_problem",
 ]
-
-ACTOR_HEADER: Final = "lasp.actor"
-"""The Kafka record header carrying the producing client's actor id (UTF-8)."""
 
 
 class UntrustedDelta(LaspError, ValueError):
@@ -96,7 +94,8 @@ def check_client_delta(delta: Lattice, actor: str) -> None:
 
 def record_delta_problem(headers: Iterable[tuple[str, bytes]] | None, delta: Lattice) -> str | None:
     """:func:`client_delta_problem` for a Kafka record from a client: the actor is the
-    :data:`ACTOR_HEADER` header (UTF-8); a record without exactly one such header is refused."""
+    :data:`~lasp_streams.codec.ACTOR_HEADER` header (UTF-8); a record without exactly one such
+    header is refused."""
     actors = [value for name, value in headers or () if name == ACTOR_HEADER]
     if len(actors) != 1:
         return f"a client delta must carry exactly one {ACTOR_HEADER!r} header, found {len(actors)}"
