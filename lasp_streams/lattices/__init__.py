@@ -1,6 +1,28 @@
 """Delta-state CRDT lattices. See :mod:`lasp_streams.lattices.base` for the contract.
 
 Every type here is importable from this package; ``__all__`` is the curated public surface.
+This package imports nothing of lasp_streams but :mod:`lasp_streams.errors` (no codec, no
+Kafka; import-linter holds it).
+
+Modules:
+
+- :mod:`.base` — the contract (join, order, bottom, deltas, wire hooks) and the type registry;
+- :mod:`.derived` — what every lattice gets from its join (``delta``, inflation checks);
+- :mod:`.elements` — what may be an element, and the record registry;
+- :mod:`.counters` — GCounter, PNCounter, MaxInt, LexCounter, BCounter;
+- :mod:`.registers` — Boolean, IVar, LWWRegister;
+- :mod:`.sets` — GSet, TwoPSet;
+- :mod:`.causal` — dots and the causal context of the dot-based types;
+- :mod:`.awset` — the add-wins set;
+- :mod:`.orset` — the observed-remove set with tokens;
+- :mod:`.mvregister` — the multi-value register;
+- :mod:`.flags` — enable-wins and disable-wins flags;
+- :mod:`.awmap` — the add-wins map and the MV-map;
+- :mod:`.composite` — GMap and Pair;
+- :mod:`.provenance` — the provenance set every dataflow set operator produces;
+- :mod:`.folded` — the output of a fold step;
+- :mod:`.windowed` — one lattice per event-time window, and the window geometry;
+- :mod:`.threshold` — thresholds for monotonic reads.
 """
 
 from lasp_streams.lattices.awmap import AWMap, MVMap

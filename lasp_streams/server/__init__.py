@@ -6,6 +6,8 @@ and services clients reach.
 - :func:`client_delta_problem` / :func:`check_client_delta` / :func:`record_delta_problem` —
   the check that a client only writes its own entries (:mod:`~.validate`);
 - :class:`RightsEscrow` — bounded-counter mode's server side (:mod:`~.escrow`).
+
+Modules: :mod:`.validate`, :mod:`.hub`, :mod:`.escrow`.
 """
 
 from lasp_streams.server.escrow import RightsEscrow

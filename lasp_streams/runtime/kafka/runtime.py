@@ -50,7 +50,6 @@ __all__ = ["KafkaRuntime"]
 log = logging.getLogger(__name__)
 
 
-
 class KafkaRuntime:
     """A topology on Kafka, seen from one process. ``async with KafkaRuntime(...) as rt``
     (or ``start``/``stop``)."""
