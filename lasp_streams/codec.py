@@ -24,6 +24,7 @@ it takes no parameters and its spec is just its tag.
 
 from __future__ import annotations
 
+import reprlib
 import threading
 from collections.abc import Callable, Hashable
 from typing import Any, Final, NoReturn
@@ -66,6 +67,8 @@ MAX_NESTING_DEPTH: Final = 16
 """Most lattices nested inside one another (a GMap of Pairs of GMaps ... counts each level)."""
 RECORD_EXT_CODE: Final = 1
 """The msgpack ext type code of a registered record."""
+MAX_ERROR_CHARS: Final = 1_000
+"""Longest DecodeError message (messages quote the input, which may be hostile)."""
 
 # -- Kafka records around an encoded lattice ---------------------------------------------------
 
@@ -98,7 +101,8 @@ def key_from_kafka(raw: bytes | None) -> Hashable:
 # -- encoding --------------------------------------------------------------------------------
 
 
-def _default(obj: Any) -> Any:
+def _record(obj: Any) -> Any:
+    """msgpack's hook inside elements: a registered record becomes its ext type."""
     entry = record_of_type(type(obj))
     if entry is None:
         raise TypeError(
@@ -108,9 +112,25 @@ def _default(obj: Any) -> Any:
     wire_name, fields = entry
     # A fresh packb: the thread's shared Packer is busy with the outer value.
     body = msgpack.packb(
-        [wire_name, {f: getattr(obj, f) for f in fields}], default=_default, use_bin_type=True
+        [wire_name, {f: getattr(obj, f) for f in fields}], default=_record, use_bin_type=True
     )
     return msgpack.ExtType(RECORD_EXT_CODE, body)
+
+
+def _envelope(lattice: Lattice) -> list[Any]:
+    """The lattice envelope ``[tag, version, payload]``: the one place it is written. A payload
+    may hold nested lattices as they are; the packer comes back here for each."""
+    tag = lattice.wire_tag
+    if not tag:
+        raise EncodeError(f"{type(lattice).__qualname__} has no wire_tag, it cannot be encoded")
+    return [tag, lattice.wire_version, lattice.to_wire()]
+
+
+def _default(obj: Any) -> Any:
+    """msgpack's hook for what it cannot pack itself: nested lattices and records."""
+    if isinstance(obj, Lattice):
+        return _envelope(obj)
+    return _record(obj)
 
 
 _local = threading.local()
@@ -132,15 +152,14 @@ def encode(lattice: Lattice) -> bytes:
         pack = _local.pack
     except AttributeError:
         pack = _new_packer()
-    tag = lattice.wire_tag
-    if not tag:
-        raise EncodeError(f"{type(lattice).__qualname__} has no wire_tag, it cannot be encoded")
     try:
-        encoded: bytes = pack([tag, lattice.wire_version, lattice.to_wire()])
+        encoded: bytes = pack(_envelope(lattice))
         return encoded
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError, EncodeError) as exc:
         # The Packer may hold a half-written buffer after an error: start a fresh one.
         _new_packer()
+        if isinstance(exc, EncodeError):
+            raise
         raise EncodeError(f"cannot encode {type(lattice).__name__}: {exc}") from None
 
 
@@ -215,7 +234,7 @@ class _Context:
         self._child = child
 
     def fail(self, message: str) -> NoReturn:
-        raise DecodeError(message)
+        raise DecodeError(_cut(message))
 
     def nested(self, raw: Any) -> Lattice:
         child = self._child
@@ -244,7 +263,7 @@ class _Context:
         try:
             prototype = from_wire_spec(params, child)
         except DecodeError as exc:
-            raise DecodeError(f"type {cls.__name__}: {exc}") from None
+            raise DecodeError(_cut(f"type {cls.__name__}: {exc}")) from None
         if not isinstance(prototype, Lattice):
             self.fail(f"{cls.__name__}.from_wire_spec returned {prototype!r}")
         return prototype
@@ -303,16 +322,16 @@ class _Context:
                 self.fail(f"the type tag must be a str, got {_short(tag)}")
             cls = _lattice_for(tag)
             if cls is None:
-                self.fail(f"unknown lattice type tag {tag!r}")
+                self.fail(f"unknown lattice type tag {_short(tag)}")
         if version != cls.wire_version or type(version) is not int:
             self.fail(
                 f"unsupported wire version {_short(version)} for {cls.__name__} "
-                f"(tag {tag!r}); this build reads version {cls.wire_version}"
+                f"(tag {_short(tag)}); this build reads version {cls.wire_version}"
             )
         try:
             return cls.from_wire(payload, self)
         except DecodeError as exc:
-            raise DecodeError(f"{cls.__name__} > {exc}") from None
+            raise DecodeError(_cut(f"{cls.__name__} > {exc}")) from None
         except (
             KeyError,
             IndexError,
@@ -325,13 +344,28 @@ class _Context:
             # Safety net: from_wire validates shapes, but an escaping built-in error must
             # still surface as a DecodeError, never as a KeyError from deep inside.
             raise DecodeError(
-                f"{cls.__name__} > malformed payload ({type(exc).__name__}: {exc})"
+                _cut(f"{cls.__name__} > malformed payload ({type(exc).__name__}: {exc})")
             ) from None
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 4
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 40
+
+
 def _short(obj: object) -> str:
-    text = repr(obj)
+    """A bounded repr of hostile input: depth-limited (a thousand nested arrays must not
+    recurse) and cut to 80 characters."""
+    text = _REPR.repr(obj)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _cut(message: str) -> str:
+    """An error message cut to :data:`MAX_ERROR_CHARS` (it may quote hostile input)."""
+    if len(message) <= MAX_ERROR_CHARS:
+        return message
+    return message[: MAX_ERROR_CHARS - 30] + f"... ({len(message)} characters)"
 
 
 def _make_contexts() -> _Context:

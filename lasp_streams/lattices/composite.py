@@ -200,10 +200,7 @@ class GMap(Lattice):
     def to_wire(self) -> Any:
         return [
             self._spec,
-            [
-                [key, [nested.wire_tag, nested.wire_version, nested.to_wire()]]
-                for key, nested in self._m.items()
-            ],
+            [[key, nested] for key, nested in self._m.items()],
         ]
 
     @classmethod
@@ -335,11 +332,7 @@ class Pair(Lattice):
         return cls(ctx.spec(params[0]), ctx.spec(params[1]))
 
     def to_wire(self) -> Any:
-        a, b = self._a, self._b
-        return [
-            [a.wire_tag, a.wire_version, a.to_wire()],
-            [b.wire_tag, b.wire_version, b.to_wire()],
-        ]
+        return [self._a, self._b]
 
     @classmethod
     def from_wire(cls, payload: Any, ctx: WireContext) -> Self:

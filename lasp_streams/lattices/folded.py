@@ -174,10 +174,7 @@ class Folded(Lattice):
         return [
             self._proto.wire_spec(),
             self._inner.to_wire(),
-            [
-                [element, [part.wire_tag, part.wire_version, part.to_wire()]]
-                for element, part in ordered_items(self._contrib)
-            ],
+            [[element, part] for element, part in ordered_items(self._contrib)],
         ]
 
     @classmethod

@@ -243,10 +243,7 @@ class Windowed(Lattice):
         return [
             self.wire_spec()[1:],
             self._max_t,
-            [
-                [start, [s.wire_tag, s.wire_version, s.to_wire()]]
-                for start, s in sorted(self._windows.items())
-            ],
+            [[start, s] for start, s in sorted(self._windows.items())],
         ]
 
     @classmethod

@@ -136,7 +136,7 @@ class RightsEscrow:
         if var == self.rights:
             return f"clients may not write {self.rights!r}: rights are granted by the server"
         if var == self.counter and isinstance(delta, GCounter):
-            return self.overspent(actor, key, delta.to_wire().get(actor, 0))
+            return self.overspent(actor, key, delta.counts().get(actor, 0))
         return None
 
     def record_problem(
@@ -225,8 +225,7 @@ class RightsEscrow:
             state = rt.state(self.rights, key=key)
             if not isinstance(state, BCounter):
                 continue
-            up, down, moves = state.to_wire()
-            writers = {*up, *down, *(src for src, _dst, _n in moves)} - {self.server_actor}
+            writers = state.actors() - {self.server_actor}
             for actor in sorted(writers):
                 why = f"client {actor!r} wrote {self.rights!r} of {key!r}: only the server grants"
                 self._flag(self.rights, key, actor, why, found)
