@@ -67,17 +67,23 @@ def _topic(*parts: str) -> str:
 
 def delta_topic(topology_name: str, variable: str) -> str:
     """``<topology>.<variable>.deltas``."""
-    return _topic(_check_part("topology", topology_name), _check_part("variable", variable), "deltas")
+    return _topic(
+        _check_part("topology", topology_name), _check_part("variable", variable), "deltas"
+    )
 
 
 def state_topic(topology_name: str, variable: str) -> str:
     """``<topology>.<variable>.state`` (compacted)."""
-    return _topic(_check_part("topology", topology_name), _check_part("variable", variable), "state")
+    return _topic(
+        _check_part("topology", topology_name), _check_part("variable", variable), "state"
+    )
 
 
 def closed_topic(topology_name: str, variable: str) -> str:
     """``<topology>.<variable>.closed``: the final states of a windowed variable's windows."""
-    return _topic(_check_part("topology", topology_name), _check_part("variable", variable), "closed")
+    return _topic(
+        _check_part("topology", topology_name), _check_part("variable", variable), "closed"
+    )
 
 
 def crossings_topic(topology_name: str) -> str:
