@@ -54,8 +54,10 @@ def test_duplicates_and_reordering_are_harmless() -> None:
 
 
 def test_refused_mutations_are_not_broadcast() -> None:
+    # A B-Counter refuses a decrement beyond the actor's rights (TwoPSet no longer refuses:
+    # removing an element never added is accepted, as in Lasp).
     net = Network(BCounter, n=2)
-    assert net.mutate(0, Mutation("decrement", ("r0", 1))) is False  # no rights: refused
+    assert net.mutate(0, Mutation("decrement", ("r0", 1))) is False
     assert net.in_flight == [] and net.applied == []
 
 
