@@ -53,6 +53,7 @@ from lasp_streams.lattices.elements import (
 __all__ = [
     "ACTOR_HEADER",
     "MAX_COLLECTION_LEN",
+    "MAX_ERROR_CHARS",
     "MAX_ELEMENT_DEPTH",
     "MAX_NESTING_DEPTH",
     "MAX_PAYLOAD_BYTES",
@@ -64,6 +65,7 @@ __all__ = [
     "key_to_kafka",
     "register_record",
     "registered_records",
+    "short_repr",
 ]
 
 MAX_PAYLOAD_BYTES: Final = 64 * 1024 * 1024
@@ -321,19 +323,19 @@ class _Context:
 
     def envelope(self, obj: Any) -> Lattice:
         if type(obj) is not list or len(obj) != 3:
-            self.fail(f"expected an envelope [tag, version, payload], got {_short(obj)}")
+            self.fail(f"expected an envelope [tag, version, payload], got {short_repr(obj)}")
         tag, version, payload = obj
         cls = _REGISTRY.get(tag) if type(tag) is str else None
         if cls is None:
             if type(tag) is not str:
-                self.fail(f"the type tag must be a str, got {_short(tag)}")
+                self.fail(f"the type tag must be a str, got {short_repr(tag)}")
             cls = _lattice_for(tag)
             if cls is None:
-                self.fail(f"unknown lattice type tag {_short(tag)}")
+                self.fail(f"unknown lattice type tag {short_repr(tag)}")
         if version != cls.wire_version or type(version) is not int:
             self.fail(
-                f"unsupported wire version {_short(version)} for {cls.__name__} "
-                f"(tag {_short(tag)}); this build reads version {cls.wire_version}"
+                f"unsupported wire version {short_repr(version)} for {cls.__name__} "
+                f"(tag {short_repr(tag)}); this build reads version {cls.wire_version}"
             )
         try:
             return cls.from_wire(payload, self)
@@ -361,9 +363,9 @@ _REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 4
 _REPR.maxstring = _REPR.maxother = _REPR.maxlong = 40
 
 
-def _short(obj: object) -> str:
-    """A bounded repr of hostile input: depth-limited (a thousand nested arrays must not
-    recurse) and cut to 80 characters."""
+def short_repr(obj: object) -> str:
+    """A bounded repr of hostile input, for error messages and logs: depth-limited (a
+    thousand nested arrays must not recurse) and cut to 80 characters."""
     text = _REPR.repr(obj)
     return text if len(text) <= 80 else text[:77] + "..."
 
