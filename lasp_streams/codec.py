@@ -53,8 +53,8 @@ from lasp_streams.lattices.elements import (
 __all__ = [
     "ACTOR_HEADER",
     "MAX_COLLECTION_LEN",
-    "MAX_ERROR_CHARS",
     "MAX_ELEMENT_DEPTH",
+    "MAX_ERROR_CHARS",
     "MAX_NESTING_DEPTH",
     "MAX_PAYLOAD_BYTES",
     "RECORD_EXT_CODE",
