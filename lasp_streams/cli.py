@@ -413,7 +413,13 @@ def ad_counter(
     "--metrics-port",
     type=click.IntRange(0, 65535),
     default=None,
-    help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics.",
+    help="Serve Prometheus metrics on http://HOST:PORT/metrics (HOST: --metrics-host).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics endpoint binds (0.0.0.0: every interface, e.g. in a container).",
 )
 @click.option(
     "--sink/--no-sink",
@@ -439,6 +445,7 @@ def worker(
     partitions: int,
     name: str | None,
     metrics_port: int | None,
+    metrics_host: str,
     sink: bool,
     trust_all: bool,
     loglevel: str,
@@ -473,7 +480,7 @@ def worker(
         registry = CollectorRegistry()
         metrics = Metrics(registry)
         try:
-            server = serve_metrics(registry, metrics_port)
+            server = serve_metrics(registry, metrics_port, metrics_host)
         except OSError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"metrics: {server.url}", err=True)
