@@ -311,6 +311,11 @@ def demo() -> None:
 @click.option("--no-plot", is_flag=True, help="Do not write the plot.")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option(
+    "--keep",
+    is_flag=True,
+    help="Kafka mode: keep the run's topics and consumer groups (to audit it afterwards).",
+)
+@click.option(
     "--keep-broker",
     is_flag=True,
     help="Kafka mode without --bootstrap: leave the local broker running at the end.",
@@ -332,6 +337,7 @@ def ad_counter(
     plot_path: Path,
     no_plot: bool,
     seed: int,
+    keep: bool,
     keep_broker: bool,
 ) -> None:
     """Lasp's advertisement counter end to end: edge clients view ads, the server disables
@@ -373,7 +379,13 @@ def ad_counter(
 
         try:
             summary = asyncio.run(
-                run_kafka(config, bootstrap=bootstrap, keep_broker=keep_broker, progress=progress)
+                run_kafka(
+                    config,
+                    bootstrap=bootstrap,
+                    keep=keep,
+                    keep_broker=keep_broker,
+                    progress=progress,
+                )
             )
         except KafkaSetupError as exc:
             raise _fail(exc) from None
@@ -493,3 +505,16 @@ def worker(
     finally:
         if server is not None:
             server.close()
+
+
+# Commands that live in their own modules (imported last: they only add to `main`).
+from lasp_streams import cli_deploy  # noqa: E402
+
+main.add_command(cli_deploy.deploy)
+main.add_command(cli_deploy.describe)
+main.add_command(cli_deploy.teardown_command)
+from lasp_streams import cli_audit  # noqa: E402
+
+main.add_command(cli_audit.audit)
+main.add_command(cli_audit.billing)
+main.add_command(cli_audit.dlq)
