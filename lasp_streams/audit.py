@@ -146,23 +146,41 @@ class VariableReplay:
 
     def feed(self, records: Iterable[Record]) -> None:
         """Decode and join ``records`` (any order: joins commute; crossing times follow the
-        order given, which is offset order within a partition)."""
+        order given, which is offset order within a partition).
+
+        Thresholds are checked once per key per call, at the end, not after every record (a
+        value of a counter sums its entries, which per record would cost more than the join);
+        a key found past a threshold is then replayed alone from its state before the call to
+        name the exact record that crossed."""
         states = self.states
         decode = self._decode
         proto = self.prototype
-        triggers = self._triggers
-        crossed = self.crossings
+        history = self.history if self._keep_history else None
+        track = bool(self._triggers)
+        # key -> (its state before this call, its records in this call); None: nothing to find.
+        touched: dict[bytes, tuple[Lattice | None, list[Record]] | None] = {}
+        seen = applied = 0
         for record in records:
-            self.records += 1
+            seen += 1
             raw = record.value
+            key = record.key or b""
             try:
                 if raw is None:
                     raise CodecError("no value")
                 delta = decode(raw)
                 if not proto.same_type(delta):
                     raise CodecError(f"holds {type(delta).__name__}, not {type(proto).__name__}")
-                key = record.key or b""
                 state = states.get(key)
+                if track:
+                    if key not in touched:
+                        touched[key] = (
+                            None
+                            if self._all_crossed(key)
+                            else (state.copy() if state is not None else None, [])
+                        )
+                    entry = touched[key]
+                    if entry is not None:
+                        entry[1].append(record)
                 if state is None:
                     states[key] = state = delta
                     grew = not delta.is_bottom()
@@ -174,27 +192,61 @@ class VariableReplay:
                     Problem("refused", f"{record.partition}@{record.offset}", str(exc)[:200])
                 )
                 continue
-            self.applied += 1
-            if not grew:
+            applied += 1
+            if grew and history is not None and len(history) < MAX_WATCH_HISTORY:
+                history.append(state.copy())
+        self.records += seen
+        self.applied += applied
+        for key, entry in touched.items():
+            if entry is not None:
+                self._find_crossings(key, *entry)
+
+    def _all_crossed(self, key: bytes) -> bool:
+        return all((book.step.id, key) in self.crossings for book in self._triggers)
+
+    def _find_crossings(self, key: bytes, before: Lattice | None, records: list[Record]) -> None:
+        final = self.states.get(key)
+        if final is None:
+            return
+        for book in self._triggers:
+            marker = (book.step.id, key)
+            if marker in self.crossings:
                 continue
-            if self._keep_history and len(self.history) < MAX_WATCH_HISTORY:
-                self.history.append(state.copy())
-            for book in triggers:
-                marker = (book.step.id, key)
-                if marker in crossed:
-                    continue
-                threshold = book.threshold(key)
-                if threshold is not None and threshold_met(state, threshold):
-                    crossed[marker] = CrossingFound(
-                        book.step.id,
-                        self.variable,
-                        key,
-                        threshold,
-                        record.partition,
-                        record.offset,
-                        record.timestamp,
-                        _value(state),
-                    )
+            threshold = book.threshold(key)
+            if threshold is None or not threshold_met(final, threshold):
+                continue
+            state = before.copy() if before is not None else None
+            if state is not None and threshold_met(state, threshold):
+                # Met before this call's records, yet not recorded: a threshold that became
+                # known only now; the crossing is dated at this call's first record.
+                found = records[0]
+            else:
+                found = records[-1]
+                for record in records:
+                    try:
+                        delta = self._decode(record.value or b"")
+                    except CodecError:
+                        continue
+                    if state is None:
+                        state = delta
+                    else:
+                        try:
+                            state.merge(delta)
+                        except LatticeError:
+                            continue
+                    if threshold_met(state, threshold):
+                        found = record
+                        break
+            self.crossings[marker] = CrossingFound(
+                book.step.id,
+                self.variable,
+                key,
+                threshold,
+                found.partition,
+                found.offset,
+                found.timestamp,
+                _value(state if state is not None else final),
+            )
 
 
 def _value(state: Lattice) -> Any:
