@@ -434,6 +434,12 @@ def ad_counter(
     help="Address the metrics endpoint binds (0.0.0.0: every interface, e.g. in a container).",
 )
 @click.option(
+    "--status-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve the live status page on http://HOST:PORT/ (HOST: --metrics-host).",
+)
+@click.option(
     "--sink/--no-sink",
     default=False,
     show_default=True,
@@ -458,6 +464,7 @@ def worker(
     name: str | None,
     metrics_port: int | None,
     metrics_host: str,
+    status_port: int | None,
     sink: bool,
     trust_all: bool,
     loglevel: str,
@@ -496,6 +503,22 @@ def worker(
         except OSError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"metrics: {server.url}", err=True)
+    status = None
+    if status_port is not None:
+        from lasp_streams.web import serve_worker_status
+
+        try:
+            status = serve_worker_status(
+                topology,
+                settings,
+                port=status_port,
+                host=metrics_host,
+                name=name,
+                registry=metrics.registry if metrics is not None else None,
+            )
+        except (OSError, KafkaSetupError) as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"status page: {status.url}", err=True)
     # faust parses sys.argv itself: hand it only its own worker arguments.
     sys.argv = [sys.argv[0], "worker", f"--loglevel={loglevel}"]
     try:
@@ -505,6 +528,8 @@ def worker(
     finally:
         if server is not None:
             server.close()
+        if status is not None:
+            status.close()
 
 
 # Commands that live in their own modules (imported last: they only add to `main`).

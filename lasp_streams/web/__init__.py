@@ -4,7 +4,7 @@
 serves one from a thread (``lasp-streams worker --status-port``). See :mod:`.app`.
 """
 
-from lasp_streams.web.app import StatusServer, serve_status, status_app
+from lasp_streams.web.app import StatusServer, serve_status, serve_worker_status, status_app
 from lasp_streams.web.source import KafkaStatusSource, StatusSource, snapshot
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "StatusServer",
     "StatusSource",
     "serve_status",
+    "serve_worker_status",
     "snapshot",
     "status_app",
 ]

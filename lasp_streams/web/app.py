@@ -32,7 +32,7 @@ from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.web.graph import render_svg
 from lasp_streams.web.source import KafkaStatusSource, StatusSource
 
-__all__ = ["StatusServer", "serve_status", "status_app"]
+__all__ = ["StatusServer", "serve_status", "serve_worker_status", "status_app"]
 
 log = logging.getLogger(__name__)
 
@@ -192,3 +192,25 @@ def serve_status(
             ) from outcome
         raise outcome
     return StatusServer(host, int(outcome), loop, thread, stop)
+
+
+def serve_worker_status(
+    topology: Topology,
+    settings: KafkaSettings,
+    *,
+    port: int,
+    host: str = "127.0.0.1",
+    name: str | None = None,
+    registry: CollectorRegistry | None = None,
+) -> StatusServer:
+    """What ``lasp-streams worker --status-port`` runs: deploy the topology's topics first (the
+    page reads them; an incompatible topic is refused with its fix, as by ``deploy``), then
+    :func:`serve_status`."""
+    from lasp_streams.deploy import apply_plan, plan_deploy
+    from lasp_streams.errors import KafkaSetupError
+
+    plan = plan_deploy(topology, settings, name=name)
+    report = asyncio.run(apply_plan(plan, settings))
+    if report.mismatches:
+        raise KafkaSetupError("; ".join(f"{s.problem} Fix: {s.fix}" for s in report.mismatches))
+    return serve_status(topology, settings, port=port, host=host, name=name, registry=registry)
