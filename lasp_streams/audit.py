@@ -37,7 +37,6 @@ from lasp_streams.errors import CodecError, LatticeError
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.threshold import Threshold, threshold_met
 from lasp_streams.runtime.kafka.crossing import BillingEvent, event_id
-from lasp_streams.runtime.kafka.follower import kafka_key, key_of
 
 __all__ = [
     "BillingCheck",
@@ -112,7 +111,7 @@ class ThresholdBook:
         if key not in self._known:
             found: Threshold | None = None
             for view in self._history():
-                found = self.step.threshold_for(key_of(key), view)
+                found = self.step.threshold_for(codec.key_from_kafka(key), view)
                 if found is not None:
                     break
             self._known[key] = found
@@ -271,7 +270,7 @@ class ReplayView:
         if name in self._pinned and key is None:
             return self._pinned[name].value()
         replay = self._replays[name]
-        state = replay.states.get(kafka_key(key))
+        state = replay.states.get(codec.key_to_kafka(key) or b"")
         return (state if state is not None else replay.prototype.bottom()).value()
 
 
@@ -339,7 +338,7 @@ def compare_states(
         mine = replay.states.get(key, bottom)
         theirs = live.get(key, bottom)
         out.keys += 1
-        where = f"{replay.variable}[{key_of(key)!r}]"
+        where = f"{replay.variable}[{codec.key_from_kafka(key)!r}]"
         if not theirs.same_type(mine):
             out.problems.append(
                 Problem("state-type", where, f"the state topic holds {type(theirs).__name__}")
@@ -442,7 +441,7 @@ def reconcile_billing(
                     "forged-billing",
                     where,
                     f"its id is not the sink's id {expected} for trigger {event.trigger!r} "
-                    f"key {key_of(event.key)!r}",
+                    f"key {codec.key_from_kafka(event.key)!r}",
                 )
             )
             continue
@@ -463,8 +462,9 @@ def reconcile_billing(
                     Problem(
                         "unjustified-billing",
                         where,
-                        f"the replayed {triggers[event.trigger]}[{key_of(event.key)!r}] never "
-                        f"met trigger {event.trigger!r}'s threshold",
+                        f"the replayed {triggers[event.trigger]}"
+                        f"[{codec.key_from_kafka(event.key)!r}] never met trigger "
+                        f"{event.trigger!r}'s threshold",
                     )
                 )
             else:
@@ -476,7 +476,7 @@ def reconcile_billing(
             out.problems.append(
                 Problem(
                     "unbilled-crossing",
-                    f"{crossing.variable}[{key_of(crossing.key)!r}]",
+                    f"{crossing.variable}[{codec.key_from_kafka(crossing.key)!r}]",
                     f"met trigger {crossing.trigger!r} at partition {crossing.partition} offset "
                     f"{crossing.offset}, but no billing event bills it",
                 )

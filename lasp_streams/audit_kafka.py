@@ -42,7 +42,6 @@ from lasp_streams.errors import CodecError, DecodeError, KafkaSetupError, LaspEr
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.runtime.kafka.crossing import BillingEvent
 from lasp_streams.runtime.kafka.dlq import parse_headers
-from lasp_streams.runtime.kafka.follower import key_of
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import (
     billing_topic,
@@ -127,9 +126,7 @@ class AdLine:
             "gross": self.gross,
             "minimum": self.minimum,
             "overcount": self.overcount,
-            "crossed_at": (
-                _iso(self.crossing.timestamp_ms) if self.crossing is not None else None
-            ),
+            "crossed_at": (_iso(self.crossing.timestamp_ms) if self.crossing is not None else None),
             "crossed_at_record": (
                 f"{self.crossing.partition}@{self.crossing.offset}"
                 if self.crossing is not None
@@ -458,7 +455,7 @@ def _ad_lines(
                 lines.append(
                     AdLine(
                         book.step.id,
-                        str(key_of(key)),
+                        str(codec.key_from_kafka(key)),
                         state.value(),
                         threshold.n if threshold.kind in ("value", "cardinality") else None,
                         replay.crossings.get((book.step.id, key)),

@@ -25,7 +25,6 @@ from lasp_streams.cli_deploy import load_plan, topology_options
 from lasp_streams.errors import CodecError, LaspError
 from lasp_streams.runtime.kafka.crossing import BillingEvent
 from lasp_streams.runtime.kafka.dlq import parse_headers
-from lasp_streams.runtime.kafka.follower import key_of
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import billing_topic, dlq_topic
 
@@ -247,7 +246,7 @@ def billing_export(
                 "topology": event.topology,
                 "variable": event.variable,
                 "trigger": event.trigger,
-                "key": str(key_of(event.key)),
+                "key": str(codec.key_from_kafka(event.key)),
                 "value": event.value,
                 "threshold": event.threshold,
                 "partition": record.partition,
@@ -308,7 +307,7 @@ def dlq_show(
             "source": f"{info.get('source.topic', '?')} partition "
             f"{info.get('source.partition', '?')} offset {info.get('source.offset', '?')}",
             "dlq_offset": f"{record.partition}@{record.offset}",
-            "key": repr(key_of(record.key))[:100],
+            "key": repr(codec.key_from_kafka(record.key))[:100],
             "value": _decoded(record.value),
         }
         if as_json:

@@ -23,12 +23,13 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from lasp_streams import codec
 from lasp_streams.dataflow.steps import TriggerStep
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.runtime.kafka.crossing import BillingEvent
-from lasp_streams.runtime.kafka.follower import VariableFollower, kafka_key, key_of
+from lasp_streams.runtime.kafka.follower import VariableFollower
 from lasp_streams.runtime.kafka.reader import partitions_of
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import billing_topic
@@ -87,7 +88,7 @@ class _View:
 
     def query(self, var: Any, key: Hashable = None) -> Any:
         v = self._topology.var(var)
-        state = self._states(v.id).get(kafka_key(key))
+        state = self._states(v.id).get(codec.key_to_kafka(key) or b"")
         return (state if state is not None else v.prototype.bottom()).value()
 
 
@@ -120,7 +121,7 @@ def snapshot(
             "keyed": var.keyed,
         }
         if var.keyed:
-            values = [(str(key_of(k)), s.value()) for k, s in held.items()]
+            values = [(str(codec.key_from_kafka(k)), s.value()) for k, s in held.items()]
             numeric = all(isinstance(v, int | float) for _, v in values)
             values.sort(key=(lambda kv: -kv[1]) if numeric else (lambda kv: kv[0]))
             entry["keys"] = len(values)
@@ -145,7 +146,7 @@ def snapshot(
             continue
         keys = []
         for raw, state in states(step.var).items():
-            key = key_of(raw)
+            key = codec.key_from_kafka(raw)
             try:
                 threshold = step.threshold_for(key, view)
             except Exception as exc:  # a user function: shown, never fatal to the page
