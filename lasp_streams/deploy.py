@@ -19,6 +19,8 @@ mismatches and reports each with the command that fixes it.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -334,6 +336,19 @@ class TeardownReport:
     failed_groups: dict[str, str] = field(default_factory=dict)
 
 
+async def _wait_gone(admin: Any, names: Sequence[str], timeout: float = 30.0) -> None:
+    """Return once the cluster no longer lists ``names`` (deletion completes asynchronously:
+    a deploy right after a teardown must not find the old topics)."""
+    deadline = time.monotonic() + timeout
+    while names and await describe_topics(admin, list(names)):
+        if time.monotonic() > deadline:
+            raise KafkaSetupError(
+                f"topics {sorted(names)[:3]} were deleted but still exist after {timeout:.0f} s; "
+                "check the broker log"
+            )
+        await asyncio.sleep(0.1)
+
+
 async def teardown(plan: DeployPlan, settings: KafkaSettings) -> TeardownReport:
     """Delete the plan's topics and consumer groups that exist (data and committed offsets
     are lost). A group with live members is not deleted and is reported."""
@@ -353,6 +368,7 @@ async def teardown(plan: DeployPlan, settings: KafkaSettings) -> TeardownReport:
                         f"the cluster refused to delete topic {name!r}: error code {code}; "
                         "check the client's ACLs and delete.topic.enable on the brokers"
                     )
+        await _wait_gone(admin, report.topics)
         listed = {g[0] if isinstance(g, tuple) else g for g in await admin.list_consumer_groups()}
         for group in plan.groups:
             if group.id not in listed:
