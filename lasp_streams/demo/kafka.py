@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lasp_streams.client import RightsEscrow
 from lasp_streams.client.kafka import KafkaTransport
 from lasp_streams.dataflow.events import TriggerEvent
 from lasp_streams.demo.config import DemoConfig
@@ -43,6 +42,7 @@ from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import read_billing_events
 from lasp_streams.runtime.kafka.topics import billing_topic, dlq_topic
+from lasp_streams.server import RightsEscrow
 
 __all__ = ["run_kafka"]
 
@@ -80,6 +80,7 @@ async def run_kafka(
     *,
     bootstrap: str | None = None,
     keep_broker: bool = False,
+    keep: bool = False,
     partitions: int = 3,
     name: str | None = None,
     progress: Callable[[str], None] = _say,
@@ -88,7 +89,8 @@ async def run_kafka(
     """Run the demo on Kafka (see the module docstring) and summarise it.
 
     aiokafka's own retry warnings (a fresh broker electing leaders, say) are silenced unless
-    the caller configured logging: they are noise in a demo's output, not failures."""
+    the caller configured logging: they are noise in a demo's output, not failures. The run's
+    topics and consumer groups are deleted at the end unless ``keep`` (to audit it, say)."""
     if not logging.getLogger().handlers:
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     stop_broker: Callable[[], None] = lambda: None  # noqa: E731
@@ -97,10 +99,27 @@ async def run_kafka(
     else:
         address = bootstrap
     try:
-        return await _run(cfg, address, partitions, name, progress, clock)
+        return await _run(cfg, address, partitions, name, progress, clock, keep)
     finally:
         if not keep_broker:
             await asyncio.to_thread(stop_broker)
+
+
+async def _remove(
+    topo: Any, settings: KafkaSettings, name: str, progress: Callable[[str], None]
+) -> None:
+    """Delete the run's topics and groups (what `lasp-streams teardown` does)."""
+    from lasp_streams.deploy import plan_deploy, teardown
+
+    try:
+        report = await teardown(plan_deploy(topo, settings, name=name), settings)
+    except LaspError as exc:
+        progress(f"warning: could not remove topology {name!r}: {exc}")
+        return
+    progress(
+        f"removed topology {name!r}: {len(report.topics)} topics, {len(report.groups)} "
+        "consumer groups (--keep keeps them)"
+    )
 
 
 async def _run(
@@ -110,6 +129,7 @@ async def _run(
     name: str | None,
     progress: Callable[[str], None],
     clock: Callable[[], float],
+    keep: bool = False,
 ) -> RunSummary:
     mod = ad_counter()
     master = random.Random(cfg.seed)
@@ -232,6 +252,8 @@ async def _run(
         for transport in transports:
             await transport.stop()
         await rt.stop()
+        if not keep:
+            await _remove(topo, settings, name, progress)
 
     billing = [
         BillingEvent(
