@@ -219,7 +219,8 @@ def test_sasl_ssl_connection_options_carry_the_credentials_and_the_ca(tmp_path: 
 def test_faust_gets_the_same_credentials(tmp_path: Path) -> None:
     ca, _key = make_ca(tmp_path)
     options = clients.faust_options(
-        KafkaSettings(**SASL, ssl_cafile=str(ca), bootstrap_servers="a:1,b:2")
+        KafkaSettings(**SASL, ssl_cafile=str(ca), bootstrap_servers="a:1,b:2"),
+        faust.SASLCredentials,
     )
     assert options["broker"] == "kafka://a:1;kafka://b:2"
     credentials = options["broker_credentials"]
@@ -228,6 +229,10 @@ def test_faust_gets_the_same_credentials(tmp_path: Path) -> None:
     assert credentials.username == "worker" and credentials.password == "s3cret"
     assert credentials.protocol.value == "SASL_SSL"
     assert "broker_credentials" not in clients.faust_options(KafkaSettings())
+    tls = clients.faust_options(KafkaSettings(security_protocol="SSL", ssl_cafile=str(ca)))
+    assert isinstance(
+        faust.types.auth.to_credentials(tls["broker_credentials"]), faust.SSLCredentials
+    )
 
 
 def test_a_missing_ca_file_is_a_config_error(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ import functools
 import logging
 import os
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -150,26 +150,29 @@ def admin(settings: KafkaSettings, role: str = "admin", **options: Any) -> AIOKa
     return AIOKafkaAdminClient(**_merge(settings, role, options))
 
 
-def faust_options(settings: KafkaSettings) -> dict[str, Any]:
+def faust_options(
+    settings: KafkaSettings, sasl_credentials: Callable[..., Any] | None = None
+) -> dict[str, Any]:
     """``faust.App`` keyword arguments for the same cluster and credentials: ``broker`` and,
     when the cluster is secured, ``broker_credentials`` (faust hands them to its aiokafka
-    clients)."""
-    import faust
-
+    clients). ``sasl_credentials`` is ``faust.SASLCredentials``, passed in by the one module
+    that imports faust; a TLS-only cluster needs no class (faust takes an ``SSLContext``)."""
     options: dict[str, Any] = {
         "broker": ";".join(f"kafka://{entry}" for entry in settings.bootstrap_servers.split(",")),
         "broker_client_id": f"{settings.client_id}-faust",
     }
     context = ssl_context(settings)
     if settings.security_protocol.startswith("SASL_"):
-        options["broker_credentials"] = faust.SASLCredentials(
+        if sasl_credentials is None:
+            raise TypeError("a SASL cluster needs sasl_credentials=faust.SASLCredentials")
+        options["broker_credentials"] = sasl_credentials(
             username=settings.sasl_username,
             password=settings.sasl_password,
             ssl_context=context,
             mechanism=settings.sasl_mechanism,
         )
     elif context is not None:
-        options["broker_credentials"] = faust.SSLCredentials(context)
+        options["broker_credentials"] = context
     return options
 
 
