@@ -51,6 +51,10 @@ _FLAGS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+def _param(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
 @dataclass(frozen=True)
 class KafkaFlags:
     """The connection flags a command was given (None: not given) and its ``--config``."""
@@ -70,11 +74,12 @@ class KafkaFlags:
 
 def kafka_options(func: F) -> F:
     """Add the connection flags and ``--config`` to a click command; it receives ``kafka``."""
-    names = [field for _flag, field, _help in _FLAGS]
+    # Parameter names follow the flags (``bootstrap``), which resolve_settings also accepts.
+    names = [_param(flag) for flag, _field, _help in _FLAGS]
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        flags = {field: kwargs.pop(field) for field in names}
+        flags = {name: kwargs.pop(name) for name in names}
         kwargs["kafka"] = KafkaFlags(flags, kwargs.pop("config_file"))
         return func(*args, **kwargs)
 
@@ -84,7 +89,7 @@ def kafka_options(func: F) -> F:
         kind = click.Choice(choices[field], case_sensitive=False) if field in choices else None
         decorated = click.option(
             flag,
-            field,
+            _param(flag),
             type=kind,
             default=None,
             metavar="HOST:PORT" if flag == "--bootstrap" else None,
