@@ -16,6 +16,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka.errors import TopicAuthorizationFailedError
@@ -246,3 +247,41 @@ def test_default_principals_are_the_users_of_this_broker() -> None:
     for role in ROLES:
         assert Principals().of(role) == f"User:lasp-{role}"
         assert f"lasp-{role}" in PASSWORDS
+
+
+def _cli_acls(secured: Secured, user: str) -> Any:
+    return CliRunner().invoke(
+        main,
+        [
+            "acls",
+            "topologies.ad_counter",
+            "--name",
+            TOPOLOGY,
+            "--apply",
+            "--bootstrap",
+            secured.broker.bootstrap_servers,
+            "--security-protocol",
+            "SASL_SSL",
+            "--sasl-mechanism",
+            "SCRAM-SHA-512",
+            "--sasl-username",
+            user,
+            "--ssl-cafile",
+            str(secured.ca),
+        ],
+        env={"LASP_STREAMS_SASL_PASSWORD": PASSWORDS[user]},
+        catch_exceptions=False,
+    )
+
+
+def test_acls_apply_is_idempotent_and_refused_to_a_non_admin(
+    secured: Secured, deployed: str
+) -> None:
+    applied = _cli_acls(secured, ADMIN)
+    assert applied.exit_code == 0, applied.output
+    count = len(plan_acls(build(), name=deployed))
+    assert f"applied {count} ACL binding(s)" in applied.output
+    refused = _cli_acls(secured, "lasp-device")
+    assert refused.exit_code == 1, refused.output
+    (line,) = refused.output.strip().splitlines()[-1:]
+    assert "the cluster refused ACL" in line and "super user" in line

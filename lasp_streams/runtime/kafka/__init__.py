@@ -7,7 +7,9 @@ batches, the trusted exactly-once sink, and the dead-letter topic.
 
 Modules:
 
-- :mod:`.settings` — one frozen settings object;
+- :mod:`.settings` — one frozen settings object (cluster, security, topic shapes, batching);
+- :mod:`.clients` — the one place that builds Kafka clients (and faust's connection options);
+- :mod:`.acls` — the ACLs each role needs on a topology's topics, groups and transactional ids;
 - :mod:`.topics` — topic names, the topic plan, declaring and checking topics;
 - :mod:`.reader` — read a topic to its end;
 - :mod:`.joiner` — the pure per-partition join of a batch of delta records;
