@@ -284,4 +284,4 @@ def test_acls_apply_is_idempotent_and_refused_to_a_non_admin(
     refused = _cli_acls(secured, "lasp-device")
     assert refused.exit_code == 1, refused.output
     (line,) = refused.output.strip().splitlines()[-1:]
-    assert "the cluster refused ACL" in line and "super user" in line
+    assert "the cluster refused ACL" in line and "apply them as a super user" in line

@@ -77,6 +77,7 @@ _OPERATION: Final = {
     "IDEMPOTENT_WRITE": 12,
 }
 _ALLOW: Final = 3
+_CLUSTER_AUTHORIZATION_FAILED: Final = 31
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,10 +271,15 @@ async def apply_acls(admin: Any, bindings: Sequence[AclBinding]) -> int:
         )
         response = await admin._send_request(request)
         for error_code, message in response.creation_responses:
+            if error_code == _CLUSTER_AUTHORIZATION_FAILED:
+                raise KafkaSetupError(
+                    f"the cluster refused ACL '{binding.describe()}': this user may not create "
+                    "ACLs; apply them as a super user (or a principal with ALTER on the cluster)"
+                )
             if error_code != 0:
+                # The broker's message can be a dump of the whole request: keep its start.
                 raise KafkaSetupError(
                     f"the cluster refused ACL '{binding.describe()}': error code {error_code}"
-                    f"{': ' + message if message else ''}. The admin principal needs ALTER on "
-                    "the cluster (or to be a super user)"
+                    f"{': ' + message[:160] if message else ''}"
                 )
     return len(bindings)
