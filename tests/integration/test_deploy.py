@@ -5,7 +5,6 @@ stops the deploy with the command that fixes it, teardown removes topics and gro
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 
 import pytest
@@ -110,17 +109,3 @@ async def test_teardown_deletes_the_topics_and_the_groups(
     assert "deleted 17 topic(s) and 1 consumer group(s)" in out
     assert await topics_of(bootstrap_servers, name) == set()
     assert await groups_of(bootstrap_servers, name) == set()
-
-
-def test_describe_prints_json_and_mermaid_without_a_broker() -> None:
-    code, out = run("describe", REF, "--bootstrap", "127.0.0.1:1", "--json")
-    assert code == 0, out
-    plan = json.loads(out)
-    assert plan["broadcast"] == ["ads_with_contracts"]
-    assert {g["id"] for g in plan["consumer_groups"]} == {
-        "ad_counter.impressions.agent",
-        "ad_counter.operators.unkeyed",
-        "ad_counter.sink",
-    }
-    code, out = run("describe", REF, "--mermaid")
-    assert code == 0 and out.startswith("flowchart LR"), out
