@@ -109,3 +109,19 @@ async def test_teardown_deletes_the_topics_and_the_groups(
     assert "deleted 17 topic(s) and 1 consumer group(s)" in out
     assert await topics_of(bootstrap_servers, name) == set()
     assert await groups_of(bootstrap_servers, name) == set()
+
+
+async def test_the_demo_removes_its_topology_unless_kept(
+    bootstrap_servers: str, unique_topic: Callable[..., str]
+) -> None:
+    from lasp_streams.demo import DemoConfig
+    from lasp_streams.demo.kafka import run_kafka
+
+    name = unique_topic("demo")
+    cfg = DemoConfig(ads=1, clients=2, rate=2_000.0, min_impressions=300, timeout=60.0)
+    messages: list[str] = []
+    summary = await run_kafka(cfg, bootstrap=bootstrap_servers, name=name, progress=messages.append)
+    assert not summary.timed_out
+    assert any(m.startswith(f"removed topology {name!r}: 17 topics") for m in messages), messages
+    assert await topics_of(bootstrap_servers, name) == set()
+    assert await groups_of(bootstrap_servers, name) == set()
