@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,7 @@ def render(report: AuditReport, console: Console) -> None:
     console.print(states)
     if report.ads:
         ads = Table(title="per key of each trigger (per ad)")
-        for column in ("key", "gross", "minimum", "overcount", "crossed at", "billing event"):
+        for column in ("key", "gross", "minimum", "overcount", "crossed (UTC)", "billing event"):
             ads.add_column(column, justify="left" if column == "key" else "right")
         ads.add_column("amount", justify="right")
         for line in report.ads:
@@ -146,7 +147,7 @@ def render(report: AuditReport, console: Console) -> None:
                 _num(line.gross),
                 _num(line.minimum),
                 _num(line.overcount),
-                data["crossed_at"] or "-",
+                _clock(line.crossing.timestamp_ms) if line.crossing is not None else "-",
                 data["billing_event_id"] or "-",
                 _num(data["amount"]),
             )
@@ -171,6 +172,11 @@ def render(report: AuditReport, console: Console) -> None:
         console.print("[green]OK[/green]: the live state and billing match the replay")
     else:
         console.print(f"[red]FAILED[/red]: {len(report.problems)} mismatch(es)")
+
+
+def _clock(ms: int) -> str:
+    """A crossing's time of day in UTC, to the millisecond (the JSON has the full date)."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S.%f")[:-3]
 
 
 def _num(value: Any) -> str:

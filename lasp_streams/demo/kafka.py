@@ -173,8 +173,10 @@ async def _run(
         await rt.follow("impressions")
         for ad in ads:
             await rt.update(mod.ad_source(ad), mod.SERVER_ACTOR, "add", ad)
-            contract_min = minimum[ad.id] if minimum[ad.id] != cfg.min_impressions else 0
-            await rt.update("contracts", mod.SERVER_ACTOR, "add", mod.Contract(ad.id, contract_min))
+            # Every contract names its minimum: the record on Kafka then says what was agreed,
+            # and `lasp-streams audit topologies.ad_counter` audits any --min-impressions run.
+            contract = mod.Contract(ad.id, minimum[ad.id])
+            await rt.update("contracts", mod.SERVER_ACTOR, "add", contract)
         if escrow is not None:
             escrow.attach(rt)
             for ad in ads:
