@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from click.testing import CliRunner
 
 from lasp_streams.cli import main
@@ -95,6 +96,27 @@ async def test_a_clean_demo_run_passes_with_no_difference(
     assert code == 0, out
     rows = list(csv.DictReader(io.StringIO(out)))
     assert sorted(r["event_id"] for r in rows) == sorted(a["billing_event_id"] for a in ads)
+
+    # Retention that no longer reaches the start: the replay says so and only checks that the
+    # window is below the live state.
+    ends = await end_offsets(settings, delta_topic(name, "impressions"))
+    busiest = max(ends, key=lambda p: ends[p])
+    assert ends[busiest] > 3
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        tp = TopicPartition(delta_topic(name, "impressions"), busiest)
+        await admin.delete_records({tp: RecordsToDelete(before_offset=3)})
+    finally:
+        await admin.close()
+    code, out = await asyncio.to_thread(run, "audit", REF, *args, "--json", "-")
+    report = json.loads(out)
+    assert not report["complete"] and report["problems"] == [], report
+    assert any(
+        f"impressions.deltas partition {busiest}: retention no longer reaches the start" in w
+        and "3 record(s) are gone" in w
+        for w in report["warnings"]
+    ), report["warnings"]
 
 
 async def test_a_forged_billing_record_fails_the_audit_by_name(
