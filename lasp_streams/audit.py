@@ -127,6 +127,7 @@ class VariableReplay:
         prototype: Lattice,
         *,
         triggers: Sequence[ThresholdBook] = (),
+        validate: RecordCheck | None = None,
         decode: Callable[[bytes], Lattice] = codec.decode,
     ) -> None:
         self.variable = variable
@@ -138,6 +139,9 @@ class VariableReplay:
         self.crossings: dict[tuple[str, bytes], CrossingFound] = {}
         self._triggers = tuple(triggers)
         self._decode = decode
+        #: The live agents' record check (a client's actor header), so the replay refuses
+        #: exactly what they dead-lettered.
+        self._validate = validate
 
     def feed(self, records: Iterable[Record]) -> bool:
         """Decode and join ``records`` (any order: joins commute; crossing times follow the
@@ -150,6 +154,7 @@ class VariableReplay:
         states = self.states
         decode = self._decode
         proto = self.prototype
+        validate = self._validate
         track = bool(self._triggers)
         # key -> (its state before this call, its records in this call); None: nothing to find.
         touched: dict[bytes, tuple[Lattice | None, list[Record]] | None] = {}
@@ -165,6 +170,10 @@ class VariableReplay:
                 delta = decode(raw)
                 if not proto.same_type(delta):
                     raise CodecError(f"holds {type(delta).__name__}, not {type(proto).__name__}")
+                if validate is not None:
+                    refusal = _check(validate, record, delta)
+                    if refusal is not None:
+                        raise CodecError(f"refused as the agent does: {refusal}")
                 state = states.get(key)
                 if track:
                     if key not in touched:
@@ -266,6 +275,17 @@ class VariableReplay:
                 _value(state if state is not None else final),
                 getattr(found, "topic", ""),
             )
+
+
+#: ``check(headers, delta)``: None to accept a record, or why it is refused.
+RecordCheck = Callable[[Sequence[tuple[str, bytes]], Lattice], "str | None"]
+
+
+def _check(validate: RecordCheck, record: Any, delta: Lattice) -> str | None:
+    try:
+        return validate(getattr(record, "headers", None) or (), delta)
+    except Exception as exc:  # a validator that raises refuses, as on the agents
+        return f"record validator raised {exc!r}"
 
 
 def _value(state: Lattice) -> Any:

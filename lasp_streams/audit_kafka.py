@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -45,6 +45,7 @@ from lasp_streams.errors import CodecError, DecodeError, KafkaSetupError, LaspEr
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.runtime.kafka.crossing import BillingEvent
 from lasp_streams.runtime.kafka.dlq import parse_headers
+from lasp_streams.runtime.kafka.plan import plan_worker
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import (
     billing_topic,
@@ -53,6 +54,7 @@ from lasp_streams.runtime.kafka.topics import (
     dlq_topic,
     state_topic,
 )
+from lasp_streams.server.validate import record_delta_problem
 
 __all__ = [
     "AdLine",
@@ -412,9 +414,12 @@ async def run_audit(
     start: Bound = Bound(),
     end: Bound = Bound(),
     progress: Callable[[int, int], None] | None = None,
+    checked: Iterable[str] | None = None,
 ) -> AuditReport:
     """Audit the topology running as ``name`` (see the module docstrings). ``progress(done,
-    total)`` hears the number of delta records replayed so far."""
+    total)`` hears the number of delta records replayed so far. ``checked``: the variables
+    whose records get the client check, as the workers were told (default: the workers'
+    default; ``()`` for workers run with ``--trust-all``)."""
     topology.freeze()
     name = name or topology.name
     report = AuditReport(name, start, end, complete=start.edge and end.edge)
@@ -456,8 +461,14 @@ async def run_audit(
 
         replays: dict[str, VariableReplay] = {}
         books = trigger_books(topology, replays)
+        check = set(plan_worker(topology, checked=checked, name=name).checked)
         for var in variables:
-            replays[var.id] = VariableReplay(var.id, var.prototype, triggers=books.get(var.id, ()))
+            replays[var.id] = VariableReplay(
+                var.id,
+                var.prototype,
+                triggers=books.get(var.id, ()),
+                validate=record_delta_problem if var.id in check else None,
+            )
         recheck = watchers(topology)
         total, history = await read_merged(
             consumer,

@@ -41,6 +41,11 @@ _MAX_SHOWN = 200
 @click.option("--from", "start", metavar="TIME|OFFSET", default=None, help="Replay from here.")
 @click.option("--to", "end", metavar="TIME|OFFSET", default=None, help="Replay up to here.")
 @click.option(
+    "--trust-all",
+    is_flag=True,
+    help="The workers ran with --trust-all: join client deltas without the actor check.",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -54,6 +59,7 @@ def audit(
     name: str | None,
     start: str | None,
     end: str | None,
+    trust_all: bool,
     json_path: Path | None,
 ) -> None:
     """Replay a deployed topology's delta topics and hold its live state and billing to them.
@@ -96,6 +102,7 @@ def audit(
                     start=lower,
                     end=upper,
                     progress=progress,
+                    checked=() if trust_all else None,
                 )
             )
         except LaspError as exc:
