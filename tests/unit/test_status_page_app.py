@@ -73,6 +73,18 @@ def test_snapshot_shows_values_thresholds_billing_lag_and_dead_letters() -> None
     assert data["lag"] == [{"variable": "views", "partition": "0", "records": 20.0}]
     assert data["dlq"] == [{"variable": "views", "reason": "decode", "records": 1.0}]
     json.dumps(data)  # all of it is JSON
+    # What the Kafka source reads (every group's lag, the dead-letter topic) wins.
+    group_lag = [{"variable": "views", "partition": 1, "records": 7, "group": "shop.views.agent"}]
+    data = snapshot(
+        topo,
+        lambda v: states.get(v, {}),
+        billing,
+        registry,
+        lag=group_lag,
+        dlq={("views", "late"): 2},
+    )
+    assert data["lag"] == group_lag
+    assert data["dlq"] == [{"variable": "views", "reason": "late", "records": 2}]
 
 
 def test_the_graph_has_a_node_per_variable_with_a_value_line() -> None:
