@@ -2,9 +2,10 @@
 
 The pure part (no I/O; :mod:`lasp_streams.audit_kafka` feeds it from the topics):
 
-- :class:`VariableReplay` joins one variable's delta records into per-key states, and notes
-  the record (partition, offset, time) at which each key first met each trigger's threshold:
-  the *re-derived crossings*.
+- :class:`VariableReplay` joins one variable's delta records into per-key states — refusing
+  what the agents refuse (undecodable, wrong type, no join, a client writing another client's
+  entries) — and notes the record (partition, offset, time) at which each key first met each
+  trigger's threshold: the *re-derived crossings*.
 - :func:`compare_states` holds the live state topic to the replay: everything live must be
   explained by the deltas (``live <= replayed``; anything else is a mismatch), and on a full,
   quiet replay the two are equal (the "difference" reported is then 0.00%).
