@@ -12,6 +12,7 @@ from typing import TypeVar
 import click
 
 from lasp_streams.errors import KafkaSetupError
+from lasp_streams.gateway.cli import gateway
 from lasp_streams.localkafka import (
     DEFAULT_BROKER_PORT,
     DEFAULT_CONTROLLER_PORT,
@@ -486,3 +487,6 @@ def worker(
     finally:
         if server is not None:
             server.close()
+
+
+main.add_command(gateway)
