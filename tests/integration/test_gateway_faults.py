@@ -115,12 +115,7 @@ async def test_a_gateway_killed_mid_batch_loses_no_acknowledged_total(
             devices = [f"dev-{i}" for i in range(20)]
             acked = dict.fromkeys(devices, 0)
             claimed = dict.fromkeys(devices, 0)
-            transports = {
-                d: __import__(
-                    "lasp_streams.client.gateway", fromlist=["GatewayTransport"]
-                ).GatewayTransport(url, d, env.ring.secret(d))
-                for d in devices
-            }
+            transports = {d: GatewayTransport(url, d, env.ring.secret(d)) for d in devices}
             killed = asyncio.Event()
 
             async def device(d: str) -> None:
@@ -245,6 +240,6 @@ async def test_idle_sockets_slow_readers_and_bad_frames_leave_the_gateway_up(
         await t.publish("impressions", [("rovio-0", total("honest", 3))])
         await t.stop()
         await env.wait_count("rovio-0", 3)
-        async with aiohttp.ClientSession() as http:
-            async with http.get(served.url.replace("/v1/ws", "/healthz")) as resp:
-                assert (await resp.json())["sessions"] == 0
+        health = served.url.replace("/v1/ws", "/healthz")
+        async with aiohttp.ClientSession() as http, http.get(health) as resp:
+            assert (await resp.json())["sessions"] == 0
