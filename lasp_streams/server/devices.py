@@ -8,7 +8,7 @@ from an authenticated device ``D`` is accepted only when
   :attr:`DevicePolicy.max_id_len` UTF-8 bytes that the topology knows (``known(V, K)``: an ad
   that exists or existed — 20,000 invented ads are refused);
 - each delta decodes (codec, bounded) to a GCounter whose only entry is ``D``'s own
-  (:func:`~lasp_streams.client.validate.client_delta_problem`: another device's id is refused);
+  (:func:`~lasp_streams.server.validate.client_delta_problem`: another device's id is refused);
 - each total is at most :attr:`DevicePolicy.max_total` (a device's own entry of 10^18 is
   refused here; the ledger additionally caps views per key per interval, with state the
   stateless gateway does not have).
@@ -23,11 +23,11 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from lasp_streams.client.validate import client_delta_problem
 from lasp_streams.codec import decode
 from lasp_streams.errors import CodecError
 from lasp_streams.gateway.protocol import ProtocolError
 from lasp_streams.lattices.counters import GCounter
+from lasp_streams.server.validate import client_delta_problem
 
 __all__ = ["DevicePolicy", "check_flush", "check_identifier"]
 

@@ -41,7 +41,7 @@ __all__ = [
 Validator = Callable[[bytes, Lattice], "str | None"]
 
 #: Checks a decoded delta against its whole record (e.g. the client's actor header, see
-#: :func:`lasp_streams.client.validate.record_delta_problem`): ``(headers, delta)``, returns
+#: :func:`lasp_streams.server.validate.record_delta_problem`): ``(headers, delta)``, returns
 #: None to accept, or why it is refused.
 RecordValidator = Callable[[Sequence[tuple[str, bytes]], Lattice], "str | None"]
 

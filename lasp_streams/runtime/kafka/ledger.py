@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 
 from lasp_streams import codec
-from lasp_streams.client.validate import ACTOR_HEADER
+from lasp_streams.codec import ACTOR_HEADER
 from lasp_streams.lattices.counters import GCounter
 from lasp_streams.runtime.kafka.fencing import close_fenced
 from lasp_streams.runtime.kafka.settings import KafkaSettings
