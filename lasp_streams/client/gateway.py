@@ -1,5 +1,5 @@
 """A :class:`~lasp_streams.client.transport.ClientTransport` over gateways (WebSocket,
-:mod:`lasp_streams.gateway.protocol`): what a real device uses, no Kafka connection.
+:mod:`lasp_streams.client.protocol`): what a real device uses, no Kafka connection.
 
 - ``read_state(var)`` subscribes to ``var`` (the keys given in ``keys[var]``, or every key:
   *selective hearing*) and returns the gateway's snapshot; from then on the gateway pushes each
@@ -28,9 +28,9 @@ from typing import Any
 
 import aiohttp
 
+from lasp_streams.client.protocol import PROTOCOL, ProtocolError, sign, unpack
 from lasp_streams.client.transport import DeltaBatch, DeltasExpired, Offline, Position, Snapshot
 from lasp_streams.errors import LaspError
-from lasp_streams.gateway.protocol import PROTOCOL, ProtocolError, sign, unpack
 
 __all__ = ["GatewayRefused", "GatewayTransport"]
 

@@ -18,11 +18,11 @@ import asyncio
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Protocol
 
+from lasp_streams.client.protocol import pack
 from lasp_streams.codec import encode
 from lasp_streams.codec import key_from_kafka as key_of
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.gateway.metrics import GatewayMetrics
-from lasp_streams.gateway.protocol import pack
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.runtime.kafka.follower import VariableFollower
 from lasp_streams.runtime.kafka.settings import KafkaSettings

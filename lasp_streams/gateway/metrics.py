@@ -1,7 +1,7 @@
 """The gateway's Prometheus metrics, created against a registry the caller gives (as
 :mod:`lasp_streams.metrics` does for agents; nothing registered on import).
 
-Labels are bounded: refusal codes (:data:`~lasp_streams.gateway.protocol.REFUSAL_CODES`),
+Labels are bounded: refusal codes (:data:`~lasp_streams.client.protocol.REFUSAL_CODES`),
 request ops and variable names. Device ids and keys are never labels.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from lasp_streams.gateway.protocol import REFUSAL_CODES
+from lasp_streams.client.protocol import REFUSAL_CODES
 
 __all__ = ["GatewayMetrics"]
 

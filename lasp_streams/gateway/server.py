@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from lasp_streams.client.protocol import PROTOCOL
 from lasp_streams.dataflow.steps import TriggerStep
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.gateway.batcher import Batcher
@@ -37,7 +38,6 @@ from lasp_streams.gateway.hearing import Hearing
 from lasp_streams.gateway.kafka import batch_producer
 from lasp_streams.gateway.keys import KeyRing, load_keyring
 from lasp_streams.gateway.metrics import GatewayMetrics
-from lasp_streams.gateway.protocol import PROTOCOL
 from lasp_streams.gateway.session import Session
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.threshold import threshold_met

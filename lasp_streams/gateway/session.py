@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-from lasp_streams.gateway.protocol import ProtocolError, mac, pack, unpack
+from lasp_streams.client.protocol import ProtocolError, mac, pack, unpack
 from lasp_streams.server.devices import check_flush, check_identifier
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from an authenticated device ``D`` is accepted only when
   stateless gateway does not have).
 
 The whole flush is refused on the first problem (an honest client never sends one), with a
-:class:`~lasp_streams.gateway.protocol.ProtocolError` naming the code and the offending item.
+:class:`~lasp_streams.client.protocol.ProtocolError` naming the code and the offending item.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from lasp_streams.client.protocol import ProtocolError
 from lasp_streams.codec import decode
 from lasp_streams.errors import CodecError
-from lasp_streams.gateway.protocol import ProtocolError
 from lasp_streams.lattices.counters import GCounter
 from lasp_streams.server.validate import client_delta_problem
 

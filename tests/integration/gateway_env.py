@@ -16,11 +16,11 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from lasp_streams.client.gateway import GatewayTransport
+from lasp_streams.client.protocol import PROTOCOL, pack, sign, unpack
 from lasp_streams.demo.simulate import ad_ids
 from lasp_streams.gateway.config import GatewayConfig
 from lasp_streams.gateway.keys import KeyRing, save_keyring
 from lasp_streams.gateway.metrics import GatewayMetrics
-from lasp_streams.gateway.protocol import PROTOCOL, pack, sign, unpack
 from lasp_streams.gateway.server import Gateway
 from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.runtime.kafka.ledger import LedgerAgent, ledger_topics

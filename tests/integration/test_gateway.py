@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from lasp_streams.client.gateway import GatewayRefused
+from lasp_streams.client.protocol import pack, sign
 from lasp_streams.codec import decode, encode
 from lasp_streams.gateway.keys import load_keyring, save_keyring
 from lasp_streams.lattices import GCounter
@@ -82,15 +83,11 @@ async def test_attacks_are_refused_with_a_reason_and_never_reach_kafka(
             codes.append(code)
 
         # Unsigned.
-        body = __import__("msgpack").packb(flush)
-        await dev.send(__import__("msgpack").packb(["mallory", 1, 1, body, b""]))
+        body = pack(flush)
+        await dev.send(pack(["mallory", 1, 1, body, b""]))
         await expect("unsigned")
         # Badly signed: another device's id signed with mallory's secret.
-        await dev.send(
-            __import__("lasp_streams.gateway.protocol", fromlist=["sign"]).sign(
-                mine, dev.nonce, "victim", 1, 1, flush
-            )
-        )
+        await dev.send(sign(mine, dev.nonce, "victim", 1, 1, flush))
         await expect("bad_signature")
         # A good frame, then the same frame again (replay).
         frame = await dev.signed(mine, "mallory", 5, {"op": "ping"})

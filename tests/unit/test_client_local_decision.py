@@ -8,7 +8,8 @@ import random
 from collections.abc import Hashable
 from typing import Any
 
-from lasp_streams.client import EdgeClient, LocalHub
+from lasp_streams.client import EdgeClient
+from lasp_streams.server import LocalHub
 from topologies.ad_counter import Ad, Contract, ad_source, build
 
 ADS = [Ad("rovio-0", "rovio"), Ad("riot-0", "riot")]
