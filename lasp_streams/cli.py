@@ -310,6 +310,14 @@ def demo() -> None:
     help="Where to write the PNG plot.",
 )
 @click.option("--no-plot", is_flag=True, help="Do not write the plot.")
+@click.option(
+    "--transport",
+    type=click.Choice(["gateway", "kafka"]),
+    default="gateway",
+    show_default=True,
+    help="Kafka mode: clients through a gateway (WebSocket, device ledger) or each with its "
+    "own Kafka producer and consumer (bounded mode always uses kafka).",
+)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option(
     "--keep-broker",
@@ -332,6 +340,7 @@ def ad_counter(
     timeout: float,
     plot_path: Path,
     no_plot: bool,
+    transport: str,
     seed: int,
     keep_broker: bool,
 ) -> None:
@@ -374,7 +383,13 @@ def ad_counter(
 
         try:
             summary = asyncio.run(
-                run_kafka(config, bootstrap=bootstrap, keep_broker=keep_broker, progress=progress)
+                run_kafka(
+                    config,
+                    bootstrap=bootstrap,
+                    keep_broker=keep_broker,
+                    progress=progress,
+                    via=transport,
+                )
             )
         except KafkaSetupError as exc:
             raise _fail(exc) from None
