@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import click
 
+from lasp_streams.demo.loadgen_cli import loadgen
 from lasp_streams.errors import KafkaSetupError
 from lasp_streams.gateway.cli import gateway
 from lasp_streams.localkafka import (
@@ -505,3 +506,4 @@ def worker(
 
 
 main.add_command(gateway)
+main.add_command(loadgen)

@@ -114,6 +114,8 @@ def serve(
     max_total: int,
 ) -> None:
     """Run a gateway for MODULE[:ATTR] until Ctrl-C/SIGTERM."""
+    import resource
+
     from prometheus_client import CollectorRegistry
 
     from lasp_streams.errors import InvalidTopology
@@ -124,6 +126,9 @@ def serve(
     from lasp_streams.runtime.kafka.worker import load_topology
     from lasp_streams.server.devices import DevicePolicy
 
+    # Every device is a socket: allow as many as the system lets this process have.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     host, port = _listen(listen)
     try:
         topology = load_topology(topology_ref)
