@@ -9,7 +9,8 @@ Two modes:
   ``seconds``. The report holds what the devices counted per ad (the ground truth an overcount
   is measured against) and the flush latencies.
 - ``flood``: each device sends signed flushes of a growing total back to back (``window`` in
-  flight at a time), to measure a gateway's ingest: messages acknowledged per second.
+  flight at a time), to measure a gateway's ingest: messages acknowledged per second (``op``
+  ``ping``: signed pings instead, the same checks without Kafka — the baseline).
 
 Devices are ``<prefix>-<i>``; their secrets come from the key ring (a test tool: it plays every
 device, so it holds the master keys).
@@ -179,6 +180,7 @@ async def flood(
     key: str,
     window: int = 1,
     prefix: str = "flood",
+    op: str = "flush",
 ) -> LoadReport:
     """Signed flushes back to back from ``devices`` devices for ``seconds`` (module docstring)."""
     report = LoadReport(devices, 0.0)
@@ -198,7 +200,10 @@ async def flood(
             totals[i] += 1
             payload = encode(GCounter().increment(t.actor, totals[i]))
             try:
-                await t.publish("impressions", [(key, payload)])
+                if op == "ping":  # signed and checked, but nothing for Kafka: the baseline
+                    await t.ping()
+                else:
+                    await t.publish("impressions", [(key, payload)])
             except Offline:
                 report.offline += 1
                 continue

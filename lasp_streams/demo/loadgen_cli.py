@@ -63,8 +63,22 @@ __all__ = ["loadgen"]
     show_default=True,
     help="flood: flushes in flight per device.",
 )
+@click.option(
+    "--op",
+    type=click.Choice(["flush", "ping"]),
+    default="flush",
+    show_default=True,
+    help="flood: what each frame asks (ping: auth and checks only, no Kafka).",
+)
 @click.option("--prefix", default="dev", show_default=True, help="Device ids: PREFIX-<i>.")
 @click.option("--seed", type=int, default=1, show_default=True)
+@click.option(
+    "--step",
+    type=click.FloatRange(0.001),
+    default=0.01,
+    show_default=True,
+    help="clients: seconds between a device's wake-ups.",
+)
 def loadgen(
     urls: tuple[str, ...],
     keys_path: Path,
@@ -77,8 +91,10 @@ def loadgen(
     min_impressions: int,
     key: str,
     window: int,
+    op: str,
     prefix: str,
     seed: int,
+    step: float,
 ) -> None:
     """Simulated devices over real sockets; prints a JSON report on stdout."""
     import resource
@@ -96,7 +112,14 @@ def loadgen(
     if mode == "flood":
         report = asyncio.run(
             flood(
-                urls, ring, devices=devices, seconds=seconds, key=key, window=window, prefix=prefix
+                urls,
+                ring,
+                devices=devices,
+                seconds=seconds,
+                key=key,
+                window=window,
+                prefix=prefix,
+                op=op,
             )
         )
     else:
@@ -112,6 +135,7 @@ def loadgen(
                 default_minimum=min_impressions,
                 prefix=prefix,
                 seed=seed,
+                step=step,
             )
         )
     click.echo(json.dumps(report.summary()))

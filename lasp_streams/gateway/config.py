@@ -33,6 +33,7 @@ class GatewayConfig:
     hello_timeout: float = 10.0
     heartbeat: float = 30.0
     max_refusals: int = 100
+    max_in_flight: int = 16
     batch_linger: float = 0.005
     batch_max_entries: int = 10_000
     keyring_poll: float = 1.0

@@ -54,6 +54,7 @@ class Session:
         self.closing: str | None = None
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(gateway.config.send_queue)
         self._writer: asyncio.Task[None] | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     # -- Subscriber ------------------------------------------------------------------------------
     def push(self, frame: bytes) -> None:
@@ -121,6 +122,9 @@ class Session:
                     self._refuse(None, "malformed", f"{self.refusals} refused frames: closing")
                     break
         finally:
+            if self._in_flight:
+                # Acknowledge what Kafka takes; a device gone meanwhile re-sends its totals.
+                await asyncio.wait(self._in_flight, timeout=5.0)
             self.gateway.hearing.drop(self)
             if self.closing is None:
                 self.closing = "session ended"
@@ -210,6 +214,20 @@ class Session:
             self._refuse(seq, exc.code, exc.reason)
         return True
 
+    async def _acknowledge(self, seq: int, var: str, totals: list[tuple[str, int]]) -> None:
+        gw = self.gateway
+        started = time.perf_counter()
+        if totals:
+            assert self.device is not None
+            try:
+                await gw.batcher.submit(self.device, var, totals)
+            except ConnectionError as exc:
+                self._refuse(seq, "unavailable", f"flush not stored: {exc}")
+                return
+            gw.metrics.deltas_accepted.labels(var).inc(len(totals))
+        gw.metrics.flush_seconds.observe(time.perf_counter() - started)
+        self._send({"t": "ack", "req": seq})
+
     async def _request(self, seq: int, request: dict[Any, Any]) -> None:
         gw = self.gateway
         op = request.get("op")
@@ -223,15 +241,14 @@ class Session:
                 writable=frozenset(gw.config.writable),
                 known=gw.hearing.known,
             )
-            started = time.perf_counter()
-            if totals:
-                try:
-                    await gw.batcher.submit(self.device, var, totals)
-                except ConnectionError as exc:
-                    raise ProtocolError("unavailable", f"flush not stored: {exc}") from None
-                gw.metrics.deltas_accepted.labels(var).inc(len(totals))
-            gw.metrics.flush_seconds.observe(time.perf_counter() - started)
-            self._send({"t": "ack", "req": seq})
+            # The acknowledgement waits for Kafka in its own task, so a device may have several
+            # flushes in flight (order does not matter: totals are idempotent); at most
+            # max_in_flight, then reading this socket waits (backpressure).
+            while len(self._in_flight) >= gw.config.max_in_flight:
+                await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+            task = asyncio.create_task(self._acknowledge(seq, var, totals))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
         elif op in ("sub", "unsub"):
             name = request.get("var")
             if (
