@@ -10,6 +10,7 @@ Modules:
 - :mod:`.session` — one device's WebSocket session: authenticate, check, act, answer;
 - :mod:`.batcher` — accepted totals into Kafka, one record per ledger partition per batch;
 - :mod:`.hearing` — selective hearing: one follower per variable feeds every socket;
+- :mod:`.ledger_tail` — counters heard one hop early: the ledger's output from the delta topic;
 - :mod:`.server` — the aiohttp application: sessions, queryable state, health, metrics;
 - :mod:`.config` — a gateway's settings;
 - :mod:`.kafka` — the gateway's Kafka clients, built in one place;

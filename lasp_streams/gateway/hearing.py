@@ -22,6 +22,7 @@ from lasp_streams.client.protocol import pack
 from lasp_streams.codec import encode
 from lasp_streams.codec import key_from_kafka as key_of
 from lasp_streams.dataflow.topology import Topology
+from lasp_streams.gateway.ledger_tail import LedgerTail
 from lasp_streams.gateway.metrics import GatewayMetrics
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.runtime.kafka.follower import VariableFollower
@@ -61,14 +62,21 @@ class Hearing:
         self._subs: dict[str, dict[Hashable, set[Subscriber]]] = {}
         #: Keys ever listed by a key source, per writable variable.
         self._listed: dict[str, set[Hashable]] = {w: set() for w in key_sources}
+        self._tails: list[LedgerTail] = []
 
     async def start(self) -> None:
-        """Follow every key source and writable variable now (the rest on first subscription)."""
+        """Follow every key source and writable variable now (the rest on first subscription);
+        writable variables also hear the ledger's output at once (:mod:`.ledger_tail`)."""
         for var, (source, _) in self.key_sources.items():
             await self.follow(source)
-            await self.follow(var)
+            tail = LedgerTail(self.settings, self.name, var, await self.follow(var))
+            await tail.start()
+            self._tails.append(tail)
 
     async def stop(self) -> None:
+        for tail in self._tails:
+            await tail.stop()
+        self._tails.clear()
         for follower in self.followers.values():
             await follower.stop()
         self.followers.clear()

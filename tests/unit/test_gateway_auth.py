@@ -110,3 +110,20 @@ def test_an_honest_flush_gives_the_totals() -> None:
         "impressions",
         [("ad-1", 5), ("ad-2", 1_000)],
     )
+
+
+def test_only_the_ledgers_own_records_are_heard_early() -> None:
+    from lasp_streams.gateway.ledger_tail import ledger_delta
+
+    mine = encode(GCounter().increment("ledger-2", 40))
+    assert ledger_delta([("lasp.actor", b"ledger-2")], mine) is not None
+    for headers, value in [
+        ([("lasp.actor", b"ledger-3")], mine),  # another actor's entry
+        ([("lasp.actor", b"phone-1")], encode(GCounter().increment("phone-1", 4))),
+        ([], mine),
+        ([("lasp.actor", b"ledger-2"), ("lasp.actor", b"ledger-2")], mine),
+        ([("lasp.actor", b"ledger-2")], b"\xc1"),
+        ([("lasp.actor", b"ledger-2")], encode(GSet().add("ledger-2", "x"))),
+        ([("lasp.actor", b"ledger-2")], None),
+    ]:
+        assert ledger_delta(headers, value) is None
