@@ -35,7 +35,7 @@ from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import ensure_topics
 from lasp_streams.server.ledger import ViewCap
 
-__all__ = ["GatewayStack", "contract_minimum", "start_stack"]
+__all__ = ["GatewayStack", "contract_minimum", "remove_ledger", "start_stack"]
 
 
 def contract_minimum(default: int) -> Callable[[Hashable, Any], int | None]:
@@ -109,3 +109,21 @@ async def start_stack(
     stack._tmp = tmp
     stack._tasks.append(asyncio.create_task(ledger.run(stack._halt)))
     return stack
+
+
+async def remove_ledger(
+    topology: Topology, settings: KafkaSettings, name: str, *, partitions: int = 3
+) -> int:
+    """Delete the run's ledger topics and group (the topology's own are removed by the demo's
+    teardown); returns how many topics were deleted."""
+    from dataclasses import replace
+
+    from lasp_streams.deploy import GroupSpec, plan_deploy, teardown
+    from lasp_streams.runtime.kafka.ledger import devices_topic
+
+    plan = replace(
+        plan_deploy(topology, settings, name=name),
+        topics=tuple(ledger_topics(name, settings, partitions)),
+        groups=(GroupSpec(f"{name}.ledger", "device ledger", (devices_topic(name),)),),
+    )
+    return len((await teardown(plan, settings)).topics)

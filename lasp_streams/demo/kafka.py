@@ -32,7 +32,12 @@ from typing import Any
 from lasp_streams.client.kafka import KafkaTransport
 from lasp_streams.dataflow.events import TriggerEvent
 from lasp_streams.demo.config import DemoConfig
-from lasp_streams.demo.gateway import GatewayStack, contract_minimum, start_stack
+from lasp_streams.demo.gateway import (
+    GatewayStack,
+    contract_minimum,
+    remove_ledger,
+    start_stack,
+)
 from lasp_streams.demo.simulate import new_client, simulate
 from lasp_streams.demo.summary import AdResult, BillingEvent, RunSummary
 from lasp_streams.demo.topology import ad_counter
@@ -81,6 +86,7 @@ async def run_kafka(
     *,
     bootstrap: str | None = None,
     keep_broker: bool = False,
+    keep: bool = False,
     partitions: int = 3,
     name: str | None = None,
     progress: Callable[[str], None] = _say,
@@ -90,7 +96,8 @@ async def run_kafka(
     """Run the demo on Kafka (see the module docstring) and summarise it.
 
     aiokafka's own retry warnings (a fresh broker electing leaders, say) are silenced unless
-    the caller configured logging: they are noise in a demo's output, not failures."""
+    the caller configured logging: they are noise in a demo's output, not failures. The run's
+    topics and consumer groups are deleted at the end unless ``keep`` (to audit it, say)."""
     if not logging.getLogger().handlers:
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     stop_broker: Callable[[], None] = lambda: None  # noqa: E731
@@ -99,10 +106,27 @@ async def run_kafka(
     else:
         address = bootstrap
     try:
-        return await _run(cfg, address, partitions, name, progress, clock, via)
+        return await _run(cfg, address, partitions, name, progress, clock, keep, via)
     finally:
         if not keep_broker:
             await asyncio.to_thread(stop_broker)
+
+
+async def _remove(
+    topo: Any, settings: KafkaSettings, name: str, progress: Callable[[str], None]
+) -> None:
+    """Delete the run's topics and groups (what `lasp-streams teardown` does)."""
+    from lasp_streams.deploy import plan_deploy, teardown
+
+    try:
+        report = await teardown(plan_deploy(topo, settings, name=name), settings)
+    except LaspError as exc:
+        progress(f"warning: could not remove topology {name!r}: {exc}")
+        return
+    progress(
+        f"removed topology {name!r}: {len(report.topics)} topics, {len(report.groups)} "
+        "consumer groups (--keep keeps them)"
+    )
 
 
 async def _run(
@@ -112,6 +136,7 @@ async def _run(
     name: str | None,
     progress: Callable[[str], None],
     clock: Callable[[], float],
+    keep: bool = False,
     via: str = "gateway",
 ) -> RunSummary:
     mod = ad_counter()
@@ -248,6 +273,10 @@ async def _run(
         if stack is not None:
             await stack.stop()
         await rt.stop()
+        if not keep:
+            await _remove(topo, settings, name, progress)
+            if stack is not None:
+                await remove_ledger(topo, settings, name, partitions=partitions)
 
     billing = [
         BillingEvent(
