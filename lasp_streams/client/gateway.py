@@ -232,11 +232,14 @@ class GatewayTransport:
                     buffered = self._pushes.get(var) if isinstance(var, str) else None
                     if buffered is None:
                         continue
-                    if len(buffered[1]) >= self.max_buffered:
+                    states = frame.get("states")
+                    if type(states) is not dict:
+                        continue
+                    if len(buffered[1]) + len(states) > self.max_buffered:
                         self._overflowed.add(str(var))
                         self._pushes[str(var)] = (buffered[0] + len(buffered[1]), [])
                         continue
-                    buffered[1].append((frame.get("key"), frame.get("state", b"")))
+                    buffered[1].extend(states.items())
                     continue
                 req = frame.get("req")
                 fut = self._waiting.get(req) if type(req) is int else None

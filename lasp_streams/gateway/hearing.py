@@ -3,9 +3,10 @@
 A device subscribes to keys of a variable (or to all of it). The gateway follows each
 subscribed variable's compacted state topic once (a
 :class:`~lasp_streams.runtime.kafka.follower.VariableFollower`, no Kafka consumer per device)
-and, on every strict inflation of a key, encodes the new state once and hands the frame to each
-subscriber of that key (:meth:`Subscriber.push`, non-blocking). A removal from a set is an
-inflation of the set's state, so it is pushed like any growth.
+and, every ``tick`` (20 ms), encodes the latest state of each key that grew once and hands each
+subscriber one frame holding the keys it subscribed to (:meth:`Subscriber.push`, non-blocking):
+a key growing a hundred times a second costs a socket at most 1/tick frames. A removal from a
+set is an inflation of the set's state, so it is pushed like any growth.
 
 The same followers tell the gateway which keys exist (:meth:`Hearing.known`): a key of a
 writable variable is known when it was ever listed by the variable's key source (the ad counter:
@@ -50,6 +51,7 @@ class Hearing:
         topology: Topology,
         key_sources: dict[str, KeySource],
         metrics: GatewayMetrics | None = None,
+        tick: float = 0.02,
     ) -> None:
         self.settings = settings
         self.name = name
@@ -63,6 +65,10 @@ class Hearing:
         #: Keys ever listed by a key source, per writable variable.
         self._listed: dict[str, set[Hashable]] = {w: set() for w in key_sources}
         self._tails: list[LedgerTail] = []
+        #: Seconds between pushes of the keys that grew (their latest states, coalesced).
+        self.tick = tick
+        self._dirty: dict[str, dict[Hashable, Lattice]] = {}
+        self._flush: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         """Follow every key source and writable variable now (the rest on first subscription);
@@ -74,6 +80,9 @@ class Hearing:
             self._tails.append(tail)
 
     async def stop(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
         for tail in self._tails:
             await tail.stop()
         self._tails.clear()
@@ -150,19 +159,41 @@ class Hearing:
     # -- internals -----------------------------------------------------------------------------
     def _inflated(self, var: str, key: Hashable, state: Lattice) -> None:
         self._list_keys(var, state)
-        by_key = self._subs.get(var)
-        if not by_key:
+        if not self._subs.get(var):
             return
-        targets = set(by_key.get(None, ()))
-        if key is not None:
-            targets |= by_key.get(key, set())
-        if not targets:
-            return
-        frame = pack({"t": "push", "var": var, "key": key, "state": encode(state)})
-        for sub in targets:
-            sub.push(frame)
-        if self.metrics is not None:
-            self.metrics.pushes.inc(len(targets))
+        # Coalesced: the latest state of each key that grew, sent every `tick` seconds, one
+        # frame per subscriber; a key growing 100 times a second costs a socket 1/tick frames.
+        self._dirty.setdefault(var, {})[key] = state
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(self.tick, self._push)
+
+    def _push(self) -> None:
+        self._flush = None
+        dirty, self._dirty = self._dirty, {}
+        sent = 0
+        for var, states in dirty.items():
+            by_key = self._subs.get(var)
+            if not by_key:
+                continue
+            encoded = {key: encode(state) for key, state in states.items()}
+            everyone = by_key.get(None, set())
+            if everyone:
+                frame = pack({"t": "push", "var": var, "states": encoded})
+                for sub in everyone:
+                    sub.push(frame)
+                sent += len(everyone)
+            some: dict[Subscriber, dict[Hashable, bytes]] = {}
+            for key, payload in encoded.items():
+                if key is None:
+                    continue
+                for sub in by_key.get(key, ()):
+                    if sub not in everyone:
+                        some.setdefault(sub, {})[key] = payload
+            for sub, mine in some.items():
+                sub.push(pack({"t": "push", "var": var, "states": mine}))
+            sent += len(some)
+        if self.metrics is not None and sent:
+            self.metrics.pushes.inc(sent)
 
     def _list_keys(self, var: str, state: Lattice) -> None:
         for writable, (source, keys_of) in self.key_sources.items():
