@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
+from collections import deque
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -88,6 +90,8 @@ class GatewayTransport:
         self._pushes: dict[str, tuple[int, list[tuple[Hashable, bytes]]]] = {}
         self._overflowed: set[str] = set()
         self._lock = asyncio.Lock()
+        #: How long counter records took from Kafka to this socket (ms; the last 10,000).
+        self.push_lag_ms: deque[float] = deque(maxlen=10_000)
 
     @property
     def refusals(self) -> list[tuple[str, str]]:
@@ -240,6 +244,12 @@ class GatewayTransport:
                         self._pushes[str(var)] = (buffered[0] + len(buffered[1]), [])
                         continue
                     buffered[1].extend(states.items())
+                    stamps = frame.get("ts")
+                    if type(stamps) is dict and stamps:
+                        now_ms = time.time() * 1000
+                        self.push_lag_ms.extend(
+                            now_ms - t for t in stamps.values() if type(t) is int
+                        )
                     continue
                 req = frame.get("req")
                 fut = self._waiting.get(req) if type(req) is int else None

@@ -25,7 +25,9 @@ Gateway frames (msgpack maps, unsigned: the transport's TLS protects them)::
 
     {"t": "welcome", "nonce": bytes, "gateway": id, "limits": {...}}
     {"t": "snapshot", "req": seq, "var": V, "states": {K: state bytes}}
-    {"t": "push", "var": V, "states": {K: state bytes}}   the latest states of keys that grew
+    {"t": "push", "var": V, "states": {K: state bytes}, "ts": {K: ms}}
+                                      the latest states of keys that grew; ts: the Kafka
+                                      timestamp of the counter record behind a state, if known
     {"t": "ack", "req": seq}
     {"t": "refused", "req": seq | None, "code": C, "reason": text}
     {"t": "pong", "req": seq}

@@ -47,14 +47,16 @@ class LoadReport:
     counted: dict[str, int] = field(default_factory=dict)
     flushes: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    push_lag_ms: list[float] = field(default_factory=list)
     offline: int = 0
     refused_views: int = 0
 
     def summary(self) -> dict[str, Any]:
         lat = sorted(self.latencies_ms)
+        lag = sorted(self.push_lag_ms)
 
-        def pct(p: float) -> float | None:
-            return round(lat[min(len(lat) - 1, int(p * len(lat)))], 2) if lat else None
+        def pct(p: float, values: list[float] = lat) -> float | None:
+            return round(values[min(len(values) - 1, int(p * len(values)))], 2) if values else None
 
         return {
             "devices": self.devices,
@@ -65,6 +67,9 @@ class LoadReport:
             "counted": self.counted,
             "flush_ms_p50": pct(0.5),
             "flush_ms_p99": pct(0.99),
+            "push_ms_p50": pct(0.5, lag),
+            "push_ms_p99": pct(0.99, lag),
+            "pushes_timed": len(lag),
             "offline_syncs": self.offline,
             "refused_views": self.refused_views,
         }
@@ -167,6 +172,7 @@ async def run_clients(
         report.offline += c.stats.offline_syncs
         report.refused_views += c.stats.refused_views
     for t in transports:
+        report.push_lag_ms.extend(t.push_lag_ms)
         await t.stop()
     return report
 

@@ -69,13 +69,16 @@ class Hearing:
         self.tick = tick
         self._dirty: dict[str, dict[Hashable, Lattice]] = {}
         self._flush: asyncio.TimerHandle | None = None
+        self._stamps: dict[str, dict[Hashable, int]] = {}
 
     async def start(self) -> None:
         """Follow every key source and writable variable now (the rest on first subscription);
         writable variables also hear the ledger's output at once (:mod:`.ledger_tail`)."""
         for var, (source, _) in self.key_sources.items():
             await self.follow(source)
-            tail = LedgerTail(self.settings, self.name, var, await self.follow(var))
+            tail = LedgerTail(
+                self.settings, self.name, var, await self.follow(var), self._stamp(var)
+            )
             await tail.start()
             self._tails.append(tail)
 
@@ -167,6 +170,16 @@ class Hearing:
         if self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(self.tick, self._push)
 
+    def _stamp(self, var: str) -> Callable[[Hashable, int], None]:
+        """Remember the Kafka timestamp of the newest ledger record of each key (sent with the
+        push as ``ts``, so a device can measure how long the count took to reach it)."""
+        stamps = self._stamps.setdefault(var, {})
+
+        def stamp(key: Hashable, ts: int) -> None:
+            stamps[key] = ts
+
+        return stamp
+
     def _push(self) -> None:
         self._flush = None
         dirty, self._dirty = self._dirty, {}
@@ -177,8 +190,10 @@ class Hearing:
                 continue
             encoded = {key: encode(state) for key, state in states.items()}
             everyone = by_key.get(None, set())
+            stamps = self._stamps.get(var, {})
+            ts = {k: stamps.pop(k) for k in encoded if k in stamps}
             if everyone:
-                frame = pack({"t": "push", "var": var, "states": encoded})
+                frame = pack({"t": "push", "var": var, "states": encoded, "ts": ts})
                 for sub in everyone:
                     sub.push(frame)
                 sent += len(everyone)

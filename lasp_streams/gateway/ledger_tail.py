@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -56,8 +57,17 @@ def ledger_delta(headers: Any, value: bytes | None) -> GCounter | None:
 class LedgerTail:
     """Tails ``<name>.<var>.deltas`` from its end into ``follower`` (module docstring)."""
 
-    def __init__(self, settings: KafkaSettings, name: str, var: str, follower: VariableFollower):
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        name: str,
+        var: str,
+        follower: VariableFollower,
+        on_record: Callable[[Hashable, int], None] | None = None,
+    ) -> None:
         self.settings = settings
+        #: Called with (key, record timestamp in ms) before each ledger record is joined.
+        self.on_record = on_record
         self.topic = delta_topic(name, var)
         self.follower = follower
         self._consumer: AIOKafkaConsumer | None = None
@@ -96,4 +106,6 @@ class LedgerTail:
                 for r in records:
                     delta = ledger_delta(r.headers, r.value)
                     if delta is not None:
+                        if self.on_record is not None:
+                            self.on_record(key_from_kafka(r.key), r.timestamp)
                         await self.follower.join_local(key_from_kafka(r.key), delta)
