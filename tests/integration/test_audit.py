@@ -12,12 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from click.testing import CliRunner
 
+from lasp_streams import codec
 from lasp_streams.cli import main
 from lasp_streams.demo import DemoConfig
 from lasp_streams.demo.kafka import run_kafka
+from lasp_streams.lattices.counters import GCounter
 from lasp_streams.runtime.kafka.crossing import BillingEvent, event_id
 from lasp_streams.runtime.kafka.reader import end_offsets
 from lasp_streams.runtime.kafka.settings import KafkaSettings
@@ -96,6 +99,27 @@ async def test_a_clean_demo_run_passes_with_no_difference(
     rows = list(csv.DictReader(io.StringIO(out)))
     assert sorted(r["event_id"] for r in rows) == sorted(a["billing_event_id"] for a in ads)
 
+    # Retention that no longer reaches the start: the replay says so and only checks that the
+    # window is below the live state.
+    ends = await end_offsets(settings, delta_topic(name, "impressions"))
+    busiest = max(ends, key=lambda p: ends[p])
+    assert ends[busiest] > 3
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        tp = TopicPartition(delta_topic(name, "impressions"), busiest)
+        await admin.delete_records({tp: RecordsToDelete(before_offset=3)})
+    finally:
+        await admin.close()
+    code, out = await asyncio.to_thread(run, "audit", REF, *args, "--json", "-")
+    report = json.loads(out)
+    assert not report["complete"] and report["problems"] == [], report
+    assert any(
+        f"impressions.deltas partition {busiest}: retention no longer reaches the start" in w
+        and "3 record(s) are gone" in w
+        for w in report["warnings"]
+    ), report["warnings"]
+
 
 async def test_a_forged_billing_record_fails_the_audit_by_name(
     bootstrap_servers: str, demo_run: str
@@ -115,9 +139,19 @@ async def test_a_forged_billing_record_fails_the_audit_by_name(
     odd = BillingEvent("f" * 32, name, "impressions", "disable_ad", b"rovio-0", 600, "")
     settings = KafkaSettings(bootstrap_servers=bootstrap_servers)
     at = (await end_offsets(settings, billing_topic(name)))[0]
+    # And a client delta writing another client's entry (the agents dead-letter these): the
+    # replay refuses it too, so it neither counts nor crosses.
+    foreign = GCounter()
+    foreign.increment("victim", 1_000_000)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all")
     await producer.start()
     try:
+        await producer.send_and_wait(
+            delta_topic(name, "impressions"),
+            key=b"rovio-0",
+            value=codec.encode(foreign),
+            headers=[(codec.ACTOR_HEADER, b"mallory")],
+        )
         for event in (never, odd):
             await producer.send_and_wait(
                 billing_topic(name), key=event.event_id.encode(), value=event.encode()
@@ -135,6 +169,8 @@ async def test_a_forged_billing_record_fails_the_audit_by_name(
         found
     )
     assert len(found) == 2, found
+    impressions = next(v for v in report["variables"] if v["variable"] == "impressions")
+    assert impressions["refused"] == 1 and impressions["difference_pct"] == 0.0
 
 
 async def test_dlq_show_decodes_each_dead_letter_with_reason_and_source(
