@@ -46,6 +46,7 @@ FORGED_TARGETS = [
     f"{T}.riot_ads.deltas",
     f"{T}.ads_with_contracts.deltas",
     f"{T}.dlq",
+    f"{T}.ledger",
 ]
 
 
@@ -65,6 +66,9 @@ def test_the_device_principal_writes_its_deltas_and_reads_what_clients_follow() 
         assert allowed(BINDINGS, WHO.device, "DESCRIBE", "GROUP", group)
         assert not allowed(BINDINGS, WHO.device, "READ", "GROUP", group)
     assert not any(b.resource_type == "TRANSACTIONAL_ID" for b in BINDINGS if b.role == "device")
+    # A gateway writes device totals for the ledger, never the ledger's own state.
+    assert allowed(BINDINGS, WHO.device, "WRITE", "TOPIC", f"{T}.devices")
+    assert not allowed(BINDINGS, WHO.device, "WRITE", "TOPIC", f"{T}.ledger")
 
 
 def test_the_device_may_describe_every_group_a_client_resync_asks() -> None:
@@ -84,8 +88,13 @@ def test_workers_write_states_crossings_and_derived_deltas_but_never_bill_or_edi
         f"{T}.ads_with_contracts.deltas",
     ):
         assert allowed(BINDINGS, w, "WRITE", "TOPIC", topic), topic
-    for topic in (f"{T}.billing", f"{T}.contracts.deltas", f"{T}.impressions.deltas"):
+    for topic in (f"{T}.billing", f"{T}.contracts.deltas", f"{T}.rovio_ads.deltas"):
         assert not allowed(BINDINGS, w, "WRITE", "TOPIC", topic), topic
+    # The ledger stage runs as a worker: device totals in, counter increments out.
+    assert allowed(BINDINGS, w, "WRITE", "TOPIC", f"{T}.impressions.deltas")
+    assert allowed(BINDINGS, w, "WRITE", "TOPIC", f"{T}.ledger")
+    assert allowed(BINDINGS, w, "READ", "GROUP", f"{T}.ledger")
+    assert allowed(BINDINGS, w, "WRITE", "TRANSACTIONAL_ID", f"{T}.ledger.p2")
     assert allowed(BINDINGS, w, "READ", "GROUP", f"{T}.impressions.agent")
     assert allowed(BINDINGS, w, "WRITE", "TRANSACTIONAL_ID", f"{T}.impressions.agent.p0")
     assert allowed(BINDINGS, w, "WRITE", "TRANSACTIONAL_ID", f"{T}.operators.unkeyed.s0")

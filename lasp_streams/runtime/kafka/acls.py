@@ -10,12 +10,14 @@ what its code does (the broker's StandardAuthorizer refuses the rest):
 role        may
 ==========  ===============================================================================
 device      write the delta topics of the variables clients write (the checked ones: counters
-            by default; their records still pass the per-actor check); read every variable's
-            delta and state topics; describe the groups that own them (a resync reads their
-            committed offsets). Nothing else: no crossings, billing, state or source writes.
+            by default; their records still pass the per-actor check) and, for a gateway, the
+            ledger's ``.devices`` topic; read every variable's delta and state topics;
+            describe the groups that own them (a resync reads their committed offsets).
+            Nothing else: no crossings, billing, state or source writes.
 worker      read every topic of the topology; write state, crossings, dead-letter and
             closed-window topics and the deltas of derived variables; its agents' and operator
-            agents' groups and transactional ids. Not billing, not declared (source) deltas.
+            agents' groups and transactional ids; the ledger stage's group, ``.ledger`` topic
+            and the counter deltas it emits. Not billing, not source (ads, contracts) deltas.
 sink        read every topic; write billing, dead letters and the deltas of declared variables
             (trigger actions update sources: removing a billed ad); the sink group and its
             transactional ids.
@@ -40,6 +42,7 @@ from typing import Any, Final
 
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.errors import KafkaSetupError
+from lasp_streams.runtime.kafka.ledger import devices_topic, ledger_group, ledger_state_topic
 from lasp_streams.runtime.kafka.topics import (
     agent_group,
     billing_topic,
@@ -203,6 +206,10 @@ def plan_acls(
         topic("device", state_topic(topo, v), "READ", "DESCRIBE")
     for group in resync_groups:
         allow("device", "GROUP", group, "LITERAL", "DESCRIBE")
+    # A gateway hands device totals to the ledger stage (runtime.kafka.ledger) and checks the
+    # ledger topics' shape at start.
+    topic("device", devices_topic(topo), "WRITE", "DESCRIBE", "DESCRIBE_CONFIGS")
+    topic("device", ledger_state_topic(topo), "DESCRIBE", "DESCRIBE_CONFIGS")
 
     # worker: reads everything of the topology, writes what agents produce.
     allow("worker", "TOPIC", prefix, "PREFIXED", "READ", "DESCRIBE", "DESCRIBE_CONFIGS")
@@ -217,6 +224,14 @@ def plan_acls(
     for group in owner_groups:
         allow("worker", "GROUP", group, "LITERAL", "READ", "DESCRIBE")
         allow("worker", "TRANSACTIONAL_ID", f"{group}.", "PREFIXED", "WRITE", "DESCRIBE")
+    # The ledger stage (`lasp-streams gateway ledger`) is a trusted worker: it turns device
+    # totals into counter increments on the devices' delta topics, in transactions.
+    ledger = ledger_group(topo)
+    topic("worker", ledger_state_topic(topo), "WRITE")
+    for v in written_by_devices:
+        topic("worker", delta_topic(topo, v), "WRITE")
+    allow("worker", "GROUP", ledger, "LITERAL", "READ", "DESCRIBE")
+    allow("worker", "TRANSACTIONAL_ID", f"{ledger}.", "PREFIXED", "WRITE", "DESCRIBE")
     # The faust App that hosts `lasp-streams worker`: its group and its leader-assignor topic,
     # which faust creates at start (literal names: a prefix would reach other topologies).
     allow("worker", "GROUP", faust_app_id(topo), "LITERAL", "READ", "DESCRIBE")

@@ -46,6 +46,7 @@ __all__ = [
     "LedgerAgent",
     "device_partition",
     "devices_topic",
+    "ledger_group",
     "ledger_state_topic",
     "ledger_topics",
 ]
@@ -60,6 +61,11 @@ def devices_topic(name: str) -> str:
 
 
 def ledger_state_topic(name: str) -> str:
+    return f"{name}.ledger"
+
+
+def ledger_group(name: str) -> str:
+    """The ledger stage's consumer group; its transactional ids are ``<group>.p<partition>``."""
     return f"{name}.ledger"
 
 
@@ -122,7 +128,7 @@ class LedgerAgent:
         self.settings = settings
         self.name = name
         self.cap = cap
-        self.group_id = f"{name}.ledger"
+        self.group_id = ledger_group(name)
         self.topic = devices_topic(name)
         self.state_topic = ledger_state_topic(name)
         self.partitions: dict[int, LedgerPartition] = {}
