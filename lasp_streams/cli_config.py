@@ -62,14 +62,14 @@ class KafkaFlags:
     flags: dict[str, Any]
     config_file: Path | None
 
-    def resolve(self, **more: Any) -> Resolved:
+    def resolve(self, *, base: KafkaSettings | None = None, **more: Any) -> Resolved:
         """The effective settings and their sources; ``more`` are the command's own flags
-        (``partitions=...``; None: not given)."""
-        return resolve_settings({**self.flags, **more}, config_file=self.config_file)
+        (``partitions=...``; None: not given); ``base`` holds the command's own defaults."""
+        return resolve_settings({**self.flags, **more}, config_file=self.config_file, base=base)
 
-    def settings(self, **more: Any) -> KafkaSettings:
+    def settings(self, *, base: KafkaSettings | None = None, **more: Any) -> KafkaSettings:
         """The effective settings (see :meth:`resolve`)."""
-        return self.resolve(**more).settings
+        return self.resolve(base=base, **more).settings
 
 
 def kafka_options(func: F) -> F:
