@@ -145,9 +145,9 @@ class KafkaSettings:
         )
         for name in at_least_one:
             if getattr(self, name) < 1:
-                option = " (--partitions)" if name == "delta_partitions" else ""
+                option = "; set it with --partitions" if name == "delta_partitions" else ""
                 raise ConfigError(
-                    f"KafkaSettings.{name}{option} must be at least 1, got {getattr(self, name)}"
+                    f"KafkaSettings.{name} must be at least 1, got {getattr(self, name)}{option}"
                 )
         for name in ("delta_retention_ms", "dlq_retention_ms", "billing_retention_ms"):
             value = getattr(self, name)
