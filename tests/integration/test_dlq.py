@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 
 import msgpack
 import pytest
@@ -50,7 +50,9 @@ BAD: list[tuple[bytes, bytes, str, str]] = [
 ]
 
 
-def refuse_mallory(key: bytes, delta: Lattice) -> str | None:
+def refuse_mallory(
+    key: Hashable, headers: Sequence[tuple[str, bytes]], delta: Lattice
+) -> str | None:
     """A validator: untrusted client 'mallory' may not write (stands for 'only your own
     actor's entries')."""
     actors = delta.to_wire()
@@ -81,8 +83,8 @@ async def test_bad_records_go_to_the_dlq_with_reasons_and_good_ones_are_applied(
         await producer.stop()
 
     registry = CollectorRegistry()
-    agent = VariableAgent(
-        settings, topo, VAR, GCounter, validate=refuse_mallory, metrics=Metrics(registry)
+    agent = VariableAgent.for_variable(
+        settings, topo, VAR, GCounter, validator=refuse_mallory, metrics=Metrics(registry)
     )
     await agent.start()
     try:
@@ -148,7 +150,7 @@ async def test_a_delta_that_cannot_be_joined_is_dead_lettered_and_the_state_kept
             )
     finally:
         await producer.stop()
-    agent = VariableAgent(settings, topo, "winner", IVar)
+    agent = VariableAgent.for_variable(settings, topo, "winner", IVar)
     await agent.start()
     try:
         seen = 0

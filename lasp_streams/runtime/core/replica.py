@@ -67,6 +67,7 @@ from lasp_streams.runtime.core.windows import WindowGate
 __all__ = ["ReplicaCore"]
 
 KeyFn = Callable[[Any], Hashable]
+_MISSING: Any = object()
 
 
 class ReplicaCore:
@@ -134,6 +135,7 @@ class ReplicaCore:
         self._track = frozenset(v for v in owned if self._prop.has_outputs(v))
         self._observed = self._track | {v for v in owned if self._on_var.get(v)}
         # Per batch (reset by _finish): deltas to propagate, and the records that caused them.
+        self._keys: dict[Any, Hashable] = {}
         self._pending: dict[str, dict[Hashable, Lattice]] = {}
         self._origins: dict[str, dict[Hashable, Record]] = {}
 
@@ -267,18 +269,22 @@ class ReplicaCore:
         validator = self._validators.get(var)
         gate = self._gates.get(var)
         observed = var in self._observed
-        changed = effects.changed.get(var)
-        if changed is None:
-            changed = effects.changed[var] = {}
+        changed: dict[Hashable, Lattice] | None = None  # effects.changed[var], once it grows
         pending: dict[Hashable, Lattice] | None = None
         if var in self._track:
             pending = self._pending.setdefault(var, {})
         origins = self._origins.setdefault(var, {}) if observed else None
         dead = effects.dead
         record: Record | None = None
+        keys = self._keys  # raw key -> variable key, remembered (one entry per key seen)
         for record in records:
             raw_key = record.key
-            key = raw_key if key_of is None else key_of(raw_key)
+            if key_of is None:
+                key = raw_key
+            else:
+                key = keys.get(raw_key, _MISSING)
+                if key is _MISSING:
+                    key = keys[raw_key] = key_of(raw_key)
             raw = record.value
             if type(raw) is bytes:
                 try:
@@ -328,6 +334,8 @@ class ReplicaCore:
                     continue
                 # The first delta of a key becomes its state (a decoded one is fresh).
                 state = states[key] = delta if fresh else delta.copy()
+                if changed is None:
+                    changed = effects.changed.setdefault(var, {})
                 changed[key] = state
                 if pending is not None:
                     pending[key] = state.copy()
@@ -340,6 +348,8 @@ class ReplicaCore:
                 effects.applied += 1
                 if not grew:
                     continue
+                if changed is None:
+                    changed = effects.changed.setdefault(var, {})
                 changed[key] = state
                 if pending is not None:
                     acc = pending.get(key)
@@ -551,4 +561,3 @@ def _dead(
         value if type(value) is bytes else None,
         extra,
     )
-

@@ -12,11 +12,8 @@ marked fired, and it is tried again at its next check.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Hashable
 from typing import Any
-
-import msgpack
 
 from lasp_streams.dataflow.events import StateView
 from lasp_streams.dataflow.operators import describe_fn
@@ -24,34 +21,10 @@ from lasp_streams.dataflow.steps import TriggerStep
 from lasp_streams.errors import StepError
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.threshold import Threshold, threshold_met
+from lasp_streams.records import event_id, key_bytes
 from lasp_streams.runtime.core.effects import Firing
 
 __all__ = ["TriggerEvaluator", "event_id", "key_bytes"]
-
-
-def key_bytes(key: Hashable) -> bytes:
-    """The canonical bytes of a variable key: the Kafka key (utf-8 of a str, a bytes key
-    itself, ``b""`` for no key); other keys (LocalRuntime only) as msgpack."""
-    if key is None:
-        return b""
-    if isinstance(key, str):
-        return key.encode()
-    if isinstance(key, bytes):
-        return key
-    try:
-        packed: bytes = msgpack.packb(key, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError):
-        packed = repr(key).encode()
-    return packed
-
-
-def event_id(topology: str, trigger: str, key: Hashable) -> str:
-    """The deterministic id of the one firing (billing event) of ``trigger`` for ``key`` in a
-    topology: the same on every host, replica, restart and replay."""
-    digest = hashlib.sha256(
-        msgpack.packb([topology, trigger, key_bytes(key)], use_bin_type=True)
-    )
-    return digest.hexdigest()[:32]
 
 
 class TriggerEvaluator:

@@ -1,19 +1,24 @@
 """The Kafka runtime: variables as delta + compacted state topics, agents that join deltas in
 batches, the trusted exactly-once sink, and the dead-letter topic.
 
+The agents run the one engine (:mod:`lasp_streams.runtime.core`) and only move bytes; the
+records between them are :mod:`lasp_streams.records`.
+
 Modules: :mod:`.settings` (one frozen settings object), :mod:`.topics` (names, plan,
-declaration and checks), :mod:`.joiner` (the pure per-partition join), :mod:`.agent` (the
-consume-join-write-commit loop and recovery), :mod:`.crossing` (crossing and billing records),
-:mod:`.sink` (the trusted sink), :mod:`.dlq` (dead letters), :mod:`.reader` (read a topic to
-its end), :mod:`.operators` (operator steps: co-partitioned keyed slots, a single-owner
-non-keyed slot), :mod:`.follower` (a live replica of a variable outside the groups: broadcast
-of watched variables, reads), :mod:`.runtime` (:class:`KafkaRuntime`, the LocalRuntime's API
-on Kafka, and ``run``), :mod:`.worker` (a Topology's plan on Kafka; the only module that
-imports faust) and :mod:`.process` (one agent or the sink as a process).
+declaration and checks), :mod:`.agent` (the consume-join-write-commit loop and recovery),
+:mod:`.outbox` (a core's effects as the records to write), :mod:`.sink` (the trusted sink),
+:mod:`.dlq` (dead letters), :mod:`.reader` (read a topic to its end), :mod:`.operators`
+(operator steps: co-partitioned keyed slots, a single-owner non-keyed slot), :mod:`.windows`
+(windowed variables, closed-window records), :mod:`.window_callbacks` and :mod:`.streams`
+(``on_close``/``on_late`` and ``stream`` callbacks at the sink process), :mod:`.follower` (a
+live replica of a variable outside the groups: broadcast of watched variables, reads),
+:mod:`.runtime` (:class:`KafkaRuntime`, the LocalRuntime's API on Kafka, and ``run``),
+:mod:`.worker` (a Topology's plan on Kafka; the only module that imports faust) and
+:mod:`.process` (one agent or the sink as a process).
 """
 
+from lasp_streams.records import BillingEvent, ClosedWindow, Crossing
 from lasp_streams.runtime.kafka.agent import VariableAgent
-from lasp_streams.runtime.kafka.crossing import BillingEvent, Crossing, TriggerSpec, event_id
 from lasp_streams.runtime.kafka.dlq import DeadLetter
 from lasp_streams.runtime.kafka.follower import VariableFollower
 from lasp_streams.runtime.kafka.operators import OperatorAgent
@@ -33,7 +38,7 @@ from lasp_streams.runtime.kafka.topics import (
     state_topic,
 )
 from lasp_streams.runtime.kafka.window_callbacks import WindowCallbackRunner
-from lasp_streams.runtime.kafka.windows import ClosedWindow, WindowGate, read_closed_windows
+from lasp_streams.runtime.kafka.windows import read_closed_windows
 from lasp_streams.runtime.kafka.worker import (
     build_faust_app,
     load_topology,
@@ -53,12 +58,10 @@ __all__ = [
     "SinkFenced",
     "StreamRunner",
     "TopicMismatch",
-    "TriggerSpec",
     "TrustedSink",
     "VariableAgent",
     "VariableFollower",
     "WindowCallbackRunner",
-    "WindowGate",
     "billing_topic",
     "build_faust_app",
     "closed_topic",
@@ -66,7 +69,6 @@ __all__ = [
     "delta_topic",
     "dlq_topic",
     "ensure_topics",
-    "event_id",
     "load_topology",
     "plan_topics",
     "plan_worker",

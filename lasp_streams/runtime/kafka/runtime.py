@@ -35,7 +35,7 @@ from lasp_streams.errors import LaspError, MutatorError, ReadTimeout
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.threshold import Threshold, threshold_met
 from lasp_streams.metrics import Metrics
-from lasp_streams.runtime.kafka.crossing import BillingEvent
+from lasp_streams.records import BillingEvent
 from lasp_streams.runtime.kafka.follower import VariableFollower, kafka_key, key_of
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import TrustedSink, read_billing_events
@@ -320,8 +320,8 @@ class KafkaRuntime:
             key = key_of(billed.key)
             var = self.topology.var(step.var)
             try:
-                state = codec.decode(billed.state) if billed.state else var.prototype.bottom()
-                threshold = step.threshold_for(key, self)
+                state = billed.crossing.decoded_state() or var.prototype.bottom()
+                threshold = billed.threshold.threshold() or step.threshold_for(key, self)
                 event = TriggerEvent(
                     step.id,
                     step.var,
@@ -330,6 +330,7 @@ class KafkaRuntime:
                     state.value(),
                     state,
                     self,
+                    billed.event_id,
                 )
                 result = step.action(event)
                 if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):

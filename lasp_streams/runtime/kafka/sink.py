@@ -5,8 +5,9 @@ sink turns them into billing events on ``<topology>.billing`` so that a ``read_c
 reader of that topic sees exactly one event per (trigger, key), whatever crashes, redeliveries
 or duplicate sink processes happen. Three mechanisms, each covering what the others cannot:
 
-1. **Deterministic event ids** (:func:`~lasp_streams.runtime.kafka.crossing.event_id`): every
-   duplicate of a crossing names the same event.
+1. **Deterministic event ids** (:func:`~lasp_streams.records.event_id`, the one the
+   LocalRuntime gives its trigger events too): every duplicate of a crossing names the same
+   event.
 2. **A durable record of what was billed, read back at start.** The billing topic itself is
    that record (keyed by event id, kept for ever by default). At start the sink reads it to the
    end with ``read_committed`` and refuses to bill any id it finds; ids billed later are added
@@ -43,8 +44,8 @@ from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 
 from lasp_streams.errors import DecodeError, LaspError
 from lasp_streams.metrics import Metrics
-from lasp_streams.runtime.kafka.crossing import BillingEvent, Crossing
-from lasp_streams.runtime.kafka.dlq import DeadLetter
+from lasp_streams.records import BillingEvent, Crossing
+from lasp_streams.runtime.kafka.dlq import DeadLetter, headers_of
 from lasp_streams.runtime.kafka.fencing import close_fenced
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import billing_topic, crossings_topic, dlq_topic
@@ -215,7 +216,7 @@ class TrustedSink:
                             record.value,
                         )
                         await producer.send(
-                            self.dlq_topic, key=dead.key, value=dead.value, headers=dead.headers()
+                            self.dlq_topic, key=dead.key, value=dead.value, headers=headers_of(dead)
                         )
                         if self.metrics is not None:
                             self.metrics.dead_lettered("<crossings>", "decode")

@@ -26,12 +26,12 @@ from lasp_streams import codec
 from lasp_streams.dataflow.steps import WindowStep
 from lasp_streams.dataflow.windows import LateDelta, WindowClosed, Windowed
 from lasp_streams.errors import CodecError, DecodeError
+from lasp_streams.records import ClosedWindow
 from lasp_streams.runtime.kafka.dlq import parse_headers
 from lasp_streams.runtime.kafka.follower import key_of
 from lasp_streams.runtime.kafka.reader import partitions_of
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import closed_topic, dlq_topic
-from lasp_streams.runtime.kafka.windows import ClosedWindow
 
 __all__ = ["WindowCallbackRunner"]
 
