@@ -7,13 +7,9 @@ bytes, decoded only by whoever needs it. Decoding checks the size, the tag, the 
 field's type, and raises :class:`~lasp_streams.errors.DecodeError` (the codec's typed error) on
 anything else: never a ``KeyError``, never a half-built record.
 
-==================  =========  ================================================================
-record              tag        fields
-==================  =========  ================================================================
-:class:`Crossing`   ``xing``   topology, variable, trigger, key, value, threshold, state
-:class:`BillingEvent` ``bill``   event id, then the crossing's fields
-:class:`ClosedWindow` ``wclose`` variable, key, start, end, state
-==================  =========  ================================================================
+- :class:`Crossing` (tag ``xing``): topology, variable, trigger, key, value, threshold, state;
+- :class:`BillingEvent` (``bill``): a billed crossing, the same fields;
+- :class:`ClosedWindow` (``wclose``): variable, key, start, end, state.
 
 A *crossing* says "trigger T of variable V is met for key K"; agents publish it at least once.
 The trusted sink turns crossings into *billing events*, exactly once per event id
@@ -27,7 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Self
 
 import msgpack
 
@@ -136,22 +132,14 @@ class Crossing:
     def event_id(self) -> str:
         return event_id(self.topology, self.trigger, self.key)
 
-    def _fields(self) -> list[Any]:
-        return [
-            self.topology,
-            self.variable,
-            self.trigger,
-            self.key,
-            plain(self.value),
-            self.threshold._wire(),
-            self.state,
-        ]
-
     def encode(self) -> bytes:
-        return _pack(self.TAG, self.VERSION, self._fields())
+        fields = [self.topology, self.variable, self.trigger, self.key, plain(self.value)]
+        return _pack(self.TAG, self.VERSION, [*fields, self.threshold._wire(), self.state])
 
     @classmethod
-    def _parse(cls, f: list[Any], what: str) -> Crossing:
+    def decode(cls, raw: bytes) -> Self:
+        what = f"{cls.__name__} record"
+        f = _unpack(raw, cls.TAG, cls.VERSION, 7, what)
         return cls(
             _typed(f[0], str, "topology", what),
             _typed(f[1], str, "variable", what),
@@ -162,68 +150,24 @@ class Crossing:
             None if f[6] is None else _typed(f[6], bytes, "state", what),
         )
 
-    @classmethod
-    def decode(cls, raw: bytes) -> Crossing:
-        what = "crossing record"
-        return cls._parse(_unpack(raw, cls.TAG, cls.VERSION, 7, what), what)
-
     def decoded_state(self) -> Lattice | None:
         """The carried state, decoded (None when the crossing carries none)."""
         return None if self.state is None else codec.decode(self.state)
 
 
 @dataclass(frozen=True, slots=True)
-class BillingEvent:
-    """One billing event: the crossing it bills and its ``event_id``
-    (:func:`event_id` of topology, trigger and key)."""
+class BillingEvent(Crossing):
+    """One billing event: the crossing the sink billed, on the billing topic under its
+    ``event_id`` (:func:`event_id` of topology, trigger and key)."""
 
     TAG: ClassVar[str] = "bill"
-    VERSION: ClassVar[int] = 1
-
-    event_id: str
-    crossing: Crossing
 
     @classmethod
     def from_crossing(cls, crossing: Crossing) -> BillingEvent:
-        return cls(crossing.event_id, crossing)
+        return cls(*(getattr(crossing, f) for f in _CROSSING_FIELDS))
 
-    # The crossing's fields, read through (what readers of billing events want).
-    @property
-    def topology(self) -> str:
-        return self.crossing.topology
 
-    @property
-    def variable(self) -> str:
-        return self.crossing.variable
-
-    @property
-    def trigger(self) -> str:
-        return self.crossing.trigger
-
-    @property
-    def key(self) -> bytes:
-        return self.crossing.key
-
-    @property
-    def value(self) -> Any:
-        return self.crossing.value
-
-    @property
-    def threshold(self) -> Crossed:
-        return self.crossing.threshold
-
-    @property
-    def state(self) -> bytes | None:
-        return self.crossing.state
-
-    def encode(self) -> bytes:
-        return _pack(self.TAG, self.VERSION, [self.event_id, *self.crossing._fields()])
-
-    @classmethod
-    def decode(cls, raw: bytes) -> BillingEvent:
-        what = "billing event"
-        f = _unpack(raw, cls.TAG, cls.VERSION, 8, what)
-        return cls(_typed(f[0], str, "event_id", what), Crossing._parse(f[1:], what))
+_CROSSING_FIELDS = ("topology", "variable", "trigger", "key", "value", "threshold", "state")
 
 
 @dataclass(frozen=True, slots=True)

@@ -320,7 +320,7 @@ class KafkaRuntime:
             key = key_of(billed.key)
             var = self.topology.var(step.var)
             try:
-                state = billed.crossing.decoded_state() or var.prototype.bottom()
+                state = billed.decoded_state() or var.prototype.bottom()
                 threshold = billed.threshold.threshold() or step.threshold_for(key, self)
                 event = TriggerEvent(
                     step.id,
