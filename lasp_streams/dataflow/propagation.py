@@ -1,17 +1,18 @@
 """What has to happen when a variable grows: the downstream steps' output deltas, computed as
-pure functions. Shared by the runtimes (the LocalRuntime per replica; a Kafka agent per
-partition), which own the states, the I/O and the side effects.
+pure functions. Used by the replica core (:mod:`lasp_streams.runtime.core`), which owns the
+states; its hosts own the I/O and the side effects.
 
-Per grown ``(variable, key)`` with delta ``d`` a runtime:
+Per grown ``(variable, key)`` with delta ``d`` the core:
 
 1. joins ``d`` into its state (and acts only when that strictly grew);
 2. if :meth:`Propagation.mirrored` — a declared set that feeds set operators but is not itself
    a provenance set (an AWSet, ORSet or GSet) — converts ``d`` with
    :meth:`Propagation.provenance_delta` and joins it into its *provenance mirror* of that
    variable (the state binary operators read as "the other side");
-3. calls :meth:`Propagation.outputs`, which returns ``(output variable, output delta)`` for every
-   operator step and ``bind_to`` fed by the variable, and joins each into its state the same
-   way (recursively; outputs of one key stay on that key);
+3. calls :meth:`Propagation.output` for every entry of :meth:`Propagation.steps` (operator steps
+   and ``bind_to`` fed by the variable), which returns ``(output variable, output delta)``, and
+   joins each into its state the same way (recursively; outputs of one key stay on that key);
+   a step that raises fails alone;
 4. runs the observers (:meth:`Propagation.streams`, :meth:`Propagation.triggers`,
    :meth:`Propagation.watchers`) where it keeps side effects (the trusted sink).
 """
@@ -148,17 +149,6 @@ class Propagation:
         assert pdelta is not None and isinstance(step, BinaryStep)
         apply = op.left if kind == _LEFT else op.right
         return step.id, apply(pdelta, lookup(step.left, key), lookup(step.right, key))
-
-    def outputs(
-        self,
-        var_id: str,
-        key: Hashable,
-        delta: Lattice,
-        pdelta: ProvenanceSet | None,
-        lookup: ProvenanceLookup,
-    ) -> list[tuple[str, Lattice]]:
-        """:meth:`output` of every step fed by ``var_id``."""
-        return [self.output(e, key, delta, pdelta, lookup) for e in self._plans[var_id]]
 
     @staticmethod
     def step_id(entry: PlanEntry) -> str:

@@ -55,6 +55,7 @@ from lasp_streams.errors import InvalidTopology, MutatorError, ReadTimeout, Step
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.threshold import Threshold, threshold_met
 from lasp_streams.runtime.core import DeadLetter, Delta, Effects, RecordValidator, ReplicaCore
+from lasp_streams.runtime.core.updates import check_key
 from lasp_streams.runtime.network import SimulatedNetwork, Transport
 
 __all__ = ["LocalRuntime"]
@@ -137,7 +138,7 @@ class LocalRuntime:
         every open window containing it (closed ones: late, reported)."""
         v = self._declared(var, "update")
         core = self._core(replica)
-        self._check_key(v, key)
+        check_key(v, key)
         delta, effects = core.update(v.id, key, actor, mutator, args, event_time)
         self._publish(core, v, key, delta, effects)
         self._handle(core, effects)
@@ -150,7 +151,7 @@ class LocalRuntime:
         """Join a whole state into ``var`` (Lasp's ``bind``); True when it grew."""
         v = self._declared(var, "bind")
         core = self._core(replica)
-        self._check_key(v, key)
+        check_key(v, key)
         if not v.prototype.same_type(state):
             raise MutatorError(f"bind {v.id!r}: expected a {v.type_name}, got {state!r}")
         effects = core.apply([Delta(v.id, key, state)])
@@ -405,13 +406,6 @@ class LocalRuntime:
                 f"{what} {v.id!r}: it is made by step {v.id!r}; update its inputs instead"
             )
         return v
-
-    @staticmethod
-    def _check_key(v: Var, key: Hashable) -> None:
-        if v.keyed and key is None:
-            raise MutatorError(f"variable {v.id!r} is keyed: pass key=...")
-        if not v.keyed and key is not None:
-            raise MutatorError(f"variable {v.id!r} is not keyed: do not pass key={key!r}")
 
     def _timeout_message(
         self, v: Var, key: Hashable, replica: int, threshold: Threshold, timeout: float

@@ -55,7 +55,9 @@ def test_garbage_never_raises_anything_but_decode_error(raw: bytes) -> None:
 
 @given(
     st.lists(
-        st.one_of(st.none(), st.integers(), st.text(max_size=5), st.binary(max_size=5)),
+        st.one_of(
+            st.none(), st.integers(-(2**63), 2**63 - 1), st.text(max_size=5), st.binary(max_size=5)
+        ),
         max_size=8,
     )
 )

@@ -49,7 +49,7 @@ from lasp_streams.dataflow.propagation import Propagation
 from lasp_streams.dataflow.steps import StreamStep, TriggerStep, Var, WindowStep
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.dataflow.windows import LateDelta
-from lasp_streams.errors import CodecError, LatticeError, MutatorError, StepError
+from lasp_streams.errors import CodecError, LatticeError, StepError
 from lasp_streams.lattices.base import Lattice, describe_type
 from lasp_streams.lattices.provenance import ProvenanceSet
 from lasp_streams.runtime.core.effects import (
@@ -62,6 +62,7 @@ from lasp_streams.runtime.core.effects import (
     StepFailure,
 )
 from lasp_streams.runtime.core.triggers import TriggerEvaluator, key_bytes
+from lasp_streams.runtime.core.updates import mutate
 from lasp_streams.runtime.core.windows import WindowGate
 
 __all__ = ["ReplicaCore"]
@@ -186,23 +187,16 @@ class ReplicaCore:
         """Apply ``mutator(actor, *args)`` to ``var``/``key`` in place (a windowed variable: to
         every open window containing ``event_time``; the part for closed ones is reported late,
         not merged); return the delta and what it caused."""
-        v = self._vars[var]
         state = self._state(var, key)
         effects = Effects()
         gate = self._gates.get(var)
-        if gate is not None:
-            if event_time is None:
-                raise MutatorError(f"windowed variable {var!r}: update needs event_time=...")
-            delta, late = gate.record(key, state, actor, event_time, mutator, args)
+        skip = None
+        if gate is not None and event_time is not None:
+            late = gate.late_part(key, state, actor, event_time, mutator, args)
             if late is not None:
                 self._late(var, key, late, None, effects)
-        else:
-            if event_time is not None:
-                raise MutatorError(f"variable {var!r} is not windowed: event_time is not used")
-            method = getattr(state, mutator, None) if not mutator.startswith("_") else None
-            if method is None or not callable(method):
-                raise MutatorError(f"{v.type_name} (variable {var!r}) has no mutator {mutator!r}")
-            delta = method(actor, *args)
+            skip = gate.closed(key)
+        delta = mutate(self._vars[var], state, actor, mutator, args, event_time, skip)
         if not delta.is_bottom():
             effects.applied = 1
             self._grew(var, key, state, delta, None, effects)

@@ -10,8 +10,8 @@ variable in one core, key by key, in arrival order.
 - :meth:`WindowGate.load` sets a recovered key's clock from its state without closing
   anything: with an event-time watermark a window is emitted by the batch that made the
   watermark pass it, so a recovering owner has nothing to emit.
-- :meth:`WindowGate.record` applies a mutator at an event time to every open window containing
-  it (what the LocalRuntime's ``update`` does) and returns the late part separately.
+- :meth:`WindowGate.late_part` is the part of an update at an event time that falls in closed
+  windows (the LocalRuntime's ``update`` applies the rest: :meth:`WindowGate.closed`).
 """
 
 from __future__ import annotations
@@ -84,7 +84,11 @@ class WindowGate:
             )
         return closed
 
-    def record(
+    def closed(self, key: Hashable) -> Callable[[int], bool]:
+        """``is_closed(start)`` of ``key``'s windows."""
+        return self._clock(key).is_closed
+
+    def late_part(
         self,
         key: Hashable,
         state: Lattice,
@@ -92,15 +96,14 @@ class WindowGate:
         event_time: int,
         mutator: str,
         args: tuple[Any, ...],
-    ) -> tuple[Windowed, Windowed | None]:
-        """``(delta for the open windows containing event_time, late part or None)``."""
+    ) -> Windowed | None:
+        """The part of ``mutator`` at ``event_time`` that falls in closed windows (None: none);
+        the state is not changed."""
         assert isinstance(state, Windowed)
         clock = self._clock(key)
-        late: Windowed | None = None
-        if any(clock.is_closed(s) for s in state.spec.starts_for(event_time)):
-            late = state.copy().record(
-                actor, event_time, mutator, *args, skip=lambda s: not clock.is_closed(s)
-            )
-            if not late.windows():
-                late = None
-        return state.record(actor, event_time, mutator, *args, skip=clock.is_closed), late
+        if not any(clock.is_closed(s) for s in state.spec.starts_for(event_time)):
+            return None
+        late = state.copy().record(
+            actor, event_time, mutator, *args, skip=lambda s: not clock.is_closed(s)
+        )
+        return late if late.windows() else None

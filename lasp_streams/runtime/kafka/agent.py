@@ -476,7 +476,9 @@ async def _stop_quietly(producer: AIOKafkaProducer) -> None:
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped aiokafka base
-    def __init__(self, agent: VariableAgent) -> None:
+    """Hands an agent's group rebalances to its ``_revoked``/``_assigned`` (both agents)."""
+
+    def __init__(self, agent: Any) -> None:
         self._agent = agent
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:

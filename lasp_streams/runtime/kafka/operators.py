@@ -50,10 +50,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
-from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
+from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 
 from lasp_streams.dataflow.events import StateView
 from lasp_streams.dataflow.propagation import Propagation
@@ -61,7 +61,13 @@ from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.metrics import Metrics
 from lasp_streams.runtime.core import Effects, RecordValidator, ReplicaCore
-from lasp_streams.runtime.kafka.agent import _consume_error, _send_all, read_state_partition
+from lasp_streams.runtime.kafka.agent import (
+    _consume_error,
+    _Listener,
+    _send_all,
+    _stop_quietly,
+    read_state_partition,
+)
 from lasp_streams.runtime.kafka.fencing import close_fenced
 from lasp_streams.runtime.kafka.follower import kafka_key, key_of
 from lasp_streams.runtime.kafka.outbox import outbox
@@ -343,21 +349,3 @@ class OperatorAgent:
         await self._write(number, slot, core.load(loaded), {})
         log.info("operators %s: slot %d recovered", self.group_id, number)
         return slot
-
-
-async def _stop_quietly(producer: AIOKafkaProducer) -> None:
-    try:
-        await producer.stop()
-    except KafkaError as exc:
-        log.debug("producer stop: %r", exc)
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped aiokafka base
-    def __init__(self, agent: OperatorAgent) -> None:
-        self._agent = agent
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self._agent._revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self._agent._assigned(assigned)

@@ -30,12 +30,12 @@ from lasp_streams import codec
 from lasp_streams.dataflow.events import TriggerEvent
 from lasp_streams.dataflow.steps import TriggerStep, Var, WindowStep
 from lasp_streams.dataflow.topology import Topology
-from lasp_streams.dataflow.windows import Windowed
 from lasp_streams.errors import LaspError, MutatorError, ReadTimeout
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.threshold import Threshold, threshold_met
 from lasp_streams.metrics import Metrics
 from lasp_streams.records import BillingEvent
+from lasp_streams.runtime.core.updates import check_key, mutate
 from lasp_streams.runtime.kafka.follower import VariableFollower, kafka_key, key_of
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import TrustedSink, read_billing_events
@@ -155,40 +155,11 @@ class KafkaRuntime:
         one agent batch: a process that restarts must write under a new ``actor`` id, or an
         add could reuse a dot its previous life already sent."""
         v = self.topology.var(var)
-        if v.kind == "window":
-            return await self._update_window(v, actor, mutator, args, key, event_time)
-        if v.kind != "declared":
-            raise MutatorError(
-                f"variable {v.id!r} is {v.kind}: only declared variables are updated"
-            )
-        self._check_key(v, key)
+        if v.kind == "derived":
+            raise MutatorError(f"variable {v.id!r} is derived: only declared variables are updated")
+        check_key(v, key)
         follower = await self.follow(v)
-        state = follower.state(key).copy()
-        method = getattr(state, mutator, None) if not mutator.startswith("_") else None
-        if method is None or not callable(method):
-            raise MutatorError(f"{v.type_name} (variable {v.id!r}) has no mutator {mutator!r}")
-        delta: Lattice = method(actor, *args)
-        if not delta.is_bottom():
-            await self._produce(v, key, delta, actor)
-            await follower.join_local(key, delta)
-        return delta
-
-    async def _update_window(
-        self,
-        v: Var,
-        actor: str,
-        mutator: str,
-        args: tuple[Any, ...],
-        key: Hashable,
-        event_time: int | None,
-    ) -> Lattice:
-        if event_time is None:
-            raise MutatorError(f"windowed variable {v.id!r}: update needs event_time=...")
-        self._check_key(v, key)
-        follower = await self.follow(v)
-        state = follower.state(key).copy()
-        assert isinstance(state, Windowed)
-        delta: Lattice = state.record(actor, event_time, mutator, *args)
+        delta = mutate(v, follower.state(key).copy(), actor, mutator, args, event_time)
         if not delta.is_bottom():
             await self._produce(v, key, delta, actor)
             await follower.join_local(key, delta)
@@ -199,7 +170,7 @@ class KafkaRuntime:
         v = self.topology.var(var)
         if not v.prototype.same_type(state):
             raise MutatorError(f"bind {v.id!r}: expected a {v.type_name}, got {state!r}")
-        self._check_key(v, key)
+        check_key(v, key)
         await self._produce(v, key, state, "server")
         await (await self.follow(v)).join_local(key, state)
 
@@ -238,13 +209,6 @@ class KafkaRuntime:
                 f"within {timeout} s on Kafka (value now {follower.state(key).value()!r})"
             ) from None
         return follower.state(key).value()
-
-    @staticmethod
-    def _check_key(v: Var, key: Hashable) -> None:
-        if v.keyed and key is None:
-            raise MutatorError(f"variable {v.id!r} is keyed: pass key=")
-        if not v.keyed and key is not None:
-            raise MutatorError(f"variable {v.id!r} is not keyed: do not pass key=")
 
     # -- workers -------------------------------------------------------------------------------
     async def run(
