@@ -62,12 +62,13 @@ from lasp_streams.dataflow.events import StateView
 from lasp_streams.dataflow.propagation import Propagation
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.errors import CodecError
-from lasp_streams.lattices.base import Lattice, LatticeSpec, describe_type
+from lasp_streams.lattices.base import Lattice, LatticeSpec
 from lasp_streams.metrics import Metrics
 from lasp_streams.runtime.core import Effects, RecordValidator, ReplicaCore
 from lasp_streams.runtime.kafka.fencing import close_fenced
 from lasp_streams.runtime.kafka.follower import kafka_key, key_of
 from lasp_streams.runtime.kafka.outbox import Out, Outbox, outbox
+from lasp_streams.runtime.kafka.reader import read_all
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import delta_topic, state_topic
 
@@ -494,7 +495,8 @@ async def read_state_partition(
     partitions: Sequence[int],
     proto: Lattice,
 ) -> dict[int, dict[bytes, Lattice]]:
-    """Join every state record of ``partitions`` of a state topic, per partition and key.
+    """Join every state record of ``partitions`` of a state topic, per partition and key
+    (``read_committed``: states of aborted, fenced transactions never come back).
 
     Records are joined, not replaced: if compaction has not yet dropped an older state, joining
     it is harmless; a record that does not decode to the variable's type is skipped with a
@@ -503,60 +505,19 @@ async def read_state_partition(
     result: dict[int, dict[bytes, Lattice]] = {p: {} for p in partitions}
     if not partitions:
         return result
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.client_id}-state-reader",
-        group_id=None,
-        # States of aborted (fenced) transactions must not come back as recovery points.
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
-        fetch_max_bytes=settings.fetch_max_bytes,
-        request_timeout_ms=settings.request_timeout_ms,
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        pending = {tp for tp in tps if ends[tp] > 0}
-        while pending:
-            data = await consumer.getmany(*pending, timeout_ms=500, max_records=50_000)
-            for tp, records in data.items():
-                states = result[tp.partition]
-                for record in records:
-                    if record.key is None or record.value is None:
-                        continue
-                    try:
-                        state = codec.decode(record.value)
-                    except CodecError as exc:
-                        log.warning(
-                            "state topic %s:%d@%d skipped: %s",
-                            topic,
-                            tp.partition,
-                            record.offset,
-                            exc,
-                        )
-                        continue
-                    if not proto.same_type(state):
-                        log.warning(
-                            "state topic %s:%d@%d skipped: holds %s, expected %s",
-                            topic,
-                            tp.partition,
-                            record.offset,
-                            describe_type(state),
-                            describe_type(proto),
-                        )
-                        continue
-                    known = states.get(record.key)
-                    if known is None:
-                        states[record.key] = state
-                    else:
-                        known.merge(state)
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
-    finally:
-        await consumer.stop()
+    for record in await read_all(settings, topic, partitions=partitions):
+        if record.key is None or record.value is None:
+            continue
+        try:
+            state = codec.decode(record.value, expect=proto)
+        except CodecError as exc:
+            where = f"{topic}:{record.partition}@{record.offset}"
+            log.warning("state topic %s skipped: %s", where, exc)
+            continue
+        states = result[record.partition]
+        known = states.get(record.key)
+        if known is None:
+            states[record.key] = state
+        else:
+            known.merge(state)
     return result

@@ -47,6 +47,7 @@ from lasp_streams.metrics import Metrics
 from lasp_streams.records import BillingEvent, Crossing
 from lasp_streams.runtime.kafka.dlq import DeadLetter, headers_of
 from lasp_streams.runtime.kafka.fencing import close_fenced
+from lasp_streams.runtime.kafka.reader import read_all
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import billing_topic, crossings_topic, dlq_topic
 
@@ -267,45 +268,5 @@ async def read_billing_events(
 ) -> list[BillingEvent]:
     """Every committed billing event on ``topic``, read with ``read_committed`` up to the last
     stable offset (records of aborted transactions are never returned)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.client_id}-billing-reader",
-        group_id=None,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        request_timeout_ms=settings.request_timeout_ms,
-    )
-    await consumer.start()
-    events: list[BillingEvent] = []
-    try:
-        # ensure_topics checked that the topic has exactly billing_partitions partitions.
-        tps = [TopicPartition(topic, p) for p in range(settings.billing_partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        try:
-            # Under read_committed these are the last stable offsets.
-            ends = await asyncio.wait_for(consumer.end_offsets(tps), timeout)
-        except TimeoutError:
-            raise LaspError(
-                f"cannot read the end offsets of billing topic {topic!r} within {timeout} s; "
-                "does it exist (declare the topology's topics first)?"
-            ) from None
-        pending = {tp for tp in tps if ends[tp] > 0}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while pending:
-            if loop.time() > deadline:
-                raise LaspError(
-                    f"reading billing topic {topic!r} did not reach its end within {timeout} s"
-                )
-            data = await consumer.getmany(*pending, timeout_ms=200)
-            for records in data.values():
-                for record in records:
-                    if record.value is not None:
-                        events.append(BillingEvent.decode(record.value))
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
-    finally:
-        await consumer.stop()
-    return events
+    records = await read_all(settings, topic, timeout=timeout)
+    return [BillingEvent.decode(r.value) for r in records if r.value is not None]
