@@ -28,7 +28,7 @@ rights for it. Rights are granted by the server as B-Counter transfers (``rights
 one BCounter per key); the client's count for the key is what it spent, so its allowance is
 ``rights received - counted``. When the allowance falls below ``low_watermark`` it asks for more
 by incrementing its own entry of the ``requests`` counter (sent with the next flush). See
-:mod:`lasp_streams.client.escrow` for the server side.
+:mod:`lasp_streams.server.escrow` for the server side.
 """
 
 from __future__ import annotations
