@@ -23,7 +23,6 @@ from operator import attrgetter
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from lasp_streams import codec
@@ -44,6 +43,7 @@ from lasp_streams.dataflow.topology import Topology
 from lasp_streams.errors import CodecError, DecodeError, KafkaSetupError, LaspError
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.records import BillingEvent
+from lasp_streams.runtime.kafka import clients
 from lasp_streams.runtime.kafka.dlq import parse_headers
 from lasp_streams.runtime.kafka.plan import plan_worker
 from lasp_streams.runtime.kafka.settings import KafkaSettings
@@ -216,15 +216,12 @@ class AuditReport:
 async def open_reader(settings: KafkaSettings, name: str) -> AIOKafkaConsumer:
     """A started read-only consumer for ``name``'s topics: no consumer group (see the module
     docstring), ``read_committed``; its client id names the audit in the broker's logs."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.client_id}-audit-{name}",
-        group_id=None,
-        enable_auto_commit=False,
+    consumer = clients.consumer(
+        settings,
+        f"audit-{name}",
         isolation_level="read_committed",
         max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
         fetch_max_bytes=settings.fetch_max_bytes,
-        request_timeout_ms=settings.request_timeout_ms,
     )
     try:
         await consumer.start()
@@ -428,11 +425,7 @@ async def run_audit(
         state_topic(name, v.id) for v in variables
     ]
     names += [billing_topic(name), dlq_topic(name)]
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.client_id}-audit",
-        request_timeout_ms=settings.request_timeout_ms,
-    )
+    admin = clients.admin(settings, "audit")
     try:
         await admin.start()
         existing = await describe_topics(admin, names)

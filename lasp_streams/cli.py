@@ -236,12 +236,7 @@ def demo() -> None:
 
 @demo.command("ad-counter")
 @click.option("--local", is_flag=True, help="Run in the LocalRuntime (no broker).")
-@click.option(
-    "--bootstrap",
-    metavar="HOST:PORT",
-    default=None,
-    help="Use this Kafka cluster instead of starting the local broker.",
-)
+@kafka_options
 @click.option(
     "--ads", type=click.IntRange(1), default=10, show_default=True, help="Ads per company."
 )
@@ -338,7 +333,7 @@ def demo() -> None:
 )
 def ad_counter(
     local: bool,
-    bootstrap: str | None,
+    kafka: KafkaFlags,
     ads: int,
     clients: int,
     rate: float,
@@ -380,6 +375,11 @@ def ad_counter(
         seed=seed,
         timeout=timeout,
     )
+    resolved = kafka.resolve()
+    # An address from a flag, the environment or --config names an existing cluster (with its
+    # credentials); none: start the local broker.
+    cluster = resolved.settings if "bootstrap_servers" in resolved.sources else None
+    bootstrap = cluster.bootstrap_servers if cluster is not None else None
     where = "local mode" if local else f"Kafka at {bootstrap or 'the local broker'}"
     click.echo(
         f"ad counter, {where} ({config.mode}): {config.total_ads} ads, {clients} clients, "
@@ -398,7 +398,7 @@ def ad_counter(
             summary = asyncio.run(
                 run_kafka(
                     config,
-                    bootstrap=bootstrap,
+                    bootstrap=cluster,
                     keep=keep,
                     keep_broker=keep_broker,
                     progress=progress,

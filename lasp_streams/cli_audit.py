@@ -22,6 +22,7 @@ from rich.table import Table
 
 from lasp_streams import codec
 from lasp_streams.audit_kafka import AuditReport, open_reader, parse_bound, read_topic, run_audit
+from lasp_streams.cli_config import KafkaFlags
 from lasp_streams.cli_deploy import load_plan, topology_options
 from lasp_streams.errors import CodecError, LaspError
 from lasp_streams.records import BillingEvent
@@ -54,8 +55,8 @@ _MAX_SHOWN = 200
 )
 def audit(
     topology_ref: str,
-    bootstrap: str,
-    partitions: int,
+    kafka: KafkaFlags,
+    partitions: int | None,
     name: str | None,
     start: str | None,
     end: str | None,
@@ -72,7 +73,7 @@ def audit(
     billing event and its amount; dead letters by reason. TIME is ISO 8601 (UTC if no zone),
     OFFSET a number applied to every partition. Exits 1 on any mismatch.
     """
-    plan, settings = load_plan(topology_ref, bootstrap, partitions, name)
+    plan, settings = load_plan(topology_ref, kafka, partitions, name)
     assert plan.worker.graph is not None
     try:
         lower, upper = parse_bound(start), parse_bound(end)
@@ -232,12 +233,12 @@ _BILLING_FIELDS = (
 @topology_options
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv")
 def billing_export(
-    topology_ref: str, bootstrap: str, partitions: int, name: str | None, fmt: str
+    topology_ref: str, kafka: KafkaFlags, partitions: int | None, name: str | None, fmt: str
 ) -> None:
     """Write every committed billing event (read_committed: an aborted transaction's records
     never appear) to standard output as CSV or JSON. An undecodable record is reported on
     standard error and fails the export (exit 1): run `lasp-streams audit` on it."""
-    plan, settings = load_plan(topology_ref, bootstrap, partitions, name)
+    plan, settings = load_plan(topology_ref, kafka, partitions, name)
     try:
         records = asyncio.run(_read(settings, plan.name, billing_topic(plan.name)))
     except LaspError as exc:
@@ -294,8 +295,8 @@ def dlq() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
 def dlq_show(
     topology_ref: str,
-    bootstrap: str,
-    partitions: int,
+    kafka: KafkaFlags,
+    partitions: int | None,
     name: str | None,
     reason: str | None,
     as_json: bool,
@@ -303,7 +304,7 @@ def dlq_show(
     """Show each dead letter decoded: its reason and error, where it came from (topic,
     partition, offset), its key, and its value decoded when the codec can (else its first
     bytes in hex)."""
-    plan, settings = load_plan(topology_ref, bootstrap, partitions, name)
+    plan, settings = load_plan(topology_ref, kafka, partitions, name)
     try:
         records = asyncio.run(_read(settings, plan.name, dlq_topic(plan.name)))
     except LaspError as exc:

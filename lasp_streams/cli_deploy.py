@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import click
 
+from lasp_streams.cli_config import KafkaFlags, kafka_options
 from lasp_streams.deploy import DeployPlan, apply_plan, plan_deploy, teardown
 from lasp_streams.errors import InvalidTopology, KafkaSetupError
 from lasp_streams.runtime.kafka.settings import KafkaSettings
@@ -21,27 +22,22 @@ __all__ = ["deploy", "describe", "teardown_command", "topology_options"]
 F = TypeVar("F", bound=Callable[..., object])
 
 #: The default of `lasp-streams worker --partitions`: a deploy and a worker must agree.
-DEFAULT_PARTITIONS = 6
+DEFAULT_PARTITIONS = KafkaSettings().delta_partitions
 
 
 def topology_options(func: F) -> F:
-    """MODULE[:ATTR], --bootstrap, --partitions, --name: what names a deployed topology."""
+    """MODULE[:ATTR], the connection flags (--bootstrap, --config, SASL/TLS), --partitions,
+    --name: what names a deployed topology and how to reach its cluster."""
+    func = kafka_options(func)
     for option in reversed(
         (
             click.argument("topology_ref", metavar="MODULE[:ATTR]"),
             click.option(
-                "--bootstrap",
-                metavar="HOST:PORT",
-                default="127.0.0.1:9092",
-                show_default=True,
-                help="The Kafka cluster.",
-            ),
-            click.option(
                 "--partitions",
                 type=click.IntRange(1),
-                default=DEFAULT_PARTITIONS,
-                show_default=True,
-                help="Partitions of every delta, state and crossings topic (as the workers').",
+                default=None,
+                help="Partitions of every delta, state and crossings topic (as the workers') "
+                f"[default: {DEFAULT_PARTITIONS}]. Env: LASP_STREAMS_PARTITIONS.",
             ),
             click.option(
                 "--name",
@@ -57,19 +53,15 @@ def topology_options(func: F) -> F:
 
 def load_plan(
     topology_ref: str,
-    bootstrap: str,
-    partitions: int,
+    kafka: KafkaFlags,
+    partitions: int | None,
     name: str | None,
-    replication_factor: int = 1,
+    replication_factor: int | None = None,
 ) -> tuple[DeployPlan, KafkaSettings]:
     """The plan and settings the options name; a bad reference is a usage error."""
     from lasp_streams.runtime.kafka.worker import load_topology
 
-    settings = KafkaSettings(
-        bootstrap_servers=bootstrap,
-        delta_partitions=partitions,
-        replication_factor=replication_factor,
-    )
+    settings = kafka.settings(partitions=partitions, replication_factor=replication_factor)
     try:
         return plan_deploy(load_topology(topology_ref), settings, name=name), settings
     except (InvalidTopology, ValueError) as exc:
@@ -81,17 +73,16 @@ def load_plan(
 @click.option(
     "--replication-factor",
     type=click.IntRange(1),
-    default=1,
-    show_default=True,
-    help="Replicas of every topic created (at most the number of brokers).",
+    default=None,
+    help="Replicas of every topic created (at most the number of brokers) [default: 1].",
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan and what exists; create nothing.")
 def deploy(
     topology_ref: str,
-    bootstrap: str,
-    partitions: int,
+    kafka: KafkaFlags,
+    partitions: int | None,
     name: str | None,
-    replication_factor: int,
+    replication_factor: int | None,
     dry_run: bool,
 ) -> None:
     """Create a topology's topics (with their configs) and print the plan: topics, consumer
@@ -102,7 +93,7 @@ def deploy(
     the command that fixes it (exit status 1). With --dry-run nothing is created at all and
     the cluster is not contacted.
     """
-    plan, settings = load_plan(topology_ref, bootstrap, partitions, name, replication_factor)
+    plan, settings = load_plan(topology_ref, kafka, partitions, name, replication_factor)
     click.echo(plan.describe())
     if dry_run:
         click.echo(f"dry run: nothing created ({len(plan.topics)} topics planned)")
@@ -119,7 +110,8 @@ def deploy(
         )
     kept = len(plan.topics) - len(report.created)
     click.echo(
-        f"deployed {plan.name!r} on {bootstrap}: {len(report.created)} topic(s) created, "
+        f"deployed {plan.name!r} on {settings.bootstrap_servers}: "
+        f"{len(report.created)} topic(s) created, "
         f"{kept} already there and compatible"
     )
 
@@ -129,11 +121,11 @@ def deploy(
 @click.option("--mermaid", "fmt", flag_value="mermaid", help="A Mermaid flowchart.")
 @click.option("--json", "fmt", flag_value="json", help="The plan as JSON.")
 def describe(
-    topology_ref: str, bootstrap: str, partitions: int, name: str | None, fmt: str | None
+    topology_ref: str, kafka: KafkaFlags, partitions: int | None, name: str | None, fmt: str | None
 ) -> None:
     """Describe a topology without touching Kafka: its graph and its Kafka plan (text), a
     Mermaid flowchart (--mermaid) or JSON (--json)."""
-    plan, _ = load_plan(topology_ref, bootstrap, partitions, name)
+    plan, _ = load_plan(topology_ref, kafka, partitions, name)
     if fmt == "mermaid":
         click.echo(plan.mermaid())
     elif fmt == "json":
@@ -148,15 +140,15 @@ def describe(
 @topology_options
 @click.option("--yes", is_flag=True, help="Delete without asking.")
 def teardown_command(
-    topology_ref: str, bootstrap: str, partitions: int, name: str | None, yes: bool
+    topology_ref: str, kafka: KafkaFlags, partitions: int | None, name: str | None, yes: bool
 ) -> None:
     """Delete a topology's topics and consumer groups (its data, billing record included,
     and its committed offsets). Stop its workers first: a group with members is kept."""
-    plan, settings = load_plan(topology_ref, bootstrap, partitions, name)
+    plan, settings = load_plan(topology_ref, kafka, partitions, name)
     if not yes:
         click.confirm(
             f"delete the {len(plan.topics)} topics and {len(plan.groups)} consumer groups of "
-            f"{plan.name!r} on {bootstrap}, billing events included?",
+            f"{plan.name!r} on {settings.bootstrap_servers}, billing events included?",
             abort=True,
         )
     try:

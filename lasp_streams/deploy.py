@@ -32,6 +32,7 @@ from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
 
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.errors import KafkaSetupError
+from lasp_streams.runtime.kafka import clients
 from lasp_streams.runtime.kafka.agent import VariableAgent
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import TrustedSink
@@ -223,11 +224,7 @@ def _fix(spec: TopicSpec, found: ExistingTopic, settings: KafkaSettings, ref: st
 
 
 def _admin(settings: KafkaSettings) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.client_id}-deploy",
-        request_timeout_ms=settings.request_timeout_ms,
-    )
+    return clients.admin(settings, "deploy")
 
 
 async def _started(settings: KafkaSettings, what: str) -> AIOKafkaAdminClient:

@@ -5,8 +5,9 @@
   :data:`~lasp_streams.codec.ACTOR_HEADER` header, ``acks=all``; the call returns once
   every record is acknowledged.
 - ``read_state``: the compacted ``<topology>.<variable>.state`` topic read from the beginning to
-  its current end, joined per key. Its position is, per partition of the delta topic, the offset
-  the variable's agent group (``<topology>.<variable>.agent``) has committed: the agent commits
+  its current end, joined per key. Its position is, per partition of the delta topic, the
+  highest offset the groups that may own the variable (its agent
+  ``<topology>.<variable>.agent``, or the operator agent it feeds) committed: an owner commits
   only after the states of everything before that offset are written, so the snapshot already
   holds every earlier delta. Without a committed offset (no agent, or a derived variable written
   by an operator) the position is the earliest offset still on the delta topic; re-joining
@@ -34,9 +35,10 @@ from lasp_streams.client.transport import DeltaBatch, DeltasExpired, Offline, Po
 from lasp_streams.codec import ACTOR_HEADER, decode, encode, key_from_kafka, key_to_kafka
 from lasp_streams.errors import LaspError
 from lasp_streams.lattices.base import Lattice
+from lasp_streams.runtime.kafka import clients
 from lasp_streams.runtime.kafka.reader import committed_offsets, partitions_of, read_all
 from lasp_streams.runtime.kafka.settings import KafkaSettings
-from lasp_streams.runtime.kafka.topics import delta_topic, state_topic
+from lasp_streams.runtime.kafka.topics import delta_topic, owner_groups, state_topic
 
 __all__ = ["KafkaTransport"]
 
@@ -73,23 +75,14 @@ class KafkaTransport:
 
     async def start(self) -> None:
         s = self.settings
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap_servers,
-            client_id=f"{s.client_id}-client-{self.actor}",
-            acks="all",
-            linger_ms=s.linger_ms,
-            request_timeout_ms=s.request_timeout_ms,
-        )
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
-            client_id=f"{s.client_id}-client-{self.actor}",
-            group_id=None,
-            enable_auto_commit=False,
+        self._producer = clients.producer(s, f"client-{self.actor}")
+        self._consumer = clients.consumer(
+            s,
+            f"client-{self.actor}",
             # No silent jump: a position retention has deleted must surface as DeltasExpired.
             auto_offset_reset="none",
             # Agents write derived deltas in transactions: never show a client an aborted one.
             isolation_level="read_committed",
-            request_timeout_ms=s.request_timeout_ms,
         )
         await self._producer.start()
         try:
@@ -126,9 +119,7 @@ class KafkaTransport:
         s = self.settings
         deltas, states = delta_topic(self.topology, var), state_topic(self.topology, var)
         try:
-            committed = await committed_offsets(
-                s, f"{self.topology}.{var}.agent", deltas, self.read_timeout
-            )
+            committed = await self._committed(deltas, var)
             earliest = await self._consumer_offsets(deltas, committed)
             records = await read_all(s, states, timeout=self.read_timeout)
         except KafkaError as exc:
@@ -198,6 +189,20 @@ class KafkaTransport:
         return DeltaBatch(out, new_position)
 
     # -- internals -----------------------------------------------------------------------------
+    async def _committed(self, deltas: str, var: str) -> dict[int, int | None]:
+        """Per partition of ``deltas``, the highest offset any group that may own ``var``
+        committed (its own agent, or the operator agent it feeds): each commit promises that
+        the states of everything before it are written, so the highest is the closest safe
+        start. Asking only the variable's own agent made a resync of a variable that feeds
+        operators start from the earliest retained delta."""
+        best: dict[int, int | None] = {}
+        for group in owner_groups(self.topology, var):
+            found = await committed_offsets(self.settings, group, deltas, self.read_timeout)
+            for partition, offset in found.items():
+                known = best.get(partition)
+                best[partition] = offset if known is None else max(known, offset or known)
+        return best
+
     def _check(self, what: str) -> None:
         if not self.online:
             raise Offline(f"client {self.actor!r} is offline: cannot {what}")

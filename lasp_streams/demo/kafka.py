@@ -84,7 +84,7 @@ def start_local_broker(progress: Callable[[str], None]) -> tuple[str, Callable[[
 async def run_kafka(
     cfg: DemoConfig,
     *,
-    bootstrap: str | None = None,
+    bootstrap: str | KafkaSettings | None = None,
     keep_broker: bool = False,
     keep: bool = False,
     partitions: int = 3,
@@ -101,12 +101,14 @@ async def run_kafka(
     if not logging.getLogger().handlers:
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     stop_broker: Callable[[], None] = lambda: None  # noqa: E731
+    # ``bootstrap``: an existing cluster's address, or its settings (credentials too).
     if bootstrap is None:
         address, stop_broker = await asyncio.to_thread(start_local_broker, progress)
+        base = KafkaSettings(address)
     else:
-        address = bootstrap
+        base = bootstrap if isinstance(bootstrap, KafkaSettings) else KafkaSettings(bootstrap)
     try:
-        return await _run(cfg, address, partitions, name, progress, clock, keep, via)
+        return await _run(cfg, base, partitions, name, progress, clock, keep, via)
     finally:
         if not keep_broker:
             await asyncio.to_thread(stop_broker)
@@ -131,7 +133,7 @@ async def _remove(
 
 async def _run(
     cfg: DemoConfig,
-    bootstrap: str,
+    base: KafkaSettings,
     partitions: int,
     name: str | None,
     progress: Callable[[str], None],
@@ -142,8 +144,7 @@ async def _run(
     mod = ad_counter()
     master = random.Random(cfg.seed)
     name = name or f"ad_counter_{int(time.time() * 1000)}"
-    settings = KafkaSettings(
-        bootstrap_servers=bootstrap,
+    settings = base.with_changes(
         delta_partitions=partitions,
         poll_timeout_ms=50,
         linger_ms=2,

@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from lasp_streams.cli_config import KafkaFlags, kafka_options
+
 __all__ = ["gateway"]
 
 _DEFAULT_KEYS = "gateway-keys.json"
@@ -53,7 +55,7 @@ def _keys_of(ref: str) -> Any:
 
 @gateway.command("serve")
 @click.argument("topology_ref", metavar="MODULE[:ATTR]")
-@click.option("--bootstrap", default="127.0.0.1:9092", show_default=True)
+@kafka_options
 @click.option("--listen", default="127.0.0.1:8470", show_default=True, help="HOST:PORT")
 @click.option("--name", default=None, help="The topology's topic name (default: its own).")
 @click.option(
@@ -101,7 +103,7 @@ def _keys_of(ref: str) -> Any:
 )
 def serve(
     topology_ref: str,
-    bootstrap: str,
+    kafka: KafkaFlags,
     listen: str,
     name: str | None,
     keys_path: Path,
@@ -142,9 +144,7 @@ def serve(
         ledger_partitions=ledger_partitions,
         max_sessions=max_sessions,
     )
-    settings = KafkaSettings(
-        bootstrap_servers=bootstrap, delta_partitions=partitions, client_id="lasp-gateway"
-    )
+    settings = kafka.settings(base=KafkaSettings(client_id="lasp-gateway"), partitions=partitions)
 
     async def main() -> None:
         gw = Gateway(
@@ -188,7 +188,7 @@ async def _until_signal() -> None:
 
 @gateway.command("ledger")
 @click.argument("topology_ref", metavar="MODULE[:ATTR]")
-@click.option("--bootstrap", default="127.0.0.1:9092", show_default=True)
+@kafka_options
 @click.option("--name", default=None, help="The topology's topic name (default: its own).")
 @click.option("--partitions", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--ledger-partitions", type=click.IntRange(1), default=3, show_default=True)
@@ -204,7 +204,7 @@ async def _until_signal() -> None:
 )
 def ledger(
     topology_ref: str,
-    bootstrap: str,
+    kafka: KafkaFlags,
     name: str | None,
     partitions: int,
     ledger_partitions: int,
@@ -213,14 +213,13 @@ def ledger(
 ) -> None:
     """Run the device ledger stage (any number of processes share its partitions)."""
     from lasp_streams.runtime.kafka.ledger import LedgerAgent, ledger_topics
-    from lasp_streams.runtime.kafka.settings import KafkaSettings
     from lasp_streams.runtime.kafka.topics import ensure_topics
     from lasp_streams.runtime.kafka.worker import load_topology
     from lasp_streams.server.ledger import ViewCap
 
     topology = load_topology(topology_ref)
     topic_name = name or topology.name
-    settings = KafkaSettings(bootstrap_servers=bootstrap, delta_partitions=partitions)
+    settings = kafka.settings(partitions=partitions)
 
     async def main() -> None:
         await ensure_topics(settings, ledger_topics(topic_name, settings, ledger_partitions))

@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from lasp_streams.codec import ACTOR_HEADER, decode, key_from_kafka
 from lasp_streams.errors import CodecError
 from lasp_streams.lattices.counters import GCounter
+from lasp_streams.runtime.kafka import clients
 from lasp_streams.runtime.kafka.follower import VariableFollower
 from lasp_streams.runtime.kafka.reader import partitions_of
 from lasp_streams.runtime.kafka.settings import KafkaSettings
@@ -75,14 +76,11 @@ class LedgerTail:
 
     async def start(self) -> None:
         s = self.settings
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
-            client_id=f"{s.client_id}-ledger-tail",
-            group_id=None,
-            enable_auto_commit=False,
+        self._consumer = clients.consumer(
+            s,
+            "ledger-tail",
             isolation_level="read_committed",
             fetch_max_wait_ms=50,
-            request_timeout_ms=s.request_timeout_ms,
         )
         await self._consumer.start()
         tps = [TopicPartition(self.topic, p) for p in sorted(await partitions_of(s, self.topic))]

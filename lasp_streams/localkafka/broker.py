@@ -300,9 +300,9 @@ class LocalKafka:
         else:
             host, port, version = self.host, self.port, self.version
         return BrokerStatus(
-            running=pid is not None,
-            version=version,
-            bootstrap_servers=f"{host}:{port}",
+            pid is not None,
+            version,
+            f"{host}:{port}",
             data_dir=self.data_dir,
             pid=pid,
             answering=pid is not None and self._answers(host, port, 2.0),

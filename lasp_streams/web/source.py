@@ -32,6 +32,7 @@ from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.records import BillingEvent
+from lasp_streams.runtime.kafka import clients
 from lasp_streams.runtime.kafka.dlq import parse_headers
 from lasp_streams.runtime.kafka.follower import VariableFollower
 from lasp_streams.runtime.kafka.reader import partitions_of
@@ -257,19 +258,9 @@ class KafkaStatusSource:
             await follower.start(timeout)
             self._followers[var.id] = follower
         s = self.settings
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
-            client_id=f"{s.client_id}-status",
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-        )
+        self._consumer = clients.consumer(s, "status", isolation_level="read_committed")
         await self._consumer.start()
-        self._admin = AIOKafkaAdminClient(
-            bootstrap_servers=s.bootstrap_servers,
-            client_id=f"{s.client_id}-status",
-            request_timeout_ms=s.request_timeout_ms,
-        )
+        self._admin = clients.admin(s, "status")
         await self._admin.start()
         tps = []
         for topic in (billing_topic(self.name), dlq_topic(self.name)):

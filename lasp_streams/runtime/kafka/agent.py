@@ -67,11 +67,17 @@ from lasp_streams.lattices.base import Lattice, LatticeSpec
 from lasp_streams.metrics import Metrics
 from lasp_streams.records import key_bytes
 from lasp_streams.runtime.core import Effects, RecordValidator, ReplicaCore
+from lasp_streams.runtime.kafka import clients
 from lasp_streams.runtime.kafka.fencing import close_fenced
 from lasp_streams.runtime.kafka.outbox import Out, Outbox, outbox
 from lasp_streams.runtime.kafka.reader import read_all
 from lasp_streams.runtime.kafka.settings import KafkaSettings
-from lasp_streams.runtime.kafka.topics import delta_topic, state_topic
+from lasp_streams.runtime.kafka.topics import (
+    agent_group,
+    agent_transactional_id,
+    delta_topic,
+    state_topic,
+)
 
 __all__ = ["VariableAgent", "read_state_partition"]
 
@@ -117,7 +123,7 @@ class VariableAgent:
         self.watch_version = watch_version
         self._checked_version = -1
         self.metrics = metrics
-        self.group_id = group_id or f"{self.topology}.{variable}.agent"
+        self.group_id = group_id or agent_group(self.topology, variable)
         self.on_batch = on_batch
         self.delta_topic = delta_topic(self.topology, variable)
         self.state_topic = state_topic(self.topology, variable)
@@ -149,27 +155,22 @@ class VariableAgent:
     async def start(self) -> None:
         """Connect and join the consumer group; partitions arrive with the first batch."""
         s = self.settings
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap_servers,
-            client_id=f"{s.client_id}-{self.variable}-agent",
-            acks="all",
+        self._producer = clients.producer(
+            s,
+            f"{self.variable}-agent",
             enable_idempotence=True,
-            linger_ms=s.linger_ms,
             max_batch_size=1024 * 1024,
-            request_timeout_ms=s.request_timeout_ms,
         )
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
-            client_id=f"{s.client_id}-{self.variable}-agent",
+        self._consumer = clients.consumer(
+            s,
+            f"{self.variable}-agent",
             group_id=self.group_id,
-            enable_auto_commit=False,
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=max(1000, s.session_timeout_ms // 3),
             auto_offset_reset="earliest",
             max_poll_records=s.max_batch_records,
             max_partition_fetch_bytes=s.max_partition_fetch_bytes,
             fetch_max_bytes=s.fetch_max_bytes,
-            request_timeout_ms=s.request_timeout_ms,
         )
         await self._producer.start()
         try:
@@ -407,20 +408,15 @@ class VariableAgent:
 
     def transactional_id(self, partition: int) -> str:
         """The transactional id of the writer of ``partition`` (transactional mode)."""
-        return f"{self.group_id}.p{partition}"
+        return agent_transactional_id(self.group_id, partition)
 
     async def _start_txn_producer(self, partition: int) -> AIOKafkaProducer:
         s = self.settings
-        producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap_servers,
-            client_id=f"{s.client_id}-{self.variable}-agent-p{partition}",
-            transactional_id=self.transactional_id(partition),
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=s.linger_ms,
+        producer = clients.transactional_producer(
+            s,
+            f"{self.variable}-agent-p{partition}",
+            self.transactional_id(partition),
             max_batch_size=1024 * 1024,
-            transaction_timeout_ms=s.transaction_timeout_ms,
-            request_timeout_ms=s.request_timeout_ms,
         )
         await producer.start()
         return producer

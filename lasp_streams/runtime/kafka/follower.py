@@ -30,6 +30,7 @@ from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.records import key_bytes
 from lasp_streams.runtime.core import Delta, Effects, ReplicaCore
+from lasp_streams.runtime.kafka import clients
 from lasp_streams.runtime.kafka.reader import partitions_of
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import delta_topic, state_topic
@@ -84,14 +85,11 @@ class VariableFollower:
 
     async def start(self, timeout: float = 60.0) -> None:
         s = self.settings
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
-            client_id=f"{s.client_id}-follow-{self.variable}",
-            group_id=None,
-            enable_auto_commit=False,
+        self._consumer = clients.consumer(
+            s,
+            f"follow-{self.variable}",
             isolation_level="read_committed",
             max_partition_fetch_bytes=s.max_partition_fetch_bytes,
-            request_timeout_ms=s.request_timeout_ms,
         )
         await self._consumer.start()
         tps = [

@@ -31,6 +31,7 @@ from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 from lasp_streams import codec
 from lasp_streams.codec import ACTOR_HEADER
 from lasp_streams.lattices.counters import GCounter
+from lasp_streams.runtime.kafka import clients
 from lasp_streams.runtime.kafka.fencing import close_fenced
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import TopicSpec, delta_topic, dlq_topic
@@ -93,31 +94,19 @@ def ledger_topics(name: str, settings: KafkaSettings, partitions: int) -> list[T
 
 
 # -- the Kafka clients of this module, built in one place --------------------------------------
-def _consumer(settings: KafkaSettings, client_id: str, **extra: Any) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=client_id,
-        enable_auto_commit=False,
+def _consumer(settings: KafkaSettings, role: str, **extra: Any) -> AIOKafkaConsumer:
+    return clients.consumer(
+        settings,
+        role,
         isolation_level="read_committed",
         max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
         fetch_max_bytes=settings.fetch_max_bytes,
-        request_timeout_ms=settings.request_timeout_ms,
         **extra,
     )
 
 
-def _txn_producer(settings: KafkaSettings, client_id: str, txn_id: str) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=client_id,
-        transactional_id=txn_id,
-        enable_idempotence=True,
-        acks="all",
-        linger_ms=settings.linger_ms,
-        max_batch_size=1024 * 1024,
-        transaction_timeout_ms=settings.transaction_timeout_ms,
-        request_timeout_ms=settings.request_timeout_ms,
-    )
+def _txn_producer(settings: KafkaSettings, role: str, txn_id: str) -> AIOKafkaProducer:
+    return clients.transactional_producer(settings, role, txn_id, max_batch_size=1024 * 1024)
 
 
 class LedgerAgent:
@@ -154,7 +143,7 @@ class LedgerAgent:
         s = self.settings
         self._consumer = _consumer(
             s,
-            f"{s.client_id}-ledger",
+            "ledger",
             group_id=self.group_id,
             auto_offset_reset="earliest",
             session_timeout_ms=s.session_timeout_ms,
@@ -316,7 +305,7 @@ class LedgerAgent:
             fresh = sorted(tp.partition for tp in assigned if tp.partition not in self.partitions)
             for p in fresh:
                 # Starting it fences the previous owner before we read what it committed.
-                producer = _txn_producer(s, f"{s.client_id}-ledger-p{p}", f"{self.group_id}.p{p}")
+                producer = _txn_producer(s, f"ledger-p{p}", f"{self.group_id}.p{p}")
                 await producer.start()
                 self._producers[p] = producer
             loaded = await self._load(fresh)
@@ -328,7 +317,7 @@ class LedgerAgent:
         out = {p: LedgerPartition(p, self.cap) for p in partitions}
         if not partitions:
             return out
-        consumer = _consumer(self.settings, f"{self.settings.client_id}-ledger-load", group_id=None)
+        consumer = _consumer(self.settings, "ledger-load", group_id=None)
         await consumer.start()
         try:
             tps = [TopicPartition(self.state_topic, p) for p in partitions]

@@ -62,6 +62,7 @@ from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.metrics import Metrics
 from lasp_streams.runtime.core import Effects, RecordValidator, ReplicaCore
+from lasp_streams.runtime.kafka import clients
 from lasp_streams.runtime.kafka.agent import (
     _consume_error,
     _Listener,
@@ -72,7 +73,12 @@ from lasp_streams.runtime.kafka.agent import (
 from lasp_streams.runtime.kafka.fencing import close_fenced
 from lasp_streams.runtime.kafka.outbox import outbox
 from lasp_streams.runtime.kafka.settings import KafkaSettings
-from lasp_streams.runtime.kafka.topics import delta_topic, state_topic
+from lasp_streams.runtime.kafka.topics import (
+    delta_topic,
+    operators_group,
+    operators_transactional_id,
+    state_topic,
+)
 
 __all__ = ["OperatorAgent", "SingleOwnerAssignor", "operator_sources"]
 
@@ -148,7 +154,7 @@ class OperatorAgent:
         # every key is checked again (as the VariableAgent does).
         self.watch_version = watch_version
         self._checked_version = -1
-        self.group_id = f"{self.name}.operators.{'keyed' if keyed else 'unkeyed'}"
+        self.group_id = operators_group(self.name, keyed)
         self._topic_var = {delta_topic(self.name, v): v for v in self.sources}
         self._slots: dict[int, _Slot] = {}
         self._lock = asyncio.Lock()
@@ -173,11 +179,10 @@ class OperatorAgent:
     async def start(self) -> None:
         s = self.settings
         assignor = RangePartitionAssignor if self.keyed else SingleOwnerAssignor
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
-            client_id=f"{s.client_id}-operators",
+        self._consumer = clients.consumer(
+            s,
+            "operators",
             group_id=self.group_id,
-            enable_auto_commit=False,
             isolation_level="read_committed",
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=max(1000, s.session_timeout_ms // 3),
@@ -185,7 +190,6 @@ class OperatorAgent:
             max_poll_records=s.max_batch_records,
             max_partition_fetch_bytes=s.max_partition_fetch_bytes,
             fetch_max_bytes=s.fetch_max_bytes,
-            request_timeout_ms=s.request_timeout_ms,
             partition_assignment_strategy=(assignor,),
         )
         await self._consumer.start()
@@ -348,16 +352,11 @@ class OperatorAgent:
 
     async def _recover(self, number: int) -> _Slot:
         s = self.settings
-        producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap_servers,
-            client_id=f"{s.client_id}-operators-s{number}",
-            transactional_id=f"{self.group_id}.s{number}",
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=s.linger_ms,
+        producer = clients.transactional_producer(
+            s,
+            f"operators-s{number}",
+            operators_transactional_id(self.group_id, number),
             max_batch_size=1024 * 1024,
-            transaction_timeout_ms=s.transaction_timeout_ms,
-            request_timeout_ms=s.request_timeout_ms,
         )
         # Starting it fences the slot's former owner before we read what it wrote.
         await producer.start()

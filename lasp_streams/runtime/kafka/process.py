@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _main(args: argparse.Namespace) -> int:
     settings = KafkaSettings(
-        bootstrap_servers=args.bootstrap,
+        args.bootstrap,
         delta_partitions=args.partitions,
         max_batch_records=getattr(args, "max_batch", _DEFAULTS.max_batch_records),
         session_timeout_ms=getattr(args, "session_timeout_ms", _DEFAULTS.session_timeout_ms),

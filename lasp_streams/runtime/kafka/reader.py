@@ -10,10 +10,10 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 
 from lasp_streams.errors import LaspError
+from lasp_streams.runtime.kafka import clients
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 
 __all__ = ["committed_offsets", "end_offsets", "partitions_of", "read_all"]
@@ -34,15 +34,12 @@ async def read_all(
     last stable offset: agents write states, crossings and dead letters in transactions, and a
     fenced zombie's aborted writes must not be read back. ``read_committed=False`` shows every
     record, aborted ones included (for audits of what was attempted)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.client_id}-reader",
-        group_id=None,
-        enable_auto_commit=False,
+    consumer = clients.consumer(
+        settings,
+        "reader",
         isolation_level="read_committed" if read_committed else "read_uncommitted",
         max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
         fetch_max_bytes=settings.fetch_max_bytes,
-        request_timeout_ms=settings.request_timeout_ms,
     )
     await consumer.start()
     try:
@@ -72,7 +69,7 @@ async def read_all(
 
 async def end_offsets(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> dict[int, int]:
     """The high watermark of every partition of ``topic``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None)
+    consumer = clients.consumer(settings, "reader")
     await consumer.start()
     try:
         partitions = await partitions_of(settings, topic, timeout)
@@ -87,11 +84,7 @@ async def committed_offsets(
     settings: KafkaSettings, group_id: str, topic: str, timeout: float = 30.0
 ) -> dict[int, int | None]:
     """The offsets ``group_id`` has committed on each partition of ``topic`` (None: none)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        group_id=group_id,
-        enable_auto_commit=False,
-    )
+    consumer = clients.consumer(settings, "reader", group_id=group_id)
     await consumer.start()
     try:
         partitions = await partitions_of(settings, topic, timeout)
@@ -106,10 +99,7 @@ async def committed_offsets(
 async def partitions_of(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> set[int]:
     """The partition numbers of ``topic``, waiting up to ``timeout`` for it to exist (a consumer
     only tracks the metadata of topics it reads, so this asks through an admin client)."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers,
-        request_timeout_ms=settings.request_timeout_ms,
-    )
+    admin = clients.admin(settings, "admin")
     await admin.start()
     try:
         loop = asyncio.get_running_loop()

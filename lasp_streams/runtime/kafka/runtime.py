@@ -37,6 +37,7 @@ from lasp_streams.lattices.threshold import Threshold, threshold_met
 from lasp_streams.metrics import Metrics
 from lasp_streams.records import BillingEvent
 from lasp_streams.runtime.core.updates import check_key, mutate
+from lasp_streams.runtime.kafka import clients
 from lasp_streams.runtime.kafka.follower import VariableFollower
 from lasp_streams.runtime.kafka.plan import WorkerPlan, plan_worker
 from lasp_streams.runtime.kafka.settings import KafkaSettings
@@ -88,14 +89,7 @@ class KafkaRuntime:
         await ensure_topics(
             s, plan_topics(self.name, self.plan.topic_variables, s, windowed=self.plan.windowed)
         )
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap_servers,
-            client_id=f"{s.client_id}-runtime",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=s.linger_ms,
-            request_timeout_ms=s.request_timeout_ms,
-        )
+        self._producer = clients.producer(s, "runtime", enable_idempotence=True)
         await self._producer.start()
         for var in self.topology.variables.values():
             if not var.keyed or var.id in self.plan.watched:
@@ -226,14 +220,21 @@ class KafkaRuntime:
         stop: asyncio.Event | None = None,
         ready: asyncio.Event | None = None,
         replay_actions: bool = True,
+        with_agents: bool = True,
     ) -> None:
         """Run the topology's agents (and the sink with the trigger actions) here until
-        ``stop`` is set; ``ready`` is set once every runner started."""
+        ``stop`` is set; ``ready`` is set once every runner started. ``with_agents=False``
+        runs only the sink's part (a sink process under its own principal, see
+        :mod:`.acls`)."""
         if self._producer is None:
             await self.start()
         actions: asyncio.Queue[BillingEvent] = asyncio.Queue()
-        runners: list[Any] = self.plan.agents(
-            self.settings, self.metrics, view=self, watch_version=lambda: self.watch_version
+        runners: list[Any] = (
+            self.plan.agents(
+                self.settings, self.metrics, view=self, watch_version=lambda: self.watch_version
+            )
+            if with_agents
+            else []
         )
         if with_sink and self.plan.streams:
             runners.append(

@@ -45,11 +45,18 @@ from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 from lasp_streams.errors import DecodeError, LaspError
 from lasp_streams.metrics import Metrics
 from lasp_streams.records import BillingEvent, Crossing
+from lasp_streams.runtime.kafka import clients
 from lasp_streams.runtime.kafka.dlq import DeadLetter, headers_of
 from lasp_streams.runtime.kafka.fencing import close_fenced
 from lasp_streams.runtime.kafka.reader import read_all
 from lasp_streams.runtime.kafka.settings import KafkaSettings
-from lasp_streams.runtime.kafka.topics import billing_topic, crossings_topic, dlq_topic
+from lasp_streams.runtime.kafka.topics import (
+    billing_topic,
+    crossings_topic,
+    dlq_topic,
+    sink_group,
+    sink_transactional_id,
+)
 
 __all__ = ["SinkFenced", "TrustedSink", "read_billing_events"]
 
@@ -90,7 +97,7 @@ class TrustedSink:
             )
         self.metrics = metrics
         self.on_billed = on_billed
-        self.group_id = f"{topology}.sink"
+        self.group_id = sink_group(topology)
         self.crossings_topic = crossings_topic(topology)
         self.billing_topic = billing_topic(topology)
         self.dlq_topic = dlq_topic(topology)
@@ -102,7 +109,7 @@ class TrustedSink:
 
     def transactional_id(self, partition: int) -> str:
         """The transactional id that owns crossings partition ``partition``."""
-        return f"{self.topology}.sink.crossings-{partition}"
+        return sink_transactional_id(self.topology, partition)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -110,15 +117,10 @@ class TrustedSink:
         s = self.settings
         try:
             for partition in self.partitions:
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=s.bootstrap_servers,
-                    client_id=f"{s.client_id}-sink-{partition}",
-                    transactional_id=self.transactional_id(partition),
-                    enable_idempotence=True,
-                    acks="all",
-                    linger_ms=s.linger_ms,
-                    transaction_timeout_ms=s.transaction_timeout_ms,
-                    request_timeout_ms=s.request_timeout_ms,
+                producer = clients.transactional_producer(
+                    s,
+                    f"sink-{partition}",
+                    self.transactional_id(partition),
                 )
                 # start() runs InitProducerId: it bumps the epoch (fencing any older owner) and
                 # waits until the older owner's open transaction is aborted.
@@ -126,15 +128,13 @@ class TrustedSink:
                 self._producers[partition] = producer
             for event in await read_billing_events(s, self.billing_topic):
                 self.billed.add(event.event_id)
-            self._consumer = AIOKafkaConsumer(
-                bootstrap_servers=s.bootstrap_servers,
-                client_id=f"{s.client_id}-sink",
+            self._consumer = clients.consumer(
+                s,
+                "sink",
                 group_id=self.group_id,
                 isolation_level="read_committed",
-                enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_poll_records=s.max_batch_records,
-                request_timeout_ms=s.request_timeout_ms,
             )
             await self._consumer.start()
             self._consumer.assign(

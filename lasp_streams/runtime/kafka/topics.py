@@ -24,9 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError
 
 from lasp_streams.errors import KafkaSetupError
 from lasp_streams.runtime.kafka.settings import KafkaSettings
@@ -349,18 +348,9 @@ async def ensure_topics(
     """
     own_admin = admin is None
     if own_admin:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=settings.bootstrap_servers,
-            client_id=f"{settings.client_id}-admin",
-            request_timeout_ms=settings.request_timeout_ms,
-        )
-        try:
-            await admin.start()
-        except KafkaError as exc:
-            raise KafkaSetupError(
-                f"cannot reach Kafka at {settings.bootstrap_servers} to declare topics ({exc!r}); "
-                "is the broker running (lasp-streams kafka status)?"
-            ) from exc
+        from lasp_streams.runtime.kafka import clients
+
+        admin = await clients.start(clients.admin(settings), settings, "declaring topics")
     try:
         by_name = {spec.name: spec for spec in specs}
         existing = await describe_topics(admin, list(by_name))

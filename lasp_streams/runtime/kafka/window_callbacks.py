@@ -28,6 +28,7 @@ from lasp_streams.dataflow.steps import WindowStep
 from lasp_streams.dataflow.windows import LateDelta, WindowClosed, Windowed
 from lasp_streams.errors import CodecError, DecodeError
 from lasp_streams.records import ClosedWindow
+from lasp_streams.runtime.kafka import clients
 from lasp_streams.runtime.kafka.dlq import parse_headers
 from lasp_streams.runtime.kafka.reader import partitions_of
 from lasp_streams.runtime.kafka.settings import KafkaSettings
@@ -57,14 +58,11 @@ class WindowCallbackRunner:
 
     async def start(self) -> None:
         s = self.settings
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
-            client_id=f"{s.client_id}-window-callbacks",
-            group_id=None,
-            enable_auto_commit=False,
+        self._consumer = clients.consumer(
+            s,
+            "window-callbacks",
             isolation_level="read_committed",
             auto_offset_reset="earliest",
-            request_timeout_ms=s.request_timeout_ms,
         )
         await self._consumer.start()
         topics = sorted(self._callbacks) + ([self._dlq] if self._late else [])

@@ -31,7 +31,7 @@ from lasp_streams.runtime.kafka.plan import VariablePlan, WorkerPlan, plan_worke
 from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import TrustedSink
-from lasp_streams.runtime.kafka.topics import ensure_topics, plan_topics
+from lasp_streams.runtime.kafka.topics import ensure_topics, faust_app_id, plan_topics
 
 __all__ = [
     "VariablePlan",
@@ -69,8 +69,13 @@ def build_faust_app(
     options: dict[str, Any] = {"web_enabled": web_enabled}
     if datadir is not None:
         options["datadir"] = datadir
+    from lasp_streams.runtime.kafka.clients import faust_options
+
+    # faust's own consumer and producer connect with the same address and credentials.
     app = faust.App(
-        f"{plan.topology}-worker", broker=f"kafka://{settings.bootstrap_servers}", **options
+        faust_app_id(plan.topology),
+        **faust_options(settings, sasl_credentials=faust.SASLCredentials),
+        **options,
     )
     declared = asyncio.Lock()
     done: list[bool] = []
@@ -120,7 +125,8 @@ def build_faust_app(
             self.halt.set()
             if self.runtime is not None:
                 # run() closes its agents and the sink (leaving the groups) once it sees halt.
-                await asyncio.gather(self.running, return_exceptions=True)
+                if self.running is not None:  # None: start() failed before run() began
+                    await asyncio.gather(self.running, return_exceptions=True)
                 await self.runtime.stop()
 
     if agents is not None or plan.graph is None:
