@@ -223,13 +223,7 @@ async def open_reader(settings: KafkaSettings, name: str) -> AIOKafkaConsumer:
         max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
         fetch_max_bytes=settings.fetch_max_bytes,
     )
-    try:
-        await consumer.start()
-    except KafkaError as exc:
-        raise KafkaSetupError(
-            f"cannot reach Kafka at {settings.bootstrap_servers} to read {name!r} ({exc!r})"
-        ) from exc
-    return consumer
+    return await clients.start(consumer, settings, f"reading {name!r}")
 
 
 async def _offsets(
@@ -425,9 +419,8 @@ async def run_audit(
         state_topic(name, v.id) for v in variables
     ]
     names += [billing_topic(name), dlq_topic(name)]
-    admin = clients.admin(settings, "audit")
+    admin = await clients.start(clients.admin(settings, "audit"), settings, f"auditing {name!r}")
     try:
-        await admin.start()
         existing = await describe_topics(admin, names)
     except KafkaError as exc:
         raise KafkaSetupError(

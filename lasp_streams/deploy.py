@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
 
@@ -228,16 +227,8 @@ def _admin(settings: KafkaSettings) -> AIOKafkaAdminClient:
 
 
 async def _started(settings: KafkaSettings, what: str) -> AIOKafkaAdminClient:
-    admin = _admin(settings)
-    try:
-        await admin.start()
-    except KafkaError as exc:
-        await admin.close()
-        raise KafkaSetupError(
-            f"cannot reach Kafka at {settings.bootstrap_servers} to {what} ({exc!r}); is the "
-            "broker running (lasp-streams kafka status), and is --bootstrap right?"
-        ) from exc
-    return admin
+    # One line naming the cause (unreachable, refused login, untrusted certificate).
+    return await clients.start(_admin(settings), settings, what)
 
 
 async def inspect_topics(

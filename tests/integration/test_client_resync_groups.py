@@ -42,7 +42,10 @@ async def test_resync_of_an_operator_input_starts_at_the_operator_groups_commit(
         group = operators_group(name, False)  # contracts feeds the (non-keyed) product
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
-        while (await committed_offsets(settings, group, topic)) != ends:
+        # A partition that received nothing has no commit (None): its position is 0 anyway.
+        while {
+            p: c or 0 for p, c in (await committed_offsets(settings, group, topic)).items()
+        } != ends:
             assert loop.time() < deadline, "the operator agent did not commit its input"
             await asyncio.sleep(0.1)
         await transport.start()
