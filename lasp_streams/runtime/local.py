@@ -55,7 +55,15 @@ from lasp_streams.dataflow.operators import describe_fn
 from lasp_streams.dataflow.steps import Var, WindowStep
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.dataflow.windows import LateDelta, WindowClosed
-from lasp_streams.errors import InvalidTopology, MutatorError, ReadTimeout, StepError
+from lasp_streams.errors import (
+    ConflictingMerge,
+    IncompatibleLattices,
+    InvalidTopology,
+    LaspError,
+    MutatorError,
+    ReadTimeout,
+    StepError,
+)
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.threshold import Threshold, threshold_met
 from lasp_streams.runtime.core import DeadLetter, Delta, Effects, RecordValidator, ReplicaCore
@@ -66,6 +74,13 @@ from lasp_streams.runtime.network import SimulatedNetwork, Transport
 __all__ = ["LocalRuntime"]
 
 log = logging.getLogger(__name__)
+
+#: The error ``bind`` raises for a state the core refuses, by dead-letter reason.
+_REFUSALS: dict[str, type[LaspError]] = {
+    "invariant": ConflictingMerge,
+    "validation": MutatorError,
+    "wrong_type": IncompatibleLattices,
+}
 
 
 class LocalRuntime:
@@ -156,13 +171,17 @@ class LocalRuntime:
     async def bind(
         self, var: Var | str, state: Lattice, *, key: Hashable = None, replica: int = 0
     ) -> bool:
-        """Join a whole state into ``var`` (Lasp's ``bind``); True when it grew."""
+        """Join a whole state into ``var`` (Lasp's ``bind``); True when it grew. A state with
+        no join (ConflictingMerge) or that a record validator refuses (MutatorError) raises."""
         v = self._declared(var, "bind")
         core = self._core(replica)
         check_key(v, key)
         if not v.prototype.same_type(state):
             raise MutatorError(f"bind {v.id!r}: expected a {v.type_name}, got {state!r}")
         effects = core.apply([Delta(v.id, key, state)])
+        refused = next((d for d in effects.dead if d.reason in _REFUSALS), None)
+        if refused is not None:  # the caller's own state: refused loudly, not dead-lettered
+            raise _REFUSALS[refused.reason](f"bind {v.id!r}: {refused.error}")
         self._publish(core, v, key, state, effects)
         self._handle(core, effects)
         await self._run_pending()

@@ -7,7 +7,7 @@ actor: a GCounter delta ``{"client-7": 1200}`` from ``client-7`` is fine, the sa
 one client inflate — or, by the per-actor max, absorb — another's impressions).
 
 :func:`client_delta_problem` returns the reason a delta is refused (``None``: accept); it is the
-shape the Kafka agent's validator hook takes (``lasp_streams.runtime.kafka.joiner.Validator``
+shape the replica core's record validators take (``lasp_streams.runtime.core.RecordValidator``
 returns a reason or None), with the actor taken from the record's
 :data:`~lasp_streams.codec.ACTOR_HEADER`.
 :func:`check_client_delta` raises :class:`UntrustedDelta` instead.
@@ -53,9 +53,18 @@ def client_delta_problem(delta: Lattice, actor: str) -> str | None:
     if type(actor) is not str or not actor:
         return f"the client's actor must be a non-empty str, got {actor!r}"
     if isinstance(delta, GMap):
+        expected = delta.nested_type
         keys = delta.keys()  # a GMap, not a dict: keys() is its API
         for key in keys:
-            problem = client_delta_problem(delta.get(key), actor)
+            nested = delta.get(key)
+            if not expected.same_type(nested):
+                # A key of another type would become that key's type for good (or, merged
+                # into a state, have no join): a client could poison the key for everyone.
+                return (
+                    f"GMap key {key!r}: a client delta's keys must hold the map's type "
+                    f"{describe_type(expected)}, got a {describe_type(nested)}"
+                )
+            problem = client_delta_problem(nested, actor)
             if problem is not None:
                 return f"GMap key {key!r}: {problem}"
         return None

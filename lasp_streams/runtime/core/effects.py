@@ -122,8 +122,10 @@ class StepFailure:
 class Effects:
     """What one batch (or a recovery, a re-check, a clock tick) caused in a core."""
 
-    #: Items joined (refused ones are not counted).
-    applied: int = 0
+    #: Per variable: items joined (refused ones are not counted), and of those the ones that
+    #: strictly grew their key's state (before coalescing: metrics of strict inflations).
+    applied: dict[str, int] = field(default_factory=dict)
+    inflations: dict[str, int] = field(default_factory=dict)
     #: Per variable and key, the live state after the batch, for every state that strictly
     #: grew (coalesced: a key once however many of its deltas the batch held).
     changed: dict[str, dict[Hashable, Lattice]] = field(default_factory=dict)

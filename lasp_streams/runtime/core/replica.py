@@ -198,7 +198,7 @@ class ReplicaCore:
             skip = gate.closed(key)
         delta = mutate(self._vars[var], state, actor, mutator, args, event_time, skip)
         if not delta.is_bottom():
-            effects.applied = 1
+            effects.applied[var] = effects.inflations[var] = 1
             self._grew(var, key, state, delta, None, effects)
             self._finish(effects)
         return delta, effects
@@ -269,6 +269,7 @@ class ReplicaCore:
             pending = self._pending.setdefault(var, {})
         origins = self._origins.setdefault(var, {}) if observed else None
         dead = effects.dead
+        applied = inflations = 0
         record: Record | None = None
         keys = self._keys  # raw key -> variable key, remembered (one entry per key seen)
         for record in records:
@@ -323,7 +324,7 @@ class ReplicaCore:
                 if late is not None:
                     self._late(var, key, late, record, effects)
             if state is None:
-                effects.applied += 1
+                applied += 1
                 if delta.is_bottom():
                     continue
                 # The first delta of a key becomes its state (a decoded one is fresh).
@@ -339,7 +340,7 @@ class ReplicaCore:
                 except LatticeError as exc:
                     dead.append(_dead(var, record, "invariant", str(exc)))
                     continue
-                effects.applied += 1
+                applied += 1
                 if not grew:
                     continue
                 if changed is None:
@@ -351,6 +352,7 @@ class ReplicaCore:
                         pending[key] = delta if fresh else delta.copy()
                     else:
                         acc.merge(delta)
+            inflations += 1
             if origins is not None:
                 origins[key] = record
             if gate is not None:
@@ -359,6 +361,9 @@ class ReplicaCore:
                     effects.closed.extend(closed)
         if record is not None:
             effects.last = record
+        if applied:
+            effects.applied[var] = effects.applied.get(var, 0) + applied
+            effects.inflations[var] = effects.inflations.get(var, 0) + inflations
 
     def _grew(
         self,

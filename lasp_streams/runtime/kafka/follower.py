@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Hashable
+from typing import cast
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -38,8 +39,12 @@ __all__ = ["VariableFollower"]
 log = logging.getLogger(__name__)
 
 
+def _raw_key(raw: bytes | None) -> Hashable:
+    return raw or b""
+
+
 def _no_key(raw: bytes | None) -> Hashable:
-    return None
+    return b""
 
 
 class VariableFollower:
@@ -71,8 +76,10 @@ class VariableFollower:
         )
         alone = Topology(topology)
         alone.declare(variable, prototype, keyed=keyed)
-        self._core = ReplicaCore(alone, sink=False, key_of=key_from_kafka if keyed else _no_key)
-        self._states = self._core.states[variable]
+        # Keyed by the Kafka key's bytes (b"" for a non-keyed variable), as readers expect.
+        self._core = ReplicaCore(alone, sink=False, key_of=_raw_key if keyed else _no_key)
+        #: Every key's joined state, by Kafka key (do not mutate).
+        self.states = cast("dict[bytes, Lattice]", self._core.states[variable])
         #: Called with (key, a copy of the new state) on every strict inflation (coalesced per
         #: batch of records read), in order per key.
         self.on_inflation = on_inflation
@@ -150,15 +157,16 @@ class VariableFollower:
 
     async def join_local(self, key: Hashable, delta: Lattice) -> None:
         """Join a delta this process produced (read your writes before it comes back)."""
-        await self._joined(self._core.apply([Delta(self.variable, key, delta)]))
+        raw = key_bytes(key) if self.keyed else b""
+        await self._joined(self._core.apply([Delta(self.variable, raw, delta)]))
 
     def state(self, key: Hashable = None) -> Lattice:
         """The joined state of ``key`` (bottom when none was seen); do not mutate it."""
-        found = self._states.get(key_from_kafka(key_bytes(key)) if self.keyed else None)
+        found = self.states.get(key_bytes(key) if self.keyed else b"")
         return self._proto if found is None else found
 
     def keys(self) -> list[Hashable]:
-        return list(self._states)
+        return [key_from_kafka(k) for k in self.states]
 
     async def wait(self, predicate: Callable[[], bool], timeout: float) -> None:
         """Return once ``predicate()`` holds (checked now and after every inflation)."""
