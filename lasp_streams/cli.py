@@ -11,7 +11,9 @@ from typing import TypeVar
 
 import click
 
+from lasp_streams.demo.loadgen_cli import loadgen
 from lasp_streams.errors import KafkaSetupError
+from lasp_streams.gateway.cli import gateway
 from lasp_streams.localkafka import (
     DEFAULT_BROKER_PORT,
     DEFAULT_CONTROLLER_PORT,
@@ -309,6 +311,14 @@ def demo() -> None:
     help="Where to write the PNG plot.",
 )
 @click.option("--no-plot", is_flag=True, help="Do not write the plot.")
+@click.option(
+    "--transport",
+    type=click.Choice(["gateway", "kafka"]),
+    default="gateway",
+    show_default=True,
+    help="Kafka mode: clients through a gateway (WebSocket, device ledger) or each with its "
+    "own Kafka producer and consumer (bounded mode always uses kafka).",
+)
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option(
     "--keep",
@@ -336,6 +346,7 @@ def ad_counter(
     timeout: float,
     plot_path: Path,
     no_plot: bool,
+    transport: str,
     seed: int,
     keep: bool,
     keep_broker: bool,
@@ -385,6 +396,7 @@ def ad_counter(
                     keep=keep,
                     keep_broker=keep_broker,
                     progress=progress,
+                    via=transport,
                 )
             )
         except KafkaSetupError as exc:
@@ -543,3 +555,5 @@ from lasp_streams import cli_audit  # noqa: E402
 main.add_command(cli_audit.audit)
 main.add_command(cli_audit.billing)
 main.add_command(cli_audit.dlq)
+main.add_command(gateway)
+main.add_command(loadgen)

@@ -32,6 +32,12 @@ from typing import Any
 from lasp_streams.client.kafka import KafkaTransport
 from lasp_streams.dataflow.events import TriggerEvent
 from lasp_streams.demo.config import DemoConfig
+from lasp_streams.demo.gateway import (
+    GatewayStack,
+    contract_minimum,
+    remove_ledger,
+    start_stack,
+)
 from lasp_streams.demo.simulate import new_client, simulate
 from lasp_streams.demo.summary import AdResult, BillingEvent, RunSummary
 from lasp_streams.demo.topology import ad_counter
@@ -85,6 +91,7 @@ async def run_kafka(
     name: str | None = None,
     progress: Callable[[str], None] = _say,
     clock: Callable[[], float] = time.monotonic,
+    via: str = "gateway",
 ) -> RunSummary:
     """Run the demo on Kafka (see the module docstring) and summarise it.
 
@@ -99,7 +106,7 @@ async def run_kafka(
     else:
         address = bootstrap
     try:
-        return await _run(cfg, address, partitions, name, progress, clock, keep)
+        return await _run(cfg, address, partitions, name, progress, clock, keep, via)
     finally:
         if not keep_broker:
             await asyncio.to_thread(stop_broker)
@@ -130,6 +137,7 @@ async def _run(
     progress: Callable[[str], None],
     clock: Callable[[], float],
     keep: bool = False,
+    via: str = "gateway",
 ) -> RunSummary:
     mod = ad_counter()
     master = random.Random(cfg.seed)
@@ -166,7 +174,8 @@ async def _run(
     halt = asyncio.Event()
     ready = asyncio.Event()
     servers = [asyncio.create_task(rt.run(stop=halt, ready=ready))]
-    transports: list[KafkaTransport] = []
+    transports: list[Any] = []
+    stack: GatewayStack | None = None
     tasks: list[asyncio.Task[Any]] = []
     try:
         await _first(ready.wait(), servers, 120)
@@ -185,12 +194,22 @@ async def _run(
         await rt.read("ads_with_contracts", Threshold.cardinality(len(ads)), timeout=60)
         progress(f"{len(ads)} ads with contracts; starting {cfg.clients} clients")
 
+        if via == "gateway" and escrow is None:
+            stack = await start_stack(topo, settings, name, cfg, partitions=partitions)
+            progress(f"clients connect to a gateway at {stack.url} (device ledger in process)")
         sims = []
         for i in range(cfg.clients):
-            transport = KafkaTransport(settings, name, f"client-{i}")
+            transport: Any = (
+                stack.transport(f"client-{i}")
+                if stack is not None
+                else KafkaTransport(settings, name, f"client-{i}")
+            )
             await transport.start()
             transports.append(transport)
-            sims.append(new_client(transport.actor, transport, topo, cfg, escrow, master, clock))
+            decide = contract_minimum(cfg.min_impressions) if stack is not None else None
+            sims.append(
+                new_client(transport.actor, transport, topo, cfg, escrow, master, clock, decide)
+            )
 
         samples: list[tuple[float, dict[str, int]]] = []
 
@@ -253,9 +272,13 @@ async def _run(
         await asyncio.gather(*servers, return_exceptions=True)
         for transport in transports:
             await transport.stop()
+        if stack is not None:
+            await stack.stop()
         await rt.stop()
         if not keep:
             await _remove(topo, settings, name, progress)
+            if stack is not None:
+                await remove_ledger(topo, settings, name, partitions=partitions)
 
     billing = [
         BillingEvent(

@@ -16,6 +16,7 @@ Modules:
 - :mod:`.windows` — closing windows in the agent that owns the key;
 - :mod:`.crossing` — crossing and billing records;
 - :mod:`.sink` — the trusted sink;
+- :mod:`.ledger` — the host of the device ledger (devices' totals into per-partition entries);
 - :mod:`.fencing` — what to do with a fenced transactional producer;
 - :mod:`.dlq` — dead letters;
 - :mod:`.follower` — a live replica of a variable outside the groups (broadcast, reads);
