@@ -25,15 +25,34 @@ import hmac
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 
 from lasp_streams.client.protocol import ProtocolError, mac, pack, unpack
+from lasp_streams.dataflow.topology import Topology
+from lasp_streams.gateway.batcher import Batcher
+from lasp_streams.gateway.config import GatewayConfig
+from lasp_streams.gateway.hearing import Hearing
+from lasp_streams.gateway.keys import KeyRing
+from lasp_streams.gateway.metrics import GatewayMetrics
 from lasp_streams.server.devices import check_flush, check_identifier
 
-if TYPE_CHECKING:
-    from lasp_streams.gateway.server import Gateway
+
+class Host(Protocol):
+    """What a session needs of its gateway (:class:`~lasp_streams.gateway.server.Gateway`)."""
+
+    id: str
+    config: GatewayConfig
+    metrics: GatewayMetrics
+    keyring: KeyRing
+    hearing: Hearing
+    batcher: Batcher
+    topology: Topology
+    readable: frozenset[str]
+
+    def bind(self, session: Session) -> None: ...
+
 
 __all__ = ["Session"]
 
@@ -43,7 +62,7 @@ log = logging.getLogger(__name__)
 class Session:
     """See the module docstring."""
 
-    def __init__(self, gateway: Gateway, ws: web.WebSocketResponse) -> None:
+    def __init__(self, gateway: Host, ws: web.WebSocketResponse) -> None:
         self.gateway = gateway
         self.ws = ws
         self.nonce = secrets.token_bytes(16)
