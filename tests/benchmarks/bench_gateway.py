@@ -402,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
             for n in args.clients:
                 runs = [
-                    asyncio.run(bench_overcount(args.bootstrap, tmp, n)) for _ in range(args.runs)
+                    asyncio.run(bench_overcount(args.bootstrap, tmp, n))
+                    for _ in range(args.overcount_runs or args.runs)
                 ]
                 print(runs, flush=True)
                 lines.append(
