@@ -2,9 +2,10 @@
 
 The pure part (no I/O; :mod:`lasp_streams.audit_kafka` feeds it from the topics):
 
-- :class:`VariableReplay` joins one variable's delta records into per-key states, and notes
-  the record (partition, offset, time) at which each key first met each trigger's threshold:
-  the *re-derived crossings*.
+- :class:`VariableReplay` joins one variable's delta records into per-key states — refusing
+  what the agents refuse (undecodable, wrong type, no join, a client writing another client's
+  entries) — and notes the record (partition, offset, time) at which each key first met each
+  trigger's threshold: the *re-derived crossings*.
 - :func:`compare_states` holds the live state topic to the replay: everything live must be
   explained by the deltas (``live <= replayed``; anything else is a mismatch), and on a full,
   quiet replay the two are equal (the "difference" reported is then 0.00%).
@@ -12,12 +13,11 @@ The pure part (no I/O; :mod:`lasp_streams.audit_kafka` feeds it from the topics)
   justified by a crossing of the replayed state, with the id the sink derives for it, every
   crossing billed exactly once, nothing else.
 
-Per-key threshold *functions* (the ad counter's contract minimum) read watched variables whose
-values change over time (an ad leaves ``ads_with_contracts`` once disabled). The audit replays
-each watched variable first and keeps its successive states; a key's threshold is the first
-one its function returns over that history, which is the one the live agent used when the key
-crossed (thresholds of a key do not move once known in the topologies we ship; a topology where
-they do is audited against the first).
+The variables are replayed as one history, in record-time order (the host interleaves the
+delta topics), so a per-key threshold *function* (the ad counter's contract minimum) reads the
+watched variables as they were when the key's deltas arrived — before its ad was disabled —
+and, as the live agents do, every key of a trigger is checked again when a variable its
+threshold function watches grows (a contract signed after its ad passed the minimum).
 
 A replay that does not start at the beginning of every delta topic (``--from``, or retention
 that deleted the start) cannot equal the live state: it is then only checked to be below it,
@@ -36,7 +36,7 @@ from lasp_streams.dataflow.topology import Topology
 from lasp_streams.errors import CodecError, LatticeError
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.threshold import Threshold, threshold_met
-from lasp_streams.runtime.kafka.crossing import BillingEvent, event_id
+from lasp_streams.records import BillingEvent, event_id
 
 __all__ = [
     "BillingCheck",
@@ -50,13 +50,12 @@ __all__ = [
     "reconcile_billing",
 ]
 
-#: At most this many successive states of a watched variable are kept for per-key thresholds.
-MAX_WATCH_HISTORY = 10_000
-
 
 class Record(Protocol):
     """What the audit reads of a Kafka record (aiokafka's ``ConsumerRecord`` has these)."""
 
+    @property
+    def topic(self) -> str: ...
     @property
     def partition(self) -> int: ...
     @property
@@ -94,28 +93,30 @@ class CrossingFound:
     offset: int
     timestamp_ms: int
     value: Any
+    #: The topic of the record at ``partition``/``offset``: the trigger variable's deltas,
+    #: or a watched variable's when the threshold became known only then.
+    topic: str = ""
 
 
 class ThresholdBook:
-    """The threshold of each key for one trigger: fixed, or the first one a per-key function
-    returns over the watched variables' replayed history (see the module docstring)."""
+    """The threshold of each key for one trigger: fixed, or what the per-key function returns
+    over the replayed states now (remembered once known: thresholds of a key do not move in
+    the topologies we ship; a topology where they do is audited against the first)."""
 
-    def __init__(self, step: TriggerStep, history: Callable[[], Iterable[Any]]) -> None:
+    def __init__(self, step: TriggerStep, view: Any) -> None:
         self.step = step
-        self._history = history
-        self._known: dict[bytes, Threshold | None] = {}
+        self._view = view
+        self._known: dict[bytes, Threshold] = {}
 
     def threshold(self, key: bytes) -> Threshold | None:
         if isinstance(self.step.threshold, Threshold):
             return self.step.threshold
-        if key not in self._known:
-            found: Threshold | None = None
-            for view in self._history():
-                found = self.step.threshold_for(codec.key_from_kafka(key), view)
-                if found is not None:
-                    break
-            self._known[key] = found
-        return self._known[key]
+        found = self._known.get(key)
+        if found is None:
+            found = self.step.threshold_for(codec.key_from_kafka(key), self._view)
+            if found is not None:
+                self._known[key] = found
+        return found
 
 
 class VariableReplay:
@@ -127,7 +128,7 @@ class VariableReplay:
         prototype: Lattice,
         *,
         triggers: Sequence[ThresholdBook] = (),
-        keep_history: bool = False,
+        validate: RecordCheck | None = None,
         decode: Callable[[bytes], Lattice] = codec.decode,
     ) -> None:
         self.variable = variable
@@ -139,26 +140,27 @@ class VariableReplay:
         self.crossings: dict[tuple[str, bytes], CrossingFound] = {}
         self._triggers = tuple(triggers)
         self._decode = decode
-        #: Successive full states (non-keyed variables watched by a threshold function).
-        self.history: list[Lattice] = []
-        self._keep_history = keep_history
+        #: The live agents' record check (a client's actor header), so the replay refuses
+        #: exactly what they dead-lettered.
+        self._validate = validate
 
-    def feed(self, records: Iterable[Record]) -> None:
+    def feed(self, records: Iterable[Record]) -> bool:
         """Decode and join ``records`` (any order: joins commute; crossing times follow the
         order given, which is offset order within a partition).
 
         Thresholds are checked once per key per call, at the end, not after every record (a
         value of a counter sums its entries, which per record would cost more than the join);
         a key found past a threshold is then replayed alone from its state before the call to
-        name the exact record that crossed."""
+        name the exact record that crossed. Returns whether any state strictly grew."""
         states = self.states
         decode = self._decode
         proto = self.prototype
-        history = self.history if self._keep_history else None
+        validate = self._validate
         track = bool(self._triggers)
         # key -> (its state before this call, its records in this call); None: nothing to find.
         touched: dict[bytes, tuple[Lattice | None, list[Record]] | None] = {}
         seen = applied = 0
+        any_growth = False
         for record in records:
             seen += 1
             raw = record.value
@@ -169,6 +171,10 @@ class VariableReplay:
                 delta = decode(raw)
                 if not proto.same_type(delta):
                     raise CodecError(f"holds {type(delta).__name__}, not {type(proto).__name__}")
+                if validate is not None:
+                    refusal = _check(validate, record, delta)
+                    if refusal is not None:
+                        raise CodecError(f"refused as the agent does: {refusal}")
                 state = states.get(key)
                 if track:
                     if key not in touched:
@@ -192,13 +198,36 @@ class VariableReplay:
                 )
                 continue
             applied += 1
-            if grew and history is not None and len(history) < MAX_WATCH_HISTORY:
-                history.append(state.copy())
+            any_growth = any_growth or grew
         self.records += seen
         self.applied += applied
         for key, entry in touched.items():
             if entry is not None:
                 self._find_crossings(key, *entry)
+        return any_growth
+
+    def recheck(self, cause: Record) -> None:
+        """Check every key again, as the live agent does when a variable watched by a
+        threshold function grew: a key that meets its threshold only now crossed at ``cause``
+        (the watched variable's record)."""
+        for key, state in self.states.items():
+            for book in self._triggers:
+                marker = (book.step.id, key)
+                if marker in self.crossings:
+                    continue
+                threshold = book.threshold(key)
+                if threshold is not None and threshold_met(state, threshold):
+                    self.crossings[marker] = CrossingFound(
+                        book.step.id,
+                        self.variable,
+                        key,
+                        threshold,
+                        cause.partition,
+                        cause.offset,
+                        cause.timestamp,
+                        _value(state),
+                        getattr(cause, "topic", ""),
+                    )
 
     def _all_crossed(self, key: bytes) -> bool:
         return all((book.step.id, key) in self.crossings for book in self._triggers)
@@ -245,7 +274,19 @@ class VariableReplay:
                 found.offset,
                 found.timestamp,
                 _value(state if state is not None else final),
+                getattr(found, "topic", ""),
             )
+
+
+#: ``check(headers, delta)``: None to accept a record, or why it is refused.
+RecordCheck = Callable[[Sequence[tuple[str, bytes]], Lattice], "str | None"]
+
+
+def _check(validate: RecordCheck, record: Any, delta: Lattice) -> str | None:
+    try:
+        return validate(getattr(record, "headers", None) or (), delta)
+    except Exception as exc:  # a validator that raises refuses, as on the agents
+        return f"record validator raised {exc!r}"
 
 
 def _value(state: Lattice) -> Any:
@@ -257,48 +298,39 @@ def _value(state: Lattice) -> Any:
 
 class ReplayView:
     """The :class:`~lasp_streams.dataflow.events.StateView` a threshold function reads: the
-    replayed states, with some variables pinned to one of their past states."""
+    replayed states as they are now."""
 
-    def __init__(
-        self, replays: dict[str, VariableReplay], pinned: dict[str, Lattice] | None = None
-    ) -> None:
+    def __init__(self, replays: dict[str, VariableReplay]) -> None:
         self._replays = replays
-        self._pinned = pinned or {}
 
     def query(self, var: Any, key: Hashable = None) -> Any:
         name = var if isinstance(var, str) else var.id
-        if name in self._pinned and key is None:
-            return self._pinned[name].value()
         replay = self._replays[name]
         state = replay.states.get(codec.key_to_kafka(key) or b"")
         return (state if state is not None else replay.prototype.bottom()).value()
 
 
-def watch_history(
-    replays: dict[str, VariableReplay], watched: Sequence[str]
-) -> Callable[[], Iterable[ReplayView]]:
-    """Views over the successive replayed states of the watched variables (one at a time),
-    then the final states."""
-
-    def views() -> Iterable[ReplayView]:
-        for name in watched:
-            for past in replays[name].history:
-                yield ReplayView(replays, {name: past})
-        yield ReplayView(replays)
-
-    return views
-
-
 def trigger_books(
     topology: Topology, replays: dict[str, VariableReplay]
 ) -> dict[str, list[ThresholdBook]]:
-    """Each trigger variable's threshold books."""
+    """Each trigger variable's threshold books, reading ``replays`` (filled in later)."""
+    view = ReplayView(replays)
     books: dict[str, list[ThresholdBook]] = {}
     for step in topology.steps:
         if isinstance(step, TriggerStep):
-            history = watch_history(replays, step.watch)
-            books.setdefault(step.var, []).append(ThresholdBook(step, history))
+            books.setdefault(step.var, []).append(ThresholdBook(step, view))
     return books
+
+
+def watchers(topology: Topology) -> dict[str, set[str]]:
+    """For each variable a per-key threshold function watches, the trigger variables to
+    check again when it grows."""
+    found: dict[str, set[str]] = {}
+    for step in topology.steps:
+        if isinstance(step, TriggerStep):
+            for watched in step.watch:
+                found.setdefault(watched, set()).add(step.var)
+    return found
 
 
 # -- live state vs replay --------------------------------------------------------------------
@@ -389,10 +421,17 @@ class BilledRecord:
     timestamp_ms: int
     event: BillingEvent | None
     error: str = ""
+    #: The record's Kafka key: the sink writes each event under its event id.
+    record_key: bytes | None = None
 
     @property
     def where(self) -> str:
-        who = f"event {self.event.event_id}" if self.event is not None else "record"
+        if self.record_key:
+            who = f"event {self.record_key[:64].decode(errors='replace')}"
+        elif self.event is not None:
+            who = f"event {self.event.event_id}"
+        else:
+            who = "record"
         return f"billing {who} at partition {self.partition} offset {self.offset}"
 
 
@@ -435,13 +474,13 @@ def reconcile_billing(
                 )
             )
             continue
-        if event.event_id != expected:
+        if record.record_key is not None and record.record_key != expected.encode():
             out.problems.append(
                 Problem(
                     "forged-billing",
                     where,
-                    f"its id is not the sink's id {expected} for trigger {event.trigger!r} "
-                    f"key {codec.key_from_kafka(event.key)!r}",
+                    f"its record key is not the sink's id {expected} for trigger "
+                    f"{event.trigger!r} key {codec.key_from_kafka(event.key)!r}",
                 )
             )
             continue

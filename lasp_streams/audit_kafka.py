@@ -15,9 +15,11 @@ the dead letters.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -35,13 +37,15 @@ from lasp_streams.audit import (
     compare_states,
     reconcile_billing,
     trigger_books,
+    watchers,
 )
 from lasp_streams.dataflow.steps import TriggerStep
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.errors import CodecError, DecodeError, KafkaSetupError, LaspError
 from lasp_streams.lattices.base import Lattice
-from lasp_streams.runtime.kafka.crossing import BillingEvent
+from lasp_streams.records import BillingEvent
 from lasp_streams.runtime.kafka.dlq import parse_headers
+from lasp_streams.runtime.kafka.plan import plan_worker
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import (
     billing_topic,
@@ -50,6 +54,7 @@ from lasp_streams.runtime.kafka.topics import (
     dlq_topic,
     state_topic,
 )
+from lasp_streams.server.validate import record_delta_problem
 
 __all__ = [
     "AdLine",
@@ -57,6 +62,7 @@ __all__ = [
     "Bound",
     "open_reader",
     "parse_bound",
+    "read_merged",
     "read_topic",
     "run_audit",
 ]
@@ -240,6 +246,116 @@ async def _offsets(
     return {tp: ends[tp] if found[tp] is None else found[tp].offset for tp in tps}
 
 
+async def _window(
+    consumer: AIOKafkaConsumer,
+    tps: list[TopicPartition],
+    start: Bound,
+    end: Bound,
+    warn: Callable[[str], None] | None,
+) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+    """Per partition, the first offset to read and the offset to stop before; ``warn`` hears
+    of each partition whose retention no longer reaches ``start``."""
+    consumer.assign(tps)
+    firsts = await consumer.beginning_offsets(tps)
+    lasts = await consumer.end_offsets(tps)  # the last stable offsets (read_committed)
+    begin = {tp: 0 for tp in tps} if start.edge else await _offsets(consumer, tps, start, lasts)
+    stop = dict(lasts) if end.edge else await _offsets(consumer, tps, end, lasts)
+    if warn is not None:
+        for tp in tps:
+            if firsts[tp] > begin[tp]:
+                warn(
+                    f"{tp.topic} partition {tp.partition}: retention no longer reaches the "
+                    f"start (first offset {firsts[tp]}, wanted {begin[tp]}); "
+                    f"{firsts[tp] - begin[tp]} record(s) are gone"
+                )
+    return {tp: max(begin[tp], firsts[tp]) for tp in tps}, stop
+
+
+async def read_merged(
+    consumer: AIOKafkaConsumer,
+    topics: dict[str, tuple[str, int]],
+    *,
+    start: Bound = Bound(),
+    end: Bound = Bound(),
+    warn: Callable[[str], None] | None = None,
+) -> tuple[int, AsyncIterator[tuple[str, list[Any]]]]:
+    """Several variables' delta topics (``{variable: (topic, partitions)}``) read as one
+    history, in record-time order: how many records there are, and batches of consecutive
+    records of one variable.
+
+    Partitions are read side by side; records are released up to the *horizon*, the newest
+    time every unfinished partition has reached, sorted by (time, topic, partition, offset), so
+    a crossing is replayed with the watched variables as they were then (within a partition the
+    offset order is kept). A partition far ahead of the others is paused, which bounds memory.
+    """
+    var_of = {topic: var for var, (topic, _) in topics.items()}
+    tps = [TopicPartition(topic, p) for topic, count in topics.values() for p in range(count)]
+    begin, stop = await _window(consumer, tps, start, end, warn)
+    live = [tp for tp in tps if stop[tp] > begin[tp]]
+    total = sum(stop[tp] - begin[tp] for tp in live)
+
+    async def batches() -> AsyncIterator[tuple[str, list[Any]]]:
+        consumer.assign(live)
+        for tp in live:
+            consumer.seek(tp, begin[tp])
+        buffers: dict[TopicPartition, deque[Any]] = {tp: deque() for tp in live}
+        open_tps = set(live)
+        paused: set[TopicPartition] = set()
+        while open_tps or any(buffers.values()):
+            if open_tps:
+                data = await consumer.getmany(timeout_ms=500, max_records=_BATCH)
+                for tp, records in data.items():
+                    buffers[tp].extend(r for r in records if r.offset < stop[tp])
+                for tp in list(open_tps):
+                    if await consumer.position(tp) >= stop[tp]:
+                        open_tps.discard(tp)
+            # Every open partition must have something buffered to know how far it got.
+            if any(not buffers[tp] for tp in open_tps):
+                _balance(consumer, buffers, open_tps, paused)
+                continue
+            horizon = min((buffers[tp][-1].timestamp for tp in open_tps), default=None)
+            ready: list[Any] = []
+            for buffer in buffers.values():
+                while buffer and (horizon is None or buffer[0].timestamp <= horizon):
+                    ready.append(buffer.popleft())
+            _balance(consumer, buffers, open_tps, paused)
+            if not ready:
+                continue
+            if len({r.topic for r in ready}) > 1:
+                # Stable: equal times keep partition then offset order. One topic alone needs
+                # no sort (joins commute; crossings are dated per key, within one partition).
+                ready.sort(key=_time)
+            run: list[Any] = []
+            for record in ready:
+                if run and record.topic != run[-1].topic:
+                    yield var_of[run[0].topic], run
+                    run = []
+                run.append(record)
+            yield var_of[run[0].topic], run
+
+    return total, batches()
+
+
+_time = attrgetter("timestamp")
+
+
+def _balance(
+    consumer: AIOKafkaConsumer,
+    buffers: dict[TopicPartition, deque[Any]],
+    open_tps: set[TopicPartition],
+    paused: set[TopicPartition],
+) -> None:
+    """Pause partitions with a large backlog, resume them once it is worked off."""
+    for tp in open_tps:
+        size = len(buffers[tp])
+        if tp not in paused and size > 2 * _BATCH:
+            consumer.pause(tp)
+            paused.add(tp)
+        elif tp in paused and size <= _BATCH:
+            consumer.resume(tp)
+            paused.discard(tp)
+
+
 async def read_topic(
     consumer: AIOKafkaConsumer,
     topic: str,
@@ -252,20 +368,7 @@ async def read_topic(
     """How many records ``topic`` has between the bounds, and the batches of them, partition
     by partition in offset order. ``warn`` hears when retention no longer reaches ``start``."""
     tps = [TopicPartition(topic, p) for p in range(partitions)]
-    consumer.assign(tps)
-    firsts = await consumer.beginning_offsets(tps)
-    lasts = await consumer.end_offsets(tps)  # the last stable offsets (read_committed)
-    begin = {tp: 0 for tp in tps} if start.edge else await _offsets(consumer, tps, start, lasts)
-    stop = dict(lasts) if end.edge else await _offsets(consumer, tps, end, lasts)
-    if warn is not None:
-        for tp in tps:
-            if firsts[tp] > begin[tp]:
-                warn(
-                    f"{topic} partition {tp.partition}: retention no longer reaches the start "
-                    f"(first offset {firsts[tp]}, wanted {begin[tp]}); "
-                    f"{firsts[tp] - begin[tp]} record(s) are gone"
-                )
-    begin = {tp: max(begin[tp], firsts[tp]) for tp in tps}
+    begin, stop = await _window(consumer, tps, start, end, warn)
     total = sum(max(0, stop[tp] - begin[tp]) for tp in tps)
 
     async def batches() -> AsyncIterator[list[Any]]:
@@ -311,9 +414,12 @@ async def run_audit(
     start: Bound = Bound(),
     end: Bound = Bound(),
     progress: Callable[[int, int], None] | None = None,
+    checked: Iterable[str] | None = None,
 ) -> AuditReport:
     """Audit the topology running as ``name`` (see the module docstrings). ``progress(done,
-    total)`` hears the number of delta records replayed so far."""
+    total)`` hears the number of delta records replayed so far. ``checked``: the variables
+    whose records get the client check, as the workers were told (default: the workers'
+    default; ``()`` for workers run with ``--trust-all``)."""
     topology.freeze()
     name = name or topology.name
     report = AuditReport(name, start, end, complete=start.edge and end.edge)
@@ -353,41 +459,38 @@ async def run_audit(
             )
             report.warnings.extend(f"undecodable live state {e}" for e in errors[:20])
 
-        watched = {w for s in topology.steps if isinstance(s, TriggerStep) for w in s.watch}
         replays: dict[str, VariableReplay] = {}
         books = trigger_books(topology, replays)
+        check = set(plan_worker(topology, checked=checked, name=name).checked)
         for var in variables:
             replays[var.id] = VariableReplay(
                 var.id,
                 var.prototype,
                 triggers=books.get(var.id, ()),
-                keep_history=var.id in watched,
+                validate=record_delta_problem if var.id in check else None,
             )
-        order = sorted(variables, key=lambda v: v.id not in watched)  # watched first
-        plans = []
-        for var in order:
-            topic = delta_topic(name, var.id)
-            total, batches = await read_topic(
-                consumer,
-                topic,
-                existing[topic].partitions,
-                start=start,
-                end=end,
-                warn=report.warnings.append,
-            )
-            plans.append((var, total, batches))
+        recheck = watchers(topology)
+        total, history = await read_merged(
+            consumer,
+            {
+                var.id: (delta_topic(name, var.id), existing[delta_topic(name, var.id)].partitions)
+                for var in variables
+            },
+            start=start,
+            end=end,
+            warn=report.warnings.append,
+        )
         if any("retention" in w for w in report.warnings):
             report.complete = False
-        grand = sum(total for _, total, _ in plans)
         done = 0
         started = time.perf_counter()  # the replay proper: fetch, decode, join, crossings
-        for var, _total, batches in plans:
-            replay = replays[var.id]
-            async for batch in batches:
-                replay.feed(batch)
-                done += len(batch)
-                if progress is not None:
-                    progress(done, grand)
+        async for var_id, batch in history:
+            if replays[var_id].feed(batch):
+                for trigger_var in recheck.get(var_id, ()):
+                    replays[trigger_var].recheck(batch[-1])
+            done += len(batch)
+            if progress is not None:
+                progress(done, total)
         report.deltas = done
         report.seconds = time.perf_counter() - started
 
@@ -433,8 +536,10 @@ def _billed(record: Any) -> BilledRecord:
             raise DecodeError("no value")
         event = BillingEvent.decode(record.value)
     except DecodeError as exc:
-        return BilledRecord(record.partition, record.offset, record.timestamp, None, str(exc))
-    return BilledRecord(record.partition, record.offset, record.timestamp, event)
+        return BilledRecord(
+            record.partition, record.offset, record.timestamp, None, str(exc), record.key
+        )
+    return BilledRecord(record.partition, record.offset, record.timestamp, event, "", record.key)
 
 
 def _ad_lines(

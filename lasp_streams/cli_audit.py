@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from lasp_streams import codec
 from lasp_streams.audit_kafka import AuditReport, open_reader, parse_bound, read_topic, run_audit
 from lasp_streams.cli_deploy import load_plan, topology_options
 from lasp_streams.errors import CodecError, LaspError
-from lasp_streams.runtime.kafka.crossing import BillingEvent
+from lasp_streams.records import BillingEvent
 from lasp_streams.runtime.kafka.dlq import parse_headers
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import billing_topic, dlq_topic
@@ -40,6 +41,11 @@ _MAX_SHOWN = 200
 @click.option("--from", "start", metavar="TIME|OFFSET", default=None, help="Replay from here.")
 @click.option("--to", "end", metavar="TIME|OFFSET", default=None, help="Replay up to here.")
 @click.option(
+    "--trust-all",
+    is_flag=True,
+    help="The workers ran with --trust-all: join client deltas without the actor check.",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -53,6 +59,7 @@ def audit(
     name: str | None,
     start: str | None,
     end: str | None,
+    trust_all: bool,
     json_path: Path | None,
 ) -> None:
     """Replay a deployed topology's delta topics and hold its live state and billing to them.
@@ -95,6 +102,7 @@ def audit(
                     start=lower,
                     end=upper,
                     progress=progress,
+                    checked=() if trust_all else None,
                 )
             )
         except LaspError as exc:
@@ -136,7 +144,7 @@ def render(report: AuditReport, console: Console) -> None:
     console.print(states)
     if report.ads:
         ads = Table(title="per key of each trigger (per ad)")
-        for column in ("key", "gross", "minimum", "overcount", "crossed at", "billing event"):
+        for column in ("key", "gross", "minimum", "overcount", "crossed (UTC)", "billing event"):
             ads.add_column(column, justify="left" if column == "key" else "right")
         ads.add_column("amount", justify="right")
         for line in report.ads:
@@ -146,7 +154,7 @@ def render(report: AuditReport, console: Console) -> None:
                 _num(line.gross),
                 _num(line.minimum),
                 _num(line.overcount),
-                data["crossed_at"] or "-",
+                _clock(line.crossing.timestamp_ms) if line.crossing is not None else "-",
                 data["billing_event_id"] or "-",
                 _num(data["amount"]),
             )
@@ -171,6 +179,11 @@ def render(report: AuditReport, console: Console) -> None:
         console.print("[green]OK[/green]: the live state and billing match the replay")
     else:
         console.print(f"[red]FAILED[/red]: {len(report.problems)} mismatch(es)")
+
+
+def _clock(ms: int) -> str:
+    """A crossing's time of day in UTC, to the millisecond (the JSON has the full date)."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%H:%M:%S.%f")[:-3]
 
 
 def _num(value: Any) -> str:
@@ -248,7 +261,8 @@ def billing_export(
                 "trigger": event.trigger,
                 "key": str(codec.key_from_kafka(event.key)),
                 "value": event.value,
-                "threshold": event.threshold,
+                "threshold": event.threshold.n,
+                "threshold_kind": event.threshold.kind,
                 "partition": record.partition,
                 "offset": record.offset,
                 "timestamp_ms": record.timestamp,

@@ -39,7 +39,7 @@ from lasp_streams.demo.gateway import (
     start_stack,
 )
 from lasp_streams.demo.simulate import new_client, simulate
-from lasp_streams.demo.summary import AdResult, BillingEvent, RunSummary
+from lasp_streams.demo.summary import AdResult, BilledAd, RunSummary
 from lasp_streams.demo.topology import ad_counter
 from lasp_streams.errors import LaspError, ReadTimeout
 from lasp_streams.lattices.threshold import Threshold
@@ -182,8 +182,10 @@ async def _run(
         await rt.follow("impressions")
         for ad in ads:
             await rt.update(mod.ad_source(ad), mod.SERVER_ACTOR, "add", ad)
-            contract_min = minimum[ad.id] if minimum[ad.id] != cfg.min_impressions else 0
-            await rt.update("contracts", mod.SERVER_ACTOR, "add", mod.Contract(ad.id, contract_min))
+            # Every contract names its minimum: the record on Kafka then says what was agreed,
+            # and `lasp-streams audit topologies.ad_counter` audits any --min-impressions run.
+            contract = mod.Contract(ad.id, minimum[ad.id])
+            await rt.update("contracts", mod.SERVER_ACTOR, "add", contract)
         if escrow is not None:
             escrow.attach(rt)
             for ad in ads:
@@ -279,11 +281,11 @@ async def _run(
                 await remove_ledger(topo, settings, name, partitions=partitions)
 
     billing = [
-        BillingEvent(
+        BilledAd(
             event_id=event.event_id,
             advertiser=company.get(event.key.decode(), "?"),
             ad=event.key.decode(),
-            minimum=minimum.get(event.key.decode(), 0),
+            minimum=event.threshold.n,  # the crossed threshold: the contract's minimum
             impressions=int(event.value) if isinstance(event.value, int) else 0,
             amount=round(minimum.get(event.key.decode(), 0) * cfg.price, 6),
             at=disabled_at.get(event.key.decode(), run_seconds),

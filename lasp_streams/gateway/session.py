@@ -39,8 +39,9 @@ from lasp_streams.gateway.metrics import GatewayMetrics
 from lasp_streams.server.devices import check_flush, check_identifier
 
 
-class Host(Protocol):
-    """What a session needs of its gateway (:class:`~lasp_streams.gateway.server.Gateway`)."""
+class GatewaySide(Protocol):
+    """What a session uses of its :class:`~lasp_streams.gateway.server.Gateway` (a protocol,
+    so that the gateway imports its sessions and not the other way round)."""
 
     id: str
     config: GatewayConfig
@@ -54,7 +55,7 @@ class Host(Protocol):
     def bind(self, session: Session) -> None: ...
 
 
-__all__ = ["Session"]
+__all__ = ["GatewaySide", "Session"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ log = logging.getLogger(__name__)
 class Session:
     """See the module docstring."""
 
-    def __init__(self, gateway: Host, ws: web.WebSocketResponse) -> None:
+    def __init__(self, gateway: GatewaySide, ws: web.WebSocketResponse) -> None:
         self.gateway = gateway
         self.ws = ws
         self.nonce = secrets.token_bytes(16)

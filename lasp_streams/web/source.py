@@ -5,9 +5,10 @@ events seen and a metrics registry it builds the page's JSON (values or sizes, t
 how close each key is, triggers fired, billing totals, consumer lag, dead letters).
 
 :class:`KafkaStatusSource` feeds it from the cluster, read-only and on its own: a follower per
-variable (its state topic, read_committed, no consumer group), a reader of the billing topic,
-and optionally the registry of the process that serves the page (a worker's lag and dead-letter
-counters). So a worker, a gateway or a stand-alone process can serve the page alike.
+variable (its state topic, read_committed, no consumer group), a reader of the billing and
+dead-letter topics, and every consumer group's lag (committed offsets against the partitions'
+ends, through the admin client) — the whole deployment's, not one process's. So a worker, a
+gateway or a stand-alone process can serve the page alike.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from lasp_streams import codec
@@ -28,11 +31,12 @@ from lasp_streams.dataflow.steps import TriggerStep
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.threshold import Threshold
-from lasp_streams.runtime.kafka.crossing import BillingEvent
+from lasp_streams.records import BillingEvent
+from lasp_streams.runtime.kafka.dlq import parse_headers
 from lasp_streams.runtime.kafka.follower import VariableFollower
 from lasp_streams.runtime.kafka.reader import partitions_of
 from lasp_streams.runtime.kafka.settings import KafkaSettings
-from lasp_streams.runtime.kafka.topics import billing_topic
+from lasp_streams.runtime.kafka.topics import billing_topic, delta_topic, dlq_topic
 
 __all__ = ["BillingTally", "KafkaStatusSource", "StatusSource", "snapshot"]
 
@@ -109,8 +113,13 @@ def snapshot(
     billing: BillingTally,
     registry: CollectorRegistry | None = None,
     name: str | None = None,
+    *,
+    lag: list[dict[str, Any]] | None = None,
+    dlq: dict[tuple[str, str], int] | None = None,
 ) -> dict[str, Any]:
-    """The page's data (see the module docstring)."""
+    """The page's data (see the module docstring). ``lag`` (the consumer groups' lag) and
+    ``dlq`` (dead letters per variable and reason, read from the topic) take precedence over
+    what ``registry`` (one process's own gauges and counters) says."""
     variables = []
     for var in topology.variables.values():
         held = states(var.id)
@@ -163,15 +172,23 @@ def snapshot(
                 "keys": keys[:MAX_SHOWN],
             }
         )
-    lag = [
-        {"variable": labels["variable"], "partition": labels["partition"], "records": value}
-        for labels, value in _metric(registry, "lasp_consumer_lag_records")
-    ]
-    dlq = [
-        {"variable": labels["variable"], "reason": labels["reason"], "records": value}
-        for labels, value in _metric(registry, "lasp_records_dead_lettered_total")
-        if value > 0
-    ]
+    if lag is None:
+        lag = [
+            {"variable": labels["variable"], "partition": labels["partition"], "records": value}
+            for labels, value in _metric(registry, "lasp_consumer_lag_records")
+        ]
+    dead = (
+        [
+            {"variable": var, "reason": reason, "records": count}
+            for (var, reason), count in sorted(dlq.items())
+        ]
+        if dlq is not None
+        else [
+            {"variable": labels["variable"], "reason": labels["reason"], "records": value}
+            for labels, value in _metric(registry, "lasp_records_dead_lettered_total")
+            if value > 0
+        ]
+    )
     return {
         "topology": name or topology.name,
         "updated": time.time(),
@@ -181,9 +198,9 @@ def snapshot(
             "events": sum(billing.events.values()),
             "total": sum(billing.total.values()),
         },
-        "lag": sorted(lag, key=lambda x: (x["variable"], x["partition"])),
-        "dlq": dlq,
-        "metrics": registry is not None,
+        "lag": sorted(lag, key=lambda x: (x["variable"], str(x["partition"]))),
+        "dlq": dead,
+        "metrics": registry is not None or dlq is not None,
     }
 
 
@@ -216,9 +233,15 @@ class KafkaStatusSource:
         self.name = name or topology.name
         self.registry = registry
         self.billing = BillingTally()
+        #: Dead letters per (variable, reason), read from the dead-letter topic.
+        self.dlq: dict[tuple[str, str], int] = {}
+        #: Each consumer group's lag per partition, refreshed every ``lag_interval`` s.
+        self.lag: list[dict[str, Any]] = []
+        self.lag_interval = 2.0
         self._followers: dict[str, VariableFollower] = {}
-        self._billing_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._consumer: AIOKafkaConsumer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
 
     @property
     def topology(self) -> Topology:
@@ -236,45 +259,108 @@ class KafkaStatusSource:
         s = self.settings
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap_servers,
-            client_id=f"{s.client_id}-status-billing",
+            client_id=f"{s.client_id}-status",
             group_id=None,
             enable_auto_commit=False,
             isolation_level="read_committed",
         )
         await self._consumer.start()
-        topic = billing_topic(self.name)
-        tps = [TopicPartition(topic, p) for p in sorted(await partitions_of(s, topic, timeout))]
+        self._admin = AIOKafkaAdminClient(
+            bootstrap_servers=s.bootstrap_servers,
+            client_id=f"{s.client_id}-status",
+            request_timeout_ms=s.request_timeout_ms,
+        )
+        await self._admin.start()
+        tps = []
+        for topic in (billing_topic(self.name), dlq_topic(self.name)):
+            tps += [
+                TopicPartition(topic, p) for p in sorted(await partitions_of(s, topic, timeout))
+            ]
         self._consumer.assign(tps)
         await self._consumer.seek_to_beginning(*tps)
-        self._billing_task = asyncio.create_task(self._follow_billing())
+        self._tasks = [
+            asyncio.create_task(self._follow_records()),
+            asyncio.create_task(self._follow_lag()),
+        ]
 
-    async def _follow_billing(self) -> None:
+    async def _follow_records(self) -> None:
+        """Billing events and dead letters, as they are committed."""
         assert self._consumer is not None
+        billing = billing_topic(self.name)
         while True:
             data = await self._consumer.getmany(timeout_ms=500)
-            for records in data.values():
+            for tp, records in data.items():
                 for record in records:
+                    if tp.topic != billing:
+                        info = parse_headers(record.headers or ())
+                        marker = (info.get("variable", "?"), info.get("reason", "?"))
+                        self.dlq[marker] = self.dlq.get(marker, 0) + 1
+                        continue
                     try:
                         self.billing.add(BillingEvent.decode(record.value or b""))
                     except Exception as exc:  # hostile bytes on the topic: shown by audit
                         log.debug("status page: undecodable billing record: %r", exc)
 
+    async def _follow_lag(self) -> None:
+        """Every consumer group of the deployment: committed offset vs the partition's end."""
+        from lasp_streams.deploy import plan_deploy
+
+        assert self._consumer is not None and self._admin is not None
+        plan = plan_deploy(self._topology, self.settings, name=self.name)
+        var_of = {delta_topic(self.name, v): v for v in self._topology.variables}
+        while True:
+            rows: list[dict[str, Any]] = []
+            for group in plan.groups:
+                try:
+                    committed = await self._admin.list_consumer_group_offsets(group.id)
+                except KafkaError as exc:  # a group not created yet, a broker moving
+                    log.debug("status page: offsets of %s: %r", group.id, exc)
+                    continue
+                mine = {tp: meta.offset for tp, meta in committed.items() if meta.offset >= 0}
+                if not mine:
+                    continue
+                ends = await self._consumer.end_offsets(list(mine))
+                for tp, offset in sorted(mine.items()):
+                    rows.append(
+                        {
+                            "variable": var_of.get(tp.topic, tp.topic),
+                            "partition": tp.partition,
+                            "records": max(0, ends[tp] - offset),
+                            "group": group.id,
+                        }
+                    )
+            self.lag = rows
+            await asyncio.sleep(self.lag_interval)
+
     async def stop(self) -> None:
-        if self._billing_task is not None:
-            self._billing_task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._billing_task
-            self._billing_task = None
+                await task
+        self._tasks = []
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
         for follower in self._followers.values():
             await follower.stop()
         self._followers.clear()
 
     def _states(self, var: str) -> Mapping[bytes, Lattice]:
         follower = self._followers.get(var)
-        return follower.states if follower is not None else {}
+        if follower is None:
+            return {}
+        return {codec.key_to_kafka(k) or b"": s for k, s in follower.states.items()}
 
     def snapshot(self) -> dict[str, Any]:
-        return snapshot(self._topology, self._states, self.billing, self.registry, self.name)
+        return snapshot(
+            self._topology,
+            self._states,
+            self.billing,
+            self.registry,
+            self.name,
+            lag=self.lag,
+            dlq=self.dlq,
+        )

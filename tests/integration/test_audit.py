@@ -12,13 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from click.testing import CliRunner
 
+from lasp_streams import codec
 from lasp_streams.cli import main
 from lasp_streams.demo import DemoConfig
 from lasp_streams.demo.kafka import run_kafka
-from lasp_streams.runtime.kafka.crossing import BillingEvent, event_id
+from lasp_streams.lattices.counters import GCounter
+from lasp_streams.records import BillingEvent, Crossed, event_id
 from lasp_streams.runtime.kafka.reader import end_offsets
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import billing_topic, delta_topic, dlq_topic
@@ -96,6 +99,27 @@ async def test_a_clean_demo_run_passes_with_no_difference(
     rows = list(csv.DictReader(io.StringIO(out)))
     assert sorted(r["event_id"] for r in rows) == sorted(a["billing_event_id"] for a in ads)
 
+    # Retention that no longer reaches the start: the replay says so and only checks that the
+    # window is below the live state.
+    ends = await end_offsets(settings, delta_topic(name, "impressions"))
+    busiest = max(ends, key=lambda p: ends[p])
+    assert ends[busiest] > 3
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        tp = TopicPartition(delta_topic(name, "impressions"), busiest)
+        await admin.delete_records({tp: RecordsToDelete(before_offset=3)})
+    finally:
+        await admin.close()
+    code, out = await asyncio.to_thread(run, "audit", REF, *args, "--json", "-")
+    report = json.loads(out)
+    assert not report["complete"] and report["problems"] == [], report
+    assert any(
+        f"impressions.deltas partition {busiest}: retention no longer reaches the start" in w
+        and "3 record(s) are gone" in w
+        for w in report["warnings"]
+    ), report["warnings"]
+
 
 async def test_a_forged_billing_record_fails_the_audit_by_name(
     bootstrap_servers: str, demo_run: str
@@ -104,24 +128,28 @@ async def test_a_forged_billing_record_fails_the_audit_by_name(
     # A well-formed event with the sink's own id scheme, for an ad that was never shown, and
     # a second one whose id the sink would never produce.
     never = BillingEvent(
-        event_id(name, "disable_ad", b"rovio-99"),
-        name,
-        "impressions",
-        "disable_ad",
-        b"rovio-99",
-        1_000_000,
-        "per-key threshold disable_ad",
+        name, "impressions", "disable_ad", b"rovio-99", 1_000_000, Crossed("value", 50_000)
     )
-    odd = BillingEvent("f" * 32, name, "impressions", "disable_ad", b"rovio-0", 600, "")
+    odd = BillingEvent(name, "impressions", "disable_ad", b"rovio-0", 600, Crossed("value", 50_000))
+    forged_id = "f" * 32
     settings = KafkaSettings(bootstrap_servers=bootstrap_servers)
     at = (await end_offsets(settings, billing_topic(name)))[0]
+    # And a client delta writing another client's entry (the agents dead-letter these): the
+    # replay refuses it too, so it neither counts nor crosses.
+    foreign = GCounter()
+    foreign.increment("victim", 1_000_000)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all")
     await producer.start()
     try:
-        for event in (never, odd):
-            await producer.send_and_wait(
-                billing_topic(name), key=event.event_id.encode(), value=event.encode()
-            )
+        await producer.send_and_wait(
+            delta_topic(name, "impressions"),
+            key=b"rovio-0",
+            value=codec.encode(foreign),
+            headers=[(codec.ACTOR_HEADER, b"mallory")],
+        )
+        for event, key in ((never, never.event_id), (odd, forged_id)):
+            topic = billing_topic(name)
+            await producer.send_and_wait(topic, key=key.encode(), value=event.encode())
     finally:
         await producer.stop()
     args = ("--bootstrap", bootstrap_servers, "--partitions", PARTITIONS, "--name", name)
@@ -131,10 +159,10 @@ async def test_a_forged_billing_record_fails_the_audit_by_name(
     found = {(p["kind"], p["where"]) for p in report["problems"]}
     where = f"billing event {never.event_id} at partition 0 offset {at}"
     assert ("unjustified-billing", where) in found, found
-    assert ("forged-billing", f"billing event {odd.event_id} at partition 0 offset {at + 1}") in (
-        found
-    )
+    assert ("forged-billing", f"billing event {forged_id} at partition 0 offset {at + 1}") in found
     assert len(found) == 2, found
+    impressions = next(v for v in report["variables"] if v["variable"] == "impressions")
+    assert impressions["refused"] == 1 and impressions["difference_pct"] == 0.0
 
 
 async def test_dlq_show_decodes_each_dead_letter_with_reason_and_source(

@@ -5,7 +5,6 @@ stops the deploy with the command that fixes it, teardown removes topics and gro
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 
 import pytest
@@ -112,15 +111,17 @@ async def test_teardown_deletes_the_topics_and_the_groups(
     assert await groups_of(bootstrap_servers, name) == set()
 
 
-def test_describe_prints_json_and_mermaid_without_a_broker() -> None:
-    code, out = run("describe", REF, "--bootstrap", "127.0.0.1:1", "--json")
-    assert code == 0, out
-    plan = json.loads(out)
-    assert plan["broadcast"] == ["ads_with_contracts"]
-    assert {g["id"] for g in plan["consumer_groups"]} == {
-        "ad_counter.impressions.agent",
-        "ad_counter.operators.unkeyed",
-        "ad_counter.sink",
-    }
-    code, out = run("describe", REF, "--mermaid")
-    assert code == 0 and out.startswith("flowchart LR"), out
+async def test_the_demo_removes_its_topology_unless_kept(
+    bootstrap_servers: str, unique_topic: Callable[..., str]
+) -> None:
+    from lasp_streams.demo import DemoConfig
+    from lasp_streams.demo.kafka import run_kafka
+
+    name = unique_topic("demo")
+    cfg = DemoConfig(ads=1, clients=2, rate=2_000.0, min_impressions=300, timeout=60.0)
+    messages: list[str] = []
+    summary = await run_kafka(cfg, bootstrap=bootstrap_servers, name=name, progress=messages.append)
+    assert not summary.timed_out
+    assert any(m.startswith(f"removed topology {name!r}: 17 topics") for m in messages), messages
+    assert await topics_of(bootstrap_servers, name) == set()
+    assert await groups_of(bootstrap_servers, name) == set()

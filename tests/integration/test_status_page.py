@@ -17,11 +17,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.metrics import Metrics
 from lasp_streams.runtime.kafka.runtime import KafkaRuntime
+from lasp_streams.runtime.kafka.topics import delta_topic
 from lasp_streams.web import serve_status
 from tests.integration.test_kafka_ad_counter import running, settings_for
 from topologies.ad_counter import SERVER_ACTOR, Ad, Contract, ad_source, build
@@ -152,6 +154,25 @@ async def test_the_status_page_draws_the_graph_and_shows_values_change(
                 )
                 assert "total 65" in graph_line
                 assert await page.js("document.querySelector('#connection').textContent") == "live"
+
+                # Consumer lag of the deployment's groups, and a dead letter as it happens.
+                await page.until(
+                    "[...document.querySelectorAll('#lag tbody td')]"
+                    ".some(td => td.textContent === 'impressions')",
+                    "the impressions agent's lag row",
+                )
+                producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
+                await producer.start()
+                try:
+                    await producer.send_and_wait(
+                        delta_topic(name, "impressions"), key=b"ad-2", value=b"\xc1garbage"
+                    )
+                finally:
+                    await producer.stop()
+                await page.until(
+                    "document.querySelector('#dlq tbody')?.textContent.includes('decode')",
+                    "the dead letter",
+                )
 
                 shot = await page.call("Page.captureScreenshot", format="png")
                 path = tmp_path / "status-page.png"
