@@ -33,7 +33,7 @@ from lasp_streams.client import RightsEscrow
 from lasp_streams.client.kafka import KafkaTransport
 from lasp_streams.dataflow.events import TriggerEvent
 from lasp_streams.demo.config import DemoConfig
-from lasp_streams.demo.simulate import new_client, simulate
+from lasp_streams.demo.simulate import new_client, settle, simulate
 from lasp_streams.demo.summary import AdResult, BillingEvent, RunSummary
 from lasp_streams.demo.topology import ad_counter
 from lasp_streams.errors import LaspError, ReadTimeout
@@ -203,10 +203,7 @@ async def _run(
         stop.set()
         await asyncio.gather(*tasks)
         tasks = []
-        for _ in range(2):
-            for sim in sims:
-                sim.transport.online = True
-                await sim.client.sync()
+        await settle(sims)
 
         made: dict[str, int] = {ad.id: 0 for ad in ads}
         for sim in sims:
