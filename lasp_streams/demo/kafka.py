@@ -27,6 +27,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from lasp_streams.client import RightsEscrow
@@ -84,8 +85,12 @@ async def run_kafka(
     name: str | None = None,
     progress: Callable[[str], None] = _say,
     clock: Callable[[], float] = time.monotonic,
+    client_request_timeout_ms: int | None = None,
 ) -> RunSummary:
     """Run the demo on Kafka (see the module docstring) and summarise it.
+
+    ``client_request_timeout_ms``: the simulated clients' Kafka request timeout (default: the
+    settings' own), e.g. shorter so an outage test sees their requests fail sooner.
 
     aiokafka's own retry warnings (a fresh broker electing leaders, say) are silenced unless
     the caller configured logging: they are noise in a demo's output, not failures."""
@@ -97,7 +102,9 @@ async def run_kafka(
     else:
         address = bootstrap
     try:
-        return await _run(cfg, address, partitions, name, progress, clock)
+        return await _run(
+            cfg, address, partitions, name, progress, clock, client_request_timeout_ms
+        )
     finally:
         if not keep_broker:
             await asyncio.to_thread(stop_broker)
@@ -110,6 +117,7 @@ async def _run(
     name: str | None,
     progress: Callable[[str], None],
     clock: Callable[[], float],
+    client_request_timeout_ms: int | None = None,
 ) -> RunSummary:
     mod = ad_counter()
     master = random.Random(cfg.seed)
@@ -164,8 +172,11 @@ async def _run(
         progress(f"{len(ads)} ads with contracts; starting {cfg.clients} clients")
 
         sims = []
+        client_settings = settings
+        if client_request_timeout_ms is not None:
+            client_settings = replace(settings, request_timeout_ms=client_request_timeout_ms)
         for i in range(cfg.clients):
-            transport = KafkaTransport(settings, name, f"client-{i}")
+            transport = KafkaTransport(client_settings, name, f"client-{i}")
             await transport.start()
             transports.append(transport)
             sims.append(new_client(transport.actor, transport, topo, cfg, escrow, master, clock))
@@ -269,6 +280,7 @@ async def _run(
         offline_episodes=sum(s.offline_episodes for s in sims),
         timed_out=timed_out,
         refused_views=sum(s.refused_views for s in stats),
+        offline_syncs=sum(s.offline_syncs for s in stats),
         samples=samples,
     )
 
