@@ -21,6 +21,7 @@ from lasp_streams.localkafka import (
     ensure_jars,
 )
 from lasp_streams.localkafka.broker import DEFAULT_START_TIMEOUT_S, DEFAULT_STOP_TIMEOUT_S
+from lasp_streams.localkafka.cluster import KafkaCluster, is_cluster, local_kafka
 from lasp_streams.localkafka.config import CACHE_ENV, DATA_ENV, default_data_dir
 
 F = TypeVar("F", bound=Callable[..., object])
@@ -124,6 +125,14 @@ def fetch(version: str, cache_dir: Path | None, force: bool) -> None:
     is_flag=True,
     help="Never run Maven: fail unless the jar cache is complete.",
 )
+@click.option(
+    "--brokers",
+    type=click.IntRange(1, 9),
+    default=1,
+    show_default=True,
+    help="More than 1: a replicated cluster (a KRaft controller on --controller-port and N "
+    "brokers on --port, --port+1, ...; replication 3, min ISR 2).",
+)
 @_version_option
 @_cache_dir_option
 def start(
@@ -133,6 +142,7 @@ def start(
     heap: str,
     timeout: float,
     no_fetch: bool,
+    brokers: int,
     version: str,
     cache_dir: Path | None,
 ) -> None:
@@ -142,6 +152,18 @@ def start(
     the broker's log and the likely cause are printed, and no process is left behind.
     """
     try:
+        if brokers > 1 or is_cluster(data_dir):
+            cluster = KafkaCluster(
+                data_dir,
+                brokers=brokers,
+                port=port,
+                controller_port=controller_port,
+                version=version,
+                cache_dir=cache_dir,
+                start_timeout=timeout,
+            )
+            click.echo(cluster.start(fetch=not no_fetch).describe())
+            return
         broker = LocalKafka(
             data_dir,
             port=port,
@@ -169,7 +191,7 @@ def start(
 def stop(data_dir: Path | None, timeout: float) -> None:
     """Stop the broker started from this data directory (and nothing else)."""
     try:
-        stopped = LocalKafka(data_dir).stop(timeout=timeout)
+        stopped = local_kafka(data_dir).stop(timeout=timeout)
     except KafkaSetupError as exc:
         raise _fail(exc) from None
     click.echo("stopped" if stopped else "not running")
@@ -183,7 +205,7 @@ def status(data_dir: Path | None) -> None:
     Exits with status 0 when it is running and answering, 3 otherwise.
     """
     try:
-        current = LocalKafka(data_dir).status()
+        current = local_kafka(data_dir).status()
     except KafkaSetupError as exc:
         raise _fail(exc) from None
     click.echo(current.describe())

@@ -86,8 +86,11 @@ async def run_kafka(
     progress: Callable[[str], None] = _say,
     clock: Callable[[], float] = time.monotonic,
     client_request_timeout_ms: int | None = None,
+    replication_factor: int = 1,
 ) -> RunSummary:
     """Run the demo on Kafka (see the module docstring) and summarise it.
+
+    ``replication_factor``: of the run's topics (3 on a cluster of ``kafka start --brokers 3``).
 
     ``client_request_timeout_ms``: the simulated clients' Kafka request timeout (default: the
     settings' own), e.g. shorter so an outage test sees their requests fail sooner.
@@ -103,7 +106,14 @@ async def run_kafka(
         address = bootstrap
     try:
         return await _run(
-            cfg, address, partitions, name, progress, clock, client_request_timeout_ms
+            cfg,
+            address,
+            partitions,
+            name,
+            progress,
+            clock,
+            client_request_timeout_ms,
+            replication_factor,
         )
     finally:
         if not keep_broker:
@@ -118,6 +128,7 @@ async def _run(
     progress: Callable[[str], None],
     clock: Callable[[], float],
     client_request_timeout_ms: int | None = None,
+    replication_factor: int = 1,
 ) -> RunSummary:
     mod = ad_counter()
     master = random.Random(cfg.seed)
@@ -128,6 +139,7 @@ async def _run(
         poll_timeout_ms=50,
         linger_ms=2,
         client_id=f"demo-{name}",
+        replication_factor=replication_factor,
     )
     ads = [mod.Ad(f"{company}-{i}", company) for company in mod.COMPANIES for i in range(cfg.ads)]
     minimum = {ad.id: cfg.minimum_of(i) for i, ad in enumerate(ads)}
