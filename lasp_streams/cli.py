@@ -445,6 +445,13 @@ def ad_counter(
     "two sinks on the same crossings partitions fence each other.",
 )
 @click.option(
+    "--replication-factor",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Replication factor of the topics it creates (3 on `kafka start --brokers 3`).",
+)
+@click.option(
     "--trust-all",
     is_flag=True,
     help="Accept counter deltas without a client actor header (no per-actor check).",
@@ -462,6 +469,7 @@ def worker(
     name: str | None,
     metrics_port: int | None,
     sink: bool,
+    replication_factor: int,
     trust_all: bool,
     loglevel: str,
 ) -> None:
@@ -483,7 +491,11 @@ def worker(
         click.echo(plan_worker(topology, checked=checked, name=name).describe(), err=True)
     except InvalidTopology as exc:
         raise click.ClickException(str(exc)) from None
-    settings = KafkaSettings(bootstrap_servers=bootstrap, delta_partitions=partitions)
+    settings = KafkaSettings(
+        bootstrap_servers=bootstrap,
+        delta_partitions=partitions,
+        replication_factor=replication_factor,
+    )
     metrics = None
     server = None
     if metrics_port is not None:
