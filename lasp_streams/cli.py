@@ -452,6 +452,13 @@ def ad_counter(
     help="Replication factor of the topics it creates (3 on `kafka start --brokers 3`).",
 )
 @click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=1.0),
+    default=15.0,
+    show_default=True,
+    help="Seconds a graceful stop may take after SIGTERM before the worker exits anyway.",
+)
+@click.option(
     "--trust-all",
     is_flag=True,
     help="Accept counter deltas without a client actor header (no per-actor check).",
@@ -470,6 +477,7 @@ def worker(
     metrics_port: int | None,
     sink: bool,
     replication_factor: int,
+    shutdown_timeout: float,
     trust_all: bool,
     loglevel: str,
 ) -> None:
@@ -515,7 +523,13 @@ def worker(
     sys.argv = [sys.argv[0], "worker", f"--loglevel={loglevel}"]
     try:
         run_faust_worker(
-            topology, settings, with_sink=sink, checked=checked, metrics=metrics, name=name
+            topology,
+            settings,
+            with_sink=sink,
+            checked=checked,
+            metrics=metrics,
+            name=name,
+            shutdown_timeout=shutdown_timeout,
         )
     finally:
         if server is not None:

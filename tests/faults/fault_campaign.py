@@ -89,7 +89,9 @@ KINDS = (
     "dup_reorder",
 )
 PARTITIONS = 3
-CROSSED_MIN = 1_000
+MAX_BROKER_FAULTS = 2
+SHUTDOWN_S = 8.0
+CROSSED_MIN = 600
 NEVER = 10**9
 ADS = [Ad("rovio-0", "rovio"), Ad("rovio-1", "rovio"), Ad("riot-0", "riot"), Ad("riot-1", "riot")]
 MINIMUM = {"rovio-0": CROSSED_MIN, "rovio-1": NEVER, "riot-0": CROSSED_MIN, "riot-1": NEVER}
@@ -113,14 +115,20 @@ class Fault:
 
 
 def schedule(seed: int, run_s: float) -> list[Fault]:
-    """The faults of a run: about one every 4 s of the run, kinds and targets from the seed."""
+    """The faults of a run: about one every 4 s of the run, kinds and targets from the seed;
+    at most :data:`MAX_BROKER_FAULTS` broker faults (each waits for the broker to rejoin)."""
     rng = random.Random(seed)
     count = max(3, int(run_s / 4))
     times = sorted(rng.uniform(1.0, run_s - 2.0) for _ in range(count))
-    return [
-        Fault(at, rng.choice(KINDS), rng.randrange(3), round(rng.uniform(2.0, 12.0), 1))
-        for at in times
-    ]
+    faults = []
+    brokers = 0
+    for at in times:
+        kind = rng.choice(KINDS)
+        while kind.endswith("broker") and brokers >= MAX_BROKER_FAULTS:
+            kind = rng.choice(KINDS)
+        brokers += kind.endswith("broker")
+        faults.append(Fault(at, kind, rng.randrange(3), round(rng.uniform(2.0, 12.0), 1)))
+    return faults
 
 
 class Child:
@@ -212,6 +220,10 @@ class Outcome:
     counted: dict[str, int] = field(default_factory=dict)
     billed: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    #: How long each fault took to apply and heal, in seconds.
+    took: list[tuple[str, float]] = field(default_factory=list)
+    #: Each device's stats at the end.
+    devices: list[str] = field(default_factory=list)
     #: Seconds from the start at which each phase ended.
     phases: dict[str, float] = field(default_factory=dict)
 
@@ -250,7 +262,7 @@ class Campaign:
         base = [
             cli, "worker", "topologies.ad_counter", "--bootstrap", cluster.bootstrap_servers,
             "--name", self.name, "--partitions", str(PARTITIONS), "--replication-factor", "3",
-            "--loglevel", "warning",
+            "--loglevel", "warning", "--shutdown-timeout", str(SHUTDOWN_S),
         ]  # fmt: skip
         workdir.mkdir(parents=True, exist_ok=True)
         self.workers = [
@@ -259,6 +271,8 @@ class Campaign:
         ]
         self.sink = Child("sink", [*base, "--sink"], workdir / "sink.log")
         self.paused_brokers: set[int] = set()
+        self.took: list[tuple[str, float]] = []
+        self.locks = {n: asyncio.Lock() for n in ("broker", "sink", "worker-0", "worker-1")}
 
     @property
     def children(self) -> list[Child]:
@@ -270,16 +284,16 @@ class Campaign:
         outcome = Outcome(self.seed, self.name, faults)
         topo = build(min_impressions=NEVER)
         admin = KafkaRuntime(topo, self.settings, name=self.name)
-        await admin.start()  # declares the topics (replication 3)
+        await admin.start()  # declares the topics (replication 3) before the workers start
         transports: list[RecordingTransport] = []
         stop = asyncio.Event()
         try:
+            for child in self.children:  # they start while the ads are added
+                await child.start()
             for ad in ADS:
                 await admin.update(ad_source(ad), "admin", "add", ad)
                 await admin.update("contracts", "admin", "add", Contract(ad.id, MINIMUM[ad.id]))
             outcome.phases["seeded"] = time.monotonic() - started
-            for child in self.children:
-                await child.start()
             client_settings = replace(self.settings, request_timeout_ms=5_000)
             clients = []
             for i in range(self.devices):
@@ -298,13 +312,16 @@ class Campaign:
                         rng=random.Random(self.seed * 100 + i),
                     )
                 )
+            await self._until_shown(clients)
+            outcome.phases["ready"] = time.monotonic() - started
+            started_run = time.monotonic()
             viewing = [asyncio.create_task(self._device(c, stop)) for c in clients]
             watcher = asyncio.create_task(self._watch(stop))
-            for fault in faults:
-                await self._sleep_until(started, fault.at)
-                await self._apply(fault)
+            # Each fault at its time, side by side with the others; faults on the same
+            # process, and broker faults (at most one broker down: min ISR 2), take turns.
+            await asyncio.gather(*(self._at(started_run, fault) for fault in faults))
             outcome.phases["faults"] = time.monotonic() - started
-            await self._sleep_until(started, self.run_s)
+            await self._sleep_until(started_run, self.run_s)
             stop.set()
             await asyncio.gather(*viewing)
             watcher.cancel()
@@ -318,6 +335,8 @@ class Campaign:
                 for key, n in c.counts().items():
                     counted[str(key)] += n
             outcome.counted = dict(counted)
+            outcome.devices = [f"{c.actor}: {c.stats}" for c in clients]
+            outcome.took = list(self.took)
             outcome.violations = await self._check_until_quiet(outcome)
             outcome.phases["checked"] = time.monotonic() - started
         finally:
@@ -329,7 +348,9 @@ class Campaign:
             await self._heal()
             for child in self.children:
                 await child.check()
-                outcome.sigterm_seconds.append(await child.terminate(60.0))
+            outcome.sigterm_seconds = list(
+                await asyncio.gather(*(c.terminate(60.0) for c in self.children))
+            )
             outcome.phases["stopped"] = time.monotonic() - started
             outcome.unexpected_exits = sum(len(c.unexpected_exits) for c in self.children)
             outcome.seconds = time.monotonic() - started
@@ -337,11 +358,14 @@ class Campaign:
 
     # -- devices ---------------------------------------------------------------------------------
     async def _device(self, client: EdgeClient, stop: asyncio.Event) -> None:
-        rng = random.Random(hash((self.seed, client.actor)))
-        step = 0.05
+        rng = random.Random(f"{self.seed}-{client.actor}")
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         carry = 0.0
         while not stop.is_set():
-            due = self.rate * step + carry
+            now = loop.time()
+            due = self.rate * (now - last) + carry
+            last = now
             n = int(due)
             carry = due - n
             shown = client.showing
@@ -350,7 +374,19 @@ class Campaign:
                     client.view(key)
             if client.due():
                 await client.sync()
-            await asyncio.sleep(step)
+            await asyncio.sleep(0.05)
+
+    async def _until_shown(self, clients: list[EdgeClient]) -> None:
+        """Sync the devices until each shows every ad: the workers are up (bounded)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 180.0
+        while any(len(c.showing) < len(ADS) for c in clients):
+            if loop.time() > deadline:
+                tails = "".join(f"\n--- {c.name}\n{c.tail(800)}" for c in self.children)
+                raise AssertionError(f"the workers did not come up in 180 s{tails}")
+            for c in clients:
+                await c.sync()
+            await asyncio.sleep(0.2)
 
     async def _settle(self, clients: list[EdgeClient], outcome: Outcome) -> None:
         loop = asyncio.get_running_loop()
@@ -378,6 +414,21 @@ class Campaign:
             for child in self.children:
                 await child.check()
             await asyncio.sleep(0.5)
+
+    async def _at(self, started: float, fault: Fault) -> None:
+        await self._sleep_until(started, fault.at)
+        if fault.kind.endswith("broker"):
+            lock = self.locks["broker"]
+        elif fault.kind.endswith("sink"):
+            lock = self.locks["sink"]
+        elif fault.kind.endswith("worker"):
+            lock = self.locks[f"worker-{fault.target % 2}"]
+        else:
+            lock = asyncio.Lock()
+        async with lock:
+            begun = time.monotonic()
+            await self._apply(fault)
+            self.took.append((fault.kind, round(time.monotonic() - begun, 1)))
 
     async def _apply(self, fault: Fault) -> None:
         log.info("seed %d: %s", self.seed, fault)
@@ -408,7 +459,7 @@ class Campaign:
                 os.kill(pid, signal.SIGCONT)
                 self.paused_brokers.discard(pid)
             else:
-                await asyncio.to_thread(node.stop)
+                await asyncio.to_thread(node.stop, timeout=15.0)
                 await asyncio.to_thread(self.cluster.start)
         elif kind == "dup_reorder":
             await self._misbehave()
@@ -568,6 +619,20 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+def describe(o: Outcome) -> str:
+    """A compact account of one run, for a failing test's message."""
+    return (
+        f"seed {o.seed} ({o.name}): violations {o.violations}; counted {o.counted}; billed "
+        f"{o.billed}; exits {o.unexpected_exits}; SIGTERM stops {o.sigterm_seconds}; phases "
+        f"{_rounded(o.phases)}; faults {[(round(f.at), f.kind, f.target) for f in o.faults]}; "
+        f"devices {o.devices}"
+    )
+
+
+def _rounded(phases: dict[str, float]) -> dict[str, int]:
+    return {k: round(v) for k, v in phases.items()}
+
+
 def summary(outcomes: list[Outcome], command: str, wall_s: float) -> str:
     kinds: Counter[str] = Counter(f.kind for o in outcomes for f in o.faults)
     bad = [o for o in outcomes if o.violations]
@@ -614,7 +679,10 @@ def summary(outcomes: list[Outcome], command: str, wall_s: float) -> str:
 async def _many(args: argparse.Namespace) -> int:
     command = "python tests/faults/fault_campaign.py " + " ".join(sys.argv[1:])
     outcomes: list[Outcome] = []
-    with tempfile.TemporaryDirectory(prefix="lasp-faults-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = args.workdir or stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="lasp-faults-")
+        )
         *ports, controller = _free_ports(4)
         cluster = KafkaCluster(Path(tmp) / "cluster", ports=ports, controller_port=controller)
         started = time.monotonic()
@@ -628,8 +696,9 @@ async def _many(args: argparse.Namespace) -> int:
                     f"seed {seed}: {len(outcome.faults)} faults, "
                     f"{len(outcome.violations)} violations, {outcome.unexpected_exits} exits, "
                     f"{outcome.seconds:.0f} s {outcome.violations[:2]} "
-                    f"phases {({k: round(v) for k, v in outcome.phases.items()})} "
-                    f"stops {outcome.sigterm_seconds}",
+                    f"phases {_rounded(outcome.phases)} took {outcome.took} "
+                    f"stops {outcome.sigterm_seconds} counted {outcome.counted} billed "
+                    f"{outcome.billed} devices {outcome.devices}",
                     flush=True,
                 )
                 if args.report:
@@ -647,6 +716,7 @@ def main() -> int:
     parser.add_argument("--first-seed", type=int, default=1)
     parser.add_argument("--run-seconds", type=float, default=20.0)
     parser.add_argument("--report", default=None, help="write the summary markdown here")
+    parser.add_argument("--workdir", default=None, help="where the run's temporary dir goes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
