@@ -60,6 +60,7 @@ async def test_clients_heal_after_a_broker_pause_and_every_view_is_counted(
             name=unique_topic("paused"),
             progress=progress,
             client_request_timeout_ms=CLIENT_REQUEST_TIMEOUT_MS,
+            via="kafka",  # each client its own KafkaTransport: the path that must heal
         )
     finally:
         for task in pauses:

@@ -61,6 +61,7 @@ async def test_the_ad_counter_keeps_going_when_a_broker_is_killed(
         name=name,
         progress=progress,
         replication_factor=3,
+        via="kafka",
     )
     for task in kills:
         await task

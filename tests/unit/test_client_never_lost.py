@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from lasp_streams.client import DeltaBatch, EdgeClient, LocalHub, LocalTransport, Snapshot
+from lasp_streams.client import DeltaBatch, EdgeClient, LocalTransport, Snapshot
 from lasp_streams.codec import encode
 from lasp_streams.lattices import GCounter
+from lasp_streams.server import LocalHub
 from topologies.ad_counter import Ad, Contract, ad_source, build
 
 ADS = [Ad("rovio-0", "rovio"), Ad("rovio-1", "rovio"), Ad("riot-0", "riot")]
