@@ -218,7 +218,10 @@ class KafkaTransport:
             ) from exc
         except KafkaError as exc:
             raise self._failed(f"reading the deltas of {var!r}", exc) from exc
-        self._healthy()
+        if moved:
+            # Only a seek asked the broker something; a follow-up read returns what the
+            # consumer fetched in the background, which says nothing about the broker now.
+            self._healthy()
         out: list[tuple[Hashable, bytes]] = []
         new_position = dict(position)
         for tp, records in data.items():
