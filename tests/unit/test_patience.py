@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 import pytest
-from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
+from aiokafka.errors import IllegalOperation, KafkaConnectionError, KafkaTimeoutError
 
 from lasp_streams.errors import InvalidTopology, KafkaSetupError, ReadTimeout
 from lasp_streams.runtime.kafka.patience import Backoff, keep_trying, unreachable
@@ -24,6 +24,7 @@ def test_unreachable_tells_outages_from_configuration_errors() -> None:
     assert unreachable(KafkaConnectionError("Unable to bootstrap"))
     assert unreachable(KafkaTimeoutError())
     assert unreachable(ConnectionRefusedError())
+    assert unreachable(IllegalOperation("Can't send messages while not in transaction"))
     assert unreachable(TimeoutError())
     assert unreachable(ReadTimeout("no answer"))
     assert unreachable(wrapped(KafkaSetupError("cannot reach Kafka"), KafkaConnectionError()))

@@ -44,8 +44,9 @@ REMIND_EVERY_S: Final = 60.0
 
 
 def unreachable(exc: BaseException) -> bool:
-    """True when ``exc`` means Kafka cannot be reached now, so trying again later can succeed:
-    an aiokafka error, a socket error or a timeout, raised directly or as the cause of a
+    """True when ``exc`` means Kafka cannot be reached now, so trying again later (with new
+    clients) can succeed: an aiokafka error, a socket error or a timeout, raised directly or as
+    the cause of a
     :class:`~lasp_streams.errors.KafkaSetupError`. Our own typed errors decide for themselves
     (a :class:`~.topics.TopicMismatch` or a fenced sink is final, whatever caused it)."""
     seen: set[int] = set()
@@ -57,6 +58,10 @@ def unreachable(exc: BaseException) -> bool:
         if isinstance(current, LaspError) and not isinstance(current, KafkaSetupError):
             return isinstance(current, TimeoutError)
         if isinstance(current, KafkaError | OSError | TimeoutError):
+            return True
+        if type(current).__module__ == "aiokafka.errors":
+            # aiokafka's client-state errors that are not KafkaErrors (IllegalOperation: a
+            # send on a producer whose transaction a fencing aborted): new clients fix them.
             return True
         current = current.__cause__ or current.__context__
     return False
