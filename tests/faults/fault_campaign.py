@@ -312,11 +312,13 @@ class Campaign:
                         rng=random.Random(self.seed * 100 + i),
                     )
                 )
+            # The watcher (an outside supervisor, counting) runs from here: a process that
+            # exits while the others start is restarted and counted too.
+            watcher = asyncio.create_task(self._watch(stop))
             await self._until_shown(clients)
             outcome.phases["ready"] = time.monotonic() - started
             started_run = time.monotonic()
             viewing = [asyncio.create_task(self._device(c, stop)) for c in clients]
-            watcher = asyncio.create_task(self._watch(stop))
             # Each fault at its time, side by side with the others; faults on the same
             # process, and broker faults (at most one broker down: min ISR 2), take turns.
             await asyncio.gather(*(self._at(started_run, fault) for fault in faults))
@@ -690,7 +692,14 @@ async def _many(args: argparse.Namespace) -> int:
             await asyncio.to_thread(cluster.start)
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 run = Campaign(cluster, seed, Path(tmp) / f"seed-{seed}", run_s=args.run_seconds)
-                outcome = await run.run()
+                try:
+                    outcome = await run.run()
+                except Exception as exc:  # a run that could not finish is a violation
+                    outcome = Outcome(seed, run.name, schedule(seed, args.run_seconds))
+                    outcome.violations = [f"run failed: {exc!r}"[:300]]
+                    outcome.unexpected_exits = sum(len(c.unexpected_exits) for c in run.children)
+                    for child in run.children:
+                        await child.kill()
                 outcomes.append(outcome)
                 print(
                     f"seed {seed}: {len(outcome.faults)} faults, "
