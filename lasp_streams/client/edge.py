@@ -23,6 +23,16 @@ restarted client continues from them (it re-sends all of them once: harmless). W
 restarted client must use a *new* actor id: counting again from zero under an old id would be
 absorbed by the server's per-actor max until it passed the old total.
 
+A device *killed* (power cut, process killed) between two saves loses the views it counted since
+its last save: they were never written down, so nobody can send them. Nothing is ever counted
+twice (the saved totals are a prefix of what it counted). By default that is at most one flush
+interval's views; ``save_every=N`` also saves after every ``N`` views, so a kill loses fewer
+than ``N`` (each save is an fsync: pick ``N`` by what a view is worth and what the disk takes).
+
+Records it reads that it cannot use (garbage on ``ads_with_contracts.deltas`` or a state topic,
+written by someone else) are skipped and counted (:attr:`ClientStats.skipped_records`, logged
+bounded by :mod:`lasp_streams.client.skipped`): one bad record never stops a client's syncs.
+
 Deciding locally (``minimum_of=...``, not bounded): the client also hears the counter of the
 keys it shows and knows each key's minimum (``minimum_of(key, value of reads)``, e.g. the ad's
 contract); it stops showing a key itself once its merged view — the server's count plus its own
@@ -52,6 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from lasp_streams.client.skipped import SkippedRecords
 from lasp_streams.client.store import load_buffer, save_buffer
 from lasp_streams.client.transport import ClientTransport, DeltasExpired, Offline
 from lasp_streams.codec import decode, encode
@@ -88,6 +99,8 @@ class ClientStats:
     resyncs: int = 0
     deltas_read: int = 0
     refused_views: int = 0
+    skipped_records: int = 0
+    saves: int = 0
 
 
 class EdgeClient:
@@ -100,6 +113,8 @@ class EdgeClient:
     ``1 ± jitter`` drawn from ``rng`` (seeded: the schedule is reproducible). ``clock`` gives
     seconds (monotonic). ``horizon``: after that many seconds without a successful pull, the
     next pull reads full state instead of deltas (set it to the delta topic's retention).
+    ``state_path``: where the totals are saved (module docstring, "Restarts"); ``save_every``:
+    also save after every that many views (None: at syncs and on close only).
     """
 
     def __init__(
@@ -118,6 +133,7 @@ class EdgeClient:
         clock: Callable[[], float] = time.monotonic,
         horizon: float | None = None,
         state_path: Path | str | None = None,
+        save_every: int | None = None,
         minimum_of: Callable[[Hashable, Any], int | None] | None = None,
         near: float = 0.05,
     ) -> None:
@@ -129,6 +145,10 @@ class EdgeClient:
             raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
         if horizon is not None and not horizon > 0:
             raise ValueError(f"horizon must be > 0 seconds or None, got {horizon!r}")
+        if save_every is not None and (type(save_every) is not int or save_every < 1):
+            raise ValueError(f"save_every must be an int >= 1 or None, got {save_every!r}")
+        if save_every is not None and state_path is None:
+            raise ValueError("save_every needs a state_path to save to")
         self.actor = actor
         self.transport = transport
         self.topology = topology
@@ -142,7 +162,10 @@ class EdgeClient:
         self.clock = clock
         self.horizon = horizon
         self.state_path = None if state_path is None else Path(state_path)
+        self.save_every = save_every
+        self._unsaved_views = 0
         self.stats = ClientStats()
+        self.skipped = SkippedRecords(f"client {actor!r}")
         self.minimum_of = minimum_of if bounded is None else None
         self.near = near
         self._reserve: dict[Hashable, int] = {}
@@ -198,6 +221,10 @@ class EdgeClient:
         allow[key] = left - n
         counts = self._counts
         counts[key] = counts.get(key, 0) + n
+        if self.save_every is not None:
+            self._unsaved_views += n
+            if self._unsaved_views >= self.save_every:
+                self._persist()
         return True
 
     @property
@@ -294,9 +321,13 @@ class EdgeClient:
                     size += len(payload)
             if not deltas:
                 continue
+            # What goes out is fixed now: views counted while the publish is awaited change
+            # ``totals`` and must stay unsent until a later flush carries them.
+            published = {key: totals[key] for key, _ in deltas}
             await self.transport.publish(var, deltas)
-            for key, _ in deltas:
-                sent[key] = totals[key]
+            for key, total in published.items():
+                if total > sent.get(key, 0):
+                    sent[key] = total
             sent_out += len(deltas)
             self.stats.deltas_sent += len(deltas)
             self.stats.bytes_sent += size
@@ -350,7 +381,7 @@ class EdgeClient:
         snapshot = await self.transport.read_state(var)
         self.stats.resyncs += 1
         for key, payload in snapshot.states.items():
-            if self._merge(var, key, payload):
+            if self._merge_or_skip(var, key, payload, "state"):
                 changed.add(key)
         self._positions[var] = snapshot.position
         # Catch up at once with the deltas after the snapshot (on Kafka the state topic may
@@ -368,10 +399,20 @@ class EdgeClient:
         for key, payload in batch.deltas:
             if mine is not None and mine not in payload:
                 continue
-            if self._merge(var, key, payload):
+            if self._merge_or_skip(var, key, payload, "deltas"):
                 changed.add(key)
         self.stats.deltas_read += len(batch.deltas)
         self._positions[var] = batch.position
+
+    def _merge_or_skip(self, var: str, key: Hashable, payload: bytes, where: str) -> bool:
+        """:meth:`_merge`, but a payload that does not decode or join is skipped and counted:
+        it comes from a topic others write, and must not stop this client's syncs."""
+        try:
+            return self._merge(var, key, payload)
+        except Exception as exc:  # hostile bytes: whatever they raise, skip the record
+            self.stats.skipped_records += 1
+            self.skipped.skip(f"{var} {where}", exc)
+            return False
 
     def _merge(self, var: str, key: Hashable, payload: bytes) -> bool:
         """Join a received delta into the replica; True when the caller must look at the key
@@ -486,3 +527,5 @@ class EdgeClient:
     def _persist(self) -> None:
         if self.state_path is not None:
             save_buffer(self.state_path, self.actor, dict(self._own_totals()))
+            self._unsaved_views = 0
+            self.stats.saves += 1
