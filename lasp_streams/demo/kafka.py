@@ -10,11 +10,13 @@ user data directory) is started — its jars are fetched with Maven on first use
 the end unless ``keep_broker`` (a broker that was already running is left running). Each run
 uses fresh topics (``ad_counter_<time>``), so runs never see each other's ads or billing.
 
-Bounded mode (``cfg.mode == "bounded"``): a :class:`~lasp_streams.client.RightsEscrow` declares
-the ``rights`` and ``rights_requests`` variables, funds each ad with its minimum and serves
-requests in this process, next to the sink (:meth:`~lasp_streams.client.RightsEscrow.serve`);
-each client is a bounded :class:`~lasp_streams.client.EdgeClient` that reads its grants through
-its KafkaTransport. What the escrow's audit finds counts as refused deltas in the summary.
+Bounded and hybrid modes (``cfg.mode``): a :class:`~lasp_streams.client.RightsEscrow` declares
+the ``rights`` and ``rights_requests`` variables; a durable
+:class:`~lasp_streams.client.escrow_kafka.KafkaEscrow` (fenced transactional grants, its ledger
+on the rights topics) funds each ad with its minimum and grants proactively in this process,
+next to the sink; each client is a bounded :class:`~lasp_streams.client.EdgeClient` that reads
+its grants through its KafkaTransport. What the escrow's audit finds counts as refused deltas in
+the summary.
 
 Billing events in the summary are the ones a ``read_committed`` reader finds on the billing
 topic at the end (one per ad, by the sink's construction), with the time their action ran.
@@ -30,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lasp_streams.client import RightsEscrow
+from lasp_streams.client.escrow_kafka import KafkaEscrow
 from lasp_streams.client.kafka import KafkaTransport
 from lasp_streams.dataflow.events import TriggerEvent
 from lasp_streams.demo.config import DemoConfig
@@ -135,10 +138,9 @@ async def _run(
 
     topo = mod.build(cfg.min_impressions, on_disable=on_disable)
     escrow: RightsEscrow | None = None
-    if cfg.mode == "bounded":
-        escrow = RightsEscrow(
-            quota=cfg.grant_quota(), clients=cfg.clients, server_actor=mod.SERVER_ACTOR
-        )
+    service: KafkaEscrow | None = None
+    if cfg.mode != "lasp":
+        escrow = cfg.escrow(mod.SERVER_ACTOR)
         escrow.declare(topo)
     rt = KafkaRuntime(topo, settings, name=name)
     progress(f"deploying topology {name!r} ({partitions} partitions per topic)")
@@ -156,10 +158,11 @@ async def _run(
             contract_min = minimum[ad.id] if minimum[ad.id] != cfg.min_impressions else 0
             await rt.update("contracts", mod.SERVER_ACTOR, "add", mod.Contract(ad.id, contract_min))
         if escrow is not None:
-            escrow.attach(rt)
+            service = KafkaEscrow(escrow, settings, name)
+            await service.start()
             for ad in ads:
-                await escrow.fund(ad.id, minimum[ad.id])
-            servers.append(asyncio.create_task(escrow.serve(halt)))
+                await service.fund(ad.id, minimum[ad.id])
+            servers.append(asyncio.create_task(service.run(halt)))
         await rt.read("ads_with_contracts", Threshold.cardinality(len(ads)), timeout=60)
         progress(f"{len(ads)} ads with contracts; starting {cfg.clients} clients")
 
@@ -182,8 +185,9 @@ async def _run(
                 sample()
                 await asyncio.sleep(cfg.sample_interval)
 
-        for sim in sims:
-            await sim.client.sync()
+        # The first syncs (full-state reads) together: one after the other they take minutes
+        # with many clients.
+        await asyncio.gather(*(sim.client.sync() for sim in sims))
         start = clock()
         tasks = [asyncio.create_task(simulate(sim, cfg, stop, clock)) for sim in sims]
         tasks.append(asyncio.create_task(sampler()))
@@ -229,6 +233,8 @@ async def _run(
         await asyncio.gather(*tasks, return_exceptions=True)
         halt.set()
         await asyncio.gather(*servers, return_exceptions=True)
+        if service is not None:
+            await service.stop()
         for transport in transports:
             await transport.stop()
         await rt.stop()

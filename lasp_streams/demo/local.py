@@ -60,10 +60,8 @@ async def run_local(cfg: DemoConfig, *, clock: Callable[[], float] = time.monoto
     topo = mod.build(cfg.min_impressions, on_disable=on_disable)
     escrow: RightsEscrow | None = None
     watch = ["ads_with_contracts"]
-    if cfg.mode == "bounded":
-        escrow = RightsEscrow(
-            quota=cfg.grant_quota(), clients=cfg.clients, server_actor=mod.SERVER_ACTOR
-        )
+    if cfg.mode != "lasp":
+        escrow = cfg.escrow(mod.SERVER_ACTOR)
         escrow.install(topo)
         watch.append(escrow.rights)
     hub = LocalHub(
@@ -104,6 +102,8 @@ async def run_local(cfg: DemoConfig, *, clock: Callable[[], float] = time.monoto
         await sim.client.sync()
     tasks = [asyncio.create_task(simulate(sim, cfg, stop, clock)) for sim in sims]
     tasks.append(asyncio.create_task(sampler()))
+    if escrow is not None:  # proactive refills between requests
+        tasks.append(asyncio.create_task(escrow.run(stop)))
     timed_out = False
     try:
         await asyncio.wait_for(all_disabled.wait(), cfg.timeout)
