@@ -24,14 +24,18 @@ restart never funds twice.
 tens of milliseconds and, per key, looks at every holder's rights, spending and observed rate
 (impressions per second, from its spending over time):
 
-- a holder whose outstanding rights fall below ``rate x lead`` (``lead``: the time a refill
-  takes to reach it, plus the flush interval and the report lag) is topped up to
-  ``2 x rate x lead`` without being asked, so a busy holder never waits for a round trip;
+- a holder whose outstanding rights fall below ``1.5 x rate x cover`` is topped up to
+  ``3 x rate x cover`` without being asked, so a busy holder never waits for a round trip;
+  ``cover = lead + delay + 2 x gap``: the configured lead (refill round trip + flush interval),
+  the measured time a round of grants takes to be durable, and the holder's measured report gap
+  (its spending reaches the escrow that late; longer than the flush interval under load);
 - a holder that asks (its entry of the ``requests`` GCounter grew) and has no rate yet gets
   ``first_grant``;
 - grants are in proportion to the holders' rates: when the wishes exceed what is left they are
   scaled down together, and idle holders (rate 0) get nothing more, so the budget flows to the
   busy ones;
+- nobody holds more than its rate's share of what remains (left plus outstanding), so all
+  holders run dry together and nothing is stranded on one holder;
 - the last ``tight_fraction`` of a budget is coordinated tightly: only holders that ask get
   rights, each at most its rate share of what is left (at least 1), so the tail is spread
   instead of stranded on one holder.
@@ -152,6 +156,18 @@ class _Rate:
     since: float
     base: int
     rate: float = 0.0
+    spent: int = 0
+    spent_at: float = 0.0
+    gap: float = 0.0
+    """Smoothed seconds between the holder's reports of its spending (its real flush interval,
+    longer than configured when it or the servers are overloaded)."""
+
+    def reported(self, spent: int, now: float) -> None:
+        if spent != self.spent:
+            if self.spent_at:
+                took = now - self.spent_at
+                self.gap = took if not self.gap else 0.7 * self.gap + 0.3 * took
+            self.spent, self.spent_at = spent, now
 
     def observe(self, demand: int, now: float, window: float) -> None:
         elapsed = now - self.since
@@ -374,6 +390,7 @@ class RightsEscrow:
             if observed is None:
                 observed = self._rates[(key, h)] = _Rate(now, used)
             observed.observe(asked.get(h, 0), now, self.rate_window)
+            observed.reported(used, now)
             rates[h] = observed.rate
         total_rate = sum(rates.values())
 
@@ -390,9 +407,11 @@ class RightsEscrow:
             requesting = asked.get(h, 0) > self._served.get((key, h), 0)
             r = rates[h]
             if r > 0:
-                if has >= r * lead:
+                # Its spending reaches us a report gap late and a grant reaches it a sync late.
+                cover = r * (lead + 2 * self._rates[(key, h)].gap)
+                if has >= 1.5 * cover:
                     continue
-                want = math.ceil(2 * r * lead) - max(0, has)
+                want = math.ceil(3 * cover) - max(0, has)
             elif requesting and has < self.first_grant:
                 want = self.first_grant - max(0, has)
             else:
@@ -401,6 +420,20 @@ class RightsEscrow:
                 continue
             if want >= 1:
                 wishes[h] = want
+        if not wishes:
+            return {}
+        if total_rate > 0:
+            # Nobody holds more than its rate's share of what remains (left here and out
+            # there), so every holder runs dry at about the same time: nothing is stranded
+            # on one holder while the others wait.
+            remaining = left + sum(max(0, held[h]) for h in holders)
+            for h in list(wishes):
+                if rates[h] > 0:
+                    cap = int(remaining * rates[h] / total_rate) - max(0, held[h])
+                    if cap < 1 and not tight:
+                        del wishes[h]
+                    else:
+                        wishes[h] = max(1, min(wishes[h], cap))
         if not wishes:
             return {}
         if tight:
