@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from lasp_streams.client.escrow import RightsEscrow
+    from lasp_streams.server.escrow import RightsEscrow
 
 __all__ = ["DemoConfig", "Mode"]
 
@@ -105,7 +105,7 @@ class DemoConfig:
 
     def escrow(self, server_actor: str) -> RightsEscrow:
         """The escrow of bounded or hybrid mode, set up from this config."""
-        from lasp_streams.client.escrow import RightsEscrow
+        from lasp_streams.server.escrow import RightsEscrow
 
         return RightsEscrow(
             quota=self.grant_quota(),

@@ -10,9 +10,9 @@ user data directory) is started — its jars are fetched with Maven on first use
 the end unless ``keep_broker`` (a broker that was already running is left running). Each run
 uses fresh topics (``ad_counter_<time>``), so runs never see each other's ads or billing.
 
-Bounded and hybrid modes (``cfg.mode``): a :class:`~lasp_streams.client.RightsEscrow` declares
+Bounded and hybrid modes (``cfg.mode``): a :class:`~lasp_streams.server.RightsEscrow` declares
 the ``rights`` and ``rights_requests`` variables; a durable
-:class:`~lasp_streams.client.escrow_kafka.KafkaEscrow` (fenced transactional grants, its ledger
+:class:`~lasp_streams.server.escrow_kafka.KafkaEscrow` (fenced transactional grants, its ledger
 on the rights topics) funds each ad with its minimum and grants proactively in this process,
 next to the sink; each client is a bounded :class:`~lasp_streams.client.EdgeClient` that reads
 its grants through its KafkaTransport. What the escrow's audit finds counts as refused deltas in
@@ -31,11 +31,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lasp_streams.client import RightsEscrow
-from lasp_streams.client.escrow_kafka import KafkaEscrow
 from lasp_streams.client.kafka import KafkaTransport
 from lasp_streams.dataflow.events import TriggerEvent
 from lasp_streams.demo.config import DemoConfig
+from lasp_streams.demo.gateway import (
+    GatewayStack,
+    contract_minimum,
+    remove_ledger,
+    start_stack,
+)
 from lasp_streams.demo.simulate import new_client, simulate
 from lasp_streams.demo.summary import AdResult, BillingEvent, RunSummary
 from lasp_streams.demo.topology import ad_counter
@@ -46,6 +50,8 @@ from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import read_billing_events
 from lasp_streams.runtime.kafka.topics import billing_topic, dlq_topic
+from lasp_streams.server import RightsEscrow
+from lasp_streams.server.escrow_kafka import KafkaEscrow
 
 __all__ = ["run_kafka"]
 
@@ -83,15 +89,18 @@ async def run_kafka(
     *,
     bootstrap: str | None = None,
     keep_broker: bool = False,
+    keep: bool = False,
     partitions: int = 3,
     name: str | None = None,
     progress: Callable[[str], None] = _say,
     clock: Callable[[], float] = time.monotonic,
+    via: str = "gateway",
 ) -> RunSummary:
     """Run the demo on Kafka (see the module docstring) and summarise it.
 
     aiokafka's own retry warnings (a fresh broker electing leaders, say) are silenced unless
-    the caller configured logging: they are noise in a demo's output, not failures."""
+    the caller configured logging: they are noise in a demo's output, not failures. The run's
+    topics and consumer groups are deleted at the end unless ``keep`` (to audit it, say)."""
     if not logging.getLogger().handlers:
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     stop_broker: Callable[[], None] = lambda: None  # noqa: E731
@@ -100,10 +109,27 @@ async def run_kafka(
     else:
         address = bootstrap
     try:
-        return await _run(cfg, address, partitions, name, progress, clock)
+        return await _run(cfg, address, partitions, name, progress, clock, keep, via)
     finally:
         if not keep_broker:
             await asyncio.to_thread(stop_broker)
+
+
+async def _remove(
+    topo: Any, settings: KafkaSettings, name: str, progress: Callable[[str], None]
+) -> None:
+    """Delete the run's topics and groups (what `lasp-streams teardown` does)."""
+    from lasp_streams.deploy import plan_deploy, teardown
+
+    try:
+        report = await teardown(plan_deploy(topo, settings, name=name), settings)
+    except LaspError as exc:
+        progress(f"warning: could not remove topology {name!r}: {exc}")
+        return
+    progress(
+        f"removed topology {name!r}: {len(report.topics)} topics, {len(report.groups)} "
+        "consumer groups (--keep keeps them)"
+    )
 
 
 async def _run(
@@ -113,6 +139,8 @@ async def _run(
     name: str | None,
     progress: Callable[[str], None],
     clock: Callable[[], float],
+    keep: bool = False,
+    via: str = "gateway",
 ) -> RunSummary:
     mod = ad_counter()
     master = random.Random(cfg.seed)
@@ -148,15 +176,18 @@ async def _run(
     halt = asyncio.Event()
     ready = asyncio.Event()
     servers = [asyncio.create_task(rt.run(stop=halt, ready=ready))]
-    transports: list[KafkaTransport] = []
+    transports: list[Any] = []
+    stack: GatewayStack | None = None
     tasks: list[asyncio.Task[Any]] = []
     try:
         await _first(ready.wait(), servers, 120)
         await rt.follow("impressions")
         for ad in ads:
             await rt.update(mod.ad_source(ad), mod.SERVER_ACTOR, "add", ad)
-            contract_min = minimum[ad.id] if minimum[ad.id] != cfg.min_impressions else 0
-            await rt.update("contracts", mod.SERVER_ACTOR, "add", mod.Contract(ad.id, contract_min))
+            # Every contract names its minimum: the record on Kafka then says what was agreed,
+            # and `lasp-streams audit topologies.ad_counter` audits any --min-impressions run.
+            contract = mod.Contract(ad.id, minimum[ad.id])
+            await rt.update("contracts", mod.SERVER_ACTOR, "add", contract)
         if escrow is not None:
             service = KafkaEscrow(escrow, settings, name)
             await service.start()
@@ -166,12 +197,22 @@ async def _run(
         await rt.read("ads_with_contracts", Threshold.cardinality(len(ads)), timeout=60)
         progress(f"{len(ads)} ads with contracts; starting {cfg.clients} clients")
 
+        if via == "gateway" and escrow is None:
+            stack = await start_stack(topo, settings, name, cfg, partitions=partitions)
+            progress(f"clients connect to a gateway at {stack.url} (device ledger in process)")
         sims = []
         for i in range(cfg.clients):
-            transport = KafkaTransport(settings, name, f"client-{i}")
+            transport: Any = (
+                stack.transport(f"client-{i}")
+                if stack is not None
+                else KafkaTransport(settings, name, f"client-{i}")
+            )
             await transport.start()
             transports.append(transport)
-            sims.append(new_client(transport.actor, transport, topo, cfg, escrow, master, clock))
+            decide = contract_minimum(cfg.min_impressions) if stack is not None else None
+            sims.append(
+                new_client(transport.actor, transport, topo, cfg, escrow, master, clock, decide)
+            )
 
         samples: list[tuple[float, dict[str, int]]] = []
 
@@ -237,7 +278,13 @@ async def _run(
             await service.stop()
         for transport in transports:
             await transport.stop()
+        if stack is not None:
+            await stack.stop()
         await rt.stop()
+        if not keep:
+            await _remove(topo, settings, name, progress)
+            if stack is not None:
+                await remove_ledger(topo, settings, name, partitions=partitions)
 
     billing = [
         BillingEvent(

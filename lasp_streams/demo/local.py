@@ -5,7 +5,7 @@ The server is a :class:`~lasp_streams.client.LocalHub` running ``topologies/ad_c
 clients' deltas are validated and joined; when an ad's impressions reach its contract's
 minimum the topology's trigger removes the ad (the removal reaches clients through the
 ``ads_with_contracts`` delta log) and ``on_disable`` records one billing event. In bounded mode
-a :class:`~lasp_streams.client.RightsEscrow` funds each ad with its minimum and grants quotas.
+a :class:`~lasp_streams.server.RightsEscrow` funds each ad with its minimum and grants quotas.
 
 Each simulated client views ``rate`` impressions per second among the ads it shows (pacing by
 wall clock, in steps of ``step`` seconds), syncs when its jittered flush is due, and sometimes
@@ -20,12 +20,12 @@ import random
 import time
 from collections.abc import Callable
 
-from lasp_streams.client import LocalHub, RightsEscrow
 from lasp_streams.dataflow.events import TriggerEvent
 from lasp_streams.demo.config import DemoConfig
 from lasp_streams.demo.simulate import SimulatedClient, ad_ids, new_client, simulate
 from lasp_streams.demo.summary import AdResult, BillingEvent, RunSummary
 from lasp_streams.demo.topology import ad_counter
+from lasp_streams.server import LocalHub, RightsEscrow
 
 __all__ = ["ad_ids", "run_local"]
 

@@ -8,9 +8,10 @@ import random
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
-from lasp_streams.client import Bounded, EdgeClient, RightsEscrow
+from lasp_streams.client import Bounded, EdgeClient
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.demo.config import DemoConfig
+from lasp_streams.server import RightsEscrow
 
 __all__ = ["SimulatedClient", "Switchable", "ad_ids", "new_client", "simulate"]
 
@@ -47,6 +48,7 @@ def new_client(
     escrow: RightsEscrow | None,
     master: random.Random,
     clock: Callable[[], float],
+    minimum_of: Callable[[Hashable, Any], int | None] | None = None,
 ) -> SimulatedClient:
     """One simulated client over ``transport``, its EdgeClient set up from ``cfg`` (bounded by
     ``escrow`` when given); both rngs are drawn from ``master``, the client's first."""
@@ -65,6 +67,7 @@ def new_client(
         rng=random.Random(master.getrandbits(64)),
         clock=clock,
         horizon=cfg.horizon,
+        minimum_of=minimum_of,
     )
     return SimulatedClient(client, transport, random.Random(master.getrandbits(64)))
 

@@ -1,6 +1,6 @@
 """SIGKILL the escrow while bounded clients spend its grants: overcount stays 0, nothing is lost.
 
-The escrow runs as a real process (``python -m lasp_streams.client.escrow_kafka``) against the
+The escrow runs as a real process (``python -m lasp_streams.server.escrow_kafka``) against the
 session's broker; the ad-counter topology's agents and sink run in the test (a KafkaRuntime), with
 bounded edge clients over KafkaTransport showing the ads at full speed. The test SIGKILLs the
 escrow at seeded random moments (its grants in flight, an open transaction left behind) and
@@ -51,7 +51,7 @@ class Escrow:
 
     def __init__(self, bootstrap: str, topology: str, funds: dict[str, int], clients: int) -> None:
         self.args = [
-            sys.executable, "-m", "lasp_streams.client.escrow_kafka",
+            sys.executable, "-m", "lasp_streams.server.escrow_kafka",
             "--bootstrap", bootstrap, "--topology", topology,
             "--partitions", str(PARTITIONS), "--quota", "100", "--clients", str(clients),
             *(a for key, n in funds.items() for a in ("--fund", f"{key}={n}")),

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 import pytest
 
 from lasp_streams import codec
-from lasp_streams.client.validate import record_delta_problem
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.errors import InvalidTopology
 from lasp_streams.lattices.awset import AWSet
@@ -20,6 +19,7 @@ from lasp_streams.runtime.kafka.crossing import BillingEvent, Crossing, TriggerS
 from lasp_streams.runtime.kafka.joiner import PartitionJoiner
 from lasp_streams.runtime.kafka.operators import SingleOwnerAssignor
 from lasp_streams.runtime.kafka.worker import plan_worker
+from lasp_streams.server.validate import record_delta_problem
 from topologies.ad_counter import build
 
 

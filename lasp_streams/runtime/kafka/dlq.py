@@ -22,7 +22,9 @@ Reason codes (also the ``reason`` label of the ``records_dead_lettered`` metric)
 ``decode`` — the codec refused the bytes (malformed, unknown tag, unsupported version, or a
 state that breaks the type's invariants, such as a negative count); ``wrong_type`` — a valid
 lattice of another type than the variable's; ``invariant`` — the delta has no join with the
-current state (two different IVar values); ``validation`` — the variable's validator refused it.
+current state (two different IVar values); ``validation`` — the variable's validator refused it;
+``late`` — part of a windowed delta is for windows that had already closed (that part is not
+merged; the ``lasp.window.starts`` header lists them).
 """
 
 from __future__ import annotations

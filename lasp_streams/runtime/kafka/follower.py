@@ -21,36 +21,16 @@ from collections.abc import Callable, Hashable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from lasp_streams import codec
+from lasp_streams.codec import key_from_kafka, key_to_kafka
 from lasp_streams.errors import CodecError
 from lasp_streams.lattices.base import Lattice, describe_type
 from lasp_streams.runtime.kafka.reader import partitions_of
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import delta_topic, state_topic
 
-__all__ = ["VariableFollower", "kafka_key", "key_of"]
+__all__ = ["VariableFollower"]
 
 log = logging.getLogger(__name__)
-
-
-def kafka_key(key: Hashable) -> bytes:
-    """A variable key as the bytes agents store it under (b"" for a non-keyed variable)."""
-    if key is None:
-        return b""
-    if isinstance(key, str):
-        return key.encode()
-    if isinstance(key, bytes):
-        return key
-    raise TypeError(f"Kafka keys are str or bytes here, got {key!r}")
-
-
-def key_of(raw: bytes | None) -> Hashable:
-    """The inverse of :func:`kafka_key` for str keys (b"" or no key: None)."""
-    if not raw:
-        return None
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        return raw
 
 
 class VariableFollower:
@@ -186,16 +166,16 @@ class VariableFollower:
 
     async def join_local(self, key: Hashable, delta: Lattice) -> None:
         """Join a delta this process produced (read your writes before it comes back)."""
-        if self._join(kafka_key(key) if self.keyed else b"", delta.copy()):
+        if self._join((key_to_kafka(key) or b"") if self.keyed else b"", delta.copy()):
             await self._notify()
 
     def state(self, key: Hashable = None) -> Lattice:
         """The joined state of ``key`` (bottom when none was seen); do not mutate it."""
-        found = self.states.get(kafka_key(key) if self.keyed else b"")
+        found = self.states.get((key_to_kafka(key) or b"") if self.keyed else b"")
         return self._proto if found is None else found
 
     def keys(self) -> list[Hashable]:
-        return [key_of(k) for k in self.states]
+        return [key_from_kafka(k) for k in self.states]
 
     async def wait(self, predicate: Callable[[], bool], timeout: float) -> None:
         """Return once ``predicate()`` holds (checked now and after every inflation)."""

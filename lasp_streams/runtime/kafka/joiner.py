@@ -41,7 +41,7 @@ __all__ = [
 Validator = Callable[[bytes, Lattice], "str | None"]
 
 #: Checks a decoded delta against its whole record (e.g. the client's actor header, see
-#: :func:`lasp_streams.client.validate.record_delta_problem`): ``(headers, delta)``, returns
+#: :func:`lasp_streams.server.validate.record_delta_problem`): ``(headers, delta)``, returns
 #: None to accept, or why it is refused.
 RecordValidator = Callable[[Sequence[tuple[str, bytes]], Lattice], "str | None"]
 
@@ -69,6 +69,8 @@ class BatchOutcome:
     """What one batch did to a partition's state."""
 
     applied: int = 0
+    #: Applied records that strictly grew their key's state (metrics: strict inflations).
+    inflations: int = 0
     changed: dict[bytes, Lattice] = field(default_factory=dict)
     crossings: list[Crossing] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
@@ -198,6 +200,7 @@ class PartitionJoiner:
             if state is None:
                 # The first delta of a key becomes its state: it is fresh from the decoder.
                 if not delta.is_bottom():
+                    outcome.inflations += 1
                     states[key] = delta
                     changed[key] = delta
                     if track:
@@ -215,6 +218,7 @@ class PartitionJoiner:
             if grew and gate is not None:
                 outcome.closed.extend(gate.advance(key, state))
             if grew:
+                outcome.inflations += 1
                 changed[key] = state
                 if track:
                     acc = deltas.get(key)

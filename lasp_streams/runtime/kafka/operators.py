@@ -213,6 +213,9 @@ class OperatorAgent:
         )
         await self._consumer.start()
         self._consumer.subscribe(sorted(self._topic_var), listener=_Listener(self))
+        if self.metrics is not None:
+            for var in (*self.sources, *self.derived):
+                self.metrics.init_variable(var)
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -277,6 +280,10 @@ class OperatorAgent:
                 if records:
                     by_slot.setdefault(self._slot_of(tp.partition), []).append((tp, records))
             count = 0
+            # Per input variable: records read, applied, strict inflations; per variable
+            # (inputs and derived): states written. Reported under the variable's name.
+            tally: dict[str, list[int]] = {}
+            writes: dict[str, int] = {}
             for number, batches in by_slot.items():
                 slot = self._slots.get(number)
                 if slot is None:
@@ -291,6 +298,10 @@ class OperatorAgent:
                     count += len(records)
                 for var, records in by_var.items():
                     outcome = slot.joiners[var].apply(records)
+                    seen = tally.setdefault(var, [0, 0, 0])
+                    seen[0] += len(records)
+                    seen[1] += outcome.applied
+                    seen[2] += outcome.inflations
                     effects.dead.extend(outcome.dead)
                     effects.crossings.extend(outcome.crossings)
                     for key, state in outcome.changed.items():
@@ -298,8 +309,27 @@ class OperatorAgent:
                     for key, delta in outcome.deltas.items():
                         self._propagate(slot, var, key, delta, effects)
                 await self._write(number, slot, effects)
+                for var, _key in (*effects.states, *effects.out_states):
+                    writes[var] = writes.get(var, 0) + 1
             if self.metrics is not None:
-                self.metrics.records_consumed.labels(self.group_id).inc(count)
+                m = self.metrics
+                for var in {*tally, *writes}:
+                    consumed, applied, inflations = tally.get(var, (0, 0, 0))
+                    m.batch(
+                        var,
+                        consumed=consumed,
+                        applied=applied,
+                        inflations=inflations,
+                        state_writes=writes.get(var, 0),
+                    )
+                for tp, records in data.items():
+                    if records:
+                        m.lag(
+                            self._topic_var[tp.topic],
+                            tp.partition,
+                            consumer.highwater(tp),
+                            records[-1].offset + 1,
+                        )
             return count
 
     def _propagate(
@@ -460,6 +490,11 @@ class OperatorAgent:
 
     # -- rebalance -----------------------------------------------------------------------------
     async def _revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        revoked = list(revoked)
+        if self.metrics is not None:
+            for tp in revoked:
+                if tp.topic in self._topic_var:
+                    self.metrics.drop_partitions(self._topic_var[tp.topic], [tp.partition])
         async with self._lock:
             for number in {self._slot_of(tp.partition) for tp in revoked}:
                 slot = self._slots.pop(number, None)

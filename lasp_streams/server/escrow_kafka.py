@@ -21,7 +21,7 @@ minimum), so the caller funds again after a restart without harm.
 
 As a process (the unit the fault tests SIGKILL)::
 
-    python -m lasp_streams.client.escrow_kafka --bootstrap HOST:PORT --topology T \\
+    python -m lasp_streams.server.escrow_kafka --bootstrap HOST:PORT --topology T \\
         --fund KEY=N [--fund KEY=N ...] [--quota Q] [--clients C] [--lead S] [--hybrid]
 
 prints ``ready`` once it has fenced, recovered and funded, then grants until SIGTERM/SIGINT.
@@ -42,13 +42,14 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from lasp_streams import codec
-from lasp_streams.client.escrow import RightsEscrow
+from lasp_streams.codec import ACTOR_HEADER, key_to_kafka
 from lasp_streams.errors import LaspError, MutatorError
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.counters import BCounter, GCounter
-from lasp_streams.runtime.kafka.follower import VariableFollower, kafka_key
+from lasp_streams.runtime.kafka.follower import VariableFollower
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import delta_topic, ensure_topics, plan_topics
+from lasp_streams.server.escrow import RightsEscrow
 
 __all__ = ["KafkaEscrow", "KafkaLedger", "main"]
 
@@ -160,11 +161,11 @@ class KafkaLedger:
             raise LaspError("KafkaLedger: call start() first")
         started = time.monotonic()
         topic = delta_topic(self.name, self.rights)
-        header = [("lasp.actor", self.server_actor.encode())]
+        header = [(ACTOR_HEADER, self.server_actor.encode())]
         async with producer.transaction():
             for key, delta in deltas.items():
                 await producer.send(
-                    topic, key=kafka_key(key), value=codec.encode(delta), headers=header
+                    topic, key=key_to_kafka(key), value=codec.encode(delta), headers=header
                 )
         self.commit_seconds = time.monotonic() - started
         follower = self.follower(self.rights)
@@ -233,7 +234,7 @@ class KafkaEscrow:
 
 # -- as a process -------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lasp_streams.client.escrow_kafka")
+    p = argparse.ArgumentParser(prog="python -m lasp_streams.server.escrow_kafka")
     p.add_argument("--bootstrap", required=True)
     p.add_argument("--topology", required=True)
     p.add_argument("--partitions", type=int, default=KafkaSettings().delta_partitions)

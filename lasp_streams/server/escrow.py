@@ -66,13 +66,11 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from lasp_streams.codec import ACTOR_HEADER
 from lasp_streams.dataflow.events import Update
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.counters import BCounter, GCounter
-
-ACTOR_HEADER = "lasp.actor"
-"""The Kafka record header naming the producing actor (as ``lasp_streams.client.validate``)."""
 
 __all__ = [
     "EscrowLedger",
@@ -513,8 +511,7 @@ class RightsEscrow:
             state = rt.state(self.rights, key=key)
             if not isinstance(state, BCounter):
                 continue
-            up, down, moves = state.to_wire()
-            writers = {*up, *down, *(src for src, _dst, _n in moves)} - {self.server_actor}
+            writers = state.actors() - {self.server_actor}
             for actor in sorted(writers):
                 why = f"client {actor!r} wrote {self.rights!r} of {key!r}: only the server grants"
                 self._flag(self.rights, key, actor, why, found)
