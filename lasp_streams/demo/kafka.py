@@ -268,6 +268,7 @@ async def _run(
         if escrow is not None:
             escrow.audit()
             refused += len(escrow.violations)
+            progress(escrow.describe())
     finally:
         for task in tasks:
             task.cancel()

@@ -297,6 +297,21 @@ class RightsEscrow:
         found = self._rates.get((key, holder))
         return found.rate if found is not None else 0.0
 
+    def describe(self) -> str:
+        """One line: grants made, the lead time used, and (hybrid) the reserves kept."""
+        text = (
+            f"escrow: {self.grants:,} grants; lead {self.lead:.2f} s + measured grant delay "
+            f"{self.delay:.2f} s"
+        )
+        if self.hybrid:
+            kept = sorted(self.reserves.values())
+            text += (
+                f"; hybrid reserve (2 x summed demand rate x lead, at least "
+                f"{self.tight_fraction:.0%} of the budget) "
+                + (f"{kept[0]:,}..{kept[-1]:,} per ad" if kept else "not set yet (no rates)")
+            )
+        return text
+
     # -- checks ---------------------------------------------------------------------------------
     def overspent(self, actor: str, key: Hashable, spent: int) -> str | None:
         """Why ``actor`` counting ``spent`` impressions of ``key`` in all breaks the bound."""
