@@ -7,8 +7,10 @@ nothing and a restarted one never grants a right twice:
   compacted state topic *and* its delta topic, from the beginning (``read_committed``): every
   grant the escrow ever committed is there, even the ones the rights agent has not folded into
   the state topic yet;
-- **impressions** (what each holder spent) and **rights_requests** (who asks) are followed from
-  their state topics (written by their agents after validation; a lag only delays a refill);
+- **impressions** (what each holder spent) is followed from its state topic and
+  **rights_requests** (who asks, and each holder's demand) from its state and delta topics (a
+  request is answered without waiting for its agent's batch; a forged one can at worst make the
+  escrow grant a first share to a holder that never spends it, as a fake client could anyway);
 - grants are written by one *transactional* producer with the fixed id
   ``<topology>.escrow``: starting it fences any older escrow (a zombie's open transaction is
   aborted before the new one reads the ledger), each tick's grants (one BCounter delta per key)
@@ -49,9 +51,13 @@ from lasp_streams.lattices.counters import BCounter, GCounter
 from lasp_streams.runtime.kafka.follower import VariableFollower
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import delta_topic, ensure_topics, plan_topics
-from lasp_streams.server.escrow import RightsEscrow
+from lasp_streams.server.escrow import (
+    RightsEscrow,
+    rights_writer_validator,
+    spending_validator,
+)
 
-__all__ = ["KafkaEscrow", "KafkaLedger", "main"]
+__all__ = ["EscrowChecks", "KafkaEscrow", "KafkaLedger", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +80,7 @@ class KafkaLedger:
         self.name = name
         self.server_actor = server_actor
         self.rights = rights
+        self.counter = counter
         self._protos: dict[str, Lattice] = {
             rights: BCounter(),
             requests: GCounter(),
@@ -106,7 +113,7 @@ class KafkaLedger:
         await self._producer.start()
         for var, proto in self._protos.items():
             follower = VariableFollower(
-                s, self.name, var, proto, keyed=True, include_deltas=var == self.rights
+                s, self.name, var, proto, keyed=True, include_deltas=var != self.counter
             )
             await follower.start()
             self._followers[var] = follower
@@ -230,6 +237,38 @@ class KafkaEscrow:
 
             with contextlib.suppress(TimeoutError):
                 await requests.wait(moved, self.escrow.interval)
+
+
+class EscrowChecks:
+    """The record validators that make the agents *refuse* overspending (the audit stays the
+    second line): for the counter, :func:`~.escrow.spending_validator` against the rights this
+    process follows (state and delta topics, ``read_committed``: every committed grant, the
+    moment it is readable, so a holder never spends a grant the check has not seen unless the
+    check lags a whole client sync behind); for ``rights``, only the escrow writes. ``start()``
+    before the agents run, ``stop()`` after; :attr:`validators` maps variable to validator."""
+
+    def __init__(self, escrow: RightsEscrow, settings: KafkaSettings, name: str) -> None:
+        self.escrow = escrow
+        self._rights = VariableFollower(
+            settings, name, escrow.rights, BCounter(), keyed=True, include_deltas=True
+        )
+
+        def rights_of(key: Hashable) -> BCounter | None:
+            state = self._rights.state(key)
+            return state if isinstance(state, BCounter) else None
+
+        self.validators: dict[str, Any] = {
+            escrow.counter: spending_validator(rights_of, server_actor=escrow.server_actor),
+            escrow.rights: rights_writer_validator(
+                server_actor=escrow.server_actor, rights=escrow.rights
+            ),
+        }
+
+    async def start(self) -> None:
+        await self._rights.start()
+
+    async def stop(self) -> None:
+        await self._rights.stop()
 
 
 # -- as a process -------------------------------------------------------------------------------

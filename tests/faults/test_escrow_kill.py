@@ -69,8 +69,11 @@ class Escrow:
         except TimeoutError:
             line = b""
         if line.strip() != b"ready":
+            proc = self.proc
             await self.kill()
-            raise AssertionError("the escrow did not get ready")
+            assert proc.stderr is not None
+            err = (await proc.stderr.read()).decode(errors="replace")[-3000:]
+            raise AssertionError(f"the escrow did not get ready: {err}")
 
     async def kill(self) -> None:
         """SIGKILL: no cleanup, an open transaction left behind."""
