@@ -36,9 +36,10 @@ tens of milliseconds and, per key, looks at every holder's rights, spending and 
   busy ones;
 - nobody holds more than its rate's share of what remains (left plus outstanding), so all
   holders run dry together and nothing is stranded on one holder;
-- the last ``tight_fraction`` of a budget is coordinated tightly: only holders that ask get
-  rights, each at most its rate share of what is left (at least 1), so the tail is spread
-  instead of stranded on one holder.
+- the last ``tight_fraction`` of a budget is coordinated tightly: only holders that ask (their
+  demand grew since they were last served) get rights, each its rate's share of what is left
+  (at least 1), in one round, so the tail is spread over the busy holders instead of stranded
+  on one, and costs one round trip rather than one per refill.
 
 **Hybrid** (``hybrid=True``): once the rates of a key's first holders are known, the bulk of
 the budget (``minimum - reserve``) is handed out in one go in proportion to the rates — holders
@@ -154,6 +155,7 @@ class _Rate:
     since: float
     base: int
     rate: float = 0.0
+    samples: int = 0
     spent: int = 0
     spent_at: float = 0.0
     gap: float = 0.0
@@ -175,6 +177,7 @@ class _Rate:
         elif demand != self.base and elapsed >= window:
             measured = max(0, demand - self.base) / elapsed
             self.rate = measured if self.rate == 0 else 0.5 * self.rate + 0.5 * measured
+            self.samples += 1
             self.since, self.base = now, demand
 
 
@@ -453,7 +456,9 @@ class RightsEscrow:
             share_total = sum(rates[h] for h in wishes) or float(len(wishes))
             for h in list(wishes):
                 share = (rates[h] or 1.0) / share_total if total_rate else 1.0 / len(wishes)
-                wishes[h] = max(1, min(wishes[h], int(left * share)))
+                # Each asking holder gets its rate's share of the rest in one round: a round
+                # trip per refill is what makes a tail slow.
+                wishes[h] = max(1, int(left * share))
         else:
             # Wishes beyond the untight part of what is left are scaled down together, so the
             # split follows the rates; a first grant is at most a fair share.
@@ -489,7 +494,9 @@ class RightsEscrow:
     ) -> dict[str, int]:
         """Hybrid: once enough holders' rates are known, hand out ``budget - reserve`` in
         proportion to the rates (one round, no further coordination for that part)."""
-        measured = {h: r for h, r in rates.items() if r > 0}
+        # Rates from at least two demand reports (the first one covers the wait for the first
+        # grant, not the holder's pace).
+        measured = {h: r for h, r in rates.items() if r > 0 and self._rates[(key, h)].samples >= 2}
         if len(measured) < min(self.clients, max(1, len(holders))):
             return {}
         total = sum(measured.values())

@@ -161,8 +161,9 @@ class KafkaLedger:
             delta.merge(state.move(self.server_actor, amount, holder))
         return delta
 
-    async def commit(self, deltas: dict[Hashable, Lattice]) -> None:
-        """Write ``deltas`` (key -> rights delta) in one transaction, then join them locally."""
+    async def commit(self, deltas: dict[Hashable, Lattice], *, join: bool = True) -> None:
+        """Write ``deltas`` (key -> rights delta) in one transaction, then (``join``) join them
+        locally."""
         producer = self._producer
         if producer is None:
             raise LaspError("KafkaLedger: call start() first")
@@ -175,9 +176,10 @@ class KafkaLedger:
                     topic, key=key_to_kafka(key), value=codec.encode(delta), headers=header
                 )
         self.commit_seconds = time.monotonic() - started
-        follower = self.follower(self.rights)
-        for key, delta in deltas.items():
-            await follower.join_local(key, delta)
+        if join:
+            follower = self.follower(self.rights)
+            for key, delta in deltas.items():
+                await follower.join_local(key, delta)
 
 
 class KafkaEscrow:
@@ -194,6 +196,8 @@ class KafkaEscrow:
             requests=escrow.requests,
             counter=escrow.counter,
         )
+        self._queue: dict[Hashable, Lattice] = {}
+        self._queued = asyncio.Event()
 
     async def start(self) -> None:
         await self.ledger.start()
@@ -207,36 +211,64 @@ class KafkaEscrow:
         await self.escrow.fund(key, amount)
 
     async def tick(self) -> int:
-        """One allocation round; its grants are committed in one transaction."""
-        pending: dict[Hashable, Lattice] = {}
+        """One allocation round. Its grants are joined into the ledger at once (the next round
+        plans on top of them) and queued for the committer, which writes whatever is queued in
+        one transaction: planning never waits for a commit. A grant that dies with the process
+        before its commit was never seen by anyone (clients read committed records only), and a
+        restarted escrow plans from what was committed."""
+        ledger = self.ledger
+        follower = ledger.follower(self.escrow.rights)
 
         async def collect(key: Hashable, plan: dict[str, int]) -> None:
-            pending[key] = await self.ledger.grant(key, plan)
+            delta = await ledger.grant(key, plan)
+            await follower.join_local(key, delta)
+            queued = self._queue.get(key)
+            if queued is None:
+                self._queue[key] = delta
+            else:
+                queued.merge(delta)
+            self._queued.set()
 
-        started = time.monotonic()
-        made = await self.escrow.tick(grant=collect)
-        if pending:
-            await self.ledger.commit(pending)
-            took = time.monotonic() - started
-            self.escrow.delay = (
-                took if not self.escrow.delay else 0.8 * self.escrow.delay + 0.2 * took
-            )
-        return made
+        return await self.escrow.tick(grant=collect)
+
+    async def _committer(self, stop: asyncio.Event) -> None:
+        while True:
+            await self._queued.wait()
+            self._queued.clear()
+            batch, self._queue = self._queue, {}
+            if batch:
+                started = time.monotonic()
+                await self.ledger.commit(batch, join=False)
+                took = time.monotonic() - started
+                delay = self.escrow.delay
+                self.escrow.delay = took if not delay else 0.8 * delay + 0.2 * took
+            if stop.is_set() and not self._queue:
+                return
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Tick until ``stop`` is set: at once when a request arrives, else every interval."""
+        """Tick until ``stop`` is set: at once when a request arrives, else every interval;
+        commit what the last ticks granted before returning."""
         requests = self.ledger.follower(self.escrow.requests)
-        while not stop.is_set():
-            seen = requests.version
-            await self.tick()
-            if stop.is_set():
-                break
+        committer = asyncio.create_task(self._committer(stop))
+        try:
+            while not stop.is_set():
+                if committer.done():
+                    committer.result()  # a failed commit (fenced: another escrow) stops us
+                seen = requests.version
+                await self.tick()
+                if stop.is_set():
+                    break
 
-            def moved(seen: int = seen) -> bool:
-                return requests.version != seen or stop.is_set()
+                def moved(seen: int = seen) -> bool:
+                    return requests.version != seen or stop.is_set()
 
-            with contextlib.suppress(TimeoutError):
-                await requests.wait(moved, self.escrow.interval)
+                with contextlib.suppress(TimeoutError):
+                    await requests.wait(moved, self.escrow.interval)
+            self._queued.set()
+            await committer
+        finally:
+            committer.cancel()
+            await asyncio.gather(committer, return_exceptions=True)
 
 
 class EscrowChecks:
