@@ -24,8 +24,9 @@ restart never funds twice.
 tens of milliseconds and, per key, looks at every holder's rights, spending and observed rate
 (impressions per second, from its spending over time):
 
-- a holder whose outstanding rights fall below ``1.5 x rate x cover`` is topped up to
-  ``3 x rate x cover`` without being asked, so a busy holder never waits for a round trip;
+- a holder whose outstanding rights (as the escrow sees them: its spending arrives late) fall
+  below ``3 x rate x cover`` is topped up to ``6 x rate x cover`` without being asked, so a
+  busy holder never waits for a round trip;
   ``cover = lead + delay + 2 x gap``: the configured lead (refill round trip + flush interval),
   the measured time a round of grants takes to be durable, and the holder's measured report gap
   (its spending reaches the escrow that late; longer than the flush interval under load);
@@ -44,9 +45,9 @@ tens of milliseconds and, per key, looks at every holder's rights, spending and 
 **Hybrid** (``hybrid=True``): once the rates of a key's first holders are known, the bulk of
 the budget (``minimum - reserve``) is handed out in one go in proportion to the rates — holders
 count that part without any further coordination, as in Lasp mode — and only the reserve is
-escrowed as above. ``reserve = ⌈2 x Σ rates x lead⌉`` (at least ``tight_fraction`` of the
-budget): what the holders spend during two refill round trips, derived from the measured rates
-and the lead time, and reported in :attr:`RightsEscrow.reserves`.
+escrowed as above. ``reserve = ⌈Σ rates x (lead + delay + gap)⌉`` (at least ``tight_fraction``
+of the budget): what the holders spend while a refill propagates to them, from the measured
+rates, grant delay and report gap; reported in :attr:`RightsEscrow.reserves`.
 
 **Refusing overspending**: :func:`overspend_problem` is the check, a pure function of the
 escrow state (a key's rights BCounter); :func:`spending_validator` wraps it as a record
@@ -309,7 +310,7 @@ class RightsEscrow:
         if self.hybrid:
             kept = sorted(self.reserves.values())
             text += (
-                f"; hybrid reserve (2 x summed demand rate x lead, at least "
+                f"; hybrid reserve (summed demand rate x propagation delay, at least "
                 f"{self.tight_fraction:.0%} of the budget) "
                 + (f"{kept[0]:,}..{kept[-1]:,} per ad" if kept else "not set yet (no rates)")
             )
@@ -425,9 +426,9 @@ class RightsEscrow:
             if r > 0:
                 # Its spending reaches us a report gap late and a grant reaches it a sync late.
                 cover = r * (lead + 2 * self._rates[(key, h)].gap)
-                if has >= 1.5 * cover:
+                if has >= 3 * cover:
                     continue
-                want = math.ceil(3 * cover) - max(0, has)
+                want = math.ceil(6 * cover) - max(0, has)
             elif requesting and has < self.first_grant:
                 want = self.first_grant - max(0, has)
             else:
@@ -500,8 +501,9 @@ class RightsEscrow:
         if len(measured) < min(self.clients, max(1, len(holders))):
             return {}
         total = sum(measured.values())
+        gap = max(self._rates[(key, h)].gap for h in measured)
         reserve = max(
-            math.ceil(2 * total * (self.lead + self.delay)),
+            math.ceil(total * (self.lead + self.delay + gap)),
             math.ceil(self.tight_fraction * budget),
         )
         reserve = min(reserve, budget)
