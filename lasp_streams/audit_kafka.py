@@ -43,7 +43,7 @@ from lasp_streams.dataflow.steps import TriggerStep
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.errors import CodecError, DecodeError, KafkaSetupError, LaspError
 from lasp_streams.lattices.base import Lattice
-from lasp_streams.runtime.kafka.crossing import BillingEvent
+from lasp_streams.records import BillingEvent
 from lasp_streams.runtime.kafka.dlq import parse_headers
 from lasp_streams.runtime.kafka.plan import plan_worker
 from lasp_streams.runtime.kafka.settings import KafkaSettings
@@ -536,8 +536,10 @@ def _billed(record: Any) -> BilledRecord:
             raise DecodeError("no value")
         event = BillingEvent.decode(record.value)
     except DecodeError as exc:
-        return BilledRecord(record.partition, record.offset, record.timestamp, None, str(exc))
-    return BilledRecord(record.partition, record.offset, record.timestamp, event)
+        return BilledRecord(
+            record.partition, record.offset, record.timestamp, None, str(exc), record.key
+        )
+    return BilledRecord(record.partition, record.offset, record.timestamp, event, "", record.key)
 
 
 def _ad_lines(

@@ -24,7 +24,7 @@ from lasp_streams import codec
 from lasp_streams.audit_kafka import AuditReport, open_reader, parse_bound, read_topic, run_audit
 from lasp_streams.cli_deploy import load_plan, topology_options
 from lasp_streams.errors import CodecError, LaspError
-from lasp_streams.runtime.kafka.crossing import BillingEvent
+from lasp_streams.records import BillingEvent
 from lasp_streams.runtime.kafka.dlq import parse_headers
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import billing_topic, dlq_topic
@@ -261,7 +261,8 @@ def billing_export(
                 "trigger": event.trigger,
                 "key": str(codec.key_from_kafka(event.key)),
                 "value": event.value,
-                "threshold": event.threshold,
+                "threshold": event.threshold.n,
+                "threshold_kind": event.threshold.kind,
                 "partition": record.partition,
                 "offset": record.offset,
                 "timestamp_ms": record.timestamp,

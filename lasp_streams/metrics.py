@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 __all__ = ["DLQ_REASONS", "SINK_OUTCOMES", "Metrics"]
 
 #: Reason codes a dead letter is counted under (the free-text reason goes in its headers).
-DLQ_REASONS: tuple[str, ...] = ("decode", "wrong_type", "invariant", "validation", "late")
+DLQ_REASONS: tuple[str, ...] = ("decode", "wrong_type", "invariant", "validation", "late", "step")
 
 #: Outcomes a sink transaction is counted under.
 SINK_OUTCOMES: tuple[str, ...] = ("committed", "aborted")

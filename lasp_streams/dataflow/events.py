@@ -45,7 +45,9 @@ class Update:
 class TriggerEvent:
     """A trigger whose threshold was met: delivered to its action exactly once per
     ``(trigger, key)``. ``runtime`` is the runtime that fired it (to update variables from the
-    action: e.g. remove the ad whose counter reached its contract's minimum)."""
+    action: e.g. remove the ad whose counter reached its contract's minimum). ``event_id`` is
+    the deterministic id of this firing (a billing event id): the same on every runtime for a
+    topology, trigger and key (:func:`lasp_streams.runtime.core.event_id`)."""
 
     trigger: str
     var: str
@@ -54,11 +56,7 @@ class TriggerEvent:
     value: Any
     state: Lattice
     runtime: Any
-
-    @property
-    def event_id(self) -> str:
-        """A deterministic id for this firing: ``<trigger>/<key>`` (a billing event id)."""
-        return f"{self.trigger}/{self.key!r}"
+    event_id: str = ""
 
 
 StreamCallback: TypeAlias = Callable[[Update], object]

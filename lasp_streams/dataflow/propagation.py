@@ -1,17 +1,18 @@
 """What has to happen when a variable grows: the downstream steps' output deltas, computed as
-pure functions. Shared by the runtimes (the LocalRuntime per replica; a Kafka agent per
-partition), which own the states, the I/O and the side effects.
+pure functions. Used by the replica core (:mod:`lasp_streams.runtime.core`), which owns the
+states; its hosts own the I/O and the side effects.
 
-Per grown ``(variable, key)`` with delta ``d`` a runtime:
+Per grown ``(variable, key)`` with delta ``d`` the core:
 
 1. joins ``d`` into its state (and acts only when that strictly grew);
 2. if :meth:`Propagation.mirrored` — a declared set that feeds set operators but is not itself
    a provenance set (an AWSet, ORSet or GSet) — converts ``d`` with
    :meth:`Propagation.provenance_delta` and joins it into its *provenance mirror* of that
    variable (the state binary operators read as "the other side");
-3. calls :meth:`Propagation.outputs`, which returns ``(output variable, output delta)`` for every
-   operator step and ``bind_to`` fed by the variable, and joins each into its state the same
-   way (recursively; outputs of one key stay on that key);
+3. calls :meth:`Propagation.output` for every entry of :meth:`Propagation.steps` (operator steps
+   and ``bind_to`` fed by the variable), which returns ``(output variable, output delta)``, and
+   joins each into its state the same way (recursively; outputs of one key stay on that key);
+   a step that raises fails alone;
 4. runs the observers (:meth:`Propagation.streams`, :meth:`Propagation.triggers`,
    :meth:`Propagation.watchers`) where it keeps side effects (the trusted sink).
 """
@@ -42,11 +43,14 @@ from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.provenance import ProvenanceSet
 
-__all__ = ["Propagation", "ProvenanceLookup"]
+__all__ = ["PlanEntry", "Propagation", "ProvenanceLookup"]
 
 ProvenanceLookup = Callable[[str, Hashable], ProvenanceSet]
 """``lookup(var_id, key)``: a variable's current state in provenance form (the state itself for
 a derived set, the mirror for a mirrored one)."""
+
+PlanEntry = tuple[str, Any, "BinaryStep | BindToStep | None"]
+"""One step fed by a variable, as :meth:`Propagation.steps` lists it (opaque to callers)."""
 
 _UNARY = "unary"
 _LEFT = "left"
@@ -61,13 +65,13 @@ class Propagation:
 
     def __init__(self, topology: Topology) -> None:
         topology.freeze()
-        self._plans: dict[str, list[tuple[str, Any, BinaryStep | BindToStep | None]]] = {}
+        self._plans: dict[str, tuple[PlanEntry, ...]] = {}
         self._streams: dict[str, tuple[StreamStep, ...]] = {}
         self._triggers: dict[str, tuple[TriggerStep, ...]] = {}
         self._watchers: dict[str, tuple[TriggerStep, ...]] = {}
         mirrored = set()
         for var_id, var in topology.variables.items():
-            plan: list[tuple[str, Any, BinaryStep | BindToStep | None]] = []
+            plan: list[PlanEntry] = []
             streams: list[StreamStep] = []
             triggers: list[TriggerStep] = []
             watchers: list[TriggerStep] = []
@@ -100,7 +104,7 @@ class Propagation:
                 kind != _BIND for kind, _, _ in plan
             ):
                 mirrored.add(var_id)
-            self._plans[var_id] = plan
+            self._plans[var_id] = tuple(plan)
             self._streams[var_id] = tuple(streams)
             self._triggers[var_id] = tuple(triggers)
             self._watchers[var_id] = tuple(watchers)
@@ -120,32 +124,40 @@ class Propagation:
             return delta
         return to_provenance(var_id, delta)
 
-    def outputs(
+    def steps(self, var_id: str) -> tuple[PlanEntry, ...]:
+        """The operator steps and bindings fed by ``var_id``, for :meth:`output`."""
+        return self._plans[var_id]
+
+    def output(
         self,
-        var_id: str,
+        entry: PlanEntry,
         key: Hashable,
         delta: Lattice,
         pdelta: ProvenanceSet | None,
         lookup: ProvenanceLookup,
-    ) -> list[tuple[str, Lattice]]:
-        """``(output variable, delta)`` of every step fed by ``var_id`` growing by ``delta``
+    ) -> tuple[str, Lattice]:
+        """``(output variable, delta)`` of one step fed by a variable growing by ``delta``
         (``pdelta``: its provenance form, None when no set step reads it). Raises
         :class:`~lasp_streams.errors.StepError` when a user function fails."""
-        out: list[tuple[str, Lattice]] = []
-        for kind, op, step in self._plans[var_id]:
-            if kind == _UNARY:
-                assert pdelta is not None
-                out.append((op.step, op.apply(pdelta)))
-            elif kind == _BIND:
-                assert isinstance(step, BindToStep)
-                out.append((step.target, delta))
-            else:
-                assert pdelta is not None and isinstance(step, BinaryStep)
-                left = lookup(step.left, key)
-                right = lookup(step.right, key)
-                apply = op.left if kind == _LEFT else op.right
-                out.append((step.id, apply(pdelta, left, right)))
-        return out
+        kind, op, step = entry
+        if kind == _UNARY:
+            assert pdelta is not None
+            return op.step, op.apply(pdelta)
+        if kind == _BIND:
+            assert isinstance(step, BindToStep)
+            return step.target, delta
+        assert pdelta is not None and isinstance(step, BinaryStep)
+        apply = op.left if kind == _LEFT else op.right
+        return step.id, apply(pdelta, lookup(step.left, key), lookup(step.right, key))
+
+    @staticmethod
+    def step_id(entry: PlanEntry) -> str:
+        """The id of the step of a plan entry (for error messages)."""
+        kind, op, step = entry
+        if kind == _BIND:
+            assert step is not None
+            return step.id
+        return str(op.step)
 
     def streams(self, var_id: str) -> tuple[StreamStep, ...]:
         """The ``stream`` steps watching ``var_id``."""

@@ -11,11 +11,11 @@ disable, throughput, bytes per increment) and a PNG plot.
 from lasp_streams.demo.config import DemoConfig, Mode
 from lasp_streams.demo.local import ad_ids, run_local
 from lasp_streams.demo.plot import plot
-from lasp_streams.demo.summary import AdResult, BillingEvent, RunSummary, render
+from lasp_streams.demo.summary import AdResult, BilledAd, RunSummary, render
 
 __all__ = [
     "AdResult",
-    "BillingEvent",
+    "BilledAd",
     "DemoConfig",
     "Mode",
     "RunSummary",

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from lasp_streams.dataflow.events import TriggerEvent
 from lasp_streams.demo.config import DemoConfig
 from lasp_streams.demo.simulate import SimulatedClient, ad_ids, new_client, simulate
-from lasp_streams.demo.summary import AdResult, BillingEvent, RunSummary
+from lasp_streams.demo.summary import AdResult, BilledAd, RunSummary
 from lasp_streams.demo.topology import ad_counter
 from lasp_streams.server import LocalHub, RightsEscrow
 
@@ -35,7 +35,7 @@ async def run_local(cfg: DemoConfig, *, clock: Callable[[], float] = time.monoto
     mod = ad_counter()
     master = random.Random(cfg.seed)
     start = clock()
-    billing: list[BillingEvent] = []
+    billing: list[BilledAd] = []
     ads = [mod.Ad(f"{company}-{i}", company) for company in mod.COMPANIES for i in range(cfg.ads)]
     minimum = {ad.id: cfg.minimum_of(i) for i, ad in enumerate(ads)}
     company = {ad.id: ad.company for ad in ads}
@@ -44,7 +44,7 @@ async def run_local(cfg: DemoConfig, *, clock: Callable[[], float] = time.monoto
     def on_disable(event: TriggerEvent) -> None:
         ad = str(event.key)
         billing.append(
-            BillingEvent(
+            BilledAd(
                 event_id=event.event_id,
                 advertiser=company[ad],
                 ad=ad,

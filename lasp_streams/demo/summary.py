@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["AdResult", "BillingEvent", "RunSummary", "render"]
+__all__ = ["AdResult", "BilledAd", "RunSummary", "render"]
 
 
 @dataclass(frozen=True, slots=True)
-class BillingEvent:
-    """One billing event emitted by the trusted sink (``on_disable``)."""
+class BilledAd:
+    """One ad billed in a run: the sink's billing event (``event_id``, see
+    :class:`lasp_streams.records.BillingEvent`) with the ad's advertiser and price."""
 
     event_id: str
     advertiser: str
@@ -55,7 +56,7 @@ class RunSummary:
     mode: str
     clients: int
     ads: list[AdResult]
-    billing: list[BillingEvent]
+    billing: list[BilledAd]
     seconds: float
     run_seconds: float
     bytes_sent: int

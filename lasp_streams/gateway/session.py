@@ -25,25 +25,44 @@ import hmac
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 
 from lasp_streams.client.protocol import ProtocolError, mac, pack, unpack
+from lasp_streams.dataflow.topology import Topology
+from lasp_streams.gateway.batcher import Batcher
+from lasp_streams.gateway.config import GatewayConfig
+from lasp_streams.gateway.hearing import Hearing
+from lasp_streams.gateway.keys import KeyRing
+from lasp_streams.gateway.metrics import GatewayMetrics
 from lasp_streams.server.devices import check_flush, check_identifier
 
-if TYPE_CHECKING:
-    from lasp_streams.gateway.server import Gateway
-
-__all__ = ["Session"]
+__all__ = ["GatewaySide", "Session"]
 
 log = logging.getLogger(__name__)
+
+
+class GatewaySide(Protocol):
+    """What a session uses of its :class:`~lasp_streams.gateway.server.Gateway` (a protocol,
+    so that the gateway imports its sessions and not the other way round)."""
+
+    id: str
+    topology: Topology
+    readable: frozenset[str]
+    config: GatewayConfig
+    metrics: GatewayMetrics
+    hearing: Hearing
+    keyring: KeyRing
+    batcher: Batcher
+
+    def bind(self, session: Session) -> None: ...
 
 
 class Session:
     """See the module docstring."""
 
-    def __init__(self, gateway: Gateway, ws: web.WebSocketResponse) -> None:
+    def __init__(self, gateway: GatewaySide, ws: web.WebSocketResponse) -> None:
         self.gateway = gateway
         self.ws = ws
         self.nonce = secrets.token_bytes(16)

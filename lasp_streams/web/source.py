@@ -31,7 +31,7 @@ from lasp_streams.dataflow.steps import TriggerStep
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.threshold import Threshold
-from lasp_streams.runtime.kafka.crossing import BillingEvent
+from lasp_streams.records import BillingEvent
 from lasp_streams.runtime.kafka.dlq import parse_headers
 from lasp_streams.runtime.kafka.follower import VariableFollower
 from lasp_streams.runtime.kafka.reader import partitions_of
@@ -350,7 +350,9 @@ class KafkaStatusSource:
 
     def _states(self, var: str) -> Mapping[bytes, Lattice]:
         follower = self._followers.get(var)
-        return follower.states if follower is not None else {}
+        if follower is None:
+            return {}
+        return {codec.key_to_kafka(k) or b"": s for k, s in follower.states.items()}
 
     def snapshot(self) -> dict[str, Any]:
         return snapshot(

@@ -8,9 +8,10 @@ or against a running cluster with ``--bootstrap host:port``. It produces N codec
 single-entry GCounter deltas (K keys, A actors) once onto a fresh topic, then, for each variant
 and each run, consumes all N with a fresh consumer and joins them per key:
 
-- ``raw``: aiokafka ``getmany`` batches → :class:`PartitionJoiner` (decode, check, join); no
-  writes, no commits. The floor every other variant is compared to.
-- ``faust``: a faust-streaming agent, ``stream.take_events`` batches → the same joiner
+- ``raw``: aiokafka ``getmany`` batches → a :class:`ReplicaCore` per partition, configured
+  as the agent's (decode, check, join); no writes, no commits. The floor every other variant
+  is compared to.
+- ``faust``: a faust-streaming agent, ``stream.take_events`` batches → the same cores
   (keys come from the events); faust's own offset commits, no state writes.
 - ``agent``: the runtime's :class:`VariableAgent` alone: getmany → join → coalesced state writes
   to the state topic (acks=all) → commit; the full production path.
@@ -45,9 +46,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from lasp_streams import codec
+from lasp_streams.codec import key_from_kafka
 from lasp_streams.lattices.counters import GCounter
+from lasp_streams.runtime.core import ReplicaCore
 from lasp_streams.runtime.kafka.agent import VariableAgent
-from lasp_streams.runtime.kafka.joiner import PartitionJoiner
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import delta_topic, ensure_topics, plan_topics
 from lasp_streams.runtime.kafka.worker import VariablePlan, WorkerPlan, build_faust_app
@@ -109,8 +111,9 @@ async def produce(settings: KafkaSettings, topology: str, records: int, keys: in
         await producer.stop()
 
 
-def joiners(topology: str, partitions: int) -> dict[int, PartitionJoiner]:
-    return {p: PartitionJoiner(topology, VARIABLE, GCounter) for p in range(partitions)}
+def joiners(topology: str, partitions: int) -> dict[int, ReplicaCore]:
+    graph = VariableAgent.for_variable(KafkaSettings(), topology, VARIABLE, GCounter).graph
+    return {p: ReplicaCore(graph, streams=False, key_of=key_from_kafka) for p in range(partitions)}
 
 
 async def run_raw(settings: KafkaSettings, topology: str, records: int) -> float:
@@ -133,7 +136,7 @@ async def run_raw(settings: KafkaSettings, topology: str, records: int) -> float
             data = await consumer.getmany(timeout_ms=500, max_records=settings.max_batch_records)
             n = 0
             for tp, batch in data.items():
-                state[tp.partition].apply(batch)
+                state[tp.partition].apply_records([(VARIABLE, batch)])
                 n += len(batch)
             if n:
                 clock.batch(n)
@@ -172,7 +175,7 @@ async def run_faust(settings: KafkaSettings, topology: str, records: int, datadi
     clock = Clock(records)
 
     class _Rec:
-        __slots__ = ("key", "offset", "partition", "topic", "value")
+        __slots__ = ("headers", "key", "offset", "partition", "topic", "value")
 
     async def join(stream: Any) -> None:
         async for events in stream.take_events(settings.max_batch_records, within=0.2):
@@ -181,10 +184,10 @@ async def run_faust(settings: KafkaSettings, topology: str, records: int, datadi
                 msg = event.message
                 rec = _Rec()
                 rec.topic, rec.partition, rec.offset = msg.topic, msg.partition, msg.offset
-                rec.key, rec.value = msg.key, msg.value
+                rec.key, rec.value, rec.headers = msg.key, msg.value, ()
                 per_partition.setdefault(msg.partition, []).append(rec)
             for partition, batch in per_partition.items():
-                state[partition].apply(batch)
+                state[partition].apply_records([(VARIABLE, batch)])
             clock.batch(len(events))
 
     app.agent(topic, name="join")(join)
@@ -205,7 +208,7 @@ async def run_agent(
 ) -> float:
     settings = settings.with_changes(transactional_agents=transactional)
     clock = Clock(records)
-    agent = VariableAgent(
+    agent = VariableAgent.for_variable(
         settings, topology, VARIABLE, GCounter, group_id=f"bench-agent-{uuid.uuid4().hex[:8]}"
     )
     await agent.start()
@@ -224,7 +227,7 @@ async def run_agent_in_faust(
 ) -> float:
     """The agent as ``lasp-streams worker`` hosts it: a service of a faust App."""
     clock = Clock(records)
-    agent = VariableAgent(
+    agent = VariableAgent.for_variable(
         settings,
         topology,
         VARIABLE,

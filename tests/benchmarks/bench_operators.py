@@ -7,8 +7,8 @@ Run (against a local broker started and stopped by the script)::
 It produces N single-element AWSet add deltas (half to ``ka``, half to ``kb``, K keys) once,
 then per variant and run consumes all of them with a fresh consumer group:
 
-- ``raw``: aiokafka ``getmany`` → :class:`PartitionJoiner` per input (decode, join); no
-  propagation, no writes, no commits. The floor.
+- ``raw``: aiokafka ``getmany`` → a :class:`ReplicaCore` of one AWSet variable per input
+  partition (decode, join); no propagation, no writes, no commits. The floor.
 - ``keyed-ops``: the :class:`OperatorAgent` of a keyed topology — ``kmap = map(ka)``,
   ``kf = filter(kmap)``, ``ki = intersection(ka, kb)``, ``ku = union(ka, kb)`` — per batch:
   join inputs, mirror, propagate every grown key's batch delta through the four steps, then one
@@ -37,9 +37,10 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from lasp_streams import codec
+from lasp_streams.codec import key_from_kafka
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.awset import AWSet
-from lasp_streams.runtime.kafka.joiner import PartitionJoiner
+from lasp_streams.runtime.core import ReplicaCore
 from lasp_streams.runtime.kafka.operators import OperatorAgent
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import delta_topic, ensure_topics, plan_topics
@@ -108,7 +109,9 @@ async def run_raw(settings: KafkaSettings, topo: Topology, records: int) -> floa
         ]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        joiners = {tp: PartitionJoiner(topo.name, "x", AWSet) for tp in tps}
+        alone = Topology(topo.name)
+        alone.declare("x", AWSet, keyed=True)
+        joiners = {tp: ReplicaCore(alone, streams=False, key_of=key_from_kafka) for tp in tps}
         return await _timed(records, lambda: _raw_batch(consumer, joiners, settings))
     finally:
         await consumer.stop()
@@ -118,7 +121,7 @@ async def _raw_batch(consumer: AIOKafkaConsumer, joiners: dict, settings: KafkaS
     data = await consumer.getmany(timeout_ms=500, max_records=settings.max_batch_records)
     n = 0
     for tp, batch in data.items():
-        joiners[tp].apply(batch)
+        joiners[tp].apply_records([("x", batch)])
         n += len(batch)
     return n
 

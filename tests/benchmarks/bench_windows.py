@@ -7,7 +7,7 @@ Run::
 Encodes N deltas once — per record one client increments one of K keys' windowed GCounter
 (tumbling 60, grace 5) at an event time that advances by about one unit per record per key, 2 %
 of them 30 units in the past (some late) — then, per variant and run, joins them all with a
-fresh :class:`PartitionJoiner` in batches of 2,000 records:
+fresh :class:`ReplicaCore` configured as a variable agent's, in batches of 2,000 records:
 
 - ``windowed+gate``: what a windowed variable's agent does (decode, admit: split off late parts,
   join, advance the watermark, collect closed windows).
@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lasp_streams import codec
-from lasp_streams.dataflow.windows import Windowed, WindowSpec
+from lasp_streams.codec import key_from_kafka
+from lasp_streams.dataflow.topology import Topology
+from lasp_streams.dataflow.windows import Windowed
 from lasp_streams.lattices.counters import GCounter
-from lasp_streams.runtime.kafka.joiner import PartitionJoiner
-from lasp_streams.runtime.kafka.windows import WindowGate
+from lasp_streams.runtime.core import ReplicaCore
 
 REPORT = Path(__file__).parent / "reports" / "windows.md"
 BATCH = 2_000
@@ -44,6 +45,7 @@ class Rec:
     offset: int
     key: bytes
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def make(n: int, keys: int, seed: int = 1) -> tuple[list[Rec], list[Rec]]:
@@ -63,12 +65,22 @@ def make(n: int, keys: int, seed: int = 1) -> tuple[list[Rec], list[Rec]]:
     return windowed, plain
 
 
-def run(records: list[Rec], spec: object, gate: WindowGate | None) -> tuple[float, int, int]:
-    joiner = PartitionJoiner("bench", "w", spec, gate=gate)  # type: ignore[arg-type]
+def topology(kind: str) -> Topology:
+    """One keyed variable "w": a window step (gated), a plain Windowed lattice, a GCounter."""
+    topo = Topology("bench")
+    if kind == "gate":
+        topo.window("w", GCounter, size=60, grace=5, keyed=True)
+    else:
+        topo.declare("w", Windowed(GCounter, 60) if kind == "windowed" else GCounter, keyed=True)
+    return topo
+
+
+def run(records: list[Rec], topo: Topology) -> tuple[float, int, int]:
+    core = ReplicaCore(topo, streams=False, key_of=key_from_kafka)
     closed = late = 0
     started = time.perf_counter()
     for i in range(0, len(records), BATCH):
-        outcome = joiner.apply(records[i : i + BATCH])
+        outcome = core.apply_records([("w", records[i : i + BATCH])])
         closed += len(outcome.closed)
         late += len(outcome.dead)
     return len(records) / (time.perf_counter() - started), closed, late
@@ -81,11 +93,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     windowed, plain = make(args.records, args.keys)
-    proto = Windowed(GCounter, 60)
     variants = {
-        "windowed+gate": lambda: run(windowed, proto, WindowGate("w", WindowSpec(60, 60, 5))),
-        "windowed, no gate": lambda: run(windowed, proto, None),
-        "gcounter": lambda: run(plain, GCounter, None),
+        "windowed+gate": lambda: run(windowed, topology("gate")),
+        "windowed, no gate": lambda: run(windowed, topology("windowed")),
+        "gcounter": lambda: run(plain, topology("gcounter")),
     }
     rows = []
     for name, fn in variants.items():

@@ -86,7 +86,7 @@ async def test_edge_clients_over_kafka(
     published = server.state("ads_with_contracts")
     await produce(settings, awc_topic, published)
 
-    agent = VariableAgent(settings, name, "impressions", GCounter)
+    agent = VariableAgent.for_variable(settings, name, "impressions", GCounter)
     await agent.start()
     transports = [KafkaTransport(settings, name, f"phone-{i}") for i in range(2)]
     for t in transports:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 
 import msgpack
 import pytest
@@ -12,15 +12,25 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from lasp_streams import codec
+from lasp_streams.dataflow.events import StateView
+from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.counters import GCounter, PNCounter
 from lasp_streams.lattices.registers import IVar
+from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.metrics import Metrics
+from lasp_streams.records import Crossing
 from lasp_streams.runtime.kafka.agent import VariableAgent
 from lasp_streams.runtime.kafka.dlq import parse_headers
 from lasp_streams.runtime.kafka.reader import read_all
 from lasp_streams.runtime.kafka.settings import KafkaSettings
-from lasp_streams.runtime.kafka.topics import delta_topic, dlq_topic, ensure_topics, plan_topics
+from lasp_streams.runtime.kafka.topics import (
+    crossings_topic,
+    delta_topic,
+    dlq_topic,
+    ensure_topics,
+    plan_topics,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +60,9 @@ BAD: list[tuple[bytes, bytes, str, str]] = [
 ]
 
 
-def refuse_mallory(key: bytes, delta: Lattice) -> str | None:
+def refuse_mallory(
+    key: Hashable, headers: Sequence[tuple[str, bytes]], delta: Lattice
+) -> str | None:
     """A validator: untrusted client 'mallory' may not write (stands for 'only your own
     actor's entries')."""
     actors = delta.to_wire()
@@ -81,8 +93,8 @@ async def test_bad_records_go_to_the_dlq_with_reasons_and_good_ones_are_applied(
         await producer.stop()
 
     registry = CollectorRegistry()
-    agent = VariableAgent(
-        settings, topo, VAR, GCounter, validate=refuse_mallory, metrics=Metrics(registry)
+    agent = VariableAgent.for_variable(
+        settings, topo, VAR, GCounter, validator=refuse_mallory, metrics=Metrics(registry)
     )
     await agent.start()
     try:
@@ -148,7 +160,7 @@ async def test_a_delta_that_cannot_be_joined_is_dead_lettered_and_the_state_kept
             )
     finally:
         await producer.stop()
-    agent = VariableAgent(settings, topo, "winner", IVar)
+    agent = VariableAgent.for_variable(settings, topo, "winner", IVar)
     await agent.start()
     try:
         seen = 0
@@ -163,3 +175,59 @@ async def test_a_delta_that_cannot_be_joined_is_dead_lettered_and_the_state_kept
     dead = await read_all(settings, dlq_topic(topo))
     assert [parse_headers(r.headers)["reason"] for r in dead] == ["invariant"]
     assert codec.decode(dead[0].value) == second
+
+
+class _NoContracts:
+    """A view for per-key threshold functions (stands for the broadcast followers)."""
+
+    def query(self, var: object, key: Hashable = None) -> object:
+        return frozenset()
+
+
+def poisoned_limit(key: Hashable, view: StateView) -> Threshold | None:
+    if key == "ad-poison":
+        raise KeyError(f"no contract for {key}")
+    return Threshold.value(2)
+
+
+async def test_a_raising_threshold_function_dead_letters_the_record_and_the_agent_goes_on(
+    bootstrap_servers: str, unique_topic: Callable[..., str]
+) -> None:
+    topo = unique_topic("topo")
+    settings = KafkaSettings(bootstrap_servers=bootstrap_servers, delta_partitions=1)
+    await ensure_topics(settings, plan_topics(topo, [VAR], settings))
+    graph = Topology(topo)
+    hits = graph.declare(VAR, GCounter, keyed=True)
+    graph.trigger("bill", hits, poisoned_limit, action=print)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
+    await producer.start()
+    try:
+        for i, key in enumerate([b"ad-poison", b"ad-1", b"ad-poison", b"ad-2"]):
+            await (await producer.send(delta_topic(topo, VAR), key=key, value=good(f"c{i}", 3)))
+    finally:
+        await producer.stop()
+    registry = CollectorRegistry()
+    agent = VariableAgent(settings, graph, VAR, view=_NoContracts(), metrics=Metrics(registry))
+    await agent.start()
+    try:
+        seen = 0
+        deadline = asyncio.get_running_loop().time() + 60
+        while seen < 4:
+            assert asyncio.get_running_loop().time() < deadline, f"read only {seen} records"
+            seen += await agent.step()
+        states = {key: state.value() for key, state in agent.states().items()}
+    finally:
+        await agent.stop()
+    # Merged like every record (as the LocalRuntime does); only the trigger's step failed.
+    assert states == {b"ad-poison": 6, b"ad-1": 3, b"ad-2": 3}
+    crossings = [Crossing.decode(r.value) for r in await read_all(settings, crossings_topic(topo))]
+    assert sorted(c.key for c in crossings) == [b"ad-1", b"ad-2"]
+    dead = await read_all(settings, dlq_topic(topo))
+    assert dead and {r.key for r in dead} == {b"ad-poison"}
+    headers = parse_headers(dead[0].headers)
+    assert headers["reason"] == "step"
+    assert "trigger step 'bill'" in headers["error"] and "KeyError" in headers["error"]
+    counted = registry.get_sample_value(
+        "lasp_records_dead_lettered_total", {"variable": VAR, "reason": "step"}
+    )
+    assert counted == len(dead)

@@ -1,24 +1,28 @@
-"""Pure parts of the Kafka runtime's operator support (no broker): the joiner's per-key batch
-deltas, record validation and per-key rechecks; crossings carrying state; the single-owner
-assignor; the worker plan's refusals and description."""
+"""Pure parts of the Kafka runtime (no broker): the replica core as a Kafka agent configures it
+(raw Kafka keys, record validators, per-key rechecks, crossings carrying state), the single-owner
+assignor, the worker plan's refusals and description."""
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import pytest
 
 from lasp_streams import codec
+from lasp_streams.codec import key_from_kafka
+from lasp_streams.dataflow.events import StateView
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.errors import InvalidTopology
 from lasp_streams.lattices.awset import AWSet
 from lasp_streams.lattices.counters import GCounter
 from lasp_streams.lattices.threshold import Threshold
-from lasp_streams.runtime.kafka.crossing import BillingEvent, Crossing, TriggerSpec
-from lasp_streams.runtime.kafka.joiner import PartitionJoiner
+from lasp_streams.records import BillingEvent, Crossed, Crossing
+from lasp_streams.runtime.core import ReplicaCore
 from lasp_streams.runtime.kafka.operators import SingleOwnerAssignor
-from lasp_streams.runtime.kafka.worker import plan_worker
+from lasp_streams.runtime.kafka.outbox import outbox
+from lasp_streams.runtime.kafka.plan import plan_worker
 from lasp_streams.server.validate import record_delta_problem
 from topologies.ad_counter import build
 
@@ -39,54 +43,91 @@ def counter(actor: str, n: int) -> bytes:
     return codec.encode(delta)
 
 
+def agent_core(topo: Topology, **kw: object) -> ReplicaCore:
+    """A core configured as a VariableAgent configures one partition's."""
+    return ReplicaCore(topo, name="t", streams=False, key_of=key_from_kafka, **kw)  # type: ignore[arg-type]
+
+
+def summed(name: str = "t") -> tuple[Topology, ReplicaCore]:
+    topo = Topology(name)
+    v = topo.declare("v", GCounter, keyed=True)
+    out = topo.declare("out", GCounter, keyed=True)
+    topo.bind_to("follow", out, v)
+    return topo, agent_core(topo, owns=["v"])
+
+
 def test_batch_deltas_are_the_join_of_the_deltas_that_grew_each_key() -> None:
-    joiner = PartitionJoiner("t", "v", GCounter, track_deltas=True)
-    out = joiner.apply([Rec(b"k", counter("a", 2), 0), Rec(b"k", counter("b", 3), 1)])
-    assert out.deltas[b"k"].value() == 5
+    _, core = summed()
+    out = core.apply_records(
+        [("v", [Rec(b"k", counter("a", 2), 0), Rec(b"k", counter("b", 3), 1)])]
+    )
+    # One forwarded delta for the key however many of its records the batch held.
+    assert [(var, key, d.value()) for var, key, d in out.forwards] == [("out", "k", 5)]
     # A redelivered record changes nothing, so it propagates nothing.
-    again = joiner.apply([Rec(b"k", counter("a", 2), 2)])
-    assert again.deltas == {} and again.changed == {}
-    # The batch delta is not the state object: later joins do not leak into it.
-    assert out.deltas[b"k"] is not joiner.state(b"k")
+    again = core.apply_records([("v", [Rec(b"k", counter("a", 2), 2)])])
+    assert again.forwards == [] and again.changed == {}
+    # The forwarded delta is not the state object: later joins do not leak into it.
+    assert out.forwards[0][2] is not core.state("v", "k")
 
 
 def test_records_failing_the_client_check_are_dead_lettered() -> None:
-    joiner = PartitionJoiner("t", "v", GCounter, validate_record=record_delta_problem)
-    out = joiner.apply(
+    topo = Topology("t")
+    topo.declare("v", GCounter, keyed=True)
+
+    def check(key: Hashable, headers: list[tuple[str, bytes]], delta: object) -> str | None:
+        return record_delta_problem(headers, delta)  # type: ignore[arg-type]
+
+    core = agent_core(topo, validators={"v": check})
+    out = core.apply_records(
         [
-            Rec(b"k", counter("victim", 9), 0, [("lasp.actor", b"mallory")]),
-            Rec(b"k", counter("mallory", 1), 1),  # no header
-            Rec(b"k", counter("mallory", 4), 2, [("lasp.actor", b"mallory")]),
+            (
+                "v",
+                [
+                    Rec(b"k", counter("victim", 9), 0, [("lasp.actor", b"mallory")]),
+                    Rec(b"k", counter("mallory", 1), 1),  # no header
+                    Rec(b"k", counter("mallory", 4), 2, [("lasp.actor", b"mallory")]),
+                ],
+            )
         ]
     )
-    assert [d.reason for d in out.dead] == ["validation", "validation"]
-    assert joiner.state(b"k").value() == 4  # type: ignore[union-attr]
+    assert [(d.reason, d.offset, d.key) for d in out.dead] == [
+        ("validation", 0, b"k"),
+        ("validation", 1, b"k"),
+    ]
+    assert core.state("v", "k").value() == 4  # type: ignore[union-attr]
 
 
 def test_per_key_thresholds_are_rechecked_when_they_become_known() -> None:
-    limits: dict[bytes, int] = {}
+    limits: dict[Hashable, int] = {}
 
-    def met(key: bytes, state: object) -> bool:
-        return key in limits and state.value() >= limits[key]  # type: ignore[attr-defined]
+    def limit(key: Hashable, view: StateView) -> Threshold | None:
+        return Threshold.value(limits[key]) if key in limits else None
 
-    spec = TriggerSpec("bill", lambda s: False, "per key", met, carry_state=True)
-    joiner = PartitionJoiner("t", "v", GCounter, triggers=[spec])
-    out = joiner.apply([Rec(b"a", counter("x", 10), 0), Rec(b"b", counter("x", 3), 1)])
-    assert out.crossings == []  # no limit known yet
-    limits.update({b"a": 5, b"b": 5})
-    crossings = joiner.recheck()
-    assert [c.key for c in crossings] == [b"a"]
-    assert codec.decode(crossings[0].state).value() == 10  # type: ignore[arg-type]
-    assert joiner.recheck() == []  # once per key
+    topo = Topology("t")
+    v = topo.declare("v", GCounter, keyed=True)
+    topo.trigger("bill", v, limit, action=print)
+    core = agent_core(topo)
+    out = core.apply_records(
+        [("v", [Rec(b"a", counter("x", 10), 0), Rec(b"b", counter("x", 3), 1)])]
+    )
+    assert out.firings == []  # no limit known yet
+    limits.update({"a": 5, "b": 5})
+    rechecked = core.recheck()
+    assert [f.key for f in rechecked.firings] == ["a"]  # the variable key, str
+    box = outbox("t", rechecked, 0)
+    crossing = Crossing.decode(box.first[0].value)  # type: ignore[arg-type]
+    assert crossing.key == b"a" and crossing.threshold == Crossed("value", 5)
+    assert codec.decode(crossing.state).value() == 10  # type: ignore[arg-type]
+    assert core.recheck().firings == []  # once per key
 
 
 def test_crossings_and_billing_events_carry_the_state_through_the_wire() -> None:
-    crossing = Crossing("t", "v", "bill", b"k", 7, "≥ 5", counter("x", 7))
+    crossing = Crossing("t", "v", "bill", b"k", 7, Crossed("value", 5), counter("x", 7))
     decoded = Crossing.decode(crossing.encode())
     assert decoded == crossing
     event = BillingEvent.decode(BillingEvent.from_crossing(decoded).encode())
-    assert event.state == crossing.state
-    plain = Crossing("t", "v", "bill", b"k", 7, "≥ 5")
+    assert event.state == crossing.state and event.threshold.n == 5
+    plain = Crossing("t", "v", "bill", b"k", 7, Crossed("value", 5))
     assert Crossing.decode(plain.encode()).state is None
 
 

@@ -18,12 +18,14 @@ from lasp_streams.dataflow.windows import LateDelta, WindowClosed, Windowed, Win
 from lasp_streams.errors import InvalidTopology
 from lasp_streams.lattices.counters import GCounter
 from lasp_streams.metrics import Metrics
+from lasp_streams.records import ClosedWindow
+from lasp_streams.runtime.core import WindowGate
 from lasp_streams.runtime.kafka.dlq import parse_headers
 from lasp_streams.runtime.kafka.reader import read_all
 from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import closed_topic, delta_topic, dlq_topic, state_topic
-from lasp_streams.runtime.kafka.windows import ClosedWindow, WindowGate, read_closed_windows
+from lasp_streams.runtime.kafka.windows import read_closed_windows
 from lasp_streams.runtime.kafka.worker import load_topology, plan_worker
 
 
@@ -50,19 +52,21 @@ def test_the_gate_closes_by_event_time_and_splits_late_parts() -> None:
     gate = WindowGate("w", WindowSpec(10, 10, 2))
     state = Windowed(GCounter, 10)
     first = state.record("a", 3, "increment", 1)
-    assert gate.admit(b"k", None, first) == (first, ())
-    assert gate.advance(b"k", state) == []
+    assert gate.admit("k", None, first) == (first, None)
+    assert gate.advance("k", state) == []
     state.record("a", 12, "increment", 1)  # watermark 10: window 0 closes
-    closed = gate.advance(b"k", state)
+    closed = gate.advance("k", state)
     assert [(c.start, c.end, c.value) for c in closed] == [(0, 10, 1)]
     late = Windowed(GCounter, 10).record("b", 4, "increment", 5)
-    joined, starts = gate.admit(b"k", state, late)
-    assert starts == (0,) and not joined.windows()
-    assert gate.admit(b"k", state, first)[1] == ()  # a duplicate changes nothing: not late
+    joined, late_part = gate.admit("k", state, late)
+    assert late_part is not None and sorted(late_part.windows()) == [0]
+    assert not joined.windows()
+    assert gate.admit("k", state, first)[1] is None  # a duplicate changes nothing: not late
     recovered = WindowGate("w", WindowSpec(10, 10, 2))
-    recovered.load(b"k", state)  # closed by the transaction that wrote the state: not again
-    assert recovered.advance(b"k", state) == []
-    assert ClosedWindow.decode(closed[0].encode()) == closed[0]
+    recovered.load("k", state)  # closed by the transaction that wrote the state: not again
+    assert recovered.advance("k", state) == []
+    record = ClosedWindow("w", b"k", closed[0].start, closed[0].end, closed[0].state)
+    assert ClosedWindow.decode(record.encode()) == record
 
 
 def test_the_plan_runs_windows_and_refuses_clocks_and_callbacks_by_name() -> None:

@@ -141,7 +141,7 @@ async def test_prometheus_counts_applied_and_dead_lettered_records_of_a_real_age
     finally:
         await producer.stop()
 
-    agent = VariableAgent(settings, topo, VAR, GCounter, metrics=metrics)
+    agent = VariableAgent.for_variable(settings, topo, VAR, GCounter, metrics=metrics)
     await agent.start()
     try:
         seen = 0

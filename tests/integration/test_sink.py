@@ -19,7 +19,7 @@ from lasp_streams.lattices.awset import AWSet
 from lasp_streams.lattices.counters import GCounter
 from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.metrics import Metrics
-from lasp_streams.runtime.kafka.crossing import BillingEvent, Crossing, event_id
+from lasp_streams.records import BillingEvent, Crossed, Crossing, event_id
 from lasp_streams.runtime.kafka.dlq import parse_headers
 from lasp_streams.runtime.kafka.reader import (
     committed_offsets,
@@ -56,7 +56,7 @@ async def publish_crossings(
     await producer.start()
     try:
         for i, key in enumerate(keys):
-            crossing = Crossing(topo, "impressions", "bill", key, value + i, "Threshold.value(100)")
+            crossing = Crossing(topo, "impressions", "bill", key, value + i, Crossed("value", 100))
             partition = i % settings.delta_partitions
             await producer.send(
                 crossings_topic(topo), key=key, value=crossing.encode(), partition=partition
@@ -133,7 +133,7 @@ async def test_a_second_sink_with_the_same_identity_fences_the_first(
     identity = TrustedSink(settings, topo).transactional_id(0)
     zombie = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, transactional_id=identity)
     await zombie.start()
-    ghost = BillingEvent("ghost", topo, "impressions", "bill", b"ghost", 0, "")
+    ghost = BillingEvent(topo, "impressions", "bill", b"ghost", 0, Crossed("value", 0))
     await zombie.begin_transaction()
     await zombie.send_and_wait(billing_topic(topo), key=b"ghost", value=ghost.encode())
 
@@ -267,17 +267,22 @@ def test_steps_the_kafka_runtime_cannot_run_yet_are_refused_by_name() -> None:
 
 
 def test_crossing_and_billing_records_round_trip_and_refuse_malformed_bytes() -> None:
-    crossing = Crossing("ads", "impressions", "bill", b"ad-1", 50_001, "Threshold.value(50000)")
+    crossing = Crossing("ads", "impressions", "bill", b"ad-1", 50_001, Crossed("value", 50_000))
     assert Crossing.decode(crossing.encode()) == crossing
     event = BillingEvent.from_crossing(crossing)
     assert BillingEvent.decode(event.encode()) == event
+    # The billing event records the crossed threshold's number, not a description.
+    assert event.threshold.n == 50_000 and event.threshold.threshold() == Threshold.value(50_000)
     assert event.event_id == event_id("ads", "bill", b"ad-1") != event_id("ads", "bill", b"ad-2")
     malformed = [
         b"\xc1",
         msgpack.packb([1, 2]),
         msgpack.packb({"v": 2}),
-        msgpack.packb({"v": 1, "topology": "ads", "variable": "x", "trigger": 3, "key": b"k"}),
-        b"\x00" * 70_000,
+        msgpack.packb(["xing", 1, ["ads", "x", 3, b"k", 1, ["value", 5, False], None]]),
+        msgpack.packb(["xing", 1, ["ads", "x", "t", b"k", 1, ["value", "5", False], None]]),
+        msgpack.packb(["bill", 1, ["ads", "x", "t", b"k", 1, ["value", 5, False], None]]),
+        msgpack.packb(["xing", 2, ["ads", "x", "t", b"k", 1, ["value", 5, False], None]]),
+        b"\x00" * (2 * 1024 * 1024),
     ]
     for raw in malformed:
         with pytest.raises(DecodeError):

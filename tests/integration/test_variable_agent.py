@@ -22,14 +22,15 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from lasp_streams import codec
+from lasp_streams.codec import key_from_kafka
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.errors import InvalidTopology
 from lasp_streams.lattices.counters import GCounter
 from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.metrics import Metrics
+from lasp_streams.records import Crossing
+from lasp_streams.runtime.core import Effects, ReplicaCore
 from lasp_streams.runtime.kafka.agent import VariableAgent
-from lasp_streams.runtime.kafka.crossing import Crossing, TriggerSpec
-from lasp_streams.runtime.kafka.joiner import BatchOutcome, PartitionJoiner
 from lasp_streams.runtime.kafka.reader import committed_offsets, end_offsets, read_all
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import (
@@ -57,6 +58,15 @@ def deltas(rounds: int, start: int = 0) -> list[tuple[bytes, bytes]]:
                 delta.increment(actor, r + 1)
                 out.append((key, codec.encode(delta)))
     return out
+
+
+def one_variable(name: str, threshold: Threshold | None = None) -> Topology:
+    """The topology of these tests: one keyed counter, optionally with a trigger "enough"."""
+    topo = Topology(name)
+    var = topo.declare(VAR, GCounter, keyed=True)
+    if threshold is not None:
+        topo.trigger("enough", var, threshold, action=print)
+    return topo
 
 
 def expected(rounds: int) -> int:
@@ -116,7 +126,7 @@ async def test_duplicated_shuffled_deltas_from_several_producers_join_to_one_sta
     thirds = [records[i::3] for i in range(3)]
     await asyncio.gather(*(publish(settings, delta_topic(topo, VAR), part) for part in thirds))
 
-    agent = VariableAgent(settings, topo, VAR, GCounter)
+    agent = VariableAgent(settings, one_variable(topo), VAR)
     await agent.start()
     try:
         await drain(agent, len(records))
@@ -136,7 +146,7 @@ async def test_states_are_coalesced_and_offsets_committed_after_they_are_written
     records = deltas(10)
     await publish(settings, delta_topic(topo, VAR), records)
     registry = CollectorRegistry()
-    agent = VariableAgent(settings, topo, VAR, GCounter, metrics=Metrics(registry))
+    agent = VariableAgent(settings, one_variable(topo), VAR, metrics=Metrics(registry))
     await agent.start()
     try:
         await drain(agent, len(records))
@@ -169,7 +179,7 @@ async def test_restart_recovers_from_the_state_topic_plus_the_delta_tail(
     settings, topo = await topology(bootstrap_servers, unique_topic, transactional)
     first, second = deltas(4), deltas(3, start=4)
     await publish(settings, delta_topic(topo, VAR), first)
-    agent = VariableAgent(settings, topo, VAR, GCounter)
+    agent = VariableAgent(settings, one_variable(topo), VAR)
     await agent.start()
     try:
         await drain(agent, len(first))
@@ -178,7 +188,7 @@ async def test_restart_recovers_from_the_state_topic_plus_the_delta_tail(
 
     await publish(settings, delta_topic(topo, VAR), second)
     registry = CollectorRegistry()
-    restarted = VariableAgent(settings, topo, VAR, GCounter, metrics=Metrics(registry))
+    restarted = VariableAgent(settings, one_variable(topo), VAR, metrics=Metrics(registry))
     await restarted.start()
     try:
         read = await drain(restarted, len(second))
@@ -198,10 +208,10 @@ async def test_a_crossing_per_key_and_again_after_recovery_with_the_same_event_i
     bootstrap_servers: str, unique_topic: Callable[..., str], transactional: bool
 ) -> None:
     settings, topo = await topology(bootstrap_servers, unique_topic, transactional)
-    trigger = TriggerSpec.from_threshold("enough", Threshold.value(expected(3)))
+    threshold = Threshold.value(expected(3))
     records = deltas(5)
     await publish(settings, delta_topic(topo, VAR), records)
-    agent = VariableAgent(settings, topo, VAR, GCounter, triggers=[trigger])
+    agent = VariableAgent(settings, one_variable(topo, threshold), VAR)
     await agent.start()
     try:
         await drain(agent, len(records))
@@ -214,7 +224,7 @@ async def test_a_crossing_per_key_and_again_after_recovery_with_the_same_event_i
     assert sorted(c.key for c in crossings) == sorted(KEYS)  # once per key in one run
     assert all(c.value >= expected(3) and c.trigger == "enough" for c in crossings)
 
-    again = VariableAgent(settings, topo, VAR, GCounter, triggers=[trigger])
+    again = VariableAgent(settings, one_variable(topo, threshold), VAR)
     await again.start()
     try:
         await again.step()
@@ -237,10 +247,10 @@ async def test_a_key_below_the_threshold_does_not_cross(
     bootstrap_servers: str, unique_topic: Callable[..., str], transactional: bool
 ) -> None:
     settings, topo = await topology(bootstrap_servers, unique_topic, transactional)
-    trigger = TriggerSpec.from_threshold("enough", Threshold.value(expected(3), strict=True))
+    threshold = Threshold.value(expected(3), strict=True)
     records = deltas(3)  # value == threshold: the strict form is not met
     await publish(settings, delta_topic(topo, VAR), records)
-    agent = VariableAgent(settings, topo, VAR, GCounter, triggers=[trigger])
+    agent = VariableAgent(settings, one_variable(topo, threshold), VAR)
     await agent.start()
     try:
         await drain(agent, len(records))
@@ -249,7 +259,7 @@ async def test_a_key_below_the_threshold_does_not_cross(
     assert await read_all(settings, crossings_topic(topo), read_committed=True) == []
 
 
-# -- the pure joiner (no broker) --------------------------------------------------------------
+# -- the agent's core (no broker) -------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -259,60 +269,68 @@ class FakeRecord:
     offset: int = 0
     partition: int = 0
     topic: str = "t.impressions.deltas"
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
-def as_records(pairs: list[tuple[bytes, bytes]]) -> list[FakeRecord]:
-    return [FakeRecord(k, v, offset=i) for i, (k, v) in enumerate(pairs)]
+def as_records(pairs: list[tuple[bytes, bytes]]) -> list[tuple[str, list[FakeRecord]]]:
+    return [(VAR, [FakeRecord(k, v, offset=i) for i, (k, v) in enumerate(pairs)])]
+
+
+def agent_core(threshold: Threshold | None = None, **kw: Any) -> ReplicaCore:
+    """A core as a VariableAgent builds one for a partition."""
+    return ReplicaCore(one_variable("t", threshold), streams=False, key_of=key_from_kafka, **kw)
+
+
+def values(core: ReplicaCore) -> dict[bytes, int]:
+    return {str(k).encode(): s.value() for k, s in core.states[VAR].items()}
 
 
 @hypothesis_settings(max_examples=40, deadline=None)
 @given(st.data())
-def test_joiner_state_is_independent_of_order_duplicates_and_batching(data: st.DataObject) -> None:
+def test_core_state_is_independent_of_order_duplicates_and_batching(data: st.DataObject) -> None:
     pairs = deltas(3)
     shuffled = data.draw(st.permutations(pairs + pairs[: len(pairs) // 2]))
     cut = data.draw(st.integers(0, len(shuffled)))
-    joiner = PartitionJoiner("t", VAR, GCounter)
-    joiner.apply(as_records(shuffled[:cut]))
-    joiner.apply(as_records(shuffled[cut:]))
-    assert {k: s.value() for k, s in joiner.states.items()} == {k: expected(3) for k in KEYS}
+    core = agent_core()
+    core.apply_records(as_records(shuffled[:cut]))
+    core.apply_records(as_records(shuffled[cut:]))
+    assert values(core) == {k: expected(3) for k in KEYS}
 
 
-def test_joiner_coalesces_and_reports_only_strict_growth() -> None:
-    joiner = PartitionJoiner("t", VAR, GCounter)
-    first = joiner.apply(as_records(deltas(2)))
-    assert set(first.changed) == set(KEYS)  # one state per key, however many deltas
+def test_core_coalesces_and_reports_only_strict_growth() -> None:
+    core = agent_core()
+    first = core.apply_records(as_records(deltas(2)))
+    assert len(first.changed[VAR]) == len(KEYS)  # one state per key, however many deltas
     assert first.applied == len(deltas(2))
-    again = joiner.apply(as_records(deltas(2)))  # redelivery
+    again = core.apply_records(as_records(deltas(2)))  # redelivery
     assert again.changed == {} and again.applied == len(deltas(2))
 
 
-def test_joiner_fires_a_trigger_once_per_key_and_again_only_on_recovery() -> None:
-    trigger = TriggerSpec.from_threshold("enough", Threshold.value(expected(1)))
-    joiner = PartitionJoiner("t", VAR, GCounter, triggers=[trigger])
-    fired = joiner.apply(as_records(deltas(1))).crossings
-    assert sorted(c.key for c in fired) == sorted(KEYS)
-    assert joiner.apply(as_records(deltas(2, start=1))).crossings == []
-    recovered = PartitionJoiner("t", VAR, GCounter, triggers=[trigger])
-    state = joiner.state(KEYS[0])
+def test_core_fires_a_trigger_once_per_key_and_again_only_on_recovery() -> None:
+    threshold = Threshold.value(expected(1))
+    core = agent_core(threshold)
+    fired = core.apply_records(as_records(deltas(1))).firings
+    assert sorted(f.key for f in fired) == sorted(k.decode() for k in KEYS)
+    assert core.apply_records(as_records(deltas(2, start=1))).firings == []
+    recovered = agent_core(threshold)
+    key = KEYS[0].decode()
+    state = core.state(VAR, key)
     assert state is not None
-    assert [c.key for c in recovered.load(KEYS[0], state.copy())] == [KEYS[0]]
+    assert [f.key for f in recovered.load([(VAR, key, state.copy())]).firings] == [key]
 
 
-def test_joiner_sets_aside_what_a_broken_decoder_or_validator_raises() -> None:
-    def broken_decode(raw: bytes) -> GCounter:
-        raise KeyError("bug")
-
-    def broken_validate(key: bytes, delta: object) -> str | None:
+def test_core_sets_aside_what_a_broken_validator_raises() -> None:
+    def broken_validate(key: object, headers: object, delta: object) -> str | None:
         raise RuntimeError("validator bug")
 
     records = as_records(deltas(1)[:2])
-    out = PartitionJoiner("t", VAR, GCounter, decode=broken_decode).apply(records)
-    assert [d.reason for d in out.dead] == ["decode", "decode"]
-    assert "decoder raised KeyError" in out.dead[0].error
-    out = PartitionJoiner("t", VAR, GCounter, validate=broken_validate).apply(records)
+    out = agent_core(validators={VAR: broken_validate}).apply_records(records)
     assert [d.reason for d in out.dead] == ["validation", "validation"]
     assert "validator bug" in out.dead[0].error
     assert out.changed == {}
+    garbage = [(VAR, [FakeRecord(b"k", b"\xc1garbage"), FakeRecord(b"k", None, offset=1)])]
+    out = agent_core().apply_records(garbage)
+    assert [(d.reason, d.offset) for d in out.dead] == [("decode", 0), ("decode", 1)]
 
 
 @pytest.mark.integration
@@ -328,12 +346,12 @@ async def test_the_agent_runs_as_a_service_of_a_faust_app(
     done = asyncio.Event()
     seen: list[int] = []
 
-    def on_batch(_partition: int, outcome: BatchOutcome) -> None:
+    def on_batch(_partition: int, outcome: Effects) -> None:
         seen.append(outcome.applied)
         if sum(seen) >= len(records):
             done.set()
 
-    agent = VariableAgent(settings, topo, VAR, GCounter, on_batch=on_batch)
+    agent = VariableAgent(settings, topology_graph, VAR, on_batch=on_batch)
     app = build_faust_app(plan, settings, datadir=str(tmp_path), agents=[agent])
     await app.start()
     try:
@@ -420,7 +438,7 @@ async def test_a_zombie_owner_is_fenced_and_its_late_state_never_becomes_visible
     topo = unique_topic("single")
     await ensure_topics(settings, plan_topics(topo, [VAR], settings))
     await publish(settings, delta_topic(topo, VAR), deltas(2))
-    zombie = VariableAgent(settings, topo, VAR, GCounter)
+    zombie = VariableAgent(settings, one_variable(topo), VAR)
     await zombie.start()
     heir: VariableAgent | None = None
     try:
@@ -433,11 +451,11 @@ async def test_a_zombie_owner_is_fenced_and_its_late_state_never_becomes_visible
         while not data:
             data = await consumer.getmany(timeout_ms=1000)
         (tp, records), *_ = data.items()
-        stale = {tp: zombie._joiners[tp.partition].apply(records)}
+        stale = {tp: zombie._cores[tp.partition].apply_records([(VAR, records)])}
         await consumer.stop()
 
         await publish(settings, delta_topic(topo, VAR), deltas(2, start=4))
-        heir = VariableAgent(settings, topo, VAR, GCounter)
+        heir = VariableAgent(settings, one_variable(topo), VAR)
         await heir.start()
         await drain(heir, len(deltas(4)))  # rounds 3-6, from the zombie's last commit
 
@@ -457,13 +475,13 @@ async def test_a_zombie_owner_is_fenced_and_its_late_state_never_becomes_visible
     def latest(records: list[Any]) -> dict[bytes, int]:
         return {r.key: codec.decode(r.value).value() for r in records}
 
-    assert all(state.value() == expected(4) for state in stale[tp].changed.values())
+    assert all(state.value() == expected(4) for state in stale[tp].changed[VAR].values())
     committed = latest(await read_all(settings, state_topic(topo, VAR), read_committed=True))
     assert committed == {key: expected(6) for key in KEYS}
     # Not even uncommitted: the fenced transaction failed before its records were written.
     raw = await read_all(settings, state_topic(topo, VAR), read_committed=False)
     assert latest(raw) == {key: expected(6) for key in KEYS}
-    restarted = VariableAgent(settings, topo, VAR, GCounter)
+    restarted = VariableAgent(settings, one_variable(topo), VAR)
     await restarted.start()
     try:
         await restarted.step()

@@ -43,8 +43,8 @@ def test_outputs_of_a_chain_by_hand() -> None:
             mirrors[var_id].merge(pdelta)
         elif isinstance(delta, ProvenanceSet):
             pdelta = delta
-        for out_var, out in prop.outputs(var_id, None, delta, pdelta, lookup):
-            grow(out_var, out)
+        for entry in prop.steps(var_id):
+            grow(*prop.output(entry, None, delta, pdelta, lookup))
 
     sa, sb = AWSet(), AWSet()
     grow("a", sa.add_all("x", [1, 2]))

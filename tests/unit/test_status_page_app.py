@@ -16,7 +16,7 @@ from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.counters import GCounter
 from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.metrics import Metrics
-from lasp_streams.runtime.kafka.crossing import BillingEvent
+from lasp_streams.records import BillingEvent, Crossed
 from lasp_streams.web import snapshot, status_app
 from lasp_streams.web.graph import render_svg, to_dot
 from lasp_streams.web.source import BillingTally
@@ -60,7 +60,7 @@ def test_snapshot_shows_values_thresholds_billing_lag_and_dead_letters() -> None
     metrics.lag("views", 0, 120, 100)
     metrics.dead_lettered("views", "decode")
     billing = BillingTally()
-    billing.add(BillingEvent("e1", "shop", "views", "popular", b"/x", 60, "value >= 50"))
+    billing.add(BillingEvent("shop", "views", "popular", b"/x", 60, Crossed("value", 50)))
     data = snapshot(topo, lambda v: states.get(v, {}), billing, registry)
     by_id = {v["id"]: v for v in data["variables"]}
     assert by_id["views"]["summary"] == "2 keys, total 45"

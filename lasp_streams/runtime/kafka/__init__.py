@@ -10,11 +10,10 @@ Modules:
 - :mod:`.settings` — one frozen settings object;
 - :mod:`.topics` — topic names, the topic plan, declaring and checking topics;
 - :mod:`.reader` — read a topic to its end;
-- :mod:`.joiner` — the pure per-partition join of a batch of delta records;
 - :mod:`.agent` — the variable agent's consume-join-write-commit loop and recovery;
+- :mod:`.outbox` — what a core's effects mean on Kafka: the records to write;
 - :mod:`.operators` — operator steps: co-partitioned keyed slots, a single-owner non-keyed slot;
-- :mod:`.windows` — closing windows in the agent that owns the key;
-- :mod:`.crossing` — crossing and billing records;
+- :mod:`.windows` — windowed variables on Kafka, reading closed-window records;
 - :mod:`.sink` — the trusted sink;
 - :mod:`.ledger` — the host of the device ledger (devices' totals into per-partition entries);
 - :mod:`.fencing` — what to do with a fenced transactional producer;
@@ -27,15 +26,18 @@ Modules:
 - :mod:`.worker` — the faust host of a plan (the only module that imports faust);
 - :mod:`.process` — one agent or the sink as a process;
 - :mod:`.metrics_http` — a worker's metrics over HTTP.
+
+Every agent runs the one engine, :mod:`lasp_streams.runtime.core` (the LocalRuntime's), and
+only moves bytes; the records between agents and the sink are :mod:`lasp_streams.records`.
 """
 
-from lasp_streams.runtime.kafka.crossing import BillingEvent
+from lasp_streams.records import BillingEvent, ClosedWindow
 from lasp_streams.runtime.kafka.plan import plan_worker
 from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import read_billing_events
 from lasp_streams.runtime.kafka.topics import TopicMismatch
-from lasp_streams.runtime.kafka.windows import ClosedWindow, read_closed_windows
+from lasp_streams.runtime.kafka.windows import read_closed_windows
 from lasp_streams.runtime.kafka.worker import (
     build_faust_app,
     load_topology,

@@ -5,7 +5,8 @@ of a partition are one transaction instead), in this order — the order is what
 at any point harmless::
 
     getmany (≤ max_batch_records)            read deltas of the assigned partitions
-    PartitionJoiner.apply per partition      decode, check, join; dead letters set aside
+    ReplicaCore.apply_records per partition  decode, check, join, triggers, window gate:
+                                             the one core (:mod:`lasp_streams.runtime.core`)
     send crossings, dead letters; await acks crossings before states: a state that meets a
                                              trigger is on the state topic only after its
                                              crossing is durable
@@ -13,7 +14,8 @@ at any point harmless::
     await acks                               many of its deltas the batch held
     commit offsets (last + 1)                only now: everything the batch caused is durable
 
-A crash before the commit redelivers the batch; re-joining it is harmless (joins are
+The records to write are the core's effects (:mod:`.outbox`). A crash before the commit
+redelivers the batch; re-joining it is harmless (joins are
 idempotent) and re-publishing a crossing is harmless (the sink deduplicates by event id).
 
 Recovery: when a partition is assigned, its keys' states are read from the same partition of the
@@ -56,28 +58,20 @@ from aiokafka.errors import (
 )
 
 from lasp_streams import codec
-from lasp_streams.dataflow.windows import WindowSpec
+from lasp_streams.codec import key_from_kafka
+from lasp_streams.dataflow.events import StateView
+from lasp_streams.dataflow.propagation import Propagation
+from lasp_streams.dataflow.topology import Topology
 from lasp_streams.errors import CodecError
-from lasp_streams.lattices.base import Lattice, LatticeSpec, describe_type, new_bottom
+from lasp_streams.lattices.base import Lattice, LatticeSpec
 from lasp_streams.metrics import Metrics
-from lasp_streams.runtime.kafka.crossing import Crossing, TriggerSpec
-from lasp_streams.runtime.kafka.dlq import DeadLetter
+from lasp_streams.records import key_bytes
+from lasp_streams.runtime.core import Effects, RecordValidator, ReplicaCore
 from lasp_streams.runtime.kafka.fencing import close_fenced
-from lasp_streams.runtime.kafka.joiner import (
-    BatchOutcome,
-    PartitionJoiner,
-    RecordValidator,
-    Validator,
-)
+from lasp_streams.runtime.kafka.outbox import Out, Outbox, outbox
+from lasp_streams.runtime.kafka.reader import read_all
 from lasp_streams.runtime.kafka.settings import KafkaSettings
-from lasp_streams.runtime.kafka.topics import (
-    closed_topic,
-    crossings_topic,
-    delta_topic,
-    dlq_topic,
-    state_topic,
-)
-from lasp_streams.runtime.kafka.windows import ClosedWindow, WindowGate
+from lasp_streams.runtime.kafka.topics import delta_topic, state_topic
 
 __all__ = ["VariableAgent", "read_state_partition"]
 
@@ -85,51 +79,49 @@ log = logging.getLogger(__name__)
 
 
 class VariableAgent:
-    """Runs one declared (keyed) variable of a topology on Kafka. See the module docstring.
+    """Runs one declared (or windowed) variable of ``topology`` on Kafka, with its triggers.
+    See the module docstring.
 
-    ``run()`` loops until :meth:`stop`; ``step()`` runs one batch (tests and benchmarks drive
-    it directly). ``state(key)`` reads the local joined state of a key this agent owns.
+    ``name``: the name its topics, groups and event ids use (the topology's by default).
+    ``view``: what per-key threshold functions read (the broadcast followers of a
+    :class:`~.runtime.KafkaRuntime`). ``validator``: checks each decoded record before it is
+    joined (:data:`~lasp_streams.runtime.core.RecordValidator`). ``run()`` loops until
+    :meth:`stop`; ``step()`` runs one batch (tests and benchmarks drive it directly).
+    ``state(key)`` reads the local joined state of a key this agent owns.
     """
 
     def __init__(
         self,
         settings: KafkaSettings,
-        topology: str,
+        topology: Topology,
         variable: str,
-        spec: LatticeSpec,
         *,
-        triggers: Sequence[TriggerSpec] = (),
-        validate: Validator | None = None,
-        validate_record: RecordValidator | None = None,
+        name: str | None = None,
+        view: StateView | None = None,
+        validator: RecordValidator | None = None,
         metrics: Metrics | None = None,
         group_id: str | None = None,
-        on_batch: Callable[[int, BatchOutcome], None] | None = None,
+        on_batch: Callable[[int, Effects], None] | None = None,
         watch_version: Callable[[], int] | None = None,
-        window: WindowSpec | None = None,
     ) -> None:
         self.settings = settings
-        #: A windowed variable's geometry and grace (see :mod:`.windows`).
-        self.window = window
-        self.topology = topology
+        self.graph = topology.freeze()
+        self.topology = name or topology.name
         self.variable = variable
-        self.spec = spec
-        self._proto = new_bottom(spec)
-        self.triggers = tuple(triggers)
-        self.validate = validate
-        self.validate_record = validate_record
+        self._proto = topology.var(variable).prototype
+        self._plan = Propagation(topology)
+        self._view = view
+        self._validators = {} if validator is None else {variable: validator}
         # Per-key threshold functions read watched variables: when their version moves, every
         # key is checked again (a contract signed after its ad's counter passed the minimum).
         self.watch_version = watch_version
         self._checked_version = -1
         self.metrics = metrics
-        self.group_id = group_id or f"{topology}.{variable}.agent"
+        self.group_id = group_id or f"{self.topology}.{variable}.agent"
         self.on_batch = on_batch
-        self.delta_topic = delta_topic(topology, variable)
-        self.state_topic = state_topic(topology, variable)
-        self.closed_topic = closed_topic(topology, variable)
-        self.crossings_topic = crossings_topic(topology)
-        self.dlq_topic = dlq_topic(topology)
-        self._joiners: dict[int, PartitionJoiner] = {}
+        self.delta_topic = delta_topic(self.topology, variable)
+        self.state_topic = state_topic(self.topology, variable)
+        self._cores: dict[int, ReplicaCore] = {}
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -137,6 +129,21 @@ class VariableAgent:
         self._stopping = asyncio.Event()
         self._running: asyncio.Task[None] | None = None
         self._assigned_once = asyncio.Event()
+
+    @classmethod
+    def for_variable(
+        cls,
+        settings: KafkaSettings,
+        name: str,
+        variable: str,
+        spec: LatticeSpec,
+        **options: Any,
+    ) -> VariableAgent:
+        """An agent for a topology ``name`` made of one keyed variable of type ``spec`` (no
+        steps): tests, benchmarks and single-variable processes."""
+        topology = Topology(name)
+        topology.declare(variable, spec, keyed=True)
+        return cls(settings, topology, variable, **options)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -201,21 +208,24 @@ class VariableAgent:
     @property
     def partitions(self) -> frozenset[int]:
         """The delta-topic partitions this agent owns now."""
-        return frozenset(self._joiners)
+        return frozenset(self._cores)
 
     def state(self, key: bytes) -> Lattice | None:
-        """The joined state of ``key`` if this agent owns its partition and has seen it."""
-        for joiner in self._joiners.values():
-            found = joiner.state(key)
+        """The joined state of ``key`` (a Kafka key) if this agent owns its partition and has
+        seen it."""
+        wanted = key_from_kafka(key)
+        for core in self._cores.values():
+            found = core.state(self.variable, wanted)
             if found is not None:
                 return found
         return None
 
     def states(self) -> dict[bytes, Lattice]:
-        """Every key's joined state this agent holds (a snapshot of references)."""
+        """Every key's joined state this agent holds, by Kafka key (a snapshot of references)."""
         merged: dict[bytes, Lattice] = {}
-        for joiner in self._joiners.values():
-            merged.update(joiner.states)
+        for core in self._cores.values():
+            for key, state in core.states[self.variable].items():
+                merged[key_bytes(key)] = state
         return merged
 
     # -- one batch -----------------------------------------------------------------------------
@@ -232,15 +242,15 @@ class VariableAgent:
             return 0
         async with self._lock:
             started = time.perf_counter()
-            outcomes: dict[TopicPartition, BatchOutcome] = {}
+            outcomes: dict[TopicPartition, Effects] = {}
             count = 0
             for tp, records in data.items():
-                joiner = self._joiners.get(tp.partition)
-                if joiner is None:
+                core = self._cores.get(tp.partition)
+                if core is None or not records:
                     # Revoked between getmany and now: the new owner reads these records
                     # again from the committed offset.
                     continue
-                outcomes[tp] = joiner.apply(records)
+                outcomes[tp] = core.apply_records(((self.variable, records),))
                 count += len(records)
             if not outcomes:
                 return 0
@@ -251,9 +261,18 @@ class VariableAgent:
                 await self._write_then_commit(consumer, producer, outcomes)
             self._record_metrics(outcomes, count, time.perf_counter() - started, consumer)
             if self.on_batch is not None:
-                for tp, outcome in outcomes.items():
-                    self.on_batch(tp.partition, outcome)
+                for tp, effects in outcomes.items():
+                    self.on_batch(tp.partition, effects)
             return count
+
+    def _outbox(self, partition: int, effects: Effects) -> Outbox:
+        return outbox(
+            self.topology,
+            effects,
+            partition,
+            metrics=self.metrics,
+            who=f"agent {self.variable}",
+        )
 
     async def _recheck(self, producer: AIOKafkaProducer) -> None:
         """Check every key again when a watched variable grew since the last check. The
@@ -267,9 +286,9 @@ class VariableAgent:
         async with self._lock:
             self._checked_version = version
             sent: list[asyncio.Future[Any]] = []
-            for partition, joiner in self._joiners.items():
-                for crossing in joiner.recheck():
-                    sent.append(await self._send_crossing(producer, partition, crossing))
+            for partition, core in self._cores.items():
+                box = self._outbox(partition, core.recheck())
+                sent += await _send_all(producer, box.first + box.second)
             if sent:
                 await asyncio.gather(*sent)
 
@@ -277,32 +296,18 @@ class VariableAgent:
         self,
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
-        outcomes: dict[TopicPartition, BatchOutcome],
+        outcomes: dict[TopicPartition, Effects],
     ) -> None:
         """At-least-once writes: crossings and dead letters acked, then states, then commit."""
-        first_wave: list[asyncio.Future[Any]] = []
-        for tp, outcome in outcomes.items():
-            for crossing in outcome.crossings:
-                first_wave.append(await self._send_crossing(producer, tp.partition, crossing))
-            for dead in outcome.dead:
-                first_wave.append(await self._send_dead(producer, dead))
+        boxes = [self._outbox(tp.partition, effects) for tp, effects in outcomes.items()]
+        first_wave = await _send_all(producer, [out for box in boxes for out in box.first])
         if first_wave:
             await asyncio.gather(*first_wave)
-
-        second_wave: list[asyncio.Future[Any]] = []
-        for tp, outcome in outcomes.items():
-            for closed in outcome.closed:
-                second_wave.append(await self._send_closed(producer, tp.partition, closed))
-            for key, state in outcome.changed.items():
-                second_wave.append(
-                    await producer.send(
-                        self.state_topic, key=key, value=codec.encode(state), partition=tp.partition
-                    )
-                )
+        second_wave = await _send_all(producer, [out for box in boxes for out in box.second])
         if second_wave:
             await asyncio.gather(*second_wave)
 
-        offsets = {tp: o.last_offset + 1 for tp, o in outcomes.items()}
+        offsets = {tp: _next_offset(e) for tp, e in outcomes.items()}
         try:
             await consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:
@@ -311,35 +316,22 @@ class VariableAgent:
             log.warning("agent %s: commit skipped after a rebalance: %s", self.variable, exc)
 
     async def _write_transactional(
-        self, outcomes: dict[TopicPartition, BatchOutcome]
-    ) -> dict[TopicPartition, BatchOutcome]:
+        self, outcomes: dict[TopicPartition, Effects]
+    ) -> dict[TopicPartition, Effects]:
         """One transaction per partition: crossings, dead letters, states and the offset commit
         together. Returns the outcomes that committed (a fenced partition's are dropped)."""
-        committed: dict[TopicPartition, BatchOutcome] = {}
-        for tp, outcome in outcomes.items():
+        committed: dict[TopicPartition, Effects] = {}
+        for tp, effects in outcomes.items():
             producer = self._txn_producers.get(tp.partition)
             if producer is None:
                 continue
+            box = self._outbox(tp.partition, effects)
             sent: list[asyncio.Future[Any]] = []
             try:
                 async with producer.transaction():
-                    for crossing in outcome.crossings:
-                        sent.append(await self._send_crossing(producer, tp.partition, crossing))
-                    for dead in outcome.dead:
-                        sent.append(await self._send_dead(producer, dead))
-                    for closed in outcome.closed:
-                        sent.append(await self._send_closed(producer, tp.partition, closed))
-                    for key, state in outcome.changed.items():
-                        sent.append(
-                            await producer.send(
-                                self.state_topic,
-                                key=key,
-                                value=codec.encode(state),
-                                partition=tp.partition,
-                            )
-                        )
+                    sent = await _send_all(producer, box.first + box.second)
                     await producer.send_offsets_to_transaction(
-                        {tp: outcome.last_offset + 1}, self.group_id
+                        {tp: _next_offset(effects)}, self.group_id
                     )
             except (ProducerFenced, InvalidProducerEpoch):
                 # A newer owner of this partition initialised its producer: we are a zombie
@@ -352,10 +344,10 @@ class VariableAgent:
                     self.variable,
                     tp.partition,
                 )
-                self._joiners.pop(tp.partition, None)
+                self._cores.pop(tp.partition, None)
                 await close_fenced(self._txn_producers.pop(tp.partition))
                 continue
-            committed[tp] = outcome
+            committed[tp] = effects
         return committed
 
     # -- rebalance -----------------------------------------------------------------------------
@@ -367,7 +359,7 @@ class VariableAgent:
                 )
             for tp in revoked:
                 if tp.topic == self.delta_topic:
-                    self._joiners.pop(tp.partition, None)
+                    self._cores.pop(tp.partition, None)
                     txn = self._txn_producers.pop(tp.partition, None)
                     if txn is not None:
                         await _stop_quietly(txn)
@@ -376,7 +368,7 @@ class VariableAgent:
         _, producer = self._clients()
         mine = sorted(tp.partition for tp in assigned if tp.topic == self.delta_topic)
         async with self._lock:
-            fresh = [p for p in mine if p not in self._joiners]
+            fresh = [p for p in mine if p not in self._cores]
             if self.settings.transactional_agents:
                 for partition in fresh:
                     if partition not in self._txn_producers:
@@ -386,29 +378,31 @@ class VariableAgent:
             loaded = await read_state_partition(self.settings, self.state_topic, fresh, self._proto)
             republish: list[asyncio.Future[Any]] = []
             for partition in fresh:
-                joiner = self._new_joiner()
-                for key, state in loaded.get(partition, {}).items():
-                    for crossing in joiner.load(key, state):
-                        republish.append(await self._send_crossing(producer, partition, crossing))
-                self._joiners[partition] = joiner
+                core = self._new_core()
+                states = loaded.get(partition, {})
+                effects = core.load(
+                    (self.variable, key_from_kafka(k), st) for k, st in states.items()
+                )
+                # Only the firings: the loaded states are on the state topic already.
+                republish += await _send_all(producer, self._outbox(partition, effects).first)
+                self._cores[partition] = core
                 if self.metrics is not None:
-                    self.metrics.recovered_keys.labels(self.variable).inc(
-                        len(loaded.get(partition, {}))
-                    )
+                    self.metrics.recovered_keys.labels(self.variable).inc(len(states))
             if republish:
                 await asyncio.gather(*republish)
         self._assigned_once.set()
 
     # -- helpers -------------------------------------------------------------------------------
-    def _new_joiner(self) -> PartitionJoiner:
-        return PartitionJoiner(
-            self.topology,
-            self.variable,
-            self.spec,
-            triggers=self.triggers,
-            validate=self.validate,
-            validate_record=self.validate_record,
-            gate=None if self.window is None else WindowGate(self.variable, self.window),
+    def _new_core(self) -> ReplicaCore:
+        return ReplicaCore(
+            self.graph,
+            owns=(self.variable,),
+            name=self.topology,
+            streams=False,
+            view=self._view,
+            validators=self._validators,
+            key_of=key_from_kafka,
+            plan=self._plan,
         )
 
     def transactional_id(self, partition: int) -> str:
@@ -436,44 +430,9 @@ class VariableAgent:
             raise RuntimeError(f"agent for variable {self.variable!r} is not started")
         return self._consumer, self._producer
 
-    async def _send_crossing(
-        self, producer: AIOKafkaProducer, partition: int, crossing: Crossing
-    ) -> asyncio.Future[Any]:
-        if self.metrics is not None:
-            self.metrics.crossings_published.labels(self.variable, crossing.trigger).inc()
-        fut: asyncio.Future[Any] = await producer.send(
-            self.crossings_topic, key=crossing.key, value=crossing.encode(), partition=partition
-        )
-        return fut
-
-    async def _send_closed(
-        self, producer: AIOKafkaProducer, partition: int, closed: ClosedWindow
-    ) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = await producer.send(
-            self.closed_topic, key=closed.key, value=closed.encode(), partition=partition
-        )
-        return fut
-
-    async def _send_dead(self, producer: AIOKafkaProducer, dead: DeadLetter) -> asyncio.Future[Any]:
-        log.warning(
-            "agent %s: %s:%d@%d to the dead-letter topic (%s): %s",
-            self.variable,
-            dead.topic,
-            dead.partition,
-            dead.offset,
-            dead.reason,
-            dead.error,
-        )
-        if self.metrics is not None:
-            self.metrics.dead_lettered(self.variable, dead.reason)
-        fut: asyncio.Future[Any] = await producer.send(
-            self.dlq_topic, key=dead.key, value=dead.value, headers=dead.headers()
-        )
-        return fut
-
     def _record_metrics(
         self,
-        outcomes: dict[TopicPartition, BatchOutcome],
+        outcomes: dict[TopicPartition, Effects],
         count: int,
         seconds: float,
         consumer: AIOKafkaConsumer,
@@ -487,11 +446,27 @@ class VariableAgent:
             consumed=count,
             applied=sum(o.applied for o in outcomes.values()),
             inflations=sum(o.inflations for o in outcomes.values()),
-            state_writes=sum(len(o.changed) for o in outcomes.values()),
+            state_writes=sum(len(o.changed.get(var, ())) for o in outcomes.values()),
             seconds=seconds,
         )
         for tp, outcome in outcomes.items():
-            m.lag(var, tp.partition, consumer.highwater(tp), outcome.last_offset + 1)
+            m.lag(var, tp.partition, consumer.highwater(tp), _next_offset(outcome))
+
+
+def _next_offset(effects: Effects) -> int:
+    """The offset to commit after a batch: past its last record."""
+    assert effects.last is not None
+    return effects.last.offset + 1
+
+
+async def _send_all(producer: AIOKafkaProducer, outs: list[Out]) -> list[asyncio.Future[Any]]:
+    """Produce ``outs`` (without waiting for the acks); the futures of the sends."""
+    return [
+        await producer.send(
+            o.topic, key=o.key, value=o.value, partition=o.partition, headers=o.headers
+        )
+        for o in outs
+    ]
 
 
 def _consume_error(fut: asyncio.Future[Any]) -> None:
@@ -507,7 +482,9 @@ async def _stop_quietly(producer: AIOKafkaProducer) -> None:
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped aiokafka base
-    def __init__(self, agent: VariableAgent) -> None:
+    """Hands an agent's group rebalances to its ``_revoked``/``_assigned`` (both agents)."""
+
+    def __init__(self, agent: Any) -> None:
         self._agent = agent
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
@@ -523,7 +500,8 @@ async def read_state_partition(
     partitions: Sequence[int],
     proto: Lattice,
 ) -> dict[int, dict[bytes, Lattice]]:
-    """Join every state record of ``partitions`` of a state topic, per partition and key.
+    """Join every state record of ``partitions`` of a state topic, per partition and key
+    (``read_committed``: states of aborted, fenced transactions never come back).
 
     Records are joined, not replaced: if compaction has not yet dropped an older state, joining
     it is harmless; a record that does not decode to the variable's type is skipped with a
@@ -532,60 +510,19 @@ async def read_state_partition(
     result: dict[int, dict[bytes, Lattice]] = {p: {} for p in partitions}
     if not partitions:
         return result
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.client_id}-state-reader",
-        group_id=None,
-        # States of aborted (fenced) transactions must not come back as recovery points.
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
-        fetch_max_bytes=settings.fetch_max_bytes,
-        request_timeout_ms=settings.request_timeout_ms,
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        pending = {tp for tp in tps if ends[tp] > 0}
-        while pending:
-            data = await consumer.getmany(*pending, timeout_ms=500, max_records=50_000)
-            for tp, records in data.items():
-                states = result[tp.partition]
-                for record in records:
-                    if record.key is None or record.value is None:
-                        continue
-                    try:
-                        state = codec.decode(record.value)
-                    except CodecError as exc:
-                        log.warning(
-                            "state topic %s:%d@%d skipped: %s",
-                            topic,
-                            tp.partition,
-                            record.offset,
-                            exc,
-                        )
-                        continue
-                    if not proto.same_type(state):
-                        log.warning(
-                            "state topic %s:%d@%d skipped: holds %s, expected %s",
-                            topic,
-                            tp.partition,
-                            record.offset,
-                            describe_type(state),
-                            describe_type(proto),
-                        )
-                        continue
-                    known = states.get(record.key)
-                    if known is None:
-                        states[record.key] = state
-                    else:
-                        known.merge(state)
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
-    finally:
-        await consumer.stop()
+    for record in await read_all(settings, topic, partitions=partitions):
+        if record.key is None or record.value is None:
+            continue
+        try:
+            state = codec.decode(record.value, expect=proto)
+        except CodecError as exc:
+            where = f"{topic}:{record.partition}@{record.offset}"
+            log.warning("state topic %s skipped: %s", where, exc)
+            continue
+        states = result[record.partition]
+        known = states.get(record.key)
+        if known is None:
+            states[record.key] = state
+        else:
+            known.merge(state)
     return result

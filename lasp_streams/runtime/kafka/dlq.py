@@ -5,7 +5,8 @@ version, a state that breaks its type's invariants — the codec checks all of t
 decodes to a lattice of another type than the variable's, when joining it is impossible (two
 different IVar values), or when the variable's validator rejects it (an untrusted client
 writing another actor's entries). The agent sends the *original* key and value bytes to
-``<topology>.dlq`` with these headers and carries on; the variable's state is not touched.
+``<topology>.dlq`` with these headers and carries on; the variable's state is not touched
+(except for ``step``, below).
 
 =========================== ==========================================================
 header                      value (utf-8)
@@ -18,61 +19,43 @@ header                      value (utf-8)
 ``lasp.source.offset``      its offset
 =========================== ==========================================================
 
-Reason codes (also the ``reason`` label of the ``records_dead_lettered`` metric):
-``decode`` — the codec refused the bytes (malformed, unknown tag, unsupported version, or a
-state that breaks the type's invariants, such as a negative count); ``wrong_type`` — a valid
-lattice of another type than the variable's; ``invariant`` — the delta has no join with the
-current state (two different IVar values); ``validation`` — the variable's validator refused it;
-``late`` — part of a windowed delta is for windows that had already closed (that part is not
-merged; the ``lasp.window.starts`` header lists them).
+Reason codes (also the ``reason`` label of the ``records_dead_lettered`` metric, and
+:data:`lasp_streams.runtime.core.Reason`): ``decode`` — the codec refused the bytes (malformed,
+unknown tag, unsupported version, or a state that breaks the type's invariants, such as a
+negative count); ``wrong_type`` — a valid lattice of another type than the variable's;
+``invariant`` — the delta has no join with the current state (two different IVar values);
+``validation`` — the variable's record validator refused it; ``late`` — part of a windowed
+delta is for windows that had already closed (that part is not merged; the
+``lasp.window.starts`` header lists them); ``step`` — the record was merged, but a step it fed
+raised (a threshold, map, filter or fold function; the error names the step).
+
+The dead letters themselves are made by the replica core
+(:class:`~lasp_streams.runtime.core.DeadLetter`); this module writes and reads their headers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from lasp_streams.metrics import DLQ_REASONS
+from lasp_streams.runtime.core import DeadLetter
 
-__all__ = ["HEADER_PREFIX", "DeadLetter", "parse_headers"]
+__all__ = ["HEADER_PREFIX", "DeadLetter", "headers_of", "parse_headers"]
 
 HEADER_PREFIX = "lasp."
 _MAX_ERROR = 2_000
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A refused record: original bytes, reason code and message, and its source position."""
-
-    variable: str
-    reason: str
-    error: str
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    #: More ``lasp.*`` headers (name without the prefix, text): e.g. a late record's
-    #: ``window.starts``.
-    extra: tuple[tuple[str, str], ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.reason not in DLQ_REASONS:
-            raise ValueError(
-                f"unknown dead-letter reason {self.reason!r}; use one of {DLQ_REASONS}"
-            )
-
-    def headers(self) -> list[tuple[str, bytes]]:
-        """The Kafka headers of the dead-letter record."""
-        return [
-            ("lasp.reason", self.reason.encode()),
-            ("lasp.error", self.error[:_MAX_ERROR].encode("utf-8", "replace")),
-            ("lasp.variable", self.variable.encode()),
-            ("lasp.source.topic", self.topic.encode()),
-            ("lasp.source.partition", str(self.partition).encode()),
-            ("lasp.source.offset", str(self.offset).encode()),
-            *((HEADER_PREFIX + name, text.encode()) for name, text in self.extra),
-        ]
+def headers_of(dead: DeadLetter) -> list[tuple[str, bytes]]:
+    """The Kafka headers of the dead-letter record."""
+    return [
+        ("lasp.reason", dead.reason.encode()),
+        ("lasp.error", dead.error[:_MAX_ERROR].encode("utf-8", "replace")),
+        ("lasp.variable", dead.variable.encode()),
+        ("lasp.source.topic", dead.topic.encode()),
+        ("lasp.source.partition", str(dead.partition).encode()),
+        ("lasp.source.offset", str(dead.offset).encode()),
+        *((HEADER_PREFIX + name, text.encode()) for name, text in dead.extra),
+    ]
 
 
 def parse_headers(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:

@@ -10,20 +10,26 @@ Only the state topic by default: everything on it was written by an agent, after
 validation (a forged client delta is dead-lettered, never joined), and every agent batch writes
 it, so it lags the deltas by one batch. ``include_deltas=True`` also joins the raw delta topic
 (for derived variables, whose deltas an operator agent wrote: lower latency).
+
+The joined states are a :class:`~lasp_streams.runtime.core.ReplicaCore` of the one variable
+(decode, type check and join as in every agent); a record an agent would dead-letter is skipped
+here (logged at debug level): it is not the follower's to judge.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
+from types import MappingProxyType
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from lasp_streams import codec
-from lasp_streams.codec import key_from_kafka, key_to_kafka
-from lasp_streams.errors import CodecError
-from lasp_streams.lattices.base import Lattice, describe_type
+from lasp_streams.codec import key_from_kafka
+from lasp_streams.dataflow.topology import Topology
+from lasp_streams.lattices.base import Lattice
+from lasp_streams.records import key_bytes
+from lasp_streams.runtime.core import Delta, Effects, ReplicaCore
 from lasp_streams.runtime.kafka.reader import partitions_of
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import delta_topic, state_topic
@@ -31,6 +37,10 @@ from lasp_streams.runtime.kafka.topics import delta_topic, state_topic
 __all__ = ["VariableFollower"]
 
 log = logging.getLogger(__name__)
+
+
+def _no_key(raw: bytes | None) -> Hashable:
+    return None
 
 
 class VariableFollower:
@@ -60,8 +70,12 @@ class VariableFollower:
         self._topics = (state_topic(topology, variable),) + (
             (delta_topic(topology, variable),) if include_deltas else ()
         )
-        self.states: dict[bytes, Lattice] = {}
-        #: Called with (key, a copy of the new state) on every strict inflation, in order.
+        alone = Topology(topology)
+        alone.declare(variable, prototype, keyed=keyed)
+        self._core = ReplicaCore(alone, sink=False, key_of=key_from_kafka if keyed else _no_key)
+        self._states = self._core.states[variable]
+        #: Called with (key, a copy of the new state) on every strict inflation (coalesced per
+        #: batch of records read), in order per key.
         self.on_inflation = on_inflation
         self.version = 0
         self._changed = asyncio.Condition()
@@ -116,48 +130,19 @@ class VariableFollower:
     async def _poll(self, timeout_ms: int) -> None:
         assert self._consumer is not None
         data = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=50_000)
-        grew = False
-        for tp, records in data.items():
-            for record in records:
-                if record.value is None:
-                    continue
-                try:
-                    state = codec.decode(record.value)
-                except CodecError as exc:
-                    log.debug(
-                        "follower %s: %s:%d@%d skipped: %s",
-                        self.variable,
-                        tp.topic,
-                        tp.partition,
-                        record.offset,
-                        exc,
-                    )
-                    continue
-                if not self._proto.same_type(state):
-                    log.debug("follower %s: skipped a %s", self.variable, describe_type(state))
-                    continue
-                grew |= self._join(record.key if self.keyed else b"", state)
-        if grew:
-            await self._notify()
+        if data:
+            await self._joined(self._core.apply_records((self.variable, r) for r in data.values()))
 
-    def _join(self, key: bytes | None, delta: Lattice) -> bool:
-        key = key or b""
-        state = self.states.get(key)
-        if state is None:
-            if delta.is_bottom():
-                return False
-            self.states[key] = delta
-            if self.on_inflation is not None:
-                self.on_inflation(key, delta.copy())
-            return True
-        try:
-            grew = state.merge(delta)
-        except Exception as exc:  # a record the agent would dead-letter: not ours to judge
-            log.debug("follower %s: join refused: %r", self.variable, exc)
-            return False
-        if grew and self.on_inflation is not None:
-            self.on_inflation(key, state.copy())
-        return grew
+    async def _joined(self, effects: Effects) -> None:
+        for dead in effects.dead:
+            log.debug("follower %s: skipped %s: %.200s", self.variable, dead.reason, dead.error)
+        grown = effects.changed.get(self.variable)
+        if not grown:
+            return
+        if self.on_inflation is not None:
+            for key, state in grown.items():
+                self.on_inflation(key_bytes(key), state.copy())
+        await self._notify()
 
     async def _notify(self) -> None:
         self.version += 1
@@ -166,16 +151,20 @@ class VariableFollower:
 
     async def join_local(self, key: Hashable, delta: Lattice) -> None:
         """Join a delta this process produced (read your writes before it comes back)."""
-        if self._join((key_to_kafka(key) or b"") if self.keyed else b"", delta.copy()):
-            await self._notify()
+        await self._joined(self._core.apply([Delta(self.variable, key, delta)]))
 
     def state(self, key: Hashable = None) -> Lattice:
         """The joined state of ``key`` (bottom when none was seen); do not mutate it."""
-        found = self.states.get((key_to_kafka(key) or b"") if self.keyed else b"")
+        found = self._states.get(key_from_kafka(key_bytes(key)) if self.keyed else None)
         return self._proto if found is None else found
 
     def keys(self) -> list[Hashable]:
-        return [key_from_kafka(k) for k in self.states]
+        return list(self._states)
+
+    @property
+    def states(self) -> Mapping[Hashable, Lattice]:
+        """The followed states by variable key (None for an unkeyed variable), read-only."""
+        return MappingProxyType(self._states)
 
     async def wait(self, predicate: Callable[[], bool], timeout: float) -> None:
         """Return once ``predicate()`` holds (checked now and after every inflation)."""

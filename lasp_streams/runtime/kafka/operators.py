@@ -1,5 +1,5 @@
 """The operator agent: a topology's operator steps (map, filter, union, intersection, product,
-fold, ``bind_to``) on Kafka, driven by :class:`~lasp_streams.dataflow.propagation.Propagation`.
+fold, ``bind_to``) on Kafka: one :class:`~lasp_streams.runtime.core.ReplicaCore` per slot.
 
 **What it owns.** One operator agent runs the keyed part of a topology and one the non-keyed
 part (a binary step's inputs are both keyed or both not, so the parts never meet). It is the
@@ -46,29 +46,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
-from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
+from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 
-from lasp_streams import codec
+from lasp_streams.codec import key_from_kafka
+from lasp_streams.dataflow.events import StateView
 from lasp_streams.dataflow.propagation import Propagation
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.base import Lattice
-from lasp_streams.lattices.provenance import ProvenanceSet
 from lasp_streams.metrics import Metrics
-from lasp_streams.runtime.kafka.agent import read_state_partition
-from lasp_streams.runtime.kafka.crossing import Crossing, TriggerSpec
-from lasp_streams.runtime.kafka.dlq import DeadLetter
+from lasp_streams.runtime.core import Effects, RecordValidator, ReplicaCore
+from lasp_streams.runtime.kafka.agent import (
+    _consume_error,
+    _Listener,
+    _send_all,
+    _stop_quietly,
+    read_state_partition,
+)
 from lasp_streams.runtime.kafka.fencing import close_fenced
-from lasp_streams.runtime.kafka.joiner import PartitionJoiner, RecordValidator, informational_value
+from lasp_streams.runtime.kafka.outbox import outbox
 from lasp_streams.runtime.kafka.settings import KafkaSettings
-from lasp_streams.runtime.kafka.topics import crossings_topic, delta_topic, dlq_topic, state_topic
+from lasp_streams.runtime.kafka.topics import delta_topic, state_topic
 
 __all__ = ["OperatorAgent", "SingleOwnerAssignor", "operator_sources"]
 
@@ -109,34 +113,7 @@ def operator_sources(topology: Topology) -> list[str]:
 @dataclass
 class _Slot:
     producer: AIOKafkaProducer
-    joiners: dict[str, PartitionJoiner]
-    mirrors: dict[str, dict[bytes, ProvenanceSet]] = field(default_factory=dict)
-    derived: dict[str, dict[bytes, Lattice]] = field(default_factory=dict)
-    #: (trigger, key) pairs of derived variables whose crossing this slot already published.
-    crossed: set[tuple[str, bytes]] = field(default_factory=set)
-
-
-@dataclass
-class _Effects:
-    """What a batch (or a recovery) of one slot has to write."""
-
-    states: dict[tuple[str, bytes], Lattice] = field(default_factory=dict)
-    out_deltas: dict[tuple[str, bytes], Lattice] = field(default_factory=dict)
-    out_states: dict[tuple[str, bytes], Lattice] = field(default_factory=dict)
-    binds: list[tuple[str, bytes, Lattice]] = field(default_factory=list)
-    crossings: list[Crossing] = field(default_factory=list)
-    dead: list[DeadLetter] = field(default_factory=list)
-    offsets: dict[TopicPartition, int] = field(default_factory=dict)
-
-    def empty(self) -> bool:
-        return not (
-            self.states
-            or self.out_deltas
-            or self.binds
-            or self.crossings
-            or self.dead
-            or self.offsets
-        )
+    core: ReplicaCore
 
 
 class OperatorAgent:
@@ -150,7 +127,7 @@ class OperatorAgent:
         *,
         keyed: bool,
         name: str | None = None,
-        triggers: Mapping[str, Sequence[TriggerSpec]] | None = None,
+        view: StateView | None = None,
         validators: Mapping[str, RecordValidator] | None = None,
         metrics: Metrics | None = None,
         watch_version: Callable[[], int] | None = None,
@@ -164,7 +141,7 @@ class OperatorAgent:
         self.derived = [
             v.id for v in topology.variables.values() if v.kind == "derived" and v.keyed == keyed
         ]
-        self.triggers = {k: tuple(v) for k, v in (triggers or {}).items()}
+        self.view = view
         self.validators = dict(validators or {})
         self.metrics = metrics
         # Per-key threshold functions on the inputs read watched variables: when those grow,
@@ -243,10 +220,7 @@ class OperatorAgent:
     def state(self, var: str, key: bytes = b"") -> Lattice | None:
         """The state this agent holds for ``var`` (a source or derived variable) and ``key``."""
         for slot in self._slots.values():
-            if var in slot.joiners:
-                found = slot.joiners[var].state(key)
-            else:
-                found = slot.derived.get(var, {}).get(key)
+            found = slot.core.state(var, key_from_kafka(key))
             if found is not None:
                 return found
         return None
@@ -265,13 +239,7 @@ class OperatorAgent:
             async with self._lock:
                 self._checked_version = self.watch_version()
                 for number, held in list(self._slots.items()):
-                    effects = _Effects()
-                    for joiner in held.joiners.values():
-                        effects.crossings.extend(joiner.recheck())
-                    for var, states in held.derived.items():
-                        for key, state in states.items():
-                            effects.crossings.extend(self._derived_crossings(held, var, key, state))
-                    await self._write(number, held, effects)
+                    await self._write(number, held, held.core.recheck(), {})
         if not data:
             return 0
         async with self._lock:
@@ -288,29 +256,24 @@ class OperatorAgent:
                 slot = self._slots.get(number)
                 if slot is None:
                     continue  # revoked meanwhile: the new owner reads these again
-                effects = _Effects()
-                # One join per input and batch (the non-keyed slot reads every partition):
-                # one propagation per grown key, however many partitions its records came from.
+                # One batch per slot (the non-keyed slot reads every partition): one
+                # propagation per grown key, however many partitions its records came from.
                 by_var: dict[str, list[Any]] = {}
+                offsets: dict[TopicPartition, int] = {}
                 for tp, records in batches:
                     by_var.setdefault(self._topic_var[tp.topic], []).extend(records)
-                    effects.offsets[tp] = records[-1].offset + 1
+                    offsets[tp] = records[-1].offset + 1
                     count += len(records)
+                effects = slot.core.apply_records(by_var.items())
                 for var, records in by_var.items():
-                    outcome = slot.joiners[var].apply(records)
+                    applied, inflations = effects.per_var.get(var, (0, 0))
                     seen = tally.setdefault(var, [0, 0, 0])
                     seen[0] += len(records)
-                    seen[1] += outcome.applied
-                    seen[2] += outcome.inflations
-                    effects.dead.extend(outcome.dead)
-                    effects.crossings.extend(outcome.crossings)
-                    for key, state in outcome.changed.items():
-                        effects.states[(var, key)] = state
-                    for key, delta in outcome.deltas.items():
-                        self._propagate(slot, var, key, delta, effects)
-                await self._write(number, slot, effects)
-                for var, _key in (*effects.states, *effects.out_states):
-                    writes[var] = writes.get(var, 0) + 1
+                    seen[1] += applied
+                    seen[2] += inflations
+                for var, states in effects.changed.items():
+                    writes[var] = writes.get(var, 0) + len(states)
+                await self._write(number, slot, effects, offsets)
             if self.metrics is not None:
                 m = self.metrics
                 for var in {*tally, *writes}:
@@ -332,153 +295,27 @@ class OperatorAgent:
                         )
             return count
 
-    def _propagate(
-        self, slot: _Slot, var: str, key: bytes, delta: Lattice, effects: _Effects
+    async def _write(
+        self, number: int, slot: _Slot, effects: Effects, offsets: dict[TopicPartition, int]
     ) -> None:
-        """Mirror, then run every step fed by ``var`` growing by ``delta`` (recursively), as
-        the LocalRuntime does per delta; record the output deltas and states to write."""
-        prop = self.prop
-        queue: deque[tuple[str, Lattice]] = deque([(var, delta)])
-
-        def lookup(v: str, k: Any) -> ProvenanceSet:
-            if prop.mirrored(v):
-                return slot.mirrors.setdefault(v, {}).setdefault(k, ProvenanceSet())
-            if v in slot.joiners:
-                found = slot.joiners[v].state(k)
-                return found if isinstance(found, ProvenanceSet) else ProvenanceSet()
-            state = slot.derived.setdefault(v, {}).get(k)
-            if state is None:
-                state = slot.derived[v][k] = ProvenanceSet()
-            assert isinstance(state, ProvenanceSet)
-            return state
-
-        while queue:
-            v, d = queue.popleft()
-            if not prop.has_outputs(v):
-                continue
-            pdelta: ProvenanceSet | None = None
-            if prop.mirrored(v):
-                pdelta = prop.provenance_delta(v, d)
-                lookup(v, key).merge(pdelta)
-            elif isinstance(d, ProvenanceSet):
-                pdelta = d
-            for out_var, out in prop.outputs(v, key, d, pdelta, lookup):
-                target = self.topology.var(out_var)
-                if target.kind != "derived":
-                    effects.binds.append((out_var, key, out))
-                    continue
-                states = slot.derived.setdefault(out_var, {})
-                state = states.get(key)
-                if state is None:
-                    state = states[key] = target.prototype.bottom()
-                if not state.merge(out):
-                    continue
-                effects.crossings.extend(self._derived_crossings(slot, out_var, key, state))
-                effects.out_states[(out_var, key)] = state
-                acc = effects.out_deltas.get((out_var, key))
-                if acc is None:
-                    effects.out_deltas[(out_var, key)] = out.copy()
-                else:
-                    acc.merge(out)
-                queue.append((out_var, out))
-
-    def _derived_crossings(
-        self, slot: _Slot, var: str, key: bytes, state: Lattice
-    ) -> list[Crossing]:
-        """Crossings of ``var``'s triggers that ``state`` (of ``key``) newly meets. A derived
-        variable's state is joined here, so its triggers are evaluated here; the sink bills
-        them once per (trigger, key) like a declared variable's."""
-        found: list[Crossing] = []
-        for trigger in self.triggers.get(var, ()):
-            marker = (trigger.name, key)
-            if marker in slot.crossed or not trigger.check(key, state):
-                continue
-            slot.crossed.add(marker)
-            found.append(
-                Crossing(
-                    self.name,
-                    var,
-                    trigger.name,
-                    key,
-                    informational_value(state),
-                    trigger.describe,
-                    codec.encode(state) if trigger.carry_state else None,
-                )
-            )
-        return found
-
-    async def _write(self, number: int, slot: _Slot, effects: _Effects) -> None:
-        if effects.empty():
+        """One transaction: everything ``effects`` asks for, and the input ``offsets``."""
+        part = number if self.keyed else 0
+        box = outbox(
+            self.name,
+            effects,
+            part,
+            metrics=self.metrics,
+            who=f"operators {self.group_id}",
+        )
+        if not box and not offsets:
             return
         producer = slot.producer
-        part = number if self.keyed else 0
         sent: list[asyncio.Future[Any]] = []
-        name = self.name
         try:
             async with producer.transaction():
-                for crossing in effects.crossings:
-                    sent.append(
-                        await producer.send(
-                            crossings_topic(name),
-                            key=crossing.key,
-                            value=crossing.encode(),
-                            partition=part,
-                        )
-                    )
-                for dead in effects.dead:
-                    if self.metrics is not None:
-                        self.metrics.dead_lettered(dead.variable, dead.reason)
-                    log.warning(
-                        "operators: %s:%d@%d dead-lettered (%s): %s",
-                        dead.topic,
-                        dead.partition,
-                        dead.offset,
-                        dead.reason,
-                        dead.error,
-                    )
-                    sent.append(
-                        await producer.send(
-                            dlq_topic(name),
-                            key=dead.key,
-                            value=dead.value,
-                            headers=dead.headers(),
-                        )
-                    )
-                for (var, key), state in effects.states.items():
-                    sent.append(
-                        await producer.send(
-                            state_topic(name, var),
-                            key=key,
-                            value=codec.encode(state),
-                            partition=part,
-                        )
-                    )
-                for (var, key), delta in effects.out_deltas.items():
-                    sent.append(
-                        await producer.send(
-                            delta_topic(name, var),
-                            key=key,
-                            value=codec.encode(delta),
-                            partition=part,
-                        )
-                    )
-                for (var, key), state in effects.out_states.items():
-                    sent.append(
-                        await producer.send(
-                            state_topic(name, var),
-                            key=key,
-                            value=codec.encode(state),
-                            partition=part,
-                        )
-                    )
-                for var, key, delta in effects.binds:
-                    sent.append(
-                        await producer.send(
-                            delta_topic(name, var), key=key, value=codec.encode(delta)
-                        )
-                    )
-                if effects.offsets:
-                    await producer.send_offsets_to_transaction(effects.offsets, self.group_id)
+                sent = await _send_all(producer, box.first + box.second)
+                if offsets:
+                    await producer.send_offsets_to_transaction(offsets, self.group_id)
         except (ProducerFenced, InvalidProducerEpoch):
             for fut in sent:
                 fut.add_done_callback(_consume_error)
@@ -525,65 +362,27 @@ class OperatorAgent:
         # Starting it fences the slot's former owner before we read what it wrote.
         await producer.start()
         parts = [number] if self.keyed else list(range(s.delta_partitions))
-        joiners: dict[str, PartitionJoiner] = {}
-        effects = _Effects()
-        for var in self.sources:
-            v = self.topology.var(var)
-            joiner = PartitionJoiner(
-                self.name,
-                var,
-                v.prototype,
-                triggers=self.triggers.get(var, ()),
-                validate_record=self.validators.get(var),
-                track_deltas=True,
-            )
-            loaded = await read_state_partition(s, state_topic(self.name, var), parts, v.prototype)
-            for states in loaded.values():
-                for key, state in states.items():
-                    effects.crossings.extend(joiner.load(key, state))
-            joiners[var] = joiner
-        slot = _Slot(producer, joiners)
-        for var in self.derived:
+        core = ReplicaCore(
+            self.topology,
+            owns=[*self.sources, *self.derived],
+            name=self.name,
+            streams=False,
+            view=self.view,
+            validators={v: f for v, f in self.validators.items() if v in self.sources},
+            key_of=key_from_kafka,
+            plan=self.prop,
+        )
+        loaded: list[tuple[str, Any, Lattice]] = []
+        for var in [*self.sources, *self.derived]:
             proto = self.topology.var(var).prototype
-            loaded = await read_state_partition(s, state_topic(self.name, var), parts, proto)
-            mine = slot.derived.setdefault(var, {})
-            for states in loaded.values():
-                for key, state in states.items():
-                    if key in mine:
-                        mine[key].merge(state)
-                    else:
-                        mine[key] = state
-        # A recovered derived state that meets a trigger is published again: the former
-        # owner may have crashed before its crossing was committed (the sink deduplicates).
-        for var, states in slot.derived.items():
-            for key, state in states.items():
-                effects.crossings.extend(self._derived_crossings(slot, var, key, state))
-        for var, joiner in joiners.items():
-            for key, state in list(joiner.states.items()):
-                self._propagate(slot, var, key, state.copy(), effects)
-        await self._write(number, slot, effects)
+            found = await read_state_partition(s, state_topic(self.name, var), parts, proto)
+            for states in found.values():
+                loaded.extend((var, key_from_kafka(key), state) for key, state in states.items())
+        slot = _Slot(producer, core)
+        # Recomputes every output from the full input states and publishes what that adds
+        # (an input state that got ahead of the derived states, a crash between batches), and
+        # fires again every trigger the loaded states meet (the former owner may have crashed
+        # before its crossing was committed; the sink deduplicates).
+        await self._write(number, slot, core.load(loaded), {})
         log.info("operators %s: slot %d recovered", self.group_id, number)
         return slot
-
-
-def _consume_error(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()
-
-
-async def _stop_quietly(producer: AIOKafkaProducer) -> None:
-    try:
-        await producer.stop()
-    except KafkaError as exc:
-        log.debug("producer stop: %r", exc)
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped aiokafka base
-    def __init__(self, agent: OperatorAgent) -> None:
-        self._agent = agent
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self._agent._revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self._agent._assigned(assigned)

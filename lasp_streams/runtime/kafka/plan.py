@@ -6,18 +6,19 @@ an :class:`OperatorAgent` for the keyed and one for the non-keyed operator steps
 the declared variables that feed them (see :mod:`.operators` for how binary steps' inputs meet);
 the variables that per-key threshold functions watch are broadcast (every worker follows them in
 full, outside the consumer groups); the sink (``with_sink``) bills crossings and runs trigger
-actions. ``stream`` callbacks run where the sink runs (see :mod:`.streams`). Windowed
+actions. Every agent runs its partitions (or slots) on the one engine,
+:class:`~lasp_streams.runtime.core.ReplicaCore`: triggers, windows and propagation are the
+LocalRuntime's. ``stream`` callbacks run where the sink runs (see :mod:`.streams`). Windowed
 variables run in their variable agents (event-time watermark; see :mod:`.windows`); a window
 with an injected clock, or one that feeds another step, is refused by name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lasp_streams.codec import key_from_kafka
 from lasp_streams.dataflow.events import StateView
 from lasp_streams.dataflow.propagation import Propagation
 from lasp_streams.dataflow.steps import StreamStep, TriggerStep, WindowStep
@@ -25,10 +26,10 @@ from lasp_streams.dataflow.topology import Topology
 from lasp_streams.dataflow.windows import WindowSpec
 from lasp_streams.errors import InvalidTopology
 from lasp_streams.lattices.base import Lattice
-from lasp_streams.lattices.threshold import Threshold, threshold_met
+from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.metrics import Metrics
+from lasp_streams.runtime.core import RecordValidator
 from lasp_streams.runtime.kafka.agent import VariableAgent
-from lasp_streams.runtime.kafka.crossing import TriggerSpec
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 
 __all__ = ["VariablePlan", "WorkerPlan", "plan_worker"]
@@ -36,19 +37,20 @@ __all__ = ["VariablePlan", "WorkerPlan", "plan_worker"]
 
 @dataclass(frozen=True, slots=True)
 class VariablePlan:
-    """One declared variable and the per-key triggers its agent evaluates.
-
-    ``trigger_steps`` with threshold *functions* become :class:`TriggerSpec` s only when the
-    agents are built, with a view of the watched variables (see :meth:`WorkerPlan.agents`)."""
+    """One declared (or windowed) variable and the triggers its agent evaluates."""
 
     id: str
     prototype: Lattice
     keyed: bool
-    triggers: tuple[TriggerSpec, ...]
     trigger_steps: tuple[TriggerStep, ...] = ()
     checked: bool = False
     #: A windowed variable's geometry and grace (its agent closes windows: :mod:`.windows`).
     window: WindowSpec | None = None
+
+    @property
+    def per_key(self) -> bool:
+        """True when a trigger has a per-key threshold function (it needs a view)."""
+        return any(not isinstance(t.threshold, Threshold) for t in self.trigger_steps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,25 +98,29 @@ class WorkerPlan:
         variable grows) serves per-key threshold functions."""
         from lasp_streams.runtime.kafka.operators import OperatorAgent
 
-        def specs(v: VariablePlan) -> tuple[TriggerSpec, ...]:
-            return v.triggers + tuple(_fn_trigger(t, view) for t in v.trigger_steps)
-
+        assert self.graph is not None
+        for v in (*self.variables, *self.operator_inputs, *self.derived_triggers):
+            if v.per_key and view is None:
+                step = next(t for t in v.trigger_steps if not isinstance(t.threshold, Threshold))
+                raise InvalidTopology(
+                    f"trigger step {step.id!r} has a per-key threshold function: its agent "
+                    "needs a view of the watched variables (run it through KafkaRuntime or "
+                    "run_worker)"
+                )
         agents: list[Any] = [
             VariableAgent(
                 settings,
-                self.topology,
+                self.graph,
                 v.id,
-                v.prototype,
-                triggers=specs(v),
-                validate_record=_client_check() if v.checked else None,
+                name=self.topology,
+                view=view,
+                validator=_client_check() if v.checked else None,
                 metrics=metrics,
-                watch_version=watch_version if v.trigger_steps else None,
-                window=v.window,
+                watch_version=watch_version if v.per_key else None,
             )
             for v in self.variables
         ]
         for keyed in self.operator_parts:
-            assert self.graph is not None
             inputs = [v for v in self.operator_inputs if v.keyed == keyed]
             inputs += [v for v in self.derived_triggers if v.keyed == keyed]
             agents.append(
@@ -123,10 +129,10 @@ class WorkerPlan:
                     self.graph,
                     keyed=keyed,
                     name=self.topology,
-                    triggers={v.id: specs(v) for v in inputs},
+                    view=view,
                     validators={v.id: _client_check() for v in inputs if v.checked},
                     metrics=metrics,
-                    watch_version=watch_version if any(v.trigger_steps for v in inputs) else None,
+                    watch_version=watch_version if any(v.per_key for v in inputs) else None,
                 )
             )
         return agents
@@ -135,7 +141,7 @@ class WorkerPlan:
         """The plan as text: agents, how binary steps' inputs meet, what is broadcast."""
         lines = [f"topology {self.topology!r} on Kafka:"]
         for v in self.variables:
-            trig = [t.name for t in v.triggers] + [t.id for t in v.trigger_steps]
+            trig = [t.id for t in v.trigger_steps]
             lines.append(
                 f"  variable agent {v.id}{' (keyed)' * v.keyed}"
                 + (
@@ -162,7 +168,7 @@ class WorkerPlan:
             )
             for v in self.derived_triggers:
                 if v.keyed == keyed:
-                    trig = [t.name for t in v.triggers] + [t.id for t in v.trigger_steps]
+                    trig = [t.id for t in v.trigger_steps]
                     lines.append(f"    triggers on derived {v.id}: {trig}")
         if self.streams:
             lines.append(
@@ -177,27 +183,13 @@ class WorkerPlan:
         return "\n".join(lines)
 
 
-def _client_check() -> Any:
+def _client_check() -> RecordValidator:
     from lasp_streams.server.validate import record_delta_problem
 
-    return record_delta_problem
+    def check(key: Hashable, headers: Sequence[tuple[str, bytes]], delta: Lattice) -> str | None:
+        return record_delta_problem(headers, delta)
 
-
-def _fn_trigger(step: TriggerStep, view: StateView | None) -> TriggerSpec:
-    if view is None:
-        raise InvalidTopology(
-            f"trigger step {step.id!r} has a per-key threshold function: its agent needs a "
-            "view of the watched variables (run it through KafkaRuntime or run_worker)"
-        )
-
-    def met(key: bytes, state: Lattice) -> bool:
-        threshold = step.threshold_for(key_from_kafka(key), view)
-        return threshold is not None and threshold_met(state, threshold)
-
-    def never(state: Lattice) -> bool:
-        return False
-
-    return TriggerSpec(step.id, never, f"per-key threshold {step.id}", met, True)
+    return check
 
 
 #: Lattice types whose deltas the client check can verify (per-actor entries).
@@ -227,20 +219,13 @@ def plan_worker(
     """
     topology.freeze()
     prop = Propagation(topology)
-    steps_by_var: dict[str, list[TriggerSpec]] = {}
-    fn_steps: dict[str, list[TriggerStep]] = {}
+    trigger_steps: dict[str, list[TriggerStep]] = {}
     watched: list[str] = []
     unsupported: list[str] = []
     for step in topology.steps:
         if isinstance(step, TriggerStep):
-            if isinstance(step.threshold, Threshold):
-                spec = TriggerSpec.from_threshold(step.id, step.threshold)
-                steps_by_var.setdefault(step.var, []).append(
-                    TriggerSpec(spec.name, spec.met, spec.describe, None, True)
-                )
-            else:
-                fn_steps.setdefault(step.var, []).append(step)
-                watched.extend(w for w in step.watch if w not in watched)
+            trigger_steps.setdefault(step.var, []).append(step)
+            watched.extend(w for w in step.watch if w not in watched)
         elif isinstance(step, WindowStep):
             if step.clock is not None:
                 unsupported.append(
@@ -252,6 +237,12 @@ def plan_worker(
                     f"window {step.id!r} (feeds another step: windowed variables are "
                     "terminal on Kafka)"
                 )
+    unsupported += [
+        f"dynamic variable {v!r} (node-local, never replicated: each LocalRuntime replica "
+        "keeps its own)"
+        for v in topology.variables
+        if topology.dynamic(v)
+    ]
     if unsupported:
         raise InvalidTopology(
             f"topology {topology.name!r}: the Kafka runtime cannot run these steps yet: "
@@ -275,23 +266,16 @@ def plan_worker(
             var.id,
             var.prototype,
             var.keyed,
-            tuple(steps_by_var.get(var.id, ())),
-            tuple(fn_steps.get(var.id, ())),
+            tuple(trigger_steps.get(var.id, ())),
             var.id in wanted,
             windows.get(var.id),
         )
         (feeding if prop.has_outputs(var.id) else alone).append(plan)
     parts = tuple(sorted({v.keyed for v in feeding}))
     derived = tuple(
-        VariablePlan(
-            var.id,
-            var.prototype,
-            var.keyed,
-            tuple(steps_by_var.get(var.id, ())),
-            tuple(fn_steps.get(var.id, ())),
-        )
+        VariablePlan(var.id, var.prototype, var.keyed, tuple(trigger_steps.get(var.id, ())))
         for var in topology.variables.values()
-        if var.kind == "derived" and (var.id in steps_by_var or var.id in fn_steps)
+        if var.kind == "derived" and var.id in trigger_steps
     )
     return WorkerPlan(
         name or topology.name,

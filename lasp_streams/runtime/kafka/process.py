@@ -25,11 +25,11 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
+from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.base import lattice_class
 from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.metrics import Metrics
 from lasp_streams.runtime.kafka.agent import VariableAgent
-from lasp_streams.runtime.kafka.crossing import TriggerSpec
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import SinkFenced, TrustedSink
 from lasp_streams.runtime.kafka.topics import ensure_topics, plan_topics
@@ -82,14 +82,12 @@ async def _main(args: argparse.Namespace) -> int:
         cls = lattice_class(args.lattice)
         if cls is None:
             raise SystemExit(f"agent: no lattice type has wire tag {args.lattice!r}")
-        triggers = []
+        topology = Topology(args.topology)
+        var = topology.declare(args.variable[0], cls, keyed=True)
         if args.value_threshold is not None:
-            triggers.append(
-                TriggerSpec.from_threshold(args.trigger, Threshold.value(args.value_threshold))
-            )
-        agent = VariableAgent(
-            settings, args.topology, args.variable[0], cls, triggers=triggers, metrics=metrics
-        )
+            # The action runs at the sink (a KafkaRuntime); this agent only publishes crossings.
+            topology.trigger(args.trigger, var, Threshold.value(args.value_threshold), _no_action)
+        agent = VariableAgent(settings, topology, var.id, metrics=metrics)
         await agent.start()
         runner = asyncio.create_task(agent.run())
         await agent.wait_assigned(timeout=60)
@@ -108,6 +106,10 @@ async def _main(args: argparse.Namespace) -> int:
         await sink.stop()
         return 3
     return 0
+
+
+def _no_action(event: object) -> None:
+    """Trigger actions run where the sink runs, not in an agent process."""
 
 
 async def _until(

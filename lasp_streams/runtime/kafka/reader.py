@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -24,9 +25,10 @@ async def read_all(
     *,
     read_committed: bool = True,
     timeout: float = 60.0,
+    partitions: Iterable[int] | None = None,
 ) -> list[Any]:
-    """Every record of ``topic`` up to its end as of now (aiokafka ``ConsumerRecord``s),
-    partition by partition in offset order.
+    """Every record of ``topic`` (of ``partitions``, default all) up to its end as of now
+    (aiokafka ``ConsumerRecord``s), partition by partition in offset order.
 
     ``read_committed`` (the default) skips records of aborted transactions and reads up to the
     last stable offset: agents write states, crossings and dead letters in transactions, and a
@@ -38,11 +40,14 @@ async def read_all(
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed" if read_committed else "read_uncommitted",
+        max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+        fetch_max_bytes=settings.fetch_max_bytes,
         request_timeout_ms=settings.request_timeout_ms,
     )
     await consumer.start()
     try:
-        partitions = await partitions_of(settings, topic, timeout)
+        if partitions is None:
+            partitions = await partitions_of(settings, topic, timeout)
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -54,7 +59,7 @@ async def read_all(
         while pending:
             if loop.time() > deadline:
                 raise LaspError(f"reading {topic!r} did not reach its end within {timeout} s")
-            data = await consumer.getmany(*pending, timeout_ms=200)
+            data = await consumer.getmany(*pending, timeout_ms=200, max_records=50_000)
             for tp, records in data.items():
                 by_partition[tp.partition].extend(r for r in records if r.offset < ends[tp])
             for tp in list(pending):

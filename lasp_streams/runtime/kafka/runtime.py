@@ -31,12 +31,12 @@ from lasp_streams.codec import ACTOR_HEADER, key_from_kafka, key_to_kafka
 from lasp_streams.dataflow.events import TriggerEvent
 from lasp_streams.dataflow.steps import TriggerStep, Var, WindowStep
 from lasp_streams.dataflow.topology import Topology
-from lasp_streams.dataflow.windows import Windowed
 from lasp_streams.errors import LaspError, MutatorError, ReadTimeout
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.threshold import Threshold, threshold_met
 from lasp_streams.metrics import Metrics
-from lasp_streams.runtime.kafka.crossing import BillingEvent
+from lasp_streams.records import BillingEvent
+from lasp_streams.runtime.core.updates import check_key, mutate
 from lasp_streams.runtime.kafka.follower import VariableFollower
 from lasp_streams.runtime.kafka.plan import WorkerPlan, plan_worker
 from lasp_streams.runtime.kafka.settings import KafkaSettings
@@ -154,51 +154,31 @@ class KafkaRuntime:
         one agent batch: a process that restarts must write under a new ``actor`` id, or an
         add could reuse a dot its previous life already sent."""
         v = self.topology.var(var)
-        if v.kind == "window":
-            return await self._update_window(v, actor, mutator, args, key, event_time)
-        if v.kind != "declared":
-            raise MutatorError(
-                f"variable {v.id!r} is {v.kind}: only declared variables are updated"
-            )
-        self._check_key(v, key)
+        if v.kind == "derived":
+            raise MutatorError(f"variable {v.id!r} is derived: only declared variables are updated")
+        check_key(v, key)
         follower = await self.follow(v)
-        state = follower.state(key).copy()
-        method = getattr(state, mutator, None) if not mutator.startswith("_") else None
-        if method is None or not callable(method):
-            raise MutatorError(f"{v.type_name} (variable {v.id!r}) has no mutator {mutator!r}")
-        delta: Lattice = method(actor, *args)
+        delta = mutate(v, follower.state(key).copy(), actor, mutator, args, event_time)
         if not delta.is_bottom():
             await self._produce(v, key, delta, actor)
             await follower.join_local(key, delta)
         return delta
 
-    async def _update_window(
-        self,
-        v: Var,
-        actor: str,
-        mutator: str,
-        args: tuple[Any, ...],
-        key: Hashable,
-        event_time: int | None,
-    ) -> Lattice:
-        if event_time is None:
-            raise MutatorError(f"windowed variable {v.id!r}: update needs event_time=...")
-        self._check_key(v, key)
-        follower = await self.follow(v)
-        state = follower.state(key).copy()
-        assert isinstance(state, Windowed)
-        delta: Lattice = state.record(actor, event_time, mutator, *args)
-        if not delta.is_bottom():
-            await self._produce(v, key, delta, actor)
-            await follower.join_local(key, delta)
-        return delta
+    async def wait_needed(self, var: Var | str, *args: Any, **kwargs: Any) -> Threshold:
+        """Not on Kafka: a read here is a follower of committed state topics, which no
+        producer elsewhere can observe. Use the LocalRuntime's ``wait_needed``."""
+        raise LaspError(
+            f"wait_needed({self.topology.var(var).id!r}): the Kafka runtime does not run "
+            "wait_needed (reads are not visible to producers across processes); run lazy "
+            "producers with the LocalRuntime"
+        )
 
     async def bind(self, var: Var | str, state: Lattice, *, key: Hashable = None) -> None:
         """Join a whole state into ``var`` (produced as one delta, actor header ``server``)."""
         v = self.topology.var(var)
         if not v.prototype.same_type(state):
             raise MutatorError(f"bind {v.id!r}: expected a {v.type_name}, got {state!r}")
-        self._check_key(v, key)
+        check_key(v, key)
         await self._produce(v, key, state, "server")
         await (await self.follow(v)).join_local(key, state)
 
@@ -237,13 +217,6 @@ class KafkaRuntime:
                 f"within {timeout} s on Kafka (value now {follower.state(key).value()!r})"
             ) from None
         return follower.state(key).value()
-
-    @staticmethod
-    def _check_key(v: Var, key: Hashable) -> None:
-        if v.keyed and key is None:
-            raise MutatorError(f"variable {v.id!r} is keyed: pass key=")
-        if not v.keyed and key is not None:
-            raise MutatorError(f"variable {v.id!r} is not keyed: do not pass key=")
 
     # -- workers -------------------------------------------------------------------------------
     async def run(
@@ -319,8 +292,8 @@ class KafkaRuntime:
             key = key_from_kafka(billed.key)
             var = self.topology.var(step.var)
             try:
-                state = codec.decode(billed.state) if billed.state else var.prototype.bottom()
-                threshold = step.threshold_for(key, self)
+                state = billed.decoded_state() or var.prototype.bottom()
+                threshold = billed.threshold.threshold() or step.threshold_for(key, self)
                 event = TriggerEvent(
                     step.id,
                     step.var,
@@ -329,6 +302,7 @@ class KafkaRuntime:
                     state.value(),
                     state,
                     self,
+                    billed.event_id,
                 )
                 result = step.action(event)
                 if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):

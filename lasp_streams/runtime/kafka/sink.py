@@ -5,8 +5,9 @@ sink turns them into billing events on ``<topology>.billing`` so that a ``read_c
 reader of that topic sees exactly one event per (trigger, key), whatever crashes, redeliveries
 or duplicate sink processes happen. Three mechanisms, each covering what the others cannot:
 
-1. **Deterministic event ids** (:func:`~lasp_streams.runtime.kafka.crossing.event_id`): every
-   duplicate of a crossing names the same event.
+1. **Deterministic event ids** (:func:`~lasp_streams.records.event_id`, the one the
+   LocalRuntime gives its trigger events too): every duplicate of a crossing names the same
+   event.
 2. **A durable record of what was billed, read back at start.** The billing topic itself is
    that record (keyed by event id, kept for ever by default). At start the sink reads it to the
    end with ``read_committed`` and refuses to bill any id it finds; ids billed later are added
@@ -43,9 +44,10 @@ from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 
 from lasp_streams.errors import DecodeError, LaspError
 from lasp_streams.metrics import Metrics
-from lasp_streams.runtime.kafka.crossing import BillingEvent, Crossing
-from lasp_streams.runtime.kafka.dlq import DeadLetter
+from lasp_streams.records import BillingEvent, Crossing
+from lasp_streams.runtime.kafka.dlq import DeadLetter, headers_of
 from lasp_streams.runtime.kafka.fencing import close_fenced
+from lasp_streams.runtime.kafka.reader import read_all
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import billing_topic, crossings_topic, dlq_topic
 
@@ -215,7 +217,7 @@ class TrustedSink:
                             record.value,
                         )
                         await producer.send(
-                            self.dlq_topic, key=dead.key, value=dead.value, headers=dead.headers()
+                            self.dlq_topic, key=dead.key, value=dead.value, headers=headers_of(dead)
                         )
                         if self.metrics is not None:
                             self.metrics.dead_lettered("<crossings>", "decode")
@@ -266,45 +268,5 @@ async def read_billing_events(
 ) -> list[BillingEvent]:
     """Every committed billing event on ``topic``, read with ``read_committed`` up to the last
     stable offset (records of aborted transactions are never returned)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"{settings.client_id}-billing-reader",
-        group_id=None,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        request_timeout_ms=settings.request_timeout_ms,
-    )
-    await consumer.start()
-    events: list[BillingEvent] = []
-    try:
-        # ensure_topics checked that the topic has exactly billing_partitions partitions.
-        tps = [TopicPartition(topic, p) for p in range(settings.billing_partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        try:
-            # Under read_committed these are the last stable offsets.
-            ends = await asyncio.wait_for(consumer.end_offsets(tps), timeout)
-        except TimeoutError:
-            raise LaspError(
-                f"cannot read the end offsets of billing topic {topic!r} within {timeout} s; "
-                "does it exist (declare the topology's topics first)?"
-            ) from None
-        pending = {tp for tp in tps if ends[tp] > 0}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while pending:
-            if loop.time() > deadline:
-                raise LaspError(
-                    f"reading billing topic {topic!r} did not reach its end within {timeout} s"
-                )
-            data = await consumer.getmany(*pending, timeout_ms=200)
-            for records in data.values():
-                for record in records:
-                    if record.value is not None:
-                        events.append(BillingEvent.decode(record.value))
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
-    finally:
-        await consumer.stop()
-    return events
+    records = await read_all(settings, topic, timeout=timeout)
+    return [BillingEvent.decode(r.value) for r in records if r.value is not None]

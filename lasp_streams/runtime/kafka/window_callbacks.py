@@ -27,11 +27,11 @@ from lasp_streams.codec import key_from_kafka
 from lasp_streams.dataflow.steps import WindowStep
 from lasp_streams.dataflow.windows import LateDelta, WindowClosed, Windowed
 from lasp_streams.errors import CodecError, DecodeError
+from lasp_streams.records import ClosedWindow
 from lasp_streams.runtime.kafka.dlq import parse_headers
 from lasp_streams.runtime.kafka.reader import partitions_of
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import closed_topic, dlq_topic
-from lasp_streams.runtime.kafka.windows import ClosedWindow
 
 __all__ = ["WindowCallbackRunner"]
 

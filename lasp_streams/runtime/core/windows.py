@@ -1,0 +1,109 @@
+"""The window gate: the closing rules of :mod:`lasp_streams.dataflow.windows` for one windowed
+variable in one core, key by key, in arrival order.
+
+- :meth:`WindowGate.admit` splits a delta: the parts for windows that already closed *and that
+  would change them* are late (not merged; a part that changes nothing is a duplicate, not
+  late).
+- :meth:`WindowGate.advance` moves a key's watermark after a join (the highest event time in
+  its state minus ``grace``, or an injected clock's time minus ``grace``) and returns the
+  windows that just closed.
+- :meth:`WindowGate.load` sets a recovered key's clock from its state without closing
+  anything: with an event-time watermark a window is emitted by the batch that made the
+  watermark pass it, so a recovering owner has nothing to emit.
+- :meth:`WindowGate.late_part` is the part of an update at an event time that falls in closed
+  windows (the LocalRuntime's ``update`` applies the rest: :meth:`WindowGate.closed`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from lasp_streams.dataflow.windows import WindowClock, WindowClosed, Windowed, WindowSpec
+from lasp_streams.lattices.base import Lattice
+
+__all__ = ["WindowGate"]
+
+
+class WindowGate:
+    """Per-key closing state of one windowed variable (see the module docstring). Pure."""
+
+    __slots__ = ("_clocks", "clock", "spec", "variable")
+
+    def __init__(
+        self, variable: str, spec: WindowSpec, clock: Callable[[], int] | None = None
+    ) -> None:
+        self.variable = variable
+        self.spec = spec
+        self.clock = clock
+        self._clocks: dict[Hashable, WindowClock] = {}
+
+    def _clock(self, key: Hashable) -> WindowClock:
+        found = self._clocks.get(key)
+        if found is None:
+            found = self._clocks[key] = WindowClock(self.spec, self.clock)
+        return found
+
+    def clocked(self) -> list[Hashable]:
+        """The keys that have a clock."""
+        return list(self._clocks)
+
+    def load(self, key: Hashable, state: Lattice) -> None:
+        """A recovered state: its windows below the watermark closed before."""
+        assert isinstance(state, Windowed)
+        self._clock(key).advance(state)
+
+    def admit(
+        self, key: Hashable, state: Lattice | None, delta: Lattice
+    ) -> tuple[Lattice, Windowed | None]:
+        """``(the part to join, the late part that would have changed closed windows)``."""
+        assert isinstance(delta, Windowed)
+        clock = self._clocks.get(key)
+        if clock is None or clock.closed_through is None:
+            return delta, None
+        on_time, late = delta.split(clock.is_closed)
+        if not late.windows():
+            return delta, None
+        current = state if isinstance(state, Windowed) else delta.bottom()
+        news = {s: part for s, part in late.windows().items() if not part <= current.window(s)}
+        if not news:
+            return on_time, None
+        late_part = late.bottom()
+        late_part.windows().update(news)
+        return on_time, late_part
+
+    def advance(self, key: Hashable, state: Lattice) -> list[WindowClosed]:
+        """The windows of ``key`` that closed now that its state is ``state``."""
+        assert isinstance(state, Windowed)
+        size = self.spec.size
+        closed = []
+        for start in self._clock(key).advance(state):
+            window = state.window(start)
+            closed.append(
+                WindowClosed(self.variable, key, start, start + size, window.value(), window)
+            )
+        return closed
+
+    def closed(self, key: Hashable) -> Callable[[int], bool]:
+        """``is_closed(start)`` of ``key``'s windows."""
+        return self._clock(key).is_closed
+
+    def late_part(
+        self,
+        key: Hashable,
+        state: Lattice,
+        actor: str,
+        event_time: int,
+        mutator: str,
+        args: tuple[Any, ...],
+    ) -> Windowed | None:
+        """The part of ``mutator`` at ``event_time`` that falls in closed windows (None: none);
+        the state is not changed."""
+        assert isinstance(state, Windowed)
+        clock = self._clock(key)
+        if not any(clock.is_closed(s) for s in state.spec.starts_for(event_time)):
+            return None
+        late = state.copy().record(
+            actor, event_time, mutator, *args, skip=lambda s: not clock.is_closed(s)
+        )
+        return late if late.windows() else None
