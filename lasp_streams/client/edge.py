@@ -47,7 +47,10 @@ Bounded mode (``bounded=Bounded(...)``): the client may only count a key while i
 rights for it. Rights are granted by the server as B-Counter transfers (``rights`` variable,
 one BCounter per key); the client's count for the key is what it spent, so its allowance is
 ``rights received - counted``. When the allowance falls below ``low_watermark`` it asks for more
-by incrementing its own entry of the ``requests`` counter (sent with the next flush). See
+by raising its own entry of the ``requests`` counter (sent with the next flush). That entry is
+also the holder's *demand*: the impressions it wanted to count for the key (counted + refused),
+reported at least every ``report_every`` seconds while it changes, so the escrow can refill in
+proportion to what each holder would spend, not to what it was allowed to. See
 :mod:`lasp_streams.server.escrow` for the server side.
 """
 
@@ -80,11 +83,13 @@ UNLIMITED: Final = 1 << 62
 class Bounded:
     """Bounded-counter mode: count only with rights granted through ``rights`` (a keyed
     BCounter variable), ask for more through ``requests`` (a keyed GCounter) below
-    ``low_watermark``."""
+    ``low_watermark``; the request entry is the holder's demand (views wanted: counted +
+    refused), reported every ``report_every`` seconds while it grows."""
 
     rights: str = "rights"
     requests: str = "rights_requests"
     low_watermark: int = 1
+    report_every: float = 0.5
 
 
 @dataclass(slots=True)
@@ -190,6 +195,8 @@ class EdgeClient:
         if bounded is not None:
             self._sent[bounded.requests] = {}
         self._asked: set[Hashable] = set()
+        self._wanted: dict[Hashable, int] = {}  # bounded: views refused per shown key
+        self._reported_at: dict[Hashable, float] = {}
         self._granted: dict[Hashable, int] = {}
         self._allow: dict[Hashable, int] = {}
         self._shown: tuple[Hashable, ...] = ()
@@ -217,6 +224,8 @@ class EdgeClient:
             left += self._near_minimum(key)
             if left < n:
                 self.stats.refused_views += 1
+                if key in allow:  # shown, but no rights left: unmet demand (bounded mode)
+                    self._wanted[key] = self._wanted.get(key, 0) + n
                 return False
         allow[key] = left - n
         counts = self._counts
@@ -507,10 +516,19 @@ class EdgeClient:
         bounded = self.bounded
         if bounded is None:
             return
+        now = self.clock()
+        requests, counts, wanted = self._requests, self._counts, self._wanted
         for key in self._shown:
+            old = requests.get(key, 0)
+            demand = counts.get(key, 0) + wanted.get(key, 0)
             if key not in self._asked and self._allow.get(key, 0) < bounded.low_watermark:
-                self._requests[key] = self._requests.get(key, 0) + 1
+                # Asking: the entry must grow (and carries the demand so far).
+                requests[key] = max(old + 1, demand)
                 self._asked.add(key)
+                self._reported_at[key] = now
+            elif demand > old and now - self._reported_at.get(key, -1e9) >= bounded.report_every:
+                requests[key] = demand
+                self._reported_at[key] = now
 
     def _own_totals(self) -> list[tuple[str, dict[Hashable, int]]]:
         totals = [(self.counter, self._counts)]
