@@ -13,7 +13,8 @@ returns a reason or None), with the actor taken from the record's :data:`ACTOR_H
 
 Types the check understands: GCounter, PNCounter, LexCounter (per-actor entries), BCounter
 (increment/decrement entries of the actor; transfers *from* the actor only) and GMap of those
-(each nested state checked). Any other type has no per-actor entries the server could check, so
+(each nested state checked), Windowed of those (each window checked). Any other type has no
+per-actor entries the server could check, so
 a client delta of it is refused as unverifiable: clients write counters; sets and registers are
 written by trusted services.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Final
 
+from lasp_streams.dataflow.windows import Windowed
 from lasp_streams.errors import LaspError
 from lasp_streams.lattices.base import Lattice, describe_type
 from lasp_streams.lattices.composite import GMap
@@ -80,6 +82,12 @@ def client_delta_problem(delta: Lattice, actor: str) -> str | None:
             problem = client_delta_problem(delta.get(key), actor)
             if problem is not None:
                 return f"GMap key {key!r}: {problem}"
+        return None
+    if isinstance(delta, Windowed):
+        for start, window in delta.windows().items():
+            problem = client_delta_problem(window, actor)
+            if problem is not None:
+                return f"window {start}: {problem}"
         return None
     return (
         f"a client delta of type {describe_type(delta)} cannot be verified (it has no "

@@ -18,6 +18,22 @@ Closing (:class:`WindowClock`)
     window's value is final: the runtime emits it once, and a later delta that would still change
     a closed window is *late* — it is counted and reported, never merged into the final value
     and never dropped silently. (A delta that changes nothing, e.g. a duplicate, is not late.)
+
+Close policies (per windowed variable, chosen in ``Topology.window``)
+    *At grace* (the default): a window closes when the watermark passes ``end + grace``. Final
+    values come ``grace`` after the window, and the server keeps nothing per device; a device
+    that was offline longer than ``grace`` finds its windows closed: its part is dead-lettered
+    ``late`` and counted per window (:attr:`LateDelta.counts`), not merged.
+    *Hold open* (:class:`HoldOpen`): a window the watermark passed stays open while a device
+    that counted in it (an entry in the window's state) has neither reported past the window's
+    end (a delta whose event-time high water mark is at or above it) nor been silent longer
+    than ``timeout`` on the server's ``clock``. Fewer late impressions; it costs one
+    ``(through, heard at)`` pair per (key, device) on the server, final values up to
+    ``timeout`` later, one slow device holding a key's windows for everyone, and devices that
+    must report even when they count nothing (the edge client's window heartbeat).
+
+:class:`WindowLedger` collects, per closed window, its final value and the impressions that
+arrived for it late.
 """
 
 from __future__ import annotations
@@ -28,10 +44,36 @@ from typing import Any, ClassVar, Self
 
 from lasp_streams.errors import MutatorError
 from lasp_streams.lattices.base import Lattice, LatticeSpec, WireContext, describe_type, new_bottom
+from lasp_streams.lattices.counters import GCounter
 
-__all__ = ["LateDelta", "WindowClock", "WindowClosed", "WindowSpec", "Windowed"]
+__all__ = [
+    "HoldOpen",
+    "LateDelta",
+    "WindowClock",
+    "WindowClosed",
+    "WindowLedger",
+    "WindowSpec",
+    "Windowed",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class HoldOpen:
+    """Close policy *hold open* (module docstring): ``timeout`` in event-time units on the
+    server's ``clock`` (which returns the current time in those units)."""
+
+    timeout: int
+    clock: Callable[[], int]
+
+    def __post_init__(self) -> None:
+        if type(self.timeout) is not int or self.timeout < 1:
+            raise ValueError(f"HoldOpen: timeout must be an int >= 1, got {self.timeout!r}")
+        if not callable(self.clock):
+            raise ValueError(f"HoldOpen: clock must be callable, got {self.clock!r}")
+
 
 _MAX_WINDOWS_PER_EVENT = 1000
+_MAX_COMPACT_WINDOWS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +205,15 @@ class Windowed(Lattice):
             self._max_t = event_time
         return delta
 
+    def at(self, event_time: int) -> Windowed:
+        """A delta holding only the event-time high water mark ``event_time`` (a device's
+        "I have reported everything before this time")."""
+        if type(event_time) is not int:
+            raise MutatorError(f"Windowed: event_time must be an int, got {event_time!r}")
+        out = self._empty()
+        out._max_t = event_time
+        return out
+
     def split(self, late: Callable[[int], bool]) -> tuple[Windowed, Windowed]:
         """``(on time, late)``: this state cut in two by ``late(start)``; the event-time high
         water mark goes with the on-time part."""
@@ -246,15 +297,45 @@ class Windowed(Lattice):
             ctx.fail(f"Windowed: bad window geometry: {exc}")
 
     def to_wire(self) -> Any:
-        """``[spec, max event time or null, [[start, window envelope], ...]]``."""
+        """``[spec, max event time or null, [[start, window envelope], ...]]``, or, for the
+        delta an edge device sends (GCounter windows that all hold one entry of the same actor,
+        nearly contiguous), the compact ``[spec, max event time, [actor, first start, [count per
+        slide from there, 0 where no window]]]``: one actor id and small ints instead of one
+        GCounter envelope per window (the wire cost of windows at the edge)."""
+        compact = self._compact()
         return [
             self.wire_spec()[1:],
             self._max_t,
-            [
+            compact
+            if compact is not None
+            else [
                 [start, [s.wire_tag, s.wire_version, s.to_wire()]]
                 for start, s in sorted(self._windows.items())
             ],
         ]
+
+    def _compact(self) -> list[Any] | None:
+        windows = self._windows
+        if not windows or type(self._proto) is not GCounter:
+            return None
+        actor = None
+        counts: dict[int, int] = {}
+        for start, state in windows.items():
+            entries = state.to_wire()
+            if len(entries) != 1:
+                return None
+            ((who, n),) = entries.items()
+            if actor is None:
+                actor = who
+            elif who != actor:
+                return None
+            counts[start] = n
+        slide = self._window.slide
+        first = min(counts)
+        span = (max(counts) - first) // slide + 1
+        if span > 2 * len(counts) + 2:
+            return None
+        return [actor, first, [counts.get(first + i * slide, 0) for i in range(span)]]
 
     @classmethod
     def from_wire(cls, payload: Any, ctx: WireContext) -> Self:
@@ -270,6 +351,9 @@ class Windowed(Lattice):
         if not isinstance(raw_windows, (list, tuple)):
             ctx.fail("Windowed windows must be a list")
         slide = out._window.slide
+        if raw_windows and isinstance(raw_windows[0], str):
+            out._from_compact(raw_windows, ctx)
+            return out  # type: ignore[return-value]
         for entry in raw_windows:
             if not isinstance(entry, (list, tuple)) or len(entry) != 2:
                 ctx.fail("Windowed window must be [start, state]")
@@ -285,6 +369,27 @@ class Windowed(Lattice):
                 ctx.fail(f"Windowed: window {start} holds a {describe_type(state)}")
             out._windows[start] = state
         return out  # type: ignore[return-value]
+
+    def _from_compact(self, raw: Any, ctx: WireContext) -> None:
+        if type(self._proto) is not GCounter or len(raw) != 3:
+            ctx.fail("Windowed: a compact window list is [actor, first start, counts] of GCounters")
+        actor, first, counts = raw
+        slide, max_t = self._window.slide, self._max_t
+        if not actor:
+            ctx.fail("Windowed: compact windows need a non-empty actor")
+        if type(first) is not int or first % slide:
+            ctx.fail(f"Windowed: window start {first!r} is not a multiple of slide {slide}")
+        if not isinstance(counts, (list, tuple)) or not counts:
+            ctx.fail("Windowed: compact counts must be a non-empty list")
+        if len(counts) > _MAX_COMPACT_WINDOWS:
+            ctx.fail(f"Windowed: {len(counts)} compact windows, at most {_MAX_COMPACT_WINDOWS}")
+        if max_t is None or first + (len(counts) - 1) * slide > max_t:
+            ctx.fail(f"Windowed: a window starts after the max event time {max_t!r}")
+        for i, n in enumerate(counts):
+            if type(n) is not int or n < 0:
+                ctx.fail(f"Windowed: compact count {n!r} is not an int >= 0")
+            if n:
+                self._windows[first + i * slide] = GCounter._of({actor: n})
 
     def __repr__(self) -> str:
         return f"Windowed[{describe_type(self._proto)}]({self.value()!r})"
@@ -311,6 +416,9 @@ class LateDelta:
     starts: tuple[int, ...]
     replica: int
     delta: Windowed
+    #: Per window start, how much the window's value would have grown (numeric window values,
+    #: e.g. impressions of a GCounter; empty for other nested lattices).
+    counts: tuple[tuple[int, int], ...] = ()
 
 
 class WindowClock:
@@ -339,10 +447,21 @@ class WindowClock:
         through = self.closed_through
         return through is not None and start + self.spec.size <= through
 
-    def advance(self, state: Windowed) -> list[int]:
-        """Close every window the watermark has passed; return the starts of the windows that
-        just closed and hold something (oldest first)."""
+    def advance(self, state: Windowed, held: Callable[[int], bool] | None = None) -> list[int]:
+        """Close every window the watermark has passed (in end order, stopping before the first
+        one ``held(start)`` keeps open); return the starts of the windows that just closed and
+        hold something (oldest first)."""
         mark = self.watermark(state)
+        if mark is not None and held is not None:
+            size = self.spec.size
+            for start in sorted(state.windows()):
+                if start + size > mark:
+                    break
+                if (self.closed_through is None or start + size > self.closed_through) and held(
+                    start
+                ):
+                    mark = start + size - 1
+                    break
         if mark is None or (self.closed_through is not None and mark <= self.closed_through):
             return []
         before = self.closed_through
@@ -351,3 +470,54 @@ class WindowClock:
         return sorted(
             s for s in state.windows() if s + size <= mark and (before is None or s + size > before)
         )
+
+
+@dataclass(slots=True)
+class _LedgerRow:
+    value: Any = None
+    closed: bool = False
+    late: int = 0
+    late_deltas: int = 0
+
+
+class WindowLedger:
+    """Per closed window ``(var, key, start)``: its final value and how many impressions (and
+    deltas) arrived for it late. Feed it :class:`WindowClosed` and :class:`LateDelta` events
+    (a host's ``on_close``/``on_late`` or its effects); :meth:`rows` reads it."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[str, Hashable, int], _LedgerRow] = {}
+
+    def _row(self, var: str, key: Hashable, start: int) -> _LedgerRow:
+        row = self._rows.get((var, key, start))
+        if row is None:
+            row = self._rows[(var, key, start)] = _LedgerRow()
+        return row
+
+    def closed(self, event: WindowClosed) -> None:
+        """A window closed with its final value."""
+        row = self._row(event.var, event.key, event.start)
+        row.value, row.closed = event.value, True
+
+    def late(self, event: LateDelta) -> None:
+        """A late delta: its impressions are added to each window it was late for."""
+        counts = dict(event.counts)
+        for start in event.starts:
+            row = self._row(event.var, event.key, start)
+            row.late += counts.get(start, 0)
+            row.late_deltas += 1
+
+    def late_total(self) -> int:
+        """Every late impression so far."""
+        return sum(r.late for r in self._rows.values())
+
+    def rows(self) -> list[tuple[str, Hashable, int, Any, int]]:
+        """``(var, key, start, final value or None, late impressions)``, ordered by window."""
+        return [
+            (var, key, start, row.value, row.late)
+            for (var, key, start), row in sorted(
+                self._rows.items(), key=lambda kv: (kv[0][0], repr(kv[0][1]), kv[0][2])
+            )
+        ]
