@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from hypothesis import strategies as st
 
 from lasp_streams.codec import register_record
+from lasp_streams.dataflow.windows import Windowed
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.composite import GMap, Pair
 from lasp_streams.lattices.counters import BCounter, GCounter, LexCounter, MaxInt, PNCounter
@@ -205,6 +206,20 @@ def _cases() -> dict[str, LatticeCase]:
                 ("snd", st.tuples(a, st.just("set"), st.sampled_from(["v", "w"]))),
             ],
             conflicts=True,
+        ),
+        LatticeCase(
+            # Sliding windows (three per event): one actor's deltas take the compact wire form.
+            "Windowed(GCounter)",
+            lambda: Windowed(GCounter, 30, 10),
+            [("record", st.tuples(a, st.integers(0, 60), st.just("increment"), _amount()))],
+        ),
+        LatticeCase(
+            "Windowed(TwoPSet)",
+            lambda: Windowed(TwoPSet, 20, 20),
+            [
+                ("record", st.tuples(a, st.integers(0, 60), st.just("add"), e)),
+                ("record", st.tuples(a, st.integers(0, 60), st.just("remove"), e)),
+            ],
         ),
         LatticeCase(
             "Pair(MaxInt, LWWRegister)",

@@ -18,6 +18,8 @@ from lasp_streams.dataflow import HoldOpen, WindowLedger
 from lasp_streams.dataflow.windows import Windowed, WindowSpec
 from lasp_streams.lattices import GCounter
 from lasp_streams.runtime.network import SimulatedNetwork
+from lasp_streams.testing.laws import lattice_law_test
+from lasp_streams.testing.strategies import CASES
 from topologies.ad_counter import Ad, Contract, ad_source
 from topologies.windowed_ads import MINUTE, SLIDE, WINDOWED, build, skew_problem
 
@@ -222,3 +224,11 @@ def test_the_compact_wire_form_round_trips_and_refuses_garbage() -> None:
     assert decode(raw) == w
     with pytest.raises(Exception, match="compact"):
         decode(raw.replace(b"\xa2d1", b"\xa0"))  # an empty actor
+
+
+test_windowed_gcounter_laws = lattice_law_test(
+    CASES["Windowed(GCounter)"].states(), CASES["Windowed(GCounter)"].ops
+)
+test_windowed_twopset_laws = lattice_law_test(
+    CASES["Windowed(TwoPSet)"].states(), CASES["Windowed(TwoPSet)"].ops
+)
