@@ -486,3 +486,8 @@ def worker(
     finally:
         if server is not None:
             server.close()
+
+
+from lasp_streams.cli_windows import demo_windows  # noqa: E402  (registered after the group)
+
+demo.add_command(demo_windows)
