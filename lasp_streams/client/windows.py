@@ -16,11 +16,11 @@
     here", which is what the server's close policies read. Offline, the deltas keep joining;
     the next successful flush carries them.
 
-    ``heartbeat``: also send, for a key whose newest window the device counted in has not
-    ended yet (on its clock), its entry for that window with the new high water mark, even
-    without new views — the device's report that lets a
+    ``heartbeat``: also send, for a key with a window the device counted in that ended (on
+    its clock) since its last report, its entry for its newest window with the new high water
+    mark, even without new views — the device's report that lets a
     :class:`~lasp_streams.dataflow.windows.HoldOpen` server close the window without waiting
-    for the timeout (one small delta per such key per flush: its cost).
+    for the timeout (at most one small delta per such key per slide: its cost).
 
 Windows older than ``keep`` (event-time units past their end) are dropped from the local state
 after they were sent.
@@ -131,9 +131,12 @@ class WindowCounts:
             for key, state in self._states.items():
                 if key in self._pending or not state.windows():
                     continue
-                newest = max(state.windows())
-                if self._reported.get(key, newest) >= newest + size:
+                # Only when a window it counted in ended since its last report: the server
+                # waits for nothing else (at most one heartbeat per key per slide).
+                last = self._reported.get(key)
+                if last is None or not any(last < s + size <= now for s in state.windows()):
                     continue
+                newest = max(state.windows())
                 beat, _ = state.split(newest.__ne__)
                 beat.merge(mark)
                 out.append((key, beat, 0))

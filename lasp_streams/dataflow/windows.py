@@ -299,8 +299,8 @@ class Windowed(Lattice):
     def to_wire(self) -> Any:
         """``[spec, max event time or null, [[start, window envelope], ...]]``, or, for the
         delta an edge device sends (GCounter windows that all hold one entry of the same actor,
-        nearly contiguous), the compact ``[spec, max event time, [actor, first start, [count per
-        slide from there, 0 where no window]]]``: one actor id and small ints instead of one
+        nearly contiguous), the compact ``[spec, max event time, [actor, max event time - first
+        start, [count per slide from the first start, 0 where no window]]]``: one actor id and small ints instead of one
         GCounter envelope per window (the wire cost of windows at the edge)."""
         compact = self._compact()
         return [
@@ -335,7 +335,8 @@ class Windowed(Lattice):
         span = (max(counts) - first) // slide + 1
         if span > 2 * len(counts) + 2:
             return None
-        return [actor, first, [counts.get(first + i * slide, 0) for i in range(span)]]
+        back = (self._max_t if self._max_t is not None else first) - first
+        return [actor, back, [counts.get(first + i * slide, 0) for i in range(span)]]
 
     @classmethod
     def from_wire(cls, payload: Any, ctx: WireContext) -> Self:
@@ -372,18 +373,21 @@ class Windowed(Lattice):
 
     def _from_compact(self, raw: Any, ctx: WireContext) -> None:
         if type(self._proto) is not GCounter or len(raw) != 3:
-            ctx.fail("Windowed: a compact window list is [actor, first start, counts] of GCounters")
-        actor, first, counts = raw
+            ctx.fail("Windowed: a compact window list is [actor, back, counts] of GCounters")
+        actor, back, counts = raw
         slide, max_t = self._window.slide, self._max_t
         if not actor:
             ctx.fail("Windowed: compact windows need a non-empty actor")
-        if type(first) is not int or first % slide:
+        if max_t is None or type(back) is not int or back < 0:
+            ctx.fail(f"Windowed: compact first start {back!r} before {max_t!r} is not an int >= 0")
+        first = max_t - back
+        if first % slide:
             ctx.fail(f"Windowed: window start {first!r} is not a multiple of slide {slide}")
         if not isinstance(counts, (list, tuple)) or not counts:
             ctx.fail("Windowed: compact counts must be a non-empty list")
         if len(counts) > _MAX_COMPACT_WINDOWS:
             ctx.fail(f"Windowed: {len(counts)} compact windows, at most {_MAX_COMPACT_WINDOWS}")
-        if max_t is None or first + (len(counts) - 1) * slide > max_t:
+        if first + (len(counts) - 1) * slide > max_t:
             ctx.fail(f"Windowed: a window starts after the max event time {max_t!r}")
         for i, n in enumerate(counts):
             if type(n) is not int or n < 0:

@@ -68,6 +68,8 @@ class WindowsRun:
     totals: dict[str, int]
     bytes_by_var: Counter[str] = field(default_factory=Counter)
     deltas_by_var: Counter[str] = field(default_factory=Counter)
+    #: Device deltas dead-lettered with reason ``late``.
+    late_deltas: int = 0
 
     @property
     def late(self) -> int:
@@ -210,6 +212,7 @@ async def run_windows(cfg: WindowsConfig) -> WindowsRun:
         (str(key), start, 0 if value is None else int(value), late)
         for _, key, start, value, late in ledger.rows()
     ]
+    run.late_deltas = sum(1 for d in rt.dead_letters if d.reason == "late")
     run.totals = {ad.id: int(rt.query("impressions", key=ad.id)) for ad in ads}
     return run
 
