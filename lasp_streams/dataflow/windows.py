@@ -299,9 +299,10 @@ class Windowed(Lattice):
     def to_wire(self) -> Any:
         """``[spec, max event time or null, [[start, window envelope], ...]]``, or, for the
         delta an edge device sends (GCounter windows that all hold one entry of the same actor,
-        nearly contiguous), the compact ``[spec, max event time, [actor, max event time - first
-        start, [count per slide from the first start, 0 where no window]]]``: one actor id and small ints instead of one
-        GCounter envelope per window (the wire cost of windows at the edge)."""
+        nearly contiguous), the compact ``[spec, max event time, [actor, max event time -
+        first start, [count per slide from the first start, 0 where no window]]]``: one actor
+        id and small ints instead of one GCounter envelope per window (the wire cost of windows
+        at the edge)."""
         compact = self._compact()
         return [
             self.wire_spec()[1:],

@@ -86,7 +86,7 @@ def main() -> None:
         "s, device clocks off by up to ±20 s (offset learned at each sync), sliding windows "
         "60 s / 10 s, grace 5 s; 10 % of the devices offline for 30 s (from 60 s in).",
         "",
-        "## Accounting (every closed window: count = views made in it − late)",
+        "## Accounting (every closed window: count = views made in it - late)",
         "",
         "| policy | views | closed windows | windows not accounted for | late impressions "
         "| late deltas dead-lettered |",
@@ -125,7 +125,7 @@ def main() -> None:
         "",
         "## Bytes per impression on the wire (key + payload of the devices' deltas)",
         "",
-        "| what the devices send | bytes / impression | × unwindowed |",
+        "| what the devices send | bytes / impression | x unwindowed |",
         "|---|---|---|",
         f"| unwindowed: `impressions` (the baseline) | {med(base_bpv):.2f} | 1.00 |",
         f"| windowed: `impressions_per_minute` alone (policy grace) | {med(win_bpv):.2f} "
