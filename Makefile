@@ -24,6 +24,7 @@ test: $(BIN)/lasp-streams
 
 lint: $(BIN)/lasp-streams
 	$(BIN)/ruff check lasp_streams tests topologies
+	$(BIN)/lint-imports
 	$(BIN)/mypy
 
 clean-venv:

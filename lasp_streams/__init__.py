@@ -4,7 +4,7 @@ as a stream-processing plugin on Apache Kafka.
 What users import lives here; ``__all__`` is the curated surface (pinned by a test).
 """
 
-from lasp_streams.client import EdgeClient, LocalHub
+from lasp_streams.client import EdgeClient
 from lasp_streams.codec import decode, encode, register_record
 from lasp_streams.dataflow import (
     Folded,
@@ -59,6 +59,7 @@ from lasp_streams.lattices import (
     threshold_met,
 )
 from lasp_streams.runtime import LocalRuntime
+from lasp_streams.server import LocalHub
 
 __version__ = "0.1.0"
 

@@ -24,17 +24,27 @@ it takes no parameters and its spec is just its tag.
 
 from __future__ import annotations
 
-import dataclasses
+import reprlib
 import threading
 from collections.abc import Callable, Hashable
-from typing import Any, Final, NoReturn, TypeVar
+from typing import Any, Final, NoReturn
 
 import msgpack
 
+import lasp_streams.lattices  # noqa: F401  (defines, and so registers, every wire type)
 from lasp_streams.errors import DecodeError, EncodeError
 from lasp_streams.lattices.base import _REGISTRY, Lattice, LatticeSpec
+from lasp_streams.lattices.elements import (
+    MAX_ELEMENT_DEPTH,
+    element_problem,
+    record_named,
+    record_of_type,
+    register_record,
+    registered_records,
+)
 
 __all__ = [
+    "ACTOR_HEADER",
     "MAX_COLLECTION_LEN",
     "MAX_ELEMENT_DEPTH",
     "MAX_NESTING_DEPTH",
@@ -43,6 +53,8 @@ __all__ = [
     "decode",
     "element_problem",
     "encode",
+    "key_from_kafka",
+    "key_to_kafka",
     "register_record",
     "registered_records",
 ]
@@ -53,106 +65,45 @@ MAX_COLLECTION_LEN: Final = 4_000_000
 """Most items in one msgpack array or map (and so in one set, map or counter)."""
 MAX_NESTING_DEPTH: Final = 16
 """Most lattices nested inside one another (a GMap of Pairs of GMaps ... counts each level)."""
-MAX_ELEMENT_DEPTH: Final = 16
-"""Most tuples / records nested inside one element."""
 RECORD_EXT_CODE: Final = 1
 """The msgpack ext type code of a registered record."""
+MAX_ERROR_CHARS: Final = 1_000
+"""Longest DecodeError message (messages quote the input, which may be hostile)."""
 
-_INT_MIN: Final = -(2**63)
-_INT_MAX: Final = 2**64 - 1
+# -- Kafka records around an encoded lattice ---------------------------------------------------
 
-# -- records ---------------------------------------------------------------------------------
-
-_RECORD_BY_NAME: dict[str, tuple[type[Any], tuple[str, ...]]] = {}
-_RECORD_BY_CLASS: dict[type[Any], tuple[str, tuple[str, ...]]] = {}
-
-T = TypeVar("T")
+ACTOR_HEADER: Final = "lasp.actor"
+"""The Kafka record header carrying the producing actor's id (UTF-8): a client's, or the
+server's own for trusted writes."""
 
 
-def register_record(cls: type[T] | None = None, *, name: str | None = None) -> Any:
-    """Register a frozen dataclass so its instances can be elements on the wire.
-
-    Use as ``@register_record`` or ``@register_record(name="ad")``. The wire name defaults to
-    ``module.QualName``; it must be unique. Decoding rebuilds the record by calling the class
-    with its fields by name (after checking the names), so only registered classes are ever
-    constructed. Re-registering the same class is a no-op.
-    """
-
-    def register(klass: type[T]) -> type[T]:
-        if not isinstance(klass, type) or not dataclasses.is_dataclass(klass):
-            raise TypeError(f"register_record: {klass!r} is not a dataclass")
-        if not klass.__dataclass_params__.frozen:  # type: ignore[attr-defined]
-            raise TypeError(
-                f"register_record: {klass.__qualname__} must be frozen "
-                "(@dataclass(frozen=True)) so it can be a set element"
-            )
-        fields = dataclasses.fields(klass)
-        if any(not f.init for f in fields):
-            raise TypeError(
-                f"register_record: every field of {klass.__qualname__} must be an __init__ "
-                "argument, or the decoder could not rebuild it"
-            )
-        wire_name = name if name is not None else f"{klass.__module__}.{klass.__qualname__}"
-        known = _RECORD_BY_NAME.get(wire_name)
-        if known is not None and known[0] is not klass:
-            raise ValueError(
-                f"register_record: name {wire_name!r} already belongs to {known[0]!r}; "
-                "pass name=... to pick another"
-            )
-        names = tuple(f.name for f in fields)
-        _RECORD_BY_NAME[wire_name] = (klass, names)
-        _RECORD_BY_CLASS[klass] = (wire_name, names)
-        return klass
-
-    if cls is None:
-        return register
-    return register(cls)
-
-
-def registered_records() -> dict[str, type[Any]]:
-    """A copy of the wire name → record class registry."""
-    return {wire_name: entry[0] for wire_name, entry in _RECORD_BY_NAME.items()}
-
-
-def element_problem(value: object, depth: int = 0) -> str | None:
-    """Why ``value`` cannot be a set element / register value, or None when it can."""
-    t = type(value)
-    if t is str or t is bytes or t is bool or value is None:
+def key_to_kafka(key: Hashable) -> bytes | None:
+    """A variable key as a Kafka record key: UTF-8 of a str, bytes as they are, None unkeyed."""
+    if key is None:
         return None
-    if t is int:
-        if _INT_MIN <= value <= _INT_MAX:  # type: ignore[operator]
-            return None
-        return f"int {value!r} does not fit in 64 bits"
-    if t is float:
-        return "NaN is not a valid element (it is not equal to itself)" if value != value else None
-    if depth >= MAX_ELEMENT_DEPTH:
-        return f"element nested deeper than {MAX_ELEMENT_DEPTH} levels"
-    if t is tuple:
-        for item in value:  # type: ignore[attr-defined]
-            problem = element_problem(item, depth + 1)
-            if problem is not None:
-                return problem
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, bytes):
+        return key
+    raise TypeError(f"Kafka record keys are str or bytes here, got {key!r}")
+
+
+def key_from_kafka(raw: bytes | None) -> Hashable:
+    """The inverse of :func:`key_to_kafka` for str keys (an absent or empty key: None)."""
+    if not raw:
         return None
-    entry = _RECORD_BY_CLASS.get(t)
-    if entry is not None:
-        for field in entry[1]:
-            problem = element_problem(getattr(value, field), depth + 1)
-            if problem is not None:
-                return f"field {field!r} of {t.__qualname__}: {problem}"
-        return None
-    if dataclasses.is_dataclass(value):
-        return f"{t.__qualname__} is a dataclass not registered with register_record"
-    return (
-        f"{t.__name__} is not an element type (str, int, float, bytes, bool, None, tuple, "
-        "registered record)"
-    )
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
 
 
 # -- encoding --------------------------------------------------------------------------------
 
 
-def _default(obj: Any) -> Any:
-    entry = _RECORD_BY_CLASS.get(type(obj))
+def _record(obj: Any) -> Any:
+    """msgpack's hook inside elements: a registered record becomes its ext type."""
+    entry = record_of_type(type(obj))
     if entry is None:
         raise TypeError(
             f"cannot encode {type(obj).__qualname__} {obj!r}: not an element type "
@@ -161,9 +112,25 @@ def _default(obj: Any) -> Any:
     wire_name, fields = entry
     # A fresh packb: the thread's shared Packer is busy with the outer value.
     body = msgpack.packb(
-        [wire_name, {f: getattr(obj, f) for f in fields}], default=_default, use_bin_type=True
+        [wire_name, {f: getattr(obj, f) for f in fields}], default=_record, use_bin_type=True
     )
     return msgpack.ExtType(RECORD_EXT_CODE, body)
+
+
+def _envelope(lattice: Lattice) -> list[Any]:
+    """The lattice envelope ``[tag, version, payload]``: the one place it is written. A payload
+    may hold nested lattices as they are; the packer comes back here for each."""
+    tag = lattice.wire_tag
+    if not tag:
+        raise EncodeError(f"{type(lattice).__qualname__} has no wire_tag, it cannot be encoded")
+    return [tag, lattice.wire_version, lattice.to_wire()]
+
+
+def _default(obj: Any) -> Any:
+    """msgpack's hook for what it cannot pack itself: nested lattices and records."""
+    if isinstance(obj, Lattice):
+        return _envelope(obj)
+    return _record(obj)
 
 
 _local = threading.local()
@@ -185,15 +152,14 @@ def encode(lattice: Lattice) -> bytes:
         pack = _local.pack
     except AttributeError:
         pack = _new_packer()
-    tag = lattice.wire_tag
-    if not tag:
-        raise EncodeError(f"{type(lattice).__qualname__} has no wire_tag, it cannot be encoded")
     try:
-        encoded: bytes = pack([tag, lattice.wire_version, lattice.to_wire()])
+        encoded: bytes = pack(_envelope(lattice))
         return encoded
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError, EncodeError) as exc:
         # The Packer may hold a half-written buffer after an error: start a fresh one.
         _new_packer()
+        if isinstance(exc, EncodeError):
+            raise
         raise EncodeError(f"cannot encode {type(lattice).__name__}: {exc}") from None
 
 
@@ -250,22 +216,9 @@ def _unpack(data: bytes | bytearray | memoryview, what: str) -> Any:
 
 _unpackb = msgpack.unpackb
 
-_LOADED = False
-
 
 def _lattice_for(tag: str) -> type[Lattice] | None:
-    global _LOADED
-    cls = _REGISTRY.get(tag)
-    if cls is None and not _LOADED:
-        # Classes register on import; load every module that defines wire types once, on the
-        # first unknown tag (importing them at module level would be circular: lattices use
-        # element_problem). The dataflow package defines the fold and window lattices.
-        import lasp_streams.dataflow
-        import lasp_streams.lattices  # noqa: F401
-
-        _LOADED = True
-        cls = _REGISTRY.get(tag)
-    return cls
+    return _REGISTRY.get(tag)
 
 
 class _Context:
@@ -281,7 +234,7 @@ class _Context:
         self._child = child
 
     def fail(self, message: str) -> NoReturn:
-        raise DecodeError(message)
+        raise DecodeError(_cut(message))
 
     def nested(self, raw: Any) -> Lattice:
         child = self._child
@@ -310,7 +263,7 @@ class _Context:
         try:
             prototype = from_wire_spec(params, child)
         except DecodeError as exc:
-            raise DecodeError(f"type {cls.__name__}: {exc}") from None
+            raise DecodeError(_cut(f"type {cls.__name__}: {exc}")) from None
         if not isinstance(prototype, Lattice):
             self.fail(f"{cls.__name__}.from_wire_spec returned {prototype!r}")
         return prototype
@@ -342,7 +295,7 @@ class _Context:
         if type(body) is not list or len(body) != 2 or type(body[1]) is not dict:
             self.fail("a record must be [name, {field: value}]")
         wire_name, raw_fields = body
-        entry = _RECORD_BY_NAME.get(wire_name) if type(wire_name) is str else None
+        entry = record_named(wire_name) if type(wire_name) is str else None
         if entry is None:
             self.fail(f"unknown record type {wire_name!r} (not registered with register_record)")
         cls, names = entry
@@ -369,16 +322,16 @@ class _Context:
                 self.fail(f"the type tag must be a str, got {_short(tag)}")
             cls = _lattice_for(tag)
             if cls is None:
-                self.fail(f"unknown lattice type tag {tag!r}")
+                self.fail(f"unknown lattice type tag {_short(tag)}")
         if version != cls.wire_version or type(version) is not int:
             self.fail(
                 f"unsupported wire version {_short(version)} for {cls.__name__} "
-                f"(tag {tag!r}); this build reads version {cls.wire_version}"
+                f"(tag {_short(tag)}); this build reads version {cls.wire_version}"
             )
         try:
             return cls.from_wire(payload, self)
         except DecodeError as exc:
-            raise DecodeError(f"{cls.__name__} > {exc}") from None
+            raise DecodeError(_cut(f"{cls.__name__} > {exc}")) from None
         except (
             KeyError,
             IndexError,
@@ -391,13 +344,28 @@ class _Context:
             # Safety net: from_wire validates shapes, but an escaping built-in error must
             # still surface as a DecodeError, never as a KeyError from deep inside.
             raise DecodeError(
-                f"{cls.__name__} > malformed payload ({type(exc).__name__}: {exc})"
+                _cut(f"{cls.__name__} > malformed payload ({type(exc).__name__}: {exc})")
             ) from None
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 4
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 40
+
+
 def _short(obj: object) -> str:
-    text = repr(obj)
+    """A bounded repr of hostile input: depth-limited (a thousand nested arrays must not
+    recurse) and cut to 80 characters."""
+    text = _REPR.repr(obj)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _cut(message: str) -> str:
+    """An error message cut to :data:`MAX_ERROR_CHARS` (it may quote hostile input)."""
+    if len(message) <= MAX_ERROR_CHARS:
+        return message
+    return message[: MAX_ERROR_CHARS - 30] + f"... ({len(message)} characters)"
 
 
 def _make_contexts() -> _Context:

@@ -9,7 +9,7 @@
     │   ├── ConflictingMerge (ValueError)  two states that have no join (IVar set to two values)
     │   └── IncompatibleLattices (TypeError) merge/compare of different lattice types
     ├── UntrustedDelta (ValueError)        a client delta touches entries not its own
-    │                                      (lasp_streams.client.validate)
+    │                                      (lasp_streams.server.validate)
     ├── BufferFileError (ValueError)       an edge client's persisted buffer cannot be read
     │                                      (lasp_streams.client.store)
     ├── Offline (ConnectionError)          an edge client's transport is offline

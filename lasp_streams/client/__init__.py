@@ -2,12 +2,14 @@
 
 - :class:`EdgeClient` — the client (:mod:`lasp_streams.client.edge`);
 - :class:`ClientTransport` — what it needs from the network (:mod:`~.transport`), with
-  :class:`LocalHub`/:class:`LocalTransport` over the LocalRuntime (:mod:`~.local`) and
-  ``KafkaTransport`` over a topology's topics (:mod:`lasp_streams.client.kafka`, imported on
-  its own so that local use does not load aiokafka);
-- :func:`client_delta_problem` / :func:`check_client_delta` — the server's check that a client
-  only writes its own entries (:mod:`~.validate`);
-- :class:`RightsEscrow` — bounded-counter mode's server side (:mod:`~.escrow`).
+  :class:`LocalTransport` to a :class:`~lasp_streams.server.hub.LocalHub` over the
+  LocalRuntime (:mod:`~.local`) and ``KafkaTransport`` over a topology's topics
+  (:mod:`lasp_streams.client.kafka`, imported on its own so that local use does not load
+  aiokafka);
+- :func:`load_buffer` / :func:`save_buffer` — the persisted delta buffer (:mod:`~.store`).
+
+The server's side (the hub, the checks of client deltas, the escrow) is
+:mod:`lasp_streams.server`; this package imports nothing of it.
 
 ::
 
@@ -20,8 +22,7 @@
 """
 
 from lasp_streams.client.edge import UNLIMITED, Bounded, ClientStats, EdgeClient
-from lasp_streams.client.escrow import RightsEscrow
-from lasp_streams.client.local import HubValidator, LocalHub, LocalTransport, Refusal
+from lasp_streams.client.local import LocalTransport
 from lasp_streams.client.store import BufferFileError, load_buffer, save_buffer
 from lasp_streams.client.transport import (
     ClientTransport,
@@ -31,13 +32,7 @@ from lasp_streams.client.transport import (
     Position,
     Snapshot,
 )
-from lasp_streams.client.validate import (
-    ACTOR_HEADER,
-    UntrustedDelta,
-    check_client_delta,
-    client_delta_problem,
-    record_delta_problem,
-)
+from lasp_streams.codec import ACTOR_HEADER
 
 __all__ = [
     "ACTOR_HEADER",
@@ -49,18 +44,10 @@ __all__ = [
     "DeltaBatch",
     "DeltasExpired",
     "EdgeClient",
-    "HubValidator",
-    "LocalHub",
     "LocalTransport",
     "Offline",
     "Position",
-    "Refusal",
-    "RightsEscrow",
     "Snapshot",
-    "UntrustedDelta",
-    "check_client_delta",
-    "client_delta_problem",
     "load_buffer",
-    "record_delta_problem",
     "save_buffer",
 ]

@@ -28,7 +28,7 @@ rights for it. Rights are granted by the server as B-Counter transfers (``rights
 one BCounter per key); the client's count for the key is what it spent, so its allowance is
 ``rights received - counted``. When the allowance falls below ``low_watermark`` it asks for more
 by incrementing its own entry of the ``requests`` counter (sent with the next flush). See
-:mod:`lasp_streams.client.escrow` for the server side.
+:mod:`lasp_streams.server.escrow` for the server side.
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ from lasp_streams.client.transport import ClientTransport, DeltasExpired, Offlin
 from lasp_streams.client.windows import ServerClock, WindowCounts
 from lasp_streams.codec import decode, encode
 from lasp_streams.dataflow.topology import Topology
-from lasp_streams.dataflow.windows import Windowed
 from lasp_streams.lattices.base import Lattice, LatticeSpec
 from lasp_streams.lattices.counters import BCounter, GCounter
+from lasp_streams.lattices.windowed import Windowed
 
 __all__ = ["Bounded", "ClientStats", "EdgeClient"]
 

@@ -2,7 +2,7 @@
 
 - ``publish``: each delta is produced to ``<topology>.<variable>.deltas`` keyed by its key (UTF-8
   of a ``str`` key; no key for an unkeyed variable), with the client's actor in the
-  :data:`~lasp_streams.client.validate.ACTOR_HEADER` header, ``acks=all``; the call returns once
+  :data:`~lasp_streams.codec.ACTOR_HEADER` header, ``acks=all``; the call returns once
   every record is acknowledged.
 - ``read_state``: the compacted ``<topology>.<variable>.state`` topic read from the beginning to
   its current end, joined per key. Its position is, per partition of the delta topic, the offset
@@ -31,36 +31,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from lasp_streams.client.transport import DeltaBatch, DeltasExpired, Offline, Position, Snapshot
-from lasp_streams.client.validate import ACTOR_HEADER
-from lasp_streams.codec import decode, encode
+from lasp_streams.codec import ACTOR_HEADER, decode, encode, key_from_kafka, key_to_kafka
 from lasp_streams.errors import LaspError
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.runtime.kafka.reader import committed_offsets, partitions_of, read_all
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import delta_topic, state_topic
 
-__all__ = ["KafkaTransport", "key_from_kafka", "key_to_kafka"]
-
-
-def key_to_kafka(key: Hashable) -> bytes | None:
-    """A variable key as a Kafka record key: UTF-8 of a str, bytes as they are, None unkeyed."""
-    if key is None:
-        return None
-    if isinstance(key, str):
-        return key.encode()
-    if isinstance(key, bytes):
-        return key
-    raise TypeError(f"Kafka record keys are str or bytes here, got {key!r}")
-
-
-def key_from_kafka(raw: bytes | None) -> Hashable:
-    """The inverse of :func:`key_to_kafka` for str keys (an absent or empty key: None)."""
-    if not raw:
-        return None
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        return raw
+__all__ = ["KafkaTransport"]
 
 
 class KafkaTransport:

@@ -17,7 +17,6 @@ from typing import Any, Final
 
 import msgpack
 
-from lasp_streams.client.validate import client_delta_problem
 from lasp_streams.codec import decode, encode
 from lasp_streams.errors import CodecError, LaspError
 from lasp_streams.lattices.composite import GMap
@@ -84,10 +83,16 @@ def load_buffer(path: Path, actor: str) -> dict[str, dict[Hashable, int]]:
             state = decode(payload, expect=GMap(GCounter))
         except (CodecError, TypeError) as exc:
             raise BufferFileError(f"{where}: variable {var!r}: {exc}") from None
-        problem = client_delta_problem(state, actor)
-        if problem is not None:
-            raise BufferFileError(f"{where}: variable {var!r}: {problem}")
         assert isinstance(state, GMap)
         keys = state.keys()  # a GMap, not a dict: keys() is its API
+        for key in keys:
+            counter = state.get(key)
+            assert isinstance(counter, GCounter)
+            foreign = sorted(a for a in counter.counts() if a != actor)
+            if foreign:
+                raise BufferFileError(
+                    f"{where}: variable {var!r}: key {key!r} holds the entries of other actors "
+                    f"{foreign}; a buffer holds only its own actor's entries"
+                )
         out[str(var)] = {key: state.get(key).value() for key in keys}
     return out

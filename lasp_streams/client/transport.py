@@ -13,7 +13,7 @@ A client needs three things from "the network", whatever carries it:
   buffering and tries again later.
 
 Payloads are codec-encoded lattices (:mod:`lasp_streams.codec`): the client counts the bytes it
-sends, the server decodes and validates them (:mod:`lasp_streams.client.validate`).
+sends, the server decodes and validates them (:mod:`lasp_streams.server.validate`).
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable
 
-from lasp_streams.dataflow.windows import Windowed, WindowSpec
 from lasp_streams.lattices.counters import GCounter
+from lasp_streams.lattices.windowed import Windowed, WindowSpec
 
 __all__ = ["ServerClock", "WindowCounts"]
 

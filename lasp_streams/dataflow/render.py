@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Protocol
 
-from lasp_streams.dataflow.steps import BinaryStep, BindToStep, StreamStep, TriggerStep
+from lasp_streams.dataflow.operators import describe_fn
+from lasp_streams.dataflow.steps import (
+    BinaryStep,
+    BindToStep,
+    DeclareStep,
+    FoldStep,
+    Step,
+    StreamStep,
+    TriggerStep,
+    UnaryStep,
+    Var,
+    WindowStep,
+)
+from lasp_streams.lattices.base import describe_type
+from lasp_streams.lattices.threshold import Threshold
 
-if TYPE_CHECKING:
-    from lasp_streams.dataflow.topology import Topology
+__all__ = ["Graph", "describe", "mermaid", "step_label"]
 
-__all__ = ["describe", "mermaid"]
+
+class Graph(Protocol):
+    """What drawing needs of a :class:`~lasp_streams.dataflow.topology.Topology` (a protocol,
+    so that the topology can draw itself without this module importing it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def variables(self) -> Mapping[str, Var]: ...
+
+    @property
+    def steps(self) -> tuple[Step, ...]: ...
+
+    def step(self, step_id: str) -> Step: ...
+
 
 _BINARY_PLACEMENT = {
     "union": "either input's delta passes through",
@@ -18,10 +47,8 @@ _BINARY_PLACEMENT = {
 }
 
 
-def describe(topology: Topology) -> str:
+def describe(topology: Graph) -> str:
     """One line per step: id, what it makes and from what."""
-    from lasp_streams.dataflow.topology import step_label
-
     lines = [
         f"topology {topology.name!r}: {len(topology.variables)} variables, "
         f"{len(topology.steps)} steps"
@@ -48,7 +75,7 @@ def _text(s: str) -> str:
     return s.replace('"', "'")
 
 
-def mermaid(topology: Topology) -> str:
+def mermaid(topology: Graph) -> str:
     """A ``flowchart LR``: variables as nodes (declared: stadium, derived: box with the
     operator), edges from inputs; streams and triggers as side nodes."""
     lines = ["flowchart LR"]
@@ -77,3 +104,30 @@ def mermaid(topology: Topology) -> str:
             for dep in step.inputs:
                 lines.append(f"  {_node_id(dep)} --> {_node_id(step.output)}")
     return "\n".join(lines)
+
+
+def step_label(step: Step) -> str:
+    """One line describing a step (the lines of :func:`describe`)."""
+    if isinstance(step, DeclareStep):
+        return "declare"
+    if isinstance(step, WindowStep):
+        w = step.window
+        shape = "tumbling" if w.tumbling else f"sliding every {w.slide}"
+        return f"window size {w.size} {shape}, grace {w.grace}"
+    if isinstance(step, UnaryStep):
+        return f"{step.kind}({step.source}, {describe_fn(step.fn)})"
+    if isinstance(step, BinaryStep):
+        return f"{step.kind}({step.left}, {step.right})"
+    if isinstance(step, FoldStep):
+        return f"fold({step.source}, {describe_type(step.accumulator)}, {describe_fn(step.fn)})"
+    if isinstance(step, BindToStep):
+        return f"bind_to({step.target} <- {step.source})"
+    if isinstance(step, StreamStep):
+        return f"stream({step.var}, {describe_fn(step.callback)})"
+    threshold = (
+        repr(step.threshold)
+        if isinstance(step.threshold, Threshold)
+        else f"per key: {describe_fn(step.threshold)}"
+    )
+    watch = f", watching {', '.join(step.watch)}" if step.watch else ""
+    return f"trigger({step.var}, {threshold}, {describe_fn(step.action)}{watch})"

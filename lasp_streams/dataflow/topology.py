@@ -40,8 +40,6 @@ from types import MappingProxyType
 from typing import Any
 
 from lasp_streams.dataflow.events import Action, StreamCallback, ThresholdFn
-from lasp_streams.dataflow.fold import Folded
-from lasp_streams.dataflow.operators import describe_fn
 from lasp_streams.dataflow.sources import is_set_spec
 from lasp_streams.dataflow.steps import (
     BinaryStep,
@@ -58,7 +56,8 @@ from lasp_streams.dataflow.steps import (
 )
 from lasp_streams.dataflow.windows import HoldOpen, LateDelta, WindowClosed, Windowed, WindowSpec
 from lasp_streams.errors import IncompatibleLattices, InvalidTopology
-from lasp_streams.lattices.base import Lattice, LatticeSpec, describe_type, new_bottom
+from lasp_streams.lattices.base import Lattice, LatticeSpec, new_bottom
+from lasp_streams.lattices.folded import Folded
 from lasp_streams.lattices.provenance import ProvenanceSet
 from lasp_streams.lattices.threshold import Threshold
 
@@ -389,30 +388,3 @@ class Topology:
         self._steps[step.id] = step
         for dep in dict.fromkeys(step.inputs):
             self._consumers.setdefault(dep, []).append(step)
-
-
-def step_label(step: Step) -> str:
-    """One line describing a step (used by :mod:`.render`)."""
-    if isinstance(step, DeclareStep):
-        return "declare"
-    if isinstance(step, WindowStep):
-        w = step.window
-        shape = "tumbling" if w.tumbling else f"sliding every {w.slide}"
-        return f"window size {w.size} {shape}, grace {w.grace}"
-    if isinstance(step, UnaryStep):
-        return f"{step.kind}({step.source}, {describe_fn(step.fn)})"
-    if isinstance(step, BinaryStep):
-        return f"{step.kind}({step.left}, {step.right})"
-    if isinstance(step, FoldStep):
-        return f"fold({step.source}, {describe_type(step.accumulator)}, {describe_fn(step.fn)})"
-    if isinstance(step, BindToStep):
-        return f"bind_to({step.target} <- {step.source})"
-    if isinstance(step, StreamStep):
-        return f"stream({step.var}, {describe_fn(step.callback)})"
-    threshold = (
-        repr(step.threshold)
-        if isinstance(step.threshold, Threshold)
-        else f"per key: {describe_fn(step.threshold)}"
-    )
-    watch = f", watching {', '.join(step.watch)}" if step.watch else ""
-    return f"trigger({step.var}, {threshold}, {describe_fn(step.action)}{watch})"

@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lasp_streams.client import RightsEscrow
 from lasp_streams.client.kafka import KafkaTransport
 from lasp_streams.dataflow.events import TriggerEvent
 from lasp_streams.demo.config import DemoConfig
@@ -43,6 +42,7 @@ from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import read_billing_events
 from lasp_streams.runtime.kafka.topics import billing_topic, dlq_topic
+from lasp_streams.server import RightsEscrow
 
 __all__ = ["run_kafka"]
 

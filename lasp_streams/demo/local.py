@@ -20,12 +20,12 @@ import random
 import time
 from collections.abc import Callable
 
-from lasp_streams.client import LocalHub, RightsEscrow
 from lasp_streams.dataflow.events import TriggerEvent
 from lasp_streams.demo.config import DemoConfig
 from lasp_streams.demo.simulate import SimulatedClient, ad_ids, new_client, simulate
 from lasp_streams.demo.summary import AdResult, BilledAd, RunSummary
 from lasp_streams.demo.topology import ad_counter
+from lasp_streams.server import LocalHub, RightsEscrow
 
 __all__ = ["ad_ids", "run_local"]
 

@@ -8,9 +8,10 @@ import random
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
-from lasp_streams.client import Bounded, EdgeClient, RightsEscrow
+from lasp_streams.client import Bounded, EdgeClient
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.demo.config import DemoConfig
+from lasp_streams.server import RightsEscrow
 
 __all__ = ["SimulatedClient", "Switchable", "ad_ids", "new_client", "simulate"]
 

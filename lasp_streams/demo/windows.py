@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lasp_streams.client import EdgeClient, LocalHub, LocalTransport
+from lasp_streams.client import EdgeClient, LocalTransport
 from lasp_streams.client.transport import DeltaBatch, Snapshot
 from lasp_streams.client.windows import ServerClock
 from lasp_streams.dataflow import HoldOpen, WindowLedger
 from lasp_streams.dataflow.events import TriggerEvent
 from lasp_streams.dataflow.windows import Windowed
 from lasp_streams.demo.topology import ad_counter
+from lasp_streams.server import LocalHub
 
 __all__ = ["WindowsConfig", "WindowsRun", "plot_windows", "render_windows", "run_windows"]
 

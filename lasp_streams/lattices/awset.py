@@ -9,9 +9,11 @@ the set while it has at least one dot.
 - ``remove(actor, e)``: delta = no entries, context = the element's observed dots; merging it
   drops exactly those dots. A concurrent add made a dot the remover never saw, so it survives:
   **add wins**. Removing an element that is not in the set is a no-op that returns a bottom
-  delta (Lasp returns ``{error, {precondition, {not_present, e}}}``; we do not, because with
-  deltas flowing asynchronously "not present here yet" is normal, and a no-op is the observed
-  remove of nothing). The same holds for each absent element of ``remove_all``.
+  delta, as in current Lasp (lasp-lang/types ``state_awset``: ``rmv`` of an absent element
+  yields an empty dot store and the causal context of no dots; early versions returned
+  ``{error, {precondition, {not_present, e}}}``). With deltas flowing asynchronously "not
+  present here yet" is normal, and a no-op is the observed remove of nothing. The same holds
+  for each absent element of ``remove_all``.
 - ``filter(actor, keep)``: ``remove_all`` of the elements for which ``keep`` is false.
 - Join: causal join of the dot stores (see :mod:`.causal`) and union of the contexts.
   Order: ``a <= b`` when ``a ⊔ b == b``. Bottom: ``AWSet()``. ``value()``: frozenset of the

@@ -15,9 +15,11 @@ constructor, or a bottom instance used as a prototype) and calls :func:`new_bott
 
 Wire contract (used by :mod:`lasp_streams.codec`): each concrete class sets ``wire_tag`` (a short
 stable string, unique across the library) and ``wire_version``, and implements ``to_wire`` (plain
-msgpack-encodable data: dicts, lists, str, int, bytes, elements) and ``from_wire`` (rebuild from
-decoded data, validating every shape and invariant and reporting problems through
-``ctx.fail``, never by letting ``KeyError``/``IndexError``/``TypeError`` escape).
+msgpack-encodable data: dicts, lists, str, int, bytes, elements, and nested lattices as they are
+— the codec writes their envelopes) and ``from_wire`` (rebuild from decoded data, validating
+every shape and invariant and reporting problems through ``ctx.fail``, never by letting
+``KeyError``/``IndexError``/``TypeError`` escape; a nested lattice is ``ctx.nested(raw)``).
+Only the codec reads ``to_wire``; everything else uses the types' accessors.
 """
 
 from __future__ import annotations
@@ -122,10 +124,18 @@ class Lattice(ABC):
     def __gt__(self, other: Self) -> bool:
         return other < self
 
+    def actors(self) -> frozenset[str] | None:
+        """The actors whose entries this state holds, each entry written only by its actor
+        (a counter's per-actor counts, a bounded counter's transfers *from* an actor); None
+        for a type without per-actor entries. Servers use it to check that an untrusted
+        writer's delta touches only its own entries (:mod:`lasp_streams.server.validate`)."""
+        return None
+
     # -- the wire ------------------------------------------------------------------------------
     @abstractmethod
     def to_wire(self) -> Any:
-        """The payload: plain msgpack-encodable data (elements are encoded by the codec)."""
+        """The payload: plain msgpack-encodable data and elements; a nested lattice is put in
+        as it is, and the codec writes its envelope."""
 
     @classmethod
     @abstractmethod

@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any, ClassVar, Self
 
-import lasp_streams.codec as _codec
 from lasp_streams.errors import DecodeError, MutatorError
 from lasp_streams.lattices.base import Lattice, LatticeSpec, WireContext, new_bottom
 from lasp_streams.lattices.counters import _require_actor
+from lasp_streams.lattices.elements import element_problem
 
 __all__ = ["GMap", "Pair", "mutator_names"]
 
@@ -109,7 +109,7 @@ class GMap(Lattice):
     def apply(self, actor: str, key: Hashable, mutator_name: str, *args: Any) -> GMap:
         """Run nested mutator ``mutator_name(actor, *args)`` on ``key``'s state."""
         _require_actor("GMap.apply", actor)
-        problem = _codec.element_problem(key)
+        problem = element_problem(key)
         if problem is not None:
             raise MutatorError(f"GMap.apply: invalid key {key!r}: {problem}")
         current = self._m.get(key)
@@ -200,10 +200,7 @@ class GMap(Lattice):
     def to_wire(self) -> Any:
         return [
             self._spec,
-            [
-                [key, [nested.wire_tag, nested.wire_version, nested.to_wire()]]
-                for key, nested in self._m.items()
-            ],
+            [[key, nested] for key, nested in self._m.items()],
         ]
 
     @classmethod
@@ -335,11 +332,7 @@ class Pair(Lattice):
         return cls(ctx.spec(params[0]), ctx.spec(params[1]))
 
     def to_wire(self) -> Any:
-        a, b = self._a, self._b
-        return [
-            [a.wire_tag, a.wire_version, a.to_wire()],
-            [b.wire_tag, b.wire_version, b.to_wire()],
-        ]
+        return [self._a, self._b]
 
     @classmethod
     def from_wire(cls, payload: Any, ctx: WireContext) -> Self:

@@ -109,6 +109,9 @@ class GCounter(Lattice):
         """A copy of the per-actor counts."""
         return dict(self._counts)
 
+    def actors(self) -> frozenset[str]:
+        return frozenset(self._counts)
+
     def copy(self) -> GCounter:
         return GCounter._of(dict(self._counts))
 
@@ -191,6 +194,9 @@ class PNCounter(Lattice):
 
     def value(self) -> int:
         return sum(self._p.values()) - sum(self._n.values())
+
+    def actors(self) -> frozenset[str]:
+        return frozenset(self._p.keys() | self._n.keys())
 
     def copy(self) -> PNCounter:
         return PNCounter._of(dict(self._p), dict(self._n))
@@ -345,6 +351,9 @@ class LexCounter(Lattice):
     def value(self) -> int:
         return sum(right for _, right in self._e.values())
 
+    def actors(self) -> frozenset[str]:
+        return frozenset(self._e)
+
     def copy(self) -> LexCounter:
         return LexCounter._of(dict(self._e))
 
@@ -478,6 +487,15 @@ class BCounter(Lattice):
 
     def value(self) -> int:
         return sum(self._p.values()) - sum(self._n.values())
+
+    def actors(self) -> frozenset[str]:
+        """Increment and decrement entries by actor, and transfers by their source (only the
+        source may move its rights; the target writes nothing)."""
+        return frozenset(self._p.keys() | self._n.keys() | {src for src, _ in self._t})
+
+    def transfers(self) -> dict[tuple[str, str], int]:
+        """A copy of the transfer matrix ``(from, to) -> amount``."""
+        return dict(self._t)
 
     def copy(self) -> BCounter:
         return BCounter._of(dict(self._p), dict(self._n), dict(self._t))

@@ -7,8 +7,9 @@ tombstones are what make a removal stick, and the state only grows.
 - ``add(actor, e)``: delta ``{e: {t: False}}`` with a fresh token ``t``.
 - ``remove(actor, e)``: delta ``{e: {t: True}}`` for every live token observed here. A concurrent
   add made a token this remove never saw, so it stays live: **add wins**. Removing an element
-  that is not in the set returns a bottom delta and changes nothing (Lasp returns a
-  ``not_present`` precondition error; see :mod:`.awset` for why we do not).
+  that is not in the set returns a bottom delta and changes nothing, as in current Lasp
+  (lasp-lang/types ``state_orset``: ``rmv`` of an absent element is an empty delta; early
+  versions returned a ``not_present`` precondition error; see :mod:`.awset`).
 - ``value()``: the elements with at least one live token.
 - Join: union of the tokens per element, ``removed`` joined by logical or. Order: ``a <= b``
   when every token of ``a`` is in ``b`` and removed in ``b`` if removed in ``a``. Bottom:

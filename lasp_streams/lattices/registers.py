@@ -1,7 +1,7 @@
 """Registers and flags without causality: Boolean, IVar, LWWRegister.
 
-Values are elements (see :mod:`lasp_streams.codec`): str, int, float (not NaN), bytes, bool,
-None, tuples of these, registered records.
+Values are elements (see :mod:`lasp_streams.lattices.elements`): str, int, float (not NaN),
+bytes, bool, None, tuples of these, registered records.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import math
 from collections.abc import Hashable, Iterator
 from typing import Any, ClassVar, Self
 
-import lasp_streams.codec as _codec
 from lasp_streams.errors import ConflictingMerge, MutatorError
 from lasp_streams.lattices.base import Lattice, WireContext
 from lasp_streams.lattices.counters import _require_actor
+from lasp_streams.lattices.elements import element_problem, record_of_type
 
 __all__ = ["Boolean", "IVar", "LWWRegister", "value_order_key"]
 
@@ -40,7 +40,7 @@ def value_order_key(value: Any) -> tuple[Any, ...]:
         return (4, value)
     if t is tuple:
         return (5, tuple(value_order_key(item) for item in value))
-    entry = _codec._RECORD_BY_CLASS.get(t)
+    entry = record_of_type(t)
     if entry is not None:
         wire_name, fields = entry
         return (6, wire_name, tuple(value_order_key(getattr(value, f)) for f in fields))
@@ -48,7 +48,7 @@ def value_order_key(value: Any) -> tuple[Any, ...]:
 
 
 def _require_value(type_name: str, value: object) -> Hashable:
-    problem = _codec.element_problem(value)
+    problem = element_problem(value)
     if problem is not None:
         raise MutatorError(f"{type_name}: invalid value {value!r}: {problem}")
     return value

@@ -9,16 +9,16 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterator
 from typing import Any, ClassVar, Self
 
-import lasp_streams.codec as _codec
 from lasp_streams.errors import MutatorError
 from lasp_streams.lattices.base import Lattice, WireContext
 from lasp_streams.lattices.counters import _require_actor
+from lasp_streams.lattices.elements import element_problem
 
 __all__ = ["GSet", "TwoPSet"]
 
 
 def _require_element(type_name: str, element: object) -> Hashable:
-    problem = _codec.element_problem(element)
+    problem = element_problem(element)
     if problem is not None:
         raise MutatorError(f"{type_name}: invalid element {element!r}: {problem}")
     return element
@@ -113,8 +113,11 @@ class TwoPSet(Lattice):
     absent).
 
     ``add(actor, e)``: delta ``({e}, ∅)`` (bottom if ``e`` was added before).
-    ``remove(actor, e)``: only an element that is present (added, not removed) can be removed,
-    as in Lasp; delta ``(∅, {e})`` (bottom if ``e`` was already removed).
+    ``remove(actor, e)``: delta ``(∅, {e})`` (bottom if ``e`` was already removed). As in Lasp's
+    ``state_twopset``, any element can be removed, including one never added here: it is then
+    never present, even when its add arrives later (remove first, add later → absent). With
+    deltas arriving in any order, "not added here yet" is normal, and refusing it would make
+    the outcome depend on delivery order.
     """
 
     __slots__ = ("_a", "_r")
@@ -143,16 +146,11 @@ class TwoPSet(Lattice):
         return TwoPSet._of({element}, set())
 
     def remove(self, actor: str, element: Hashable) -> TwoPSet:
-        """Remove ``element`` for ever; it must have been added (MutatorError otherwise)."""
+        """Remove ``element`` for ever, whether or not it was added (see the class docstring)."""
         _require_actor("TwoPSet.remove", actor)
         _require_element("TwoPSet.remove", element)
         if element in self._r:
             return TwoPSet()
-        if element not in self._a:
-            raise MutatorError(
-                f"TwoPSet.remove: {element!r} is not in the set (only added elements can be "
-                "removed)"
-            )
         self._r.add(element)
         return TwoPSet._of(set(), {element})
 

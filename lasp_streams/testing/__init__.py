@@ -1,5 +1,9 @@
 """Public test helpers for lasp_streams: lattice law checkers (:mod:`.laws`), Hypothesis
-strategies (:mod:`.strategies`) and a replica convergence simulator (:mod:`.replicas`).
+strategies (:mod:`.strategies`, :mod:`.strategies_causal` for the dot-based types) and a
+replica convergence simulator (:mod:`.replicas`).
+
+Modules: :mod:`.laws`, :mod:`.strategies`, :mod:`.strategies_causal`, :mod:`.replicas`,
+:mod:`.runtime`.
 
 Import the Hypothesis-based submodules directly (``from lasp_streams.testing.laws import
 check_lattice_laws``): this package itself imports only what runs without Hypothesis — the

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from hypothesis import strategies as st
 
 from lasp_streams.codec import register_record
-from lasp_streams.dataflow.windows import Windowed
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.composite import GMap, Pair
 from lasp_streams.lattices.counters import BCounter, GCounter, LexCounter, MaxInt, PNCounter
 from lasp_streams.lattices.registers import Boolean, IVar, LWWRegister
 from lasp_streams.lattices.sets import GSet, TwoPSet
+from lasp_streams.lattices.windowed import Windowed
 from lasp_streams.testing.laws import Mutation, OpsSpec, mutations, states_from_mutations
 
 __all__ = [

@@ -46,10 +46,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from lasp_streams import codec
+from lasp_streams.codec import key_from_kafka
 from lasp_streams.lattices.counters import GCounter
 from lasp_streams.runtime.core import ReplicaCore
 from lasp_streams.runtime.kafka.agent import VariableAgent
-from lasp_streams.runtime.kafka.follower import key_of
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import delta_topic, ensure_topics, plan_topics
 from lasp_streams.runtime.kafka.worker import VariablePlan, WorkerPlan, build_faust_app
@@ -113,7 +113,7 @@ async def produce(settings: KafkaSettings, topology: str, records: int, keys: in
 
 def joiners(topology: str, partitions: int) -> dict[int, ReplicaCore]:
     graph = VariableAgent.for_variable(KafkaSettings(), topology, VARIABLE, GCounter).graph
-    return {p: ReplicaCore(graph, streams=False, key_of=key_of) for p in range(partitions)}
+    return {p: ReplicaCore(graph, streams=False, key_of=key_from_kafka) for p in range(partitions)}
 
 
 async def run_raw(settings: KafkaSettings, topology: str, records: int) -> float:

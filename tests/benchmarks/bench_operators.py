@@ -37,10 +37,10 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from lasp_streams import codec
+from lasp_streams.codec import key_from_kafka
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.awset import AWSet
 from lasp_streams.runtime.core import ReplicaCore
-from lasp_streams.runtime.kafka.follower import key_of
 from lasp_streams.runtime.kafka.operators import OperatorAgent
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import delta_topic, ensure_topics, plan_topics
@@ -111,7 +111,7 @@ async def run_raw(settings: KafkaSettings, topo: Topology, records: int) -> floa
         await consumer.seek_to_beginning(*tps)
         alone = Topology(topo.name)
         alone.declare("x", AWSet, keyed=True)
-        joiners = {tp: ReplicaCore(alone, streams=False, key_of=key_of) for tp in tps}
+        joiners = {tp: ReplicaCore(alone, streams=False, key_of=key_from_kafka) for tp in tps}
         return await _timed(records, lambda: _raw_batch(consumer, joiners, settings))
     finally:
         await consumer.stop()

@@ -178,9 +178,10 @@ def hot_path(runs: int) -> tuple[float, float]:
     beforehand), and one flush of 20 changed keys (encode + local publish) in microseconds."""
     import random as _random
 
-    from lasp_streams.client import EdgeClient, LocalHub
+    from lasp_streams.client import EdgeClient
     from lasp_streams.demo import ad_ids
     from lasp_streams.demo.topology import ad_counter
+    from lasp_streams.server import LocalHub
 
     mod = ad_counter()
 

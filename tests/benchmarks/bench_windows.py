@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lasp_streams import codec
+from lasp_streams.codec import key_from_kafka
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.dataflow.windows import Windowed
 from lasp_streams.lattices.counters import GCounter
 from lasp_streams.runtime.core import ReplicaCore
-from lasp_streams.runtime.kafka.follower import key_of
 
 REPORT = Path(__file__).parent / "reports" / "windows.md"
 BATCH = 2_000
@@ -76,7 +76,7 @@ def topology(kind: str) -> Topology:
 
 
 def run(records: list[Rec], topo: Topology) -> tuple[float, int, int]:
-    core = ReplicaCore(topo, streams=False, key_of=key_of)
+    core = ReplicaCore(topo, streams=False, key_of=key_from_kafka)
     closed = late = 0
     started = time.perf_counter()
     for i in range(0, len(records), BATCH):

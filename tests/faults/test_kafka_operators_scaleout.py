@@ -22,8 +22,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from lasp_streams import codec
+from lasp_streams.codec import key_to_kafka
 from lasp_streams.lattices.base import Lattice
-from lasp_streams.runtime.kafka.follower import kafka_key
 from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import delta_topic
@@ -137,7 +137,7 @@ async def publish(bootstrap: str, name: str, deltas: list[Any], rng: random.Rand
         futures = [
             await producer.send(
                 delta_topic(name, var),
-                key=None if key is None else kafka_key(key),
+                key=None if key is None else key_to_kafka(key),
                 value=codec.encode(delta),
             )
             for var, key, delta in records

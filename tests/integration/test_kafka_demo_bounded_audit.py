@@ -8,12 +8,12 @@ import asyncio
 from collections.abc import Callable
 
 from lasp_streams import codec
-from lasp_streams.client import RightsEscrow
 from lasp_streams.client.kafka import KafkaTransport
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.counters import BCounter, GCounter
 from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 from lasp_streams.runtime.kafka.settings import KafkaSettings
+from lasp_streams.server import RightsEscrow
 
 
 async def test_escrow_audit_catches_a_client_spending_beyond_its_grant_on_kafka(

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from lasp_streams import codec
-from lasp_streams.client.validate import record_delta_problem
+from lasp_streams.codec import key_from_kafka
 from lasp_streams.dataflow.events import StateView
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.errors import InvalidTopology
@@ -20,10 +20,10 @@ from lasp_streams.lattices.counters import GCounter
 from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.records import BillingEvent, Crossed, Crossing
 from lasp_streams.runtime.core import ReplicaCore
-from lasp_streams.runtime.kafka.follower import kafka_key, key_of
 from lasp_streams.runtime.kafka.operators import SingleOwnerAssignor
 from lasp_streams.runtime.kafka.outbox import outbox
-from lasp_streams.runtime.kafka.worker import plan_worker
+from lasp_streams.runtime.kafka.plan import plan_worker
+from lasp_streams.server.validate import record_delta_problem
 from topologies.ad_counter import build
 
 
@@ -45,7 +45,7 @@ def counter(actor: str, n: int) -> bytes:
 
 def agent_core(topo: Topology, **kw: object) -> ReplicaCore:
     """A core configured as a VariableAgent configures one partition's."""
-    return ReplicaCore(topo, name="t", streams=False, key_of=key_of, **kw)  # type: ignore[arg-type]
+    return ReplicaCore(topo, name="t", streams=False, key_of=key_from_kafka, **kw)  # type: ignore[arg-type]
 
 
 def summed(name: str = "t") -> tuple[Topology, ReplicaCore]:
@@ -114,7 +114,7 @@ def test_per_key_thresholds_are_rechecked_when_they_become_known() -> None:
     limits.update({"a": 5, "b": 5})
     rechecked = core.recheck()
     assert [f.key for f in rechecked.firings] == ["a"]  # the variable key, str
-    box = outbox("t", rechecked, 0, kafka_key)
+    box = outbox("t", rechecked, 0)
     crossing = Crossing.decode(box.first[0].value)  # type: ignore[arg-type]
     assert crossing.key == b"a" and crossing.threshold == Crossed("value", 5)
     assert codec.decode(crossing.state).value() == 10  # type: ignore[arg-type]

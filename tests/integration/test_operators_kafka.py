@@ -12,11 +12,11 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from lasp_streams import codec, count_distinct
+from lasp_streams.codec import key_to_kafka
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.awset import AWSet
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.counters import GCounter
-from lasp_streams.runtime.kafka.follower import kafka_key
 from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import delta_topic
@@ -89,7 +89,7 @@ async def publish_twice_shuffled(
             futures.append(
                 await producers[i % 3].send(
                     delta_topic(name, var),
-                    key=None if key is None else kafka_key(key),
+                    key=None if key is None else key_to_kafka(key),
                     value=codec.encode(delta),
                 )
             )

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from lasp_streams import codec
+from lasp_streams.codec import key_from_kafka
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.errors import InvalidTopology
 from lasp_streams.lattices.counters import GCounter
@@ -30,7 +31,6 @@ from lasp_streams.metrics import Metrics
 from lasp_streams.records import Crossing
 from lasp_streams.runtime.core import Effects, ReplicaCore
 from lasp_streams.runtime.kafka.agent import VariableAgent
-from lasp_streams.runtime.kafka.follower import key_of
 from lasp_streams.runtime.kafka.reader import committed_offsets, end_offsets, read_all
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import (
@@ -278,7 +278,7 @@ def as_records(pairs: list[tuple[bytes, bytes]]) -> list[tuple[str, list[FakeRec
 
 def agent_core(threshold: Threshold | None = None, **kw: Any) -> ReplicaCore:
     """A core as a VariableAgent builds one for a partition."""
-    return ReplicaCore(one_variable("t", threshold), streams=False, key_of=key_of, **kw)
+    return ReplicaCore(one_variable("t", threshold), streams=False, key_of=key_from_kafka, **kw)
 
 
 def values(core: ReplicaCore) -> dict[bytes, int]:

@@ -81,6 +81,8 @@ def test_re_add_supersedes_old_dots() -> None:
 
 
 def test_remove_absent_is_a_bottom_delta() -> None:
+    """As in current Lasp (lasp-lang/types: ``rmv`` of an absent element is an empty delta,
+    not a ``not_present`` error)."""
     s = AWSet()
     s.add("a", "x")
     before = s.copy()

@@ -19,18 +19,20 @@ from lasp_streams.client import (
     BufferFileError,
     DeltaBatch,
     EdgeClient,
-    LocalHub,
     LocalTransport,
     Offline,
-    RightsEscrow,
     Snapshot,
+)
+from lasp_streams.codec import decode, encode
+from lasp_streams.lattices import AWSet, BCounter, GCounter, GMap, PNCounter
+from lasp_streams.server import (
+    LocalHub,
+    RightsEscrow,
     UntrustedDelta,
     check_client_delta,
     client_delta_problem,
     record_delta_problem,
 )
-from lasp_streams.codec import decode, encode
-from lasp_streams.lattices import AWSet, BCounter, GCounter, GMap, PNCounter
 from topologies.ad_counter import Ad, Contract, ad_source, build
 
 ADS = [Ad("rovio-0", "rovio"), Ad("rovio-1", "rovio"), Ad("riot-0", "riot")]

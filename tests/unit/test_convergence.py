@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Self
 import pytest
 from hypothesis import strategies as st
 
-from lasp_streams.lattices import GCounter, GSet, TwoPSet
+from lasp_streams.lattices import BCounter, GCounter, GSet, TwoPSet
 from lasp_streams.lattices.base import Lattice, WireContext
 from lasp_streams.testing.laws import Mutation
 from lasp_streams.testing.replicas import ConvergenceFailure, Network, check_convergence
@@ -54,8 +54,10 @@ def test_duplicates_and_reordering_are_harmless() -> None:
 
 
 def test_refused_mutations_are_not_broadcast() -> None:
-    net = Network(TwoPSet, n=2)
-    assert net.mutate(0, Mutation("remove", ("r0", "ghost"))) is False
+    # A B-Counter refuses a decrement beyond the actor's rights (TwoPSet no longer refuses:
+    # removing an element never added is accepted, as in Lasp).
+    net = Network(BCounter, n=2)
+    assert net.mutate(0, Mutation("decrement", ("r0", 1))) is False
     assert net.in_flight == [] and net.applied == []
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from lasp_streams.cli import main
-from lasp_streams.client import RightsEscrow
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.demo import DemoConfig, RunSummary, render, run_local
 from lasp_streams.lattices.counters import BCounter, GCounter
 from lasp_streams.runtime.core import event_id
 from lasp_streams.runtime.local import LocalRuntime
+from lasp_streams.server import RightsEscrow
 
 SMALL = DemoConfig(
     ads=2,

@@ -11,13 +11,14 @@ from typing import Any
 
 import pytest
 
-from lasp_streams.client import EdgeClient, LocalHub
+from lasp_streams.client import EdgeClient
 from lasp_streams.client.windows import ServerClock, WindowCounts
 from lasp_streams.codec import decode, encode
 from lasp_streams.dataflow import HoldOpen, WindowLedger
 from lasp_streams.dataflow.windows import Windowed, WindowSpec
 from lasp_streams.lattices import GCounter
 from lasp_streams.runtime.network import SimulatedNetwork
+from lasp_streams.server import LocalHub
 from lasp_streams.testing.laws import lattice_law_test
 from lasp_streams.testing.strategies import CASES
 from topologies.ad_counter import Ad, Contract, ad_source

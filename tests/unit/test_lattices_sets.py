@@ -74,11 +74,20 @@ class TestTwoPSet:
         right.merge(left)
         assert left.value() == right.value() == frozenset()
 
-    def test_only_present_elements_can_be_removed(self) -> None:
+    def test_an_element_never_added_can_be_removed_and_stays_absent(self) -> None:
+        """Lasp's state_twopset: rmv of an absent element puts it in the removed set, so a
+        later add (here, or merged from elsewhere) never makes it present."""
         s = TwoPSet()
-        with pytest.raises(MutatorError, match="not in the set"):
-            s.remove("a", "ghost")
-        assert s.is_bottom()
+        delta = s.remove("a", "ghost")
+        assert delta.added() == frozenset() and delta.removed() == frozenset({"ghost"})
+        assert s.value() == frozenset() and "ghost" not in s
+        assert s.add("a", "ghost").added() == frozenset({"ghost"})
+        assert s.value() == frozenset()
+        elsewhere = TwoPSet()
+        elsewhere.add("b", "ghost")
+        elsewhere.merge(delta)
+        assert elsewhere.value() == frozenset() and elsewhere == s
+        assert s.remove("a", "ghost").is_bottom()
 
     def test_remove_delta_carries_only_the_removal(self) -> None:
         s = TwoPSet()

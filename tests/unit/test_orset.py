@@ -73,6 +73,8 @@ def test_remove_delta_tombstones_only_live_tokens() -> None:
 
 
 def test_remove_absent_is_a_bottom_delta() -> None:
+    """As in current Lasp (lasp-lang/types: ``rmv`` of an absent element is an empty delta,
+    not a ``not_present`` error)."""
     s = ORSet()
     s.add("a", "x")
     before = s.copy()

@@ -7,7 +7,8 @@ server-side logic is written once, here or against it.
 Modules: :mod:`.effects` (batch items and the :class:`Effects` a batch returns: changed states,
 output deltas, firings, closed windows, late deltas, dead letters, step failures, stream
 updates), :mod:`.triggers` (fire once per (trigger, key); the one event id), :mod:`.windows`
-(the window gate) and :mod:`.replica` (:class:`ReplicaCore`: states, mirrors, propagation).
+(the window gate), :mod:`.updates` (the key rule and a mutator applied to a state, for both
+hosts) and :mod:`.replica` (:class:`ReplicaCore`: states, mirrors, propagation).
 
 ::
 

@@ -58,15 +58,16 @@ from aiokafka.errors import (
 )
 
 from lasp_streams import codec
+from lasp_streams.codec import key_from_kafka
 from lasp_streams.dataflow.events import StateView
 from lasp_streams.dataflow.propagation import Propagation
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.errors import CodecError
 from lasp_streams.lattices.base import Lattice, LatticeSpec
 from lasp_streams.metrics import Metrics
+from lasp_streams.records import key_bytes
 from lasp_streams.runtime.core import Effects, RecordValidator, ReplicaCore
 from lasp_streams.runtime.kafka.fencing import close_fenced
-from lasp_streams.runtime.kafka.follower import kafka_key, key_of
 from lasp_streams.runtime.kafka.outbox import Out, Outbox, outbox
 from lasp_streams.runtime.kafka.reader import read_all
 from lasp_streams.runtime.kafka.settings import KafkaSettings
@@ -210,7 +211,7 @@ class VariableAgent:
     def state(self, key: bytes) -> Lattice | None:
         """The joined state of ``key`` (a Kafka key) if this agent owns its partition and has
         seen it."""
-        wanted = key_of(key)
+        wanted = key_from_kafka(key)
         for core in self._cores.values():
             found = core.state(self.variable, wanted)
             if found is not None:
@@ -222,7 +223,7 @@ class VariableAgent:
         merged: dict[bytes, Lattice] = {}
         for core in self._cores.values():
             for key, state in core.states[self.variable].items():
-                merged[kafka_key(key)] = state
+                merged[key_bytes(key)] = state
         return merged
 
     # -- one batch -----------------------------------------------------------------------------
@@ -267,7 +268,6 @@ class VariableAgent:
             self.topology,
             effects,
             partition,
-            kafka_key,
             metrics=self.metrics,
             who=f"agent {self.variable}",
         )
@@ -374,7 +374,9 @@ class VariableAgent:
             for partition in fresh:
                 core = self._new_core()
                 states = loaded.get(partition, {})
-                effects = core.load((self.variable, key_of(k), st) for k, st in states.items())
+                effects = core.load(
+                    (self.variable, key_from_kafka(k), st) for k, st in states.items()
+                )
                 # Only the firings: the loaded states are on the state topic already.
                 republish += await _send_all(producer, self._outbox(partition, effects).first)
                 self._cores[partition] = core
@@ -393,7 +395,7 @@ class VariableAgent:
             streams=False,
             view=self._view,
             validators=self._validators,
-            key_of=key_of,
+            key_of=key_from_kafka,
             plan=self._plan,
         )
 

@@ -19,11 +19,17 @@ header                      value (utf-8)
 ``lasp.source.offset``      its offset
 =========================== ==========================================================
 
-Reason codes (also the ``reason`` label of the ``records_dead_lettered`` metric): see
-:data:`lasp_streams.runtime.core.Reason` — ``decode``, ``wrong_type``, ``invariant``,
-``validation``, ``late`` (with a ``lasp.window.starts`` header) and ``step`` (the record was
-merged, but a step it fed raised: a threshold, map, filter or fold function; the error names
-the step). The dead letters themselves are made by the replica core
+Reason codes (also the ``reason`` label of the ``records_dead_lettered`` metric, and
+:data:`lasp_streams.runtime.core.Reason`): ``decode`` — the codec refused the bytes (malformed,
+unknown tag, unsupported version, or a state that breaks the type's invariants, such as a
+negative count); ``wrong_type`` — a valid lattice of another type than the variable's;
+``invariant`` — the delta has no join with the current state (two different IVar values);
+``validation`` — the variable's record validator refused it; ``late`` — part of a windowed
+delta is for windows that had already closed (that part is not merged; the
+``lasp.window.starts`` header lists them); ``step`` — the record was merged, but a step it fed
+raised (a threshold, map, filter or fold function; the error names the step).
+
+The dead letters themselves are made by the replica core
 (:class:`~lasp_streams.runtime.core.DeadLetter`); this module writes and reads their headers.
 """
 

@@ -24,41 +24,22 @@ from collections.abc import Callable, Hashable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from lasp_streams.codec import key_from_kafka
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.base import Lattice
+from lasp_streams.records import key_bytes
 from lasp_streams.runtime.core import Delta, Effects, ReplicaCore
 from lasp_streams.runtime.kafka.reader import partitions_of
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import delta_topic, state_topic
 
-__all__ = ["VariableFollower", "kafka_key", "key_of"]
+__all__ = ["VariableFollower"]
 
 log = logging.getLogger(__name__)
 
 
-def kafka_key(key: Hashable) -> bytes:
-    """A variable key as the bytes agents store it under (b"" for a non-keyed variable)."""
-    if key is None:
-        return b""
-    if isinstance(key, str):
-        return key.encode()
-    if isinstance(key, bytes):
-        return key
-    raise TypeError(f"Kafka keys are str or bytes here, got {key!r}")
-
-
 def _no_key(raw: bytes | None) -> Hashable:
     return None
-
-
-def key_of(raw: bytes | None) -> Hashable:
-    """The inverse of :func:`kafka_key` for str keys (b"" or no key: None)."""
-    if not raw:
-        return None
-    try:
-        return raw.decode()
-    except UnicodeDecodeError:
-        return raw
 
 
 class VariableFollower:
@@ -90,7 +71,7 @@ class VariableFollower:
         )
         alone = Topology(topology)
         alone.declare(variable, prototype, keyed=keyed)
-        self._core = ReplicaCore(alone, sink=False, key_of=key_of if keyed else _no_key)
+        self._core = ReplicaCore(alone, sink=False, key_of=key_from_kafka if keyed else _no_key)
         self._states = self._core.states[variable]
         #: Called with (key, a copy of the new state) on every strict inflation (coalesced per
         #: batch of records read), in order per key.
@@ -159,7 +140,7 @@ class VariableFollower:
             return
         if self.on_inflation is not None:
             for key, state in grown.items():
-                self.on_inflation(kafka_key(key), state.copy())
+                self.on_inflation(key_bytes(key), state.copy())
         await self._notify()
 
     async def _notify(self) -> None:
@@ -173,7 +154,7 @@ class VariableFollower:
 
     def state(self, key: Hashable = None) -> Lattice:
         """The joined state of ``key`` (bottom when none was seen); do not mutate it."""
-        found = self._states.get(key_of(kafka_key(key)) if self.keyed else None)
+        found = self._states.get(key_from_kafka(key_bytes(key)) if self.keyed else None)
         return self._proto if found is None else found
 
     def keys(self) -> list[Hashable]:

@@ -55,6 +55,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 
+from lasp_streams.codec import key_from_kafka
 from lasp_streams.dataflow.events import StateView
 from lasp_streams.dataflow.propagation import Propagation
 from lasp_streams.dataflow.topology import Topology
@@ -69,7 +70,6 @@ from lasp_streams.runtime.kafka.agent import (
     read_state_partition,
 )
 from lasp_streams.runtime.kafka.fencing import close_fenced
-from lasp_streams.runtime.kafka.follower import kafka_key, key_of
 from lasp_streams.runtime.kafka.outbox import outbox
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import delta_topic, state_topic
@@ -217,7 +217,7 @@ class OperatorAgent:
     def state(self, var: str, key: bytes = b"") -> Lattice | None:
         """The state this agent holds for ``var`` (a source or derived variable) and ``key``."""
         for slot in self._slots.values():
-            found = slot.core.state(var, key_of(key))
+            found = slot.core.state(var, key_from_kafka(key))
             if found is not None:
                 return found
         return None
@@ -271,7 +271,6 @@ class OperatorAgent:
             self.name,
             effects,
             part,
-            kafka_key,
             metrics=self.metrics,
             who=f"operators {self.group_id}",
         )
@@ -332,7 +331,7 @@ class OperatorAgent:
             streams=False,
             view=self.view,
             validators={v: f for v, f in self.validators.items() if v in self.sources},
-            key_of=key_of,
+            key_of=key_from_kafka,
             plan=self.prop,
         )
         loaded: list[tuple[str, Any, Lattice]] = []
@@ -340,7 +339,7 @@ class OperatorAgent:
             proto = self.topology.var(var).prototype
             found = await read_state_partition(s, state_topic(self.name, var), parts, proto)
             for states in found.values():
-                loaded.extend((var, key_of(key), state) for key, state in states.items())
+                loaded.extend((var, key_from_kafka(key), state) for key, state in states.items())
         slot = _Slot(producer, core)
         # Recomputes every output from the full input states and publishes what that adds
         # (an input state that got ahead of the derived states, a crash between batches), and

@@ -14,13 +14,13 @@ metrics of dead letters and step failures happen here, once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from lasp_streams import codec
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.metrics import Metrics
-from lasp_streams.records import ClosedWindow, Crossed, Crossing, plain
+from lasp_streams.records import ClosedWindow, Crossed, Crossing, key_bytes, plain
 from lasp_streams.runtime.core import Effects
 from lasp_streams.runtime.kafka.dlq import headers_of
 from lasp_streams.runtime.kafka.topics import (
@@ -60,7 +60,6 @@ def outbox(
     name: str,
     effects: Effects,
     partition: int,
-    kafka_key: Callable[[Hashable], bytes],
     *,
     metrics: Metrics | None = None,
     who: str = "agent",
@@ -78,7 +77,7 @@ def outbox(
 
     for firing in effects.firings:
         step = firing.step
-        raw_key = kafka_key(firing.key)
+        raw_key = key_bytes(firing.key)
         crossing = Crossing(
             name,
             step.var,
@@ -109,19 +108,19 @@ def outbox(
         if failure.record is None:  # with a record, it is dead-lettered (logged above)
             log.error("%s: %s", who, failure.error)
     for closed in effects.closed:
-        raw_key = kafka_key(closed.key)
+        raw_key = key_bytes(closed.key)
         record = ClosedWindow(closed.var, raw_key, closed.start, closed.end, closed.state)
         box.second.append(Out(closed_topic(name, closed.var), raw_key, record.encode(), partition))
     for var, per_key in effects.changed.items():
         topic = state_topic(name, var)
         for key, state in per_key.items():
-            box.second.append(Out(topic, kafka_key(key), encode(var, key, state), partition))
+            box.second.append(Out(topic, key_bytes(key), encode(var, key, state), partition))
     for var, per_key in effects.outputs.items():
         topic = delta_topic(name, var)
         for key, delta in per_key.items():
-            box.second.append(Out(topic, kafka_key(key), codec.encode(delta), partition))
+            box.second.append(Out(topic, key_bytes(key), codec.encode(delta), partition))
     for var, key, delta in effects.forwards:
-        box.second.append(Out(delta_topic(name, var), kafka_key(key), codec.encode(delta)))
+        box.second.append(Out(delta_topic(name, var), key_bytes(key), codec.encode(delta)))
     return box
 
 

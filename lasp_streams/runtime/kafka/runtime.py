@@ -27,6 +27,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from lasp_streams import codec
+from lasp_streams.codec import ACTOR_HEADER, key_from_kafka, key_to_kafka
 from lasp_streams.dataflow.events import TriggerEvent
 from lasp_streams.dataflow.steps import TriggerStep, Var, WindowStep
 from lasp_streams.dataflow.topology import Topology
@@ -36,19 +37,17 @@ from lasp_streams.lattices.threshold import Threshold, threshold_met
 from lasp_streams.metrics import Metrics
 from lasp_streams.records import BillingEvent
 from lasp_streams.runtime.core.updates import check_key, mutate
-from lasp_streams.runtime.kafka.follower import VariableFollower, kafka_key, key_of
+from lasp_streams.runtime.kafka.follower import VariableFollower
+from lasp_streams.runtime.kafka.plan import WorkerPlan, plan_worker
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import TrustedSink, read_billing_events
 from lasp_streams.runtime.kafka.streams import StreamRunner
 from lasp_streams.runtime.kafka.topics import billing_topic, delta_topic, ensure_topics, plan_topics
 from lasp_streams.runtime.kafka.window_callbacks import WindowCallbackRunner
-from lasp_streams.runtime.kafka.worker import WorkerPlan, plan_worker
 
 __all__ = ["KafkaRuntime"]
 
 log = logging.getLogger(__name__)
-
-_ACTOR_HEADER = "lasp.actor"
 
 
 class KafkaRuntime:
@@ -179,9 +178,9 @@ class KafkaRuntime:
             raise LaspError("KafkaRuntime is not started")
         await self._producer.send_and_wait(
             delta_topic(self.name, v.id),
-            key=kafka_key(key) if v.keyed else None,
+            key=key_to_kafka(key) if v.keyed else None,
             value=codec.encode(delta),
-            headers=[(_ACTOR_HEADER, actor.encode())],
+            headers=[(ACTOR_HEADER, actor.encode())],
         )
 
     def query(self, var: Var | str, key: Hashable = None) -> Any:
@@ -281,7 +280,7 @@ class KafkaRuntime:
             if step is None:
                 log.warning("billing event for unknown trigger %r: no action", billed.trigger)
                 continue
-            key = key_of(billed.key)
+            key = key_from_kafka(billed.key)
             var = self.topology.var(step.var)
             try:
                 state = billed.decoded_state() or var.prototype.bottom()

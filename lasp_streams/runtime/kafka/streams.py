@@ -29,11 +29,12 @@ import inspect
 import logging
 from collections.abc import Sequence
 
+from lasp_streams.codec import key_from_kafka
 from lasp_streams.dataflow.events import Update
 from lasp_streams.dataflow.steps import StreamStep
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.base import Lattice
-from lasp_streams.runtime.kafka.follower import VariableFollower, key_of
+from lasp_streams.runtime.kafka.follower import VariableFollower
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 
 __all__ = ["StreamRunner"]
@@ -76,7 +77,7 @@ class StreamRunner:
             def enqueue(
                 key: bytes, state: Lattice, var_id: str = var_id, steps: list[StreamStep] = steps
             ) -> None:
-                update = Update(var_id, key_of(key), state.value(), state, 0)
+                update = Update(var_id, key_from_kafka(key), state.value(), state, 0)
                 for step in steps:
                     self._queue.put_nowait((step, update))
 

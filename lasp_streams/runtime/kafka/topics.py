@@ -65,34 +65,40 @@ def _topic(*parts: str) -> str:
     return name
 
 
-def delta_topic(topology: str, variable: str) -> str:
+def delta_topic(topology_name: str, variable: str) -> str:
     """``<topology>.<variable>.deltas``."""
-    return _topic(_check_part("topology", topology), _check_part("variable", variable), "deltas")
+    return _topic(
+        _check_part("topology", topology_name), _check_part("variable", variable), "deltas"
+    )
 
 
-def state_topic(topology: str, variable: str) -> str:
+def state_topic(topology_name: str, variable: str) -> str:
     """``<topology>.<variable>.state`` (compacted)."""
-    return _topic(_check_part("topology", topology), _check_part("variable", variable), "state")
+    return _topic(
+        _check_part("topology", topology_name), _check_part("variable", variable), "state"
+    )
 
 
-def closed_topic(topology: str, variable: str) -> str:
+def closed_topic(topology_name: str, variable: str) -> str:
     """``<topology>.<variable>.closed``: the final states of a windowed variable's windows."""
-    return _topic(_check_part("topology", topology), _check_part("variable", variable), "closed")
+    return _topic(
+        _check_part("topology", topology_name), _check_part("variable", variable), "closed"
+    )
 
 
-def crossings_topic(topology: str) -> str:
+def crossings_topic(topology_name: str) -> str:
     """``<topology>.crossings``: threshold crossings for the trusted sink."""
-    return _topic(_check_part("topology", topology), "crossings")
+    return _topic(_check_part("topology", topology_name), "crossings")
 
 
-def billing_topic(topology: str) -> str:
+def billing_topic(topology_name: str) -> str:
     """``<topology>.billing``."""
-    return _topic(_check_part("topology", topology), "billing")
+    return _topic(_check_part("topology", topology_name), "billing")
 
 
-def dlq_topic(topology: str) -> str:
+def dlq_topic(topology_name: str) -> str:
     """``<topology>.dlq``."""
-    return _topic(_check_part("topology", topology), "dlq")
+    return _topic(_check_part("topology", topology_name), "dlq")
 
 
 @dataclass(frozen=True, slots=True)

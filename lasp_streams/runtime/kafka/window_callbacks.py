@@ -23,12 +23,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from lasp_streams import codec
+from lasp_streams.codec import key_from_kafka
 from lasp_streams.dataflow.steps import WindowStep
 from lasp_streams.dataflow.windows import LateDelta, WindowClosed, Windowed
 from lasp_streams.errors import CodecError, DecodeError
 from lasp_streams.records import ClosedWindow
 from lasp_streams.runtime.kafka.dlq import parse_headers
-from lasp_streams.runtime.kafka.follower import key_of
 from lasp_streams.runtime.kafka.reader import partitions_of
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import closed_topic, dlq_topic
@@ -105,7 +105,7 @@ class WindowCallbackRunner:
             log.warning("late record %s@%d skipped: %s", record.topic, record.offset, exc)
             return
         _, late = delta.split(lambda start: start in starts)
-        event = LateDelta(headers["variable"], key_of(record.key), starts, 0, late)
+        event = LateDelta(headers["variable"], key_from_kafka(record.key), starts, 0, late)
         try:
             result: Any = callback(event)
             if inspect.isawaitable(result):
@@ -123,7 +123,7 @@ class WindowCallbackRunner:
             return
         event = WindowClosed(
             closed.variable,
-            key_of(closed.key),
+            key_from_kafka(closed.key),
             closed.start,
             closed.end,
             closed.value,

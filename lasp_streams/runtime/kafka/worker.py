@@ -10,18 +10,8 @@ slower, far outside the issue's 2x budget), because faust builds an event, an ac
 hop per record before any batching; the batched agent hosted in a faust App kept pace with the
 raw loop, state writes and commits included.
 
-The plan (:func:`plan_worker`, printed by ``lasp-streams worker``): a :class:`VariableAgent` per
-declared variable that feeds no operator (its triggers included); an :class:`OperatorAgent`
-for the keyed and one for the non-keyed operator steps, each owning the declared variables that
-feed them (see :mod:`.operators` for how binary steps' inputs meet); the variables that
-per-key threshold functions watch are broadcast (every worker follows them in full, outside
-the consumer groups); the sink (``with_sink``) bills crossings and runs trigger actions. In a
-faust worker the whole plan runs through one :class:`~.runtime.KafkaRuntime` service.
-
-Every agent runs its partitions (or slots) on the one engine,
-:class:`~lasp_streams.runtime.core.ReplicaCore`: triggers, windows and propagation are the
-LocalRuntime's. ``stream`` callbacks run where the sink runs (see :mod:`.streams`). Not on Kafka
-(refused by name): windows with an injected clock, and windows that feed other steps.
+The plan (which agents, :func:`~.plan.plan_worker`) is :mod:`.plan`; in a faust worker the whole
+plan runs through one :class:`~.runtime.KafkaRuntime` service.
 
 This module is the only one that imports faust.
 """
@@ -30,21 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from lasp_streams.dataflow.events import StateView
-from lasp_streams.dataflow.propagation import Propagation
-from lasp_streams.dataflow.steps import StreamStep, TriggerStep, WindowStep
 from lasp_streams.dataflow.topology import Topology
-from lasp_streams.dataflow.windows import WindowSpec
 from lasp_streams.errors import InvalidTopology
-from lasp_streams.lattices.base import Lattice
-from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.metrics import Metrics
-from lasp_streams.runtime.core import RecordValidator
 from lasp_streams.runtime.kafka.agent import VariableAgent
+from lasp_streams.runtime.kafka.plan import VariablePlan, WorkerPlan, plan_worker
+from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import TrustedSink
 from lasp_streams.runtime.kafka.topics import ensure_topics, plan_topics
@@ -58,259 +42,6 @@ __all__ = [
     "run_faust_worker",
     "run_worker",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class VariablePlan:
-    """One declared (or windowed) variable and the triggers its agent evaluates."""
-
-    id: str
-    prototype: Lattice
-    keyed: bool
-    trigger_steps: tuple[TriggerStep, ...] = ()
-    checked: bool = False
-    #: A windowed variable's geometry and grace (its agent closes windows: :mod:`.windows`).
-    window: WindowSpec | None = None
-
-    @property
-    def per_key(self) -> bool:
-        """True when a trigger has a per-key threshold function (it needs a view)."""
-        return any(not isinstance(t.threshold, Threshold) for t in self.trigger_steps)
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerPlan:
-    """What a worker of a topology runs on Kafka: a :class:`VariableAgent` per declared
-    variable that feeds no operator, and an :class:`OperatorAgent` for the keyed and one for
-    the non-keyed operator steps (which also own the declared variables feeding them)."""
-
-    topology: str
-    variables: tuple[VariablePlan, ...]
-    graph: Topology | None = None
-    operator_parts: tuple[bool, ...] = ()
-    operator_inputs: tuple[VariablePlan, ...] = ()
-    watched: tuple[str, ...] = ()
-    #: Derived variables with triggers: their operator agent evaluates them.
-    derived_triggers: tuple[VariablePlan, ...] = ()
-    #: ``stream`` steps: run by the sink process (:class:`~.streams.StreamRunner`).
-    streams: tuple[StreamStep, ...] = ()
-
-    @property
-    def checked(self) -> list[str]:
-        """The declared variables whose records get the client check."""
-        return [v.id for v in (*self.variables, *self.operator_inputs) if v.checked]
-
-    @property
-    def windowed(self) -> list[str]:
-        """The windowed variables (they also have a closed-windows topic)."""
-        return [v.id for v in self.variables if v.window is not None]
-
-    @property
-    def topic_variables(self) -> list[str]:
-        """Every variable that has topics (declared and derived)."""
-        if self.graph is None:
-            return [v.id for v in self.variables]
-        return list(self.graph.variables)
-
-    def agents(
-        self,
-        settings: KafkaSettings,
-        metrics: Metrics | None = None,
-        view: StateView | None = None,
-        watch_version: Callable[[], int] | None = None,
-    ) -> list[Any]:
-        """The agents, built. ``view`` (with ``watch_version``, which moves when a watched
-        variable grows) serves per-key threshold functions."""
-        from lasp_streams.runtime.kafka.operators import OperatorAgent
-
-        assert self.graph is not None
-        for v in (*self.variables, *self.operator_inputs, *self.derived_triggers):
-            if v.per_key and view is None:
-                step = next(t for t in v.trigger_steps if not isinstance(t.threshold, Threshold))
-                raise InvalidTopology(
-                    f"trigger step {step.id!r} has a per-key threshold function: its agent "
-                    "needs a view of the watched variables (run it through KafkaRuntime or "
-                    "run_worker)"
-                )
-        agents: list[Any] = [
-            VariableAgent(
-                settings,
-                self.graph,
-                v.id,
-                name=self.topology,
-                view=view,
-                validator=_client_check() if v.checked else None,
-                metrics=metrics,
-                watch_version=watch_version if v.per_key else None,
-            )
-            for v in self.variables
-        ]
-        for keyed in self.operator_parts:
-            inputs = [v for v in self.operator_inputs if v.keyed == keyed]
-            inputs += [v for v in self.derived_triggers if v.keyed == keyed]
-            agents.append(
-                OperatorAgent(
-                    settings,
-                    self.graph,
-                    keyed=keyed,
-                    name=self.topology,
-                    view=view,
-                    validators={v.id: _client_check() for v in inputs if v.checked},
-                    metrics=metrics,
-                    watch_version=watch_version if any(v.per_key for v in inputs) else None,
-                )
-            )
-        return agents
-
-    def describe(self) -> str:
-        """The plan as text: agents, how binary steps' inputs meet, what is broadcast."""
-        lines = [f"topology {self.topology!r} on Kafka:"]
-        for v in self.variables:
-            trig = [t.id for t in v.trigger_steps]
-            lines.append(
-                f"  variable agent {v.id}{' (keyed)' * v.keyed}"
-                + (
-                    f", windowed (size {v.window.size}, slide {v.window.slide}, grace "
-                    f"{v.window.grace}; closed windows on its .closed topic, late deltas to the "
-                    "DLQ; on_close/on_late, if any, at the sink process)"
-                    if v.window is not None
-                    else ""
-                )
-                + (f", triggers {trig}" if trig else "")
-                + (", client deltas checked" if v.checked else "")
-            )
-        for keyed in self.operator_parts:
-            ins = [v.id for v in self.operator_inputs if v.keyed == keyed]
-            how = (
-                "co-partitioned by key: range assignor over equal partition counts, "
-                "a slot per partition number"
-                if keyed
-                else "one owner reads every partition of every input (single-owner "
-                "assignor); outputs on partition 0"
-            )
-            lines.append(
-                f"  operator agent ({'keyed' if keyed else 'non-keyed'}) inputs {ins}: {how}"
-            )
-            for v in self.derived_triggers:
-                if v.keyed == keyed:
-                    trig = [t.id for t in v.trigger_steps]
-                    lines.append(f"    triggers on derived {v.id}: {trig}")
-        if self.streams:
-            lines.append(
-                "  stream callbacks, at the sink process (at least once): "
-                + ", ".join(f"{s.id} on {s.var}" for s in self.streams)
-            )
-        if self.watched:
-            lines.append(
-                f"  broadcast to every worker (read in full, outside the groups): "
-                f"{list(self.watched)}"
-            )
-        return "\n".join(lines)
-
-
-def _client_check() -> RecordValidator:
-    from lasp_streams.client.validate import record_delta_problem
-
-    def check(key: Hashable, headers: Sequence[tuple[str, bytes]], delta: Lattice) -> str | None:
-        return record_delta_problem(headers, delta)
-
-    return check
-
-
-#: Lattice types whose deltas the client check can verify (per-actor entries).
-_CHECKABLE = ("GCounter", "PNCounter", "BCounter", "LexCounter", "GMap")
-
-
-def plan_worker(
-    topology: Topology, *, checked: Iterable[str] | None = None, name: str | None = None
-) -> WorkerPlan:
-    """The agents a worker runs for ``topology``.
-
-    Declared variables, operator steps (map, filter, union, intersection, product, fold),
-    ``bind_to`` and triggers (fixed thresholds, or per-key threshold functions whose ``watch``
-    variables are broadcast) on declared variables and on derived ones (evaluated by the
-    operator agent that joins the derived state) run on Kafka, and ``stream`` callbacks at
-    the sink process (:mod:`.streams`, at least once), windows (:mod:`.windows`). Windows with an
-    injected clock or feeding other steps are refused by name, so a topology never runs half
-    on Kafka silently.
-
-    ``checked``: the declared variables whose records must carry a client actor header and
-    write only that actor's entries (:func:`~lasp_streams.client.validate.record_delta_problem`;
-    refused records go to the DLQ). Default: every declared counter-like variable (clients
-    write counters; the sets of a topology are written by the trusted server).
-
-    ``name`` runs the topology under another name (its topics, groups and event ids): two
-    deployments of one topology on one cluster, or tests.
-    """
-    topology.freeze()
-    prop = Propagation(topology)
-    trigger_steps: dict[str, list[TriggerStep]] = {}
-    watched: list[str] = []
-    unsupported: list[str] = []
-    for step in topology.steps:
-        if isinstance(step, TriggerStep):
-            trigger_steps.setdefault(step.var, []).append(step)
-            watched.extend(w for w in step.watch if w not in watched)
-        elif isinstance(step, WindowStep):
-            if step.clock is not None:
-                unsupported.append(
-                    f"window {step.id!r} (an injected clock: on Kafka the watermark is the "
-                    "event time, which a restarted agent recovers from the state; drop clock=)"
-                )
-            if step.hold is not None:
-                unsupported.append(
-                    f"window {step.id!r} (close policy HoldOpen: its device reports are not "
-                    "recovered by a restarted agent yet; close at event time + grace)"
-                )
-            if prop.has_outputs(step.id):
-                unsupported.append(
-                    f"window {step.id!r} (feeds another step: windowed variables are "
-                    "terminal on Kafka)"
-                )
-    if unsupported:
-        raise InvalidTopology(
-            f"topology {topology.name!r}: the Kafka runtime cannot run these steps yet: "
-            f"{'; '.join(unsupported)}. Run it with the LocalRuntime, or remove them."
-        )
-    if checked is None:
-        wanted = {
-            v.id
-            for v in topology.variables.values()
-            if v.kind == "declared" and type(v.prototype).__name__ in _CHECKABLE
-        }
-    else:
-        wanted = set(checked)
-    alone: list[VariablePlan] = []
-    feeding: list[VariablePlan] = []
-    windows = {s.id: s.window for s in topology.steps if isinstance(s, WindowStep)}
-    for var in topology.variables.values():
-        if var.kind not in ("declared", "window"):
-            continue
-        plan = VariablePlan(
-            var.id,
-            var.prototype,
-            var.keyed,
-            tuple(trigger_steps.get(var.id, ())),
-            var.id in wanted,
-            windows.get(var.id),
-        )
-        (feeding if prop.has_outputs(var.id) else alone).append(plan)
-    parts = tuple(sorted({v.keyed for v in feeding}))
-    derived = tuple(
-        VariablePlan(var.id, var.prototype, var.keyed, tuple(trigger_steps.get(var.id, ())))
-        for var in topology.variables.values()
-        if var.kind == "derived" and var.id in trigger_steps
-    )
-    return WorkerPlan(
-        name or topology.name,
-        tuple(alone),
-        topology,
-        parts,
-        tuple(feeding),
-        tuple(watched),
-        derived,
-        tuple(s for s in topology.steps if isinstance(s, StreamStep)),
-    )
 
 
 def build_faust_app(
@@ -378,8 +109,6 @@ def build_faust_app(
             super().__init__()
 
         async def on_start(self) -> None:
-            from lasp_streams.runtime.kafka.runtime import KafkaRuntime
-
             assert plan.graph is not None
             self.runtime = KafkaRuntime(
                 plan.graph, settings, metrics=metrics, name=plan.topology, checked=plan.checked
@@ -421,8 +150,6 @@ async def run_worker(
     The programmatic counterpart of ``lasp-streams worker``, without faust: for embedding and
     tests. Declares the topics first. Same as ``KafkaRuntime(topology, settings).run()``.
     """
-    from lasp_streams.runtime.kafka.runtime import KafkaRuntime
-
     runtime = KafkaRuntime(topology, settings, metrics=metrics, name=name, checked=checked)
     await runtime.start()
     try:

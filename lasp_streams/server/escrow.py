@@ -43,13 +43,11 @@ import contextlib
 from collections.abc import Hashable, Sequence
 from typing import Any
 
+from lasp_streams.codec import ACTOR_HEADER
 from lasp_streams.dataflow.events import Update
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.counters import BCounter, GCounter
-
-ACTOR_HEADER = "lasp.actor"
-"""The Kafka record header naming the producing actor (as ``lasp_streams.client.validate``)."""
 
 __all__ = ["RightsEscrow"]
 
@@ -138,7 +136,7 @@ class RightsEscrow:
         if var == self.rights:
             return f"clients may not write {self.rights!r}: rights are granted by the server"
         if var == self.counter and isinstance(delta, GCounter):
-            return self.overspent(actor, key, delta.to_wire().get(actor, 0))
+            return self.overspent(actor, key, delta.counts().get(actor, 0))
         return None
 
     def record_problem(
@@ -227,8 +225,7 @@ class RightsEscrow:
             state = rt.state(self.rights, key=key)
             if not isinstance(state, BCounter):
                 continue
-            up, down, moves = state.to_wire()
-            writers = {*up, *down, *(src for src, _dst, _n in moves)} - {self.server_actor}
+            writers = state.actors() - {self.server_actor}
             for actor in sorted(writers):
                 why = f"client {actor!r} wrote {self.rights!r} of {key!r}: only the server grants"
                 self._flag(self.rights, key, actor, why, found)

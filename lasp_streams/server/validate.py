@@ -8,12 +8,13 @@ one client inflate — or, by the per-actor max, absorb — another's impression
 
 :func:`client_delta_problem` returns the reason a delta is refused (``None``: accept); it is the
 shape the Kafka agent's validator hook takes (``lasp_streams.runtime.kafka.joiner.Validator``
-returns a reason or None), with the actor taken from the record's :data:`ACTOR_HEADER`.
+returns a reason or None), with the actor taken from the record's
+:data:`~lasp_streams.codec.ACTOR_HEADER`.
 :func:`check_client_delta` raises :class:`UntrustedDelta` instead.
 
 Types the check understands: GCounter, PNCounter, LexCounter (per-actor entries), BCounter
 (increment/decrement entries of the actor; transfers *from* the actor only) and GMap of those
-(each nested state checked), Windowed of those (each window checked). Any other type has no
+(each nested state checked), and Windowed of those (each window checked). Any other type has no
 per-actor entries the server could check, so
 a client delta of it is refused as unverifiable: clients write counters; sets and registers are
 written by trusted services.
@@ -22,60 +23,37 @@ written by trusted services.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Final
 
-from lasp_streams.dataflow.windows import Windowed
+from lasp_streams.codec import ACTOR_HEADER
 from lasp_streams.errors import LaspError
 from lasp_streams.lattices.base import Lattice, describe_type
 from lasp_streams.lattices.composite import GMap
 from lasp_streams.lattices.counters import BCounter, GCounter, LexCounter, PNCounter
+from lasp_streams.lattices.windowed import Windowed
 
 __all__ = [
-    "ACTOR_HEADER",
     "UntrustedDelta",
     "check_client_delta",
     "client_delta_problem",
     "record_delta_problem",
 ]
 
-ACTOR_HEADER: Final = "lasp.actor"
-"""The Kafka record header carrying the producing client's actor id (UTF-8)."""
+#: The types whose deltas a client may send: every entry belongs to one actor (``actors()``).
+_CHECKED = (GCounter, PNCounter, LexCounter, BCounter)
 
 
 class UntrustedDelta(LaspError, ValueError):
     """A client's delta writes entries its actor may not write; the server refuses it whole."""
 
 
-def _foreign(actors: Any, actor: str) -> list[str]:
-    return sorted(str(a) for a in actors if a != actor)
-
-
 def client_delta_problem(delta: Lattice, actor: str) -> str | None:
     """Why ``delta``, sent by client ``actor``, must be refused; None when it may be joined.
 
     Law: a delta accepted from ``actor`` changes no other actor's entry, so no client can raise,
-    absorb or forge another client's counts."""
+    absorb or forge another client's counts. The entries are the lattice's own account of who
+    wrote them (:meth:`~lasp_streams.lattices.base.Lattice.actors`), never its wire form."""
     if type(actor) is not str or not actor:
         return f"the client's actor must be a non-empty str, got {actor!r}"
-    if isinstance(delta, GCounter | LexCounter):
-        foreign = _foreign(delta.to_wire(), actor)
-        if foreign:
-            return (
-                f"{describe_type(delta)} delta from actor {actor!r} writes the entries of "
-                f"other actors {foreign}; a client may only write its own entry"
-            )
-        return None
-    if isinstance(delta, PNCounter | BCounter):
-        wire = delta.to_wire()
-        foreign = _foreign([*wire[0], *wire[1]], actor)
-        if isinstance(delta, BCounter):
-            foreign += sorted({f"{src}->{dst}" for src, dst, _ in wire[2] if src != actor})
-        if foreign:
-            return (
-                f"{describe_type(delta)} delta from actor {actor!r} writes entries of others "
-                f"{foreign}; a client may only change its own entries and move its own rights"
-            )
-        return None
     if isinstance(delta, GMap):
         keys = delta.keys()  # a GMap, not a dict: keys() is its API
         for key in keys:
@@ -89,10 +67,19 @@ def client_delta_problem(delta: Lattice, actor: str) -> str | None:
             if problem is not None:
                 return f"window {start}: {problem}"
         return None
-    return (
-        f"a client delta of type {describe_type(delta)} cannot be verified (it has no "
-        "per-actor entries to check); clients may only send counter deltas"
-    )
+    if not isinstance(delta, _CHECKED):
+        return (
+            f"a client delta of type {describe_type(delta)} cannot be verified (it has no "
+            "per-actor entries to check); clients may only send counter deltas"
+        )
+    writers = delta.actors()
+    foreign = sorted(a for a in writers if a != actor)
+    if foreign:
+        return (
+            f"{describe_type(delta)} delta from actor {actor!r} writes the entries of other "
+            f"actors {foreign}; a client may only write its own entries and move its own rights"
+        )
+    return None
 
 
 def check_client_delta(delta: Lattice, actor: str) -> None:
@@ -104,7 +91,8 @@ def check_client_delta(delta: Lattice, actor: str) -> None:
 
 def record_delta_problem(headers: Iterable[tuple[str, bytes]] | None, delta: Lattice) -> str | None:
     """:func:`client_delta_problem` for a Kafka record from a client: the actor is the
-    :data:`ACTOR_HEADER` header (UTF-8); a record without exactly one such header is refused."""
+    :data:`~lasp_streams.codec.ACTOR_HEADER` header (UTF-8); a record without exactly one such
+    header is refused."""
     actors = [value for name, value in headers or () if name == ACTOR_HEADER]
     if len(actors) != 1:
         return f"a client delta must carry exactly one {ACTOR_HEADER!r} header, found {len(actors)}"
