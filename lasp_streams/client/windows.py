@@ -23,7 +23,8 @@
     for the timeout (at most one small delta per such key per slide: its cost).
 
 Windows older than ``keep`` (event-time units past their end) are dropped from the local state
-after they were sent.
+after they were sent. The window counts are not saved with the client's ``state_path`` (its
+totals are): a restarted device re-counts windows from its restart on, under a new actor id.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import random
 from collections import Counter
 from typing import Any
 
+import msgpack
 import pytest
 
 from lasp_streams.client import EdgeClient
@@ -16,6 +17,7 @@ from lasp_streams.client.windows import ServerClock, WindowCounts
 from lasp_streams.codec import decode, encode
 from lasp_streams.dataflow import HoldOpen, WindowLedger
 from lasp_streams.dataflow.windows import Windowed, WindowSpec
+from lasp_streams.errors import DecodeError
 from lasp_streams.lattices import GCounter
 from lasp_streams.runtime.network import SimulatedNetwork
 from lasp_streams.server import LocalHub
@@ -233,3 +235,28 @@ test_windowed_gcounter_laws = lattice_law_test(
 test_windowed_twopset_laws = lattice_law_test(
     CASES["Windowed(TwoPSet)"].states(), CASES["Windowed(TwoPSet)"].ops
 )
+
+
+@pytest.mark.parametrize(
+    ("compact", "why"),
+    [
+        (["d1", 4, [1] * 5000], "at most"),
+        (["d1", 14, [1, -2]], "int >= 0"),
+        (["d1", 14, [1, "x"]], "int >= 0"),
+        (["d1", -6, [1]], "int >= 0"),
+        (["d1", 3, [1]], "multiple of slide"),
+        (["d1", 4, []], "non-empty list"),
+        (["", 4, [1]], "non-empty actor"),
+        (["d1", 4], "compact window list"),
+    ],
+)
+def test_hostile_compact_windows_are_refused_by_the_codec(compact: list[Any], why: str) -> None:
+    raw = msgpack.packb(["windowed", 1, [[["gc"], MINUTE, SLIDE], 1234, compact]])
+    with pytest.raises(DecodeError, match=why):
+        decode(raw)
+
+
+def test_a_compact_form_is_refused_for_windows_that_are_not_gcounters() -> None:
+    raw = msgpack.packb(["windowed", 1, [[["2pset"], 20, 20], 40, ["d1", 0, [1]]]])
+    with pytest.raises(DecodeError, match="compact"):
+        decode(raw)
