@@ -16,9 +16,12 @@ from lasp_streams.client import EdgeClient
 from lasp_streams.client.windows import ServerClock, WindowCounts
 from lasp_streams.codec import decode, encode
 from lasp_streams.dataflow import HoldOpen, WindowLedger
+from lasp_streams.dataflow.topology import Topology
 from lasp_streams.dataflow.windows import Windowed, WindowSpec
-from lasp_streams.errors import DecodeError
+from lasp_streams.errors import DecodeError, InvalidTopology
 from lasp_streams.lattices import GCounter
+from lasp_streams.runtime.core import WindowGate
+from lasp_streams.runtime.kafka.plan import plan_worker
 from lasp_streams.runtime.network import SimulatedNetwork
 from lasp_streams.server import LocalHub
 from lasp_streams.testing.laws import lattice_law_test
@@ -260,3 +263,27 @@ def test_a_compact_form_is_refused_for_windows_that_are_not_gcounters() -> None:
     raw = msgpack.packb(["windowed", 1, [[["2pset"], 20, 20], 40, ["d1", 0, [1]]]])
     with pytest.raises(DecodeError, match="compact"):
         decode(raw)
+
+
+def test_hold_must_be_a_policy_and_kafka_refuses_it_by_name() -> None:
+    t = Topology("t")
+    with pytest.raises(InvalidTopology, match="HoldOpen"):
+        t.window("w", GCounter, size=10, hold=30)  # type: ignore[arg-type]
+    t.window("w", GCounter, size=10, keyed=True, hold=HoldOpen(30, clock=lambda: 0))
+    with pytest.raises(InvalidTopology, match="close policy HoldOpen"):
+        plan_worker(t)
+
+
+def test_the_gate_holds_a_window_for_a_device_that_has_not_reported_past_it() -> None:
+    now = [100]
+    gate = WindowGate("w", WindowSpec(10, 10, 0), hold=HoldOpen(30, clock=lambda: now[0]))
+    state = Windowed(GCounter, 10)
+    for actor, t in (("slow", 5), ("fast", 6), ("fast", 25)):
+        delta = state.copy().record(actor, t, "increment")
+        joined, late = gate.admit("k", state, delta)
+        assert late is None
+        state.merge(joined)
+    # Watermark 25: window [0, 10) is due, but "slow" counted in it and reported only to 5.
+    assert gate.advance("k", state) == []
+    now[0] = 131  # "slow" silent for longer than the timeout
+    assert [c.start for c in gate.advance("k", state)] == [0]

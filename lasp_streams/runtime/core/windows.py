@@ -34,7 +34,6 @@ from lasp_streams.dataflow.windows import (
     WindowSpec,
 )
 from lasp_streams.lattices.base import Lattice
-from lasp_streams.lattices.counters import GCounter
 
 __all__ = ["WindowGate"]
 
@@ -185,17 +184,11 @@ class WindowGate:
 
         return held
 
-    def forget(self, key: Hashable, before: int) -> None:
-        """Drop the reports of devices last heard before ``before`` (HoldOpen bookkeeping)."""
-        reports = self._reports.get(key)
-        if reports:
-            for actor in [a for a, (_, at) in reports.items() if at < before]:
-                del reports[actor]
 
-
-def _actors_of(state: Lattice) -> list[str]:
-    """The devices with entries in a window's state (GCounter windows; none otherwise)."""
-    return list(state.counts()) if isinstance(state, GCounter) else []
+def _actors_of(state: Lattice) -> frozenset[str]:
+    """The devices with entries in a window's state (none for types without per-actor
+    entries)."""
+    return state.actors() or frozenset()
 
 
 def _actors(delta: Windowed) -> set[str]:
