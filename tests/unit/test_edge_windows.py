@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
+from click.testing import CliRunner
 
+from lasp_streams.cli import main
 from lasp_streams.client import EdgeClient
 from lasp_streams.client.windows import ServerClock, WindowCounts
 from lasp_streams.codec import decode, encode
@@ -287,3 +290,15 @@ def test_the_gate_holds_a_window_for_a_device_that_has_not_reported_past_it() ->
     assert gate.advance("k", state) == []
     now[0] = 131  # "slow" silent for longer than the timeout
     assert [c.start for c in gate.advance("k", state)] == [0]
+
+
+def test_the_windows_demo_prints_every_window_accounted_for_and_plots(tmp_path: Path) -> None:
+    png = tmp_path / "windows.png"
+    args = ["demo", "windows", "--devices", "8", "--seconds", "120", "--min-impressions", "200"]
+    result = CliRunner().invoke(main, [*args, "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "windows not accounted for: 0" in out
+    # Each ad billed exactly once on its total.
+    assert "billing events: riot-0: 1, riot-1: 1, rovio-0: 1, rovio-1: 1" in out
+    assert png.stat().st_size > 0
