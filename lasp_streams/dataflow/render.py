@@ -109,7 +109,7 @@ def mermaid(topology: Graph) -> str:
 def step_label(step: Step) -> str:
     """One line describing a step (the lines of :func:`describe`)."""
     if isinstance(step, DeclareStep):
-        return "declare"
+        return "declare_dynamic (node-local)" if step.dynamic else "declare"
     if isinstance(step, WindowStep):
         w = step.window
         shape = "tumbling" if w.tumbling else f"sliding every {w.slide}"

@@ -65,10 +65,12 @@ class Var:
 
 @dataclass(frozen=True, slots=True)
 class DeclareStep:
-    """``declare``: a variable updated by clients (and by ``bind_to``)."""
+    """``declare``: a variable updated by clients (and by ``bind_to``); ``dynamic``: Lasp's
+    ``declare_dynamic``, kept by every replica for itself and never replicated."""
 
     id: str
     output: str
+    dynamic: bool = False
     kind: Literal["declare"] = "declare"
 
     @property

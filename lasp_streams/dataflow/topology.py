@@ -155,6 +155,21 @@ class Topology:
         prototype = self._prototype(id, "declare", spec)
         return self._add(DeclareStep(id, id), prototype, bool(keyed), "declared")
 
+    def declare_dynamic(self, id: str, spec: LatticeSpec, keyed: bool = False) -> Var:
+        """Lasp's ``declare_dynamic``: a variable every replica keeps for itself, never
+        replicated (node-local); what is computed from it is node-local too (:meth:`dynamic`).
+        The LocalRuntime runs it; the Kafka runtime refuses it by name."""
+        self._check_new(id, "declare_dynamic")
+        prototype = self._prototype(id, "declare_dynamic", spec)
+        return self._add(DeclareStep(id, id, dynamic=True), prototype, bool(keyed), "declared")
+
+    def dynamic(self, var_id: str) -> bool:
+        """True when ``var_id`` is node-local: dynamic, or computed from (bound to) one."""
+        return any(
+            isinstance(step := self._steps.get(v), DeclareStep) and step.dynamic
+            for v in (var_id, *self.sources_of(var_id))
+        )
+
     def window(
         self,
         id: str,

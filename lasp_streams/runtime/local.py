@@ -5,11 +5,15 @@ A local inflation of a variable — a client update, a ``bind``, an operator's o
 is published to the other replicas through the :class:`~lasp_streams.runtime.network.Transport`
 as a codec-encoded delta; a delivered delta is decoded and joined in, and the steps downstream of
 it run on that replica. Derived variables are exchanged too (``replicate_derived``), as the
-Kafka runtime does with their delta topics; their lattices make that harmless.
+Kafka runtime does with their delta topics; their lattices make that harmless. Dynamic
+variables (``Topology.declare_dynamic``) and what is computed from them are never sent: each
+replica keeps its own.
 
 Nothing moves on the network until someone asks: :meth:`LocalRuntime.settle` delivers until
 nothing is in flight (deterministic for a given network seed), :meth:`LocalRuntime.read` delivers
 while it waits, :meth:`LocalRuntime.deliver` moves one message. Tests never sleep.
+:meth:`LocalRuntime.wait_needed` (Lasp's) waits until a read needs a variable
+(:mod:`~lasp_streams.runtime.demand`).
 
 Side effects happen at the *sink* replica only (``sink=0`` by default): ``stream`` callbacks,
 trigger actions (exactly once per ``(trigger, key)`` for the life of the runtime), and closed
@@ -56,6 +60,7 @@ from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.threshold import Threshold, threshold_met
 from lasp_streams.runtime.core import DeadLetter, Delta, Effects, RecordValidator, ReplicaCore
 from lasp_streams.runtime.core.updates import check_key
+from lasp_streams.runtime.demand import Demand
 from lasp_streams.runtime.network import SimulatedNetwork, Transport
 
 __all__ = ["LocalRuntime"]
@@ -103,6 +108,9 @@ class LocalRuntime:
             for i in range(replicas)
         ]
         self._peers = replicas > 1
+        # Node-local variables (declare_dynamic, and what is computed from them): never sent.
+        self._local_only = frozenset(v for v in topology.variables if topology.dynamic(v))
+        self._demand = Demand()
         self._windows: dict[str, WindowStep] = {
             s.id: s for s in topology.steps if isinstance(s, WindowStep)
         }
@@ -188,38 +196,75 @@ class LocalRuntime:
     ) -> Any:
         """Wait until ``var`` on ``replica`` meets ``threshold``; return its value then
         (at once when already met). Delivers in-flight messages while waiting; raises
-        ReadTimeout after ``timeout`` seconds."""
+        ReadTimeout after ``timeout`` seconds. While it waits, the read *needs* ``var`` at
+        ``threshold`` (see :meth:`wait_needed`)."""
         v = self.topology.var(var)
         states = self._core(replica).states[v.id]
         threshold.check_fits(v.prototype)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         delivered = 0
-        while True:
-            state = states.get(key)
-            if state is None:
-                state = v.prototype
+        with self._demand.reading((replica, v.id, key), threshold):
+            while True:
+                state = states.get(key)
+                if state is None:
+                    state = v.prototype
+                if threshold_met(state, threshold):
+                    return state.value()
+                if self.deliver_now():
+                    delivered += 1
+                    await self._run_pending()
+                    if delivered % 64 == 0:
+                        await asyncio.sleep(0)  # let other tasks (writers) run
+                    if loop.time() < deadline:
+                        continue
+                remaining = deadline - loop.time()
+                if remaining > 0:
+                    event = self._changed
+                    self._waiters += 1
+                    try:
+                        await asyncio.wait_for(event.wait(), remaining)
+                        continue
+                    except TimeoutError:
+                        pass
+                    finally:
+                        self._waiters -= 1
+                raise ReadTimeout(self._timeout_message(v, key, replica, threshold, timeout))
+
+    async def wait_needed(
+        self,
+        var: Var | str,
+        threshold: Threshold | None = None,
+        *,
+        timeout: float = 5.0,
+        key: Hashable = None,
+        replica: int = 0,
+    ) -> Threshold:
+        """Lasp's ``wait_needed``: wait until some :meth:`read` of ``var`` on ``replica`` waits
+        for a threshold at least ``threshold`` (any read, when None) and return that read's
+        threshold: lazy evaluation, a producer computes only what someone reads. Returns at
+        once when such a read is already waiting, or (with ``threshold``) when the value
+        already meets ``threshold``. Raises ReadTimeout after ``timeout`` seconds."""
+        v = self.topology.var(var)
+        slot = (replica, v.id, key)
+        state = self._core(replica).states[v.id].get(key)
+        state = v.prototype if state is None else state
+        if threshold is not None:
+            threshold.check_fits(v.prototype)
             if threshold_met(state, threshold):
-                return state.value()
-            if self.deliver_now():
-                delivered += 1
-                await self._run_pending()
-                if delivered % 64 == 0:
-                    await asyncio.sleep(0)  # let other tasks (writers) run
-                if loop.time() < deadline:
-                    continue
-            remaining = deadline - loop.time()
-            if remaining > 0:
-                event = self._changed
-                self._waiters += 1
-                try:
-                    await asyncio.wait_for(event.wait(), remaining)
-                    continue
-                except TimeoutError:
-                    pass
-                finally:
-                    self._waiters -= 1
-            raise ReadTimeout(self._timeout_message(v, key, replica, threshold, timeout))
+                return threshold
+        found = self._demand.waiting(slot, threshold, state)
+        if found is not None:
+            return found
+        with self._demand.lazy(slot, threshold) as needed:
+            try:
+                return await asyncio.wait_for(needed, timeout)
+            except TimeoutError:
+                where = f"{v.id!r}" + (f" key {key!r}" if v.keyed else "")
+                raise ReadTimeout(
+                    f"wait_needed of {where} on replica {replica}: no read needed it"
+                    f"{'' if threshold is None else f' at {threshold!r}'} within {timeout}s"
+                ) from None
 
     def deliver_now(self) -> bool:
         """Deliver one in-flight message (no callbacks run); False when none can be."""
@@ -303,7 +348,7 @@ class LocalRuntime:
         self, core: ReplicaCore, v: Var, key: Hashable, delta: Lattice, effects: Effects
     ) -> None:
         """Send a local change of ``v`` to the other replicas when it grew the state."""
-        if self._peers and effects.grew(v.id, key):
+        if self._peers and v.id not in self._local_only and effects.grew(v.id, key):
             self.network.publish(core.replica, v.id, key, self._wire(delta))
 
     def _handle(self, core: ReplicaCore, effects: Effects) -> None:
@@ -314,6 +359,8 @@ class LocalRuntime:
             self._changed = asyncio.Event()
         if self._peers:
             for var_id, per_key in effects.outputs.items():
+                if var_id in self._local_only:
+                    continue
                 if self._vars[var_id].kind != "derived" or self.replicate_derived:
                     for key, delta in per_key.items():
                         self.network.publish(core.replica, var_id, key, self._wire(delta))

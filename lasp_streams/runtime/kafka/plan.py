@@ -242,6 +242,12 @@ def plan_worker(
                     f"window {step.id!r} (feeds another step: windowed variables are "
                     "terminal on Kafka)"
                 )
+    unsupported += [
+        f"dynamic variable {v!r} (node-local, never replicated: each LocalRuntime replica "
+        "keeps its own)"
+        for v in topology.variables
+        if topology.dynamic(v)
+    ]
     if unsupported:
         raise InvalidTopology(
             f"topology {topology.name!r}: the Kafka runtime cannot run these steps yet: "

@@ -164,6 +164,15 @@ class KafkaRuntime:
             await follower.join_local(key, delta)
         return delta
 
+    async def wait_needed(self, var: Var | str, *args: Any, **kwargs: Any) -> Threshold:
+        """Not on Kafka: a read here is a follower of committed state topics, which no
+        producer elsewhere can observe. Use the LocalRuntime's ``wait_needed``."""
+        raise LaspError(
+            f"wait_needed({self.topology.var(var).id!r}): the Kafka runtime does not run "
+            "wait_needed (reads are not visible to producers across processes); run lazy "
+            "producers with the LocalRuntime"
+        )
+
     async def bind(self, var: Var | str, state: Lattice, *, key: Hashable = None) -> None:
         """Join a whole state into ``var`` (produced as one delta, actor header ``server``)."""
         v = self.topology.var(var)
