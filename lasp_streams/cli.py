@@ -11,7 +11,9 @@ from typing import TypeVar
 
 import click
 
+from lasp_streams.demo.loadgen_cli import loadgen
 from lasp_streams.errors import KafkaSetupError
+from lasp_streams.gateway.cli import gateway
 from lasp_streams.localkafka import (
     DEFAULT_BROKER_PORT,
     DEFAULT_CONTROLLER_PORT,
@@ -309,7 +311,20 @@ def demo() -> None:
     help="Where to write the PNG plot.",
 )
 @click.option("--no-plot", is_flag=True, help="Do not write the plot.")
+@click.option(
+    "--transport",
+    type=click.Choice(["gateway", "kafka"]),
+    default="gateway",
+    show_default=True,
+    help="Kafka mode: clients through a gateway (WebSocket, device ledger) or each with its "
+    "own Kafka producer and consumer (bounded mode always uses kafka).",
+)
 @click.option("--seed", type=int, default=1, show_default=True)
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Kafka mode: keep the run's topics and consumer groups (to audit it afterwards).",
+)
 @click.option(
     "--keep-broker",
     is_flag=True,
@@ -331,7 +346,9 @@ def ad_counter(
     timeout: float,
     plot_path: Path,
     no_plot: bool,
+    transport: str,
     seed: int,
+    keep: bool,
     keep_broker: bool,
 ) -> None:
     """Lasp's advertisement counter end to end: edge clients view ads, the server disables
@@ -373,7 +390,14 @@ def ad_counter(
 
         try:
             summary = asyncio.run(
-                run_kafka(config, bootstrap=bootstrap, keep_broker=keep_broker, progress=progress)
+                run_kafka(
+                    config,
+                    bootstrap=bootstrap,
+                    keep=keep,
+                    keep_broker=keep_broker,
+                    progress=progress,
+                    via=transport,
+                )
             )
         except KafkaSetupError as exc:
             raise _fail(exc) from None
@@ -413,7 +437,19 @@ def ad_counter(
     "--metrics-port",
     type=click.IntRange(0, 65535),
     default=None,
-    help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics.",
+    help="Serve Prometheus metrics on http://HOST:PORT/metrics (HOST: --metrics-host).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics endpoint binds (0.0.0.0: every interface, e.g. in a container).",
+)
+@click.option(
+    "--status-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve the live status page on http://HOST:PORT/ (HOST: --metrics-host).",
 )
 @click.option(
     "--sink/--no-sink",
@@ -439,6 +475,8 @@ def worker(
     partitions: int,
     name: str | None,
     metrics_port: int | None,
+    metrics_host: str,
+    status_port: int | None,
     sink: bool,
     trust_all: bool,
     loglevel: str,
@@ -473,10 +511,26 @@ def worker(
         registry = CollectorRegistry()
         metrics = Metrics(registry)
         try:
-            server = serve_metrics(registry, metrics_port)
+            server = serve_metrics(registry, metrics_port, metrics_host)
         except OSError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"metrics: {server.url}", err=True)
+    status = None
+    if status_port is not None:
+        from lasp_streams.web import serve_worker_status
+
+        try:
+            status = serve_worker_status(
+                topology,
+                settings,
+                port=status_port,
+                host=metrics_host,
+                name=name,
+                registry=metrics.registry if metrics is not None else None,
+            )
+        except (OSError, KafkaSetupError) as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"status page: {status.url}", err=True)
     # faust parses sys.argv itself: hand it only its own worker arguments.
     sys.argv = [sys.argv[0], "worker", f"--loglevel={loglevel}"]
     try:
@@ -486,8 +540,23 @@ def worker(
     finally:
         if server is not None:
             server.close()
+        if status is not None:
+            status.close()
 
 
-from lasp_streams.cli_windows import demo_windows  # noqa: E402  (registered after the group)
+# Commands that live in their own modules (imported last: they only add to `main`).
+from lasp_streams import cli_deploy  # noqa: E402
+
+main.add_command(cli_deploy.deploy)
+main.add_command(cli_deploy.describe)
+main.add_command(cli_deploy.teardown_command)
+from lasp_streams import cli_audit  # noqa: E402
+
+main.add_command(cli_audit.audit)
+main.add_command(cli_audit.billing)
+main.add_command(cli_audit.dlq)
+main.add_command(gateway)
+main.add_command(loadgen)
+from lasp_streams.cli_windows import demo_windows  # noqa: E402
 
 demo.add_command(demo_windows)

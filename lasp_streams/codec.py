@@ -1,16 +1,20 @@
 """The wire format of lattices: msgpack, one envelope ``[type tag, wire version, payload]``.
 
 ``encode(lattice) -> bytes`` and ``decode(bytes) -> Lattice``. The payload is whatever the
-type's ``to_wire`` returns; nested lattices (map values, pair components) are enveloped too and
-decoded through :meth:`WireContext.nested`. Decoding never runs code other than the registered
-lattice classes' ``from_wire`` and the constructors of registered record classes, and every
-malformed input raises :class:`~lasp_streams.errors.DecodeError` saying what was wrong and where
-(the chain of types being decoded, outermost first).
+type's ``to_wire`` returns; a nested lattice (a map value, a pair component) is put in the
+payload as it is, and the codec envelopes it too (:func:`_envelope`, the one place the envelope
+is written); decoding reads it back through :meth:`WireContext.nested`. Decoding never runs code
+other than the registered lattice classes' ``from_wire`` and the constructors of registered
+record classes, and every malformed input raises :class:`~lasp_streams.errors.DecodeError`
+(never anything else: the decoder is fuzzed) saying what was wrong and where (the chain of types
+being decoded, outermost first), in at most :data:`MAX_ERROR_CHARS` characters.
 
 Elements (set members, register values, map keys) are ``str``, ``int`` (64-bit), ``float``
 (never NaN), ``bytes``, ``bool``, ``None``, tuples of elements, and instances of frozen
 dataclasses registered with :func:`register_record` (a msgpack ext type holding the record's
-registered name and its fields by name). Arrays decode as tuples where an element is expected.
+registered name and its fields by name); the rules and the registry live in
+:mod:`lasp_streams.lattices.elements`, re-exported here. Arrays decode as tuples where an
+element is expected.
 
 Limits on decoding (module constants): :data:`MAX_PAYLOAD_BYTES` of input,
 :data:`MAX_COLLECTION_LEN` items in any array or map, :data:`MAX_NESTING_DEPTH` lattices inside
@@ -20,6 +24,9 @@ Parametrised types (``GMap(GCounter)``) write their type parameters through
 :meth:`Lattice.wire_spec` (``["gmap", "gc"]``). To rebuild one, the codec calls the class's
 optional classmethod ``from_wire_spec(params: list, ctx) -> bottom prototype``; a class without
 it takes no parameters and its spec is just its tag.
+
+Around an encoded lattice on Kafka: the record key of a variable key (:func:`key_to_kafka`,
+:func:`key_from_kafka`) and the writer's actor header (:data:`ACTOR_HEADER`).
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ __all__ = [
     "ACTOR_HEADER",
     "MAX_COLLECTION_LEN",
     "MAX_ELEMENT_DEPTH",
+    "MAX_ERROR_CHARS",
     "MAX_NESTING_DEPTH",
     "MAX_PAYLOAD_BYTES",
     "RECORD_EXT_CODE",
@@ -57,6 +65,7 @@ __all__ = [
     "key_to_kafka",
     "register_record",
     "registered_records",
+    "short_repr",
 ]
 
 MAX_PAYLOAD_BYTES: Final = 64 * 1024 * 1024
@@ -314,19 +323,19 @@ class _Context:
 
     def envelope(self, obj: Any) -> Lattice:
         if type(obj) is not list or len(obj) != 3:
-            self.fail(f"expected an envelope [tag, version, payload], got {_short(obj)}")
+            self.fail(f"expected an envelope [tag, version, payload], got {short_repr(obj)}")
         tag, version, payload = obj
         cls = _REGISTRY.get(tag) if type(tag) is str else None
         if cls is None:
             if type(tag) is not str:
-                self.fail(f"the type tag must be a str, got {_short(tag)}")
+                self.fail(f"the type tag must be a str, got {short_repr(tag)}")
             cls = _lattice_for(tag)
             if cls is None:
-                self.fail(f"unknown lattice type tag {_short(tag)}")
+                self.fail(f"unknown lattice type tag {short_repr(tag)}")
         if version != cls.wire_version or type(version) is not int:
             self.fail(
-                f"unsupported wire version {_short(version)} for {cls.__name__} "
-                f"(tag {_short(tag)}); this build reads version {cls.wire_version}"
+                f"unsupported wire version {short_repr(version)} for {cls.__name__} "
+                f"(tag {short_repr(tag)}); this build reads version {cls.wire_version}"
             )
         try:
             return cls.from_wire(payload, self)
@@ -354,9 +363,9 @@ _REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 4
 _REPR.maxstring = _REPR.maxother = _REPR.maxlong = 40
 
 
-def _short(obj: object) -> str:
-    """A bounded repr of hostile input: depth-limited (a thousand nested arrays must not
-    recurse) and cut to 80 characters."""
+def short_repr(obj: object) -> str:
+    """A bounded repr of hostile input, for error messages and logs: depth-limited (a
+    thousand nested arrays must not recurse) and cut to 80 characters."""
     text = _REPR.repr(obj)
     return text if len(text) <= 80 else text[:77] + "..."
 

@@ -5,14 +5,21 @@ passes it to the agents and the sink it runs. Two ``Metrics`` on two registries 
 which is what lets tests and several runtimes share one interpreter.
 
 Labels are bounded: the variable and topic names of a topology, the partition number, and a
-short reason code for dead letters. Keys (ad ids, actors) are never labels.
+short reason code for dead letters. Keys (ad ids, actors) are never labels. Every series an
+agent reports is labelled by the *variable* it is about — an operator agent that reads several
+input topics reports each input under its own name, never under its consumer group — because
+the alert rules (ops/prometheus/alerts.yml) compare consumed and applied per variable.
+
+Names carry their unit (``_seconds``, ``_records``; counters get ``_total`` from the client).
+The process collector (``process_cpu_seconds_total``, ``process_resident_memory_bytes``, open
+file descriptors...) is on the same registry unless ``process=False``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 __all__ = ["DLQ_REASONS", "SINK_OUTCOMES", "Metrics"]
 
@@ -31,11 +38,15 @@ class Metrics:
 
     Agents: ``records_consumed`` (every record read from a delta topic), ``records_applied``
     (joined into state), ``records_dead_lettered`` (sent to the DLQ, by reason),
-    ``state_writes`` (full states written to a state topic), ``strict_inflations`` (keys whose
-    state strictly grew in a batch), ``crossings_published``, ``batch_records`` and
-    ``batch_seconds`` (size and wall time of one consume-join-write-commit batch),
-    ``consumer_lag`` (records behind the high watermark, per partition, when the agent knows it
-    cheaply) and ``recovered_keys`` (states loaded from a state topic at assignment).
+    ``strict_inflations`` (applied delta records that strictly grew their key's state),
+    ``state_writes`` (full states written to a state topic: one per grown key per batch, so
+    many inflations of one key coalesce into one write), ``crossings_published``,
+    ``batch_records`` and ``batch_seconds`` (size and wall time of one
+    consume-join-write-commit batch), ``consumer_lag_records`` (records behind the high
+    watermark, per owned partition; removed when the partition is revoked) and
+    ``recovered_keys`` (states loaded from a state topic at assignment). Agents report through
+    :meth:`init_variable`, :meth:`batch`, :meth:`lag`, :meth:`drop_partitions` and
+    :meth:`dead_lettered`.
 
     Sink: ``sink_crossings`` (crossings read), ``sink_billed`` (billing events committed),
     ``sink_duplicates_suppressed`` (crossings whose event id was already billed),
@@ -47,8 +58,13 @@ class Metrics:
     scrapes would hide that first event from alerts over it (ops/prometheus/alerts.yml).
     """
 
-    def __init__(self, registry: CollectorRegistry, *, namespace: str = "lasp") -> None:
+    def __init__(
+        self, registry: CollectorRegistry, *, namespace: str = "lasp", process: bool = True
+    ) -> None:
         self.registry = registry
+        if process:
+            # CPU, memory, file descriptors and start time of this process (Linux /proc).
+            ProcessCollector(registry=registry)
         ns = namespace
         self.records_consumed = Counter(
             "records_consumed",
@@ -73,14 +89,14 @@ class Metrics:
         )
         self.state_writes = Counter(
             "state_writes",
-            "Full states written to a compacted state topic.",
+            "Full states written to a compacted state topic (one per grown key per batch).",
             ["variable"],
             namespace=ns,
             registry=registry,
         )
         self.strict_inflations = Counter(
             "strict_inflations",
-            "Keys whose state strictly grew in a batch.",
+            "Applied delta records that strictly grew their key's state.",
             ["variable"],
             namespace=ns,
             registry=registry,
@@ -109,8 +125,8 @@ class Metrics:
             registry=registry,
         )
         self.consumer_lag = Gauge(
-            "consumer_lag",
-            "Records behind the high watermark after the last batch.",
+            "consumer_lag_records",
+            "Records behind the high watermark after the last batch, per owned partition.",
             ["variable", "partition"],
             namespace=ns,
             registry=registry,
@@ -166,6 +182,39 @@ class Metrics:
             counter.labels(variable)
         for reason in DLQ_REASONS:
             self.records_dead_lettered.labels(variable, reason)
+
+    def batch(
+        self,
+        variable: str,
+        *,
+        consumed: int,
+        applied: int,
+        inflations: int,
+        state_writes: int,
+        seconds: float | None = None,
+    ) -> None:
+        """Count one agent batch of ``variable``: records read, records joined, records that
+        strictly grew a state, and full states written. ``seconds`` (the batch's wall time)
+        also observes the batch histograms; an operator agent that reports several inputs of
+        one batch passes it for none of them and times the batch itself."""
+        if consumed:
+            self.records_consumed.labels(variable).inc(consumed)
+        if applied:
+            self.records_applied.labels(variable).inc(applied)
+        if inflations:
+            self.strict_inflations.labels(variable).inc(inflations)
+        if state_writes:
+            self.state_writes.labels(variable).inc(state_writes)
+        if seconds is not None:
+            self.batch_records.labels(variable).observe(consumed)
+            self.batch_seconds.labels(variable).observe(seconds)
+
+    def lag(self, variable: str, partition: int, high_watermark: int | None, position: int) -> None:
+        """Record how far ``partition`` of ``variable``'s delta topic is behind: the high
+        watermark minus ``position`` (the next offset to read). Unknown watermark: no change."""
+        if high_watermark is not None:
+            behind = max(0, high_watermark - position)
+            self.consumer_lag.labels(variable, str(partition)).set(behind)
 
     def drop_partitions(self, variable: str, partitions: Iterable[int]) -> None:
         """Forget the lag gauges of partitions this process gave up (on revocation), so a

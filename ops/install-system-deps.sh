@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs the Debian packages lasp_streams needs: a Java 17+ runtime and Maven (which fetches
-# the Kafka broker's jars from Maven Central), and Prometheus (the metrics server the
-# integration tests scrape workers with). Needs root or sudo. Services the packages ship are
+# the Kafka broker's jars from Maven Central), Prometheus (the metrics server the
+# integration tests scrape workers with), Graphviz (`dot` draws the status page's graph) and
+# Chromium (the headless browser the status page's test drives). Needs root or sudo. Services the packages ship are
 # not started: lasp_streams starts its own Prometheus on 127.0.0.1 when it needs one.
 set -euo pipefail
 need=()
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
 command -v prometheus >/dev/null || need+=(prometheus)
+command -v dot >/dev/null || need+=(graphviz)
+command -v chromium >/dev/null || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

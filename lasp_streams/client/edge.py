@@ -23,6 +23,16 @@ restarted client continues from them (it re-sends all of them once: harmless). W
 restarted client must use a *new* actor id: counting again from zero under an old id would be
 absorbed by the server's per-actor max until it passed the old total.
 
+Deciding locally (``minimum_of=...``, not bounded): the client also hears the counter of the
+keys it shows and knows each key's minimum (``minimum_of(key, value of reads)``, e.g. the ad's
+contract); it stops showing a key itself once its merged view — the server's count plus its own
+unsent views — reaches the minimum ("any node can disable an advertisement given enough
+information"), without waiting for the server's removal. *Adaptive flush*: when the view comes
+within ``near`` (a fraction of the minimum) of it, the next sync is due at once instead of at
+the next tick, so the server hears the last views early. Views between syncs are counted
+against the allowance the last pull computed, so the client never shows a key past its own
+view of the minimum; other clients' unsent views are what is left of the overcount.
+
 Bounded mode (``bounded=Bounded(...)``): the client may only count a key while it holds impression
 rights for it. Rights are granted by the server as B-Counter transfers (``rights`` variable,
 one BCounter per key); the client's count for the key is what it spent, so its allowance is
@@ -110,6 +120,8 @@ class EdgeClient:
         clock: Callable[[], float] = time.monotonic,
         horizon: float | None = None,
         state_path: Path | str | None = None,
+        minimum_of: Callable[[Hashable, Any], int | None] | None = None,
+        near: float = 0.05,
         windows: str | None = None,
         heartbeat: bool = False,
         server_clock: ServerClock | None = None,
@@ -136,6 +148,9 @@ class EdgeClient:
         self.horizon = horizon
         self.state_path = None if state_path is None else Path(state_path)
         self.stats = ClientStats()
+        self.minimum_of = minimum_of if bounded is None else None
+        self.near = near
+        self._reserve: dict[Hashable, int] = {}
 
         self._types: dict[str, LatticeSpec] = {}
         self._check_var(reads, keyed=False)
@@ -145,6 +160,8 @@ class EdgeClient:
             self._check_var(bounded.rights, keyed=True, spec=BCounter)
             self._check_var(bounded.requests, keyed=True, spec=GCounter)
             read_vars.append(bounded.rights)
+        elif minimum_of is not None:
+            read_vars.append(counter)  # to decide locally (module docstring)
         self._read_vars = tuple(read_vars)
         self._rights_var = None if bounded is None else bounded.rights
         self._actor_bytes = actor.encode()
@@ -184,8 +201,10 @@ class EdgeClient:
         if left < n or n < 1:
             if n < 1:
                 raise ValueError(f"view: n must be >= 1, got {n!r}")
-            self.stats.refused_views += 1
-            return False
+            left += self._near_minimum(key)
+            if left < n:
+                self.stats.refused_views += 1
+                return False
         allow[key] = left - n
         counts = self._counts
         counts[key] = counts.get(key, 0) + n
@@ -268,6 +287,7 @@ class EdgeClient:
                     await self._resync(var, changed)
             if changed:
                 self._changed(var, changed)
+        self._drop_decided()
         self._last_pull = now
 
     async def flush(self) -> int:
@@ -415,6 +435,12 @@ class EdgeClient:
                     self._allow[key] = self._allowance(key)
             self._shown = tuple(sorted(shown, key=repr))
             self.version += 1
+            self._drop_decided()
+        elif var == self.counter and self.minimum_of is not None:
+            for key in keys:
+                if key in self._allow:
+                    self._allow[key] = self._allowance(key)
+            self._drop_decided()
         elif self.bounded is not None and var == self.bounded.rights:
             for key in keys:
                 rights = self._replicas[var].get(key)
@@ -439,11 +465,42 @@ class EdgeClient:
 
     def _allowance(self, key: Hashable) -> int:
         if self.bounded is None:
-            return UNLIMITED
+            return UNLIMITED if self.minimum_of is None else self._until_minimum(key)
         rights = self._replicas[self.bounded.rights].get(key)
         if not isinstance(rights, BCounter):
             return 0
         return max(0, rights.rights(self.actor) - self._counts.get(key, 0))
+
+    def _until_minimum(self, key: Hashable) -> int:
+        """Views left before ``key``'s minimum in this client's merged view, less the last
+        ``near`` part, which is kept in reserve: using it schedules a flush at once."""
+        assert self.minimum_of is not None
+        minimum = self.minimum_of(key, self.query(self.reads))
+        if minimum is None:
+            return UNLIMITED
+        server = self._replicas[self.counter].get(key)
+        unsent = self._counts.get(key, 0) - self._sent[self.counter].get(key, 0)
+        left = max(0, minimum - (server.value() if server is not None else 0) - unsent)
+        margin = min(left, int(minimum * self.near))
+        self._reserve[key] = margin
+        return left - margin
+
+    def _near_minimum(self, key: Hashable) -> int:
+        """The reserve of ``key`` when its view is near the minimum: handed out once, with a
+        flush due now (adaptive flush); 0 when there is none."""
+        reserve = self._reserve.pop(key, 0)
+        if reserve:
+            self.next_flush_at = self.clock()
+        return reserve
+
+    def _drop_decided(self) -> None:
+        """Stop showing keys whose minimum this client's view has reached (deciding locally)."""
+        if self.minimum_of is None:
+            return
+        shown = tuple(k for k in self._shown if self._allow.get(k) or self._reserve.get(k))
+        if shown != self._shown:
+            self._shown = shown
+            self.version += 1
 
     def _ask_for_rights(self) -> None:
         bounded = self.bounded

@@ -21,7 +21,7 @@ the step and what to change):
 - ``map``/``filter``/``union``/``intersection``/``product``/``fold`` need set inputs of an
   accepted type (:mod:`.sources`: AWSet, ORSet, GSet, or another operator's output), and
   produce a :class:`~lasp_streams.lattices.provenance.ProvenanceSet` (``fold``: a
-  :class:`~lasp_streams.dataflow.fold.Folded` of its accumulator);
+  :class:`~lasp_streams.lattices.folded.Folded` of its accumulator);
 - binary steps need both inputs keyed or both not; keyed inputs are combined key by key;
 - functions must be callables; they must be deterministic and pure (they run on every replica,
   and again after restarts), which cannot be checked: it is the user's promise;

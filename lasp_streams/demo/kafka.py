@@ -32,6 +32,12 @@ from typing import Any
 from lasp_streams.client.kafka import KafkaTransport
 from lasp_streams.dataflow.events import TriggerEvent
 from lasp_streams.demo.config import DemoConfig
+from lasp_streams.demo.gateway import (
+    GatewayStack,
+    contract_minimum,
+    remove_ledger,
+    start_stack,
+)
 from lasp_streams.demo.simulate import new_client, simulate
 from lasp_streams.demo.summary import AdResult, BilledAd, RunSummary
 from lasp_streams.demo.topology import ad_counter
@@ -80,15 +86,18 @@ async def run_kafka(
     *,
     bootstrap: str | None = None,
     keep_broker: bool = False,
+    keep: bool = False,
     partitions: int = 3,
     name: str | None = None,
     progress: Callable[[str], None] = _say,
     clock: Callable[[], float] = time.monotonic,
+    via: str = "gateway",
 ) -> RunSummary:
     """Run the demo on Kafka (see the module docstring) and summarise it.
 
     aiokafka's own retry warnings (a fresh broker electing leaders, say) are silenced unless
-    the caller configured logging: they are noise in a demo's output, not failures."""
+    the caller configured logging: they are noise in a demo's output, not failures. The run's
+    topics and consumer groups are deleted at the end unless ``keep`` (to audit it, say)."""
     if not logging.getLogger().handlers:
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     stop_broker: Callable[[], None] = lambda: None  # noqa: E731
@@ -97,10 +106,27 @@ async def run_kafka(
     else:
         address = bootstrap
     try:
-        return await _run(cfg, address, partitions, name, progress, clock)
+        return await _run(cfg, address, partitions, name, progress, clock, keep, via)
     finally:
         if not keep_broker:
             await asyncio.to_thread(stop_broker)
+
+
+async def _remove(
+    topo: Any, settings: KafkaSettings, name: str, progress: Callable[[str], None]
+) -> None:
+    """Delete the run's topics and groups (what `lasp-streams teardown` does)."""
+    from lasp_streams.deploy import plan_deploy, teardown
+
+    try:
+        report = await teardown(plan_deploy(topo, settings, name=name), settings)
+    except LaspError as exc:
+        progress(f"warning: could not remove topology {name!r}: {exc}")
+        return
+    progress(
+        f"removed topology {name!r}: {len(report.topics)} topics, {len(report.groups)} "
+        "consumer groups (--keep keeps them)"
+    )
 
 
 async def _run(
@@ -110,6 +136,8 @@ async def _run(
     name: str | None,
     progress: Callable[[str], None],
     clock: Callable[[], float],
+    keep: bool = False,
+    via: str = "gateway",
 ) -> RunSummary:
     mod = ad_counter()
     master = random.Random(cfg.seed)
@@ -146,15 +174,18 @@ async def _run(
     halt = asyncio.Event()
     ready = asyncio.Event()
     servers = [asyncio.create_task(rt.run(stop=halt, ready=ready))]
-    transports: list[KafkaTransport] = []
+    transports: list[Any] = []
+    stack: GatewayStack | None = None
     tasks: list[asyncio.Task[Any]] = []
     try:
         await _first(ready.wait(), servers, 120)
         await rt.follow("impressions")
         for ad in ads:
             await rt.update(mod.ad_source(ad), mod.SERVER_ACTOR, "add", ad)
-            contract_min = minimum[ad.id] if minimum[ad.id] != cfg.min_impressions else 0
-            await rt.update("contracts", mod.SERVER_ACTOR, "add", mod.Contract(ad.id, contract_min))
+            # Every contract names its minimum: the record on Kafka then says what was agreed,
+            # and `lasp-streams audit topologies.ad_counter` audits any --min-impressions run.
+            contract = mod.Contract(ad.id, minimum[ad.id])
+            await rt.update("contracts", mod.SERVER_ACTOR, "add", contract)
         if escrow is not None:
             escrow.attach(rt)
             for ad in ads:
@@ -163,12 +194,22 @@ async def _run(
         await rt.read("ads_with_contracts", Threshold.cardinality(len(ads)), timeout=60)
         progress(f"{len(ads)} ads with contracts; starting {cfg.clients} clients")
 
+        if via == "gateway" and escrow is None:
+            stack = await start_stack(topo, settings, name, cfg, partitions=partitions)
+            progress(f"clients connect to a gateway at {stack.url} (device ledger in process)")
         sims = []
         for i in range(cfg.clients):
-            transport = KafkaTransport(settings, name, f"client-{i}")
+            transport: Any = (
+                stack.transport(f"client-{i}")
+                if stack is not None
+                else KafkaTransport(settings, name, f"client-{i}")
+            )
             await transport.start()
             transports.append(transport)
-            sims.append(new_client(transport.actor, transport, topo, cfg, escrow, master, clock))
+            decide = contract_minimum(cfg.min_impressions) if stack is not None else None
+            sims.append(
+                new_client(transport.actor, transport, topo, cfg, escrow, master, clock, decide)
+            )
 
         samples: list[tuple[float, dict[str, int]]] = []
 
@@ -231,7 +272,13 @@ async def _run(
         await asyncio.gather(*servers, return_exceptions=True)
         for transport in transports:
             await transport.stop()
+        if stack is not None:
+            await stack.stop()
         await rt.stop()
+        if not keep:
+            await _remove(topo, settings, name, progress)
+            if stack is not None:
+                await remove_ledger(topo, settings, name, partitions=partitions)
 
     billing = [
         BilledAd(

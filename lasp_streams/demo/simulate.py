@@ -48,6 +48,7 @@ def new_client(
     escrow: RightsEscrow | None,
     master: random.Random,
     clock: Callable[[], float],
+    minimum_of: Callable[[Hashable, Any], int | None] | None = None,
 ) -> SimulatedClient:
     """One simulated client over ``transport``, its EdgeClient set up from ``cfg`` (bounded by
     ``escrow`` when given); both rngs are drawn from ``master``, the client's first."""
@@ -66,6 +67,7 @@ def new_client(
         rng=random.Random(master.getrandbits(64)),
         clock=clock,
         horizon=cfg.horizon,
+        minimum_of=minimum_of,
     )
     return SimulatedClient(client, transport, random.Random(master.getrandbits(64)))
 

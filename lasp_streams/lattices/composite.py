@@ -10,11 +10,11 @@ raises :class:`~lasp_streams.errors.MutatorError` listing the nested type's muta
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Self
 
-from lasp_streams.errors import DecodeError, MutatorError
-from lasp_streams.lattices.base import Lattice, LatticeSpec, WireContext, new_bottom
+from lasp_streams.errors import DecodeError, IncompatibleLattices, MutatorError
+from lasp_streams.lattices.base import Lattice, LatticeSpec, WireContext, describe_type, new_bottom
 from lasp_streams.lattices.counters import _require_actor
 from lasp_streams.lattices.elements import element_problem
 
@@ -52,6 +52,17 @@ def _resolve(owner: str, state: Lattice, name: object) -> Callable[..., Lattice]
     return method
 
 
+def _split_op(owner: str, op: Sequence[Any]) -> tuple[LatticeSpec | None, str, tuple[Any, ...]]:
+    """``(nested_type, mutator_name, args)`` of ``[nested_type,] mutator_name, *args``."""
+    if op and isinstance(op[0], Lattice | type):
+        if len(op) < 2:
+            raise MutatorError(f"{owner}: a nested type must be followed by a mutator name")
+        return op[0], op[1], tuple(op[2:])
+    if not op:
+        raise MutatorError(f"{owner}: missing the mutator name")
+    return None, op[0], tuple(op[1:])
+
+
 def _can_conflict(state: Lattice) -> bool:
     return bool(getattr(state, "can_conflict", False))
 
@@ -69,29 +80,47 @@ def _prototype(spec: LatticeSpec, what: str) -> Lattice:
 
 
 class GMap(Lattice):
-    """Grow-only map from keys (elements) to states of one nested lattice type.
+    """Grow-only map from keys (elements) to nested lattice states (Lasp's ``state_gmap``).
 
-    Join: union of keys, per-key join of the nested states; order: per key; bottom: the empty
-    map. Keys only grow (a key never maps to a nested bottom). Value: ``{key: nested value}``.
+    ``GMap(nested_type)``: ``nested_type`` is the map's *default* nested type; a key may hold
+    a state of another type, chosen when the key is first written (Lasp's
+    ``{apply, Key, Type, Op}``), and then keeps it: a key's type never changes.
 
-    Mutator: ``apply(actor, key, mutator_name, *args)`` runs the nested mutator on the key's
-    state (bottom if absent) and returns a GMap delta holding only that key's nested delta.
+    Join: union of keys, per-key join of the nested states (two states whose shared key holds
+    different types have no join: :class:`~lasp_streams.errors.IncompatibleLattices`, and
+    neither changes); order: per key; bottom: the empty map. Keys only grow (a key never maps
+    to a nested bottom). Value: ``{key: nested value}``.
+
+    Mutators:
+
+    - ``apply(actor, key, mutator_name, *args)`` runs the nested mutator on the key's state
+      (its own type; bottom of the default type if absent) and returns a GMap delta holding
+      only that key's nested delta; ``apply(actor, key, nested_type, mutator_name, *args)``
+      names the key's type (a MutatorError if the key already holds another type).
+    - ``apply_all(actor, ops)``: each op is ``(key, mutator_name, *args)`` or ``(key,
+      nested_type, mutator_name, *args)``; the ops run in order, each seeing the ones before,
+      and the delta is their join. All or nothing: an op that raises leaves the state
+      unchanged. (Lasp's ``apply_all`` computes every op against the state before the call, so
+      two increments of one key by one actor count once there; here they count twice.)
     """
 
-    __slots__ = ("_m", "_proto", "_spec", "can_conflict")
+    __slots__ = ("_m", "_mixed", "_proto", "_spec", "can_conflict")
     wire_tag: ClassVar[str] = "gmap"
-    mutators: ClassVar[tuple[str, ...]] = ("apply",)
+    mutators: ClassVar[tuple[str, ...]] = ("apply", "apply_all")
 
     def __init__(self, nested_type: LatticeSpec) -> None:
         self._proto = _prototype(nested_type, "GMap(nested_type)")
         self._spec: Any = self._proto.wire_spec()
         self._m: dict[Hashable, Lattice] = {}
+        #: Whether some key may hold a type other than the default (merges then check types).
+        self._mixed = False
         self.can_conflict: bool = _can_conflict(self._proto)
         """Whether some states have no join (the nested type can raise ConflictingMerge)."""
 
     def _empty(self) -> GMap:
         state = GMap.__new__(GMap)
         state._proto, state._spec, state._m = self._proto, self._spec, {}
+        state._mixed = False
         state.can_conflict = self.can_conflict
         return state
 
@@ -103,27 +132,93 @@ class GMap(Lattice):
 
     @property
     def nested_type(self) -> Lattice:
-        """A bottom state of the nested type (use as a prototype)."""
+        """A bottom state of the default nested type (use as a prototype)."""
         return self._proto.bottom()
 
-    def apply(self, actor: str, key: Hashable, mutator_name: str, *args: Any) -> GMap:
-        """Run nested mutator ``mutator_name(actor, *args)`` on ``key``'s state."""
-        _require_actor("GMap.apply", actor)
+    def _slot(self, owner: str, key: Hashable, spec: Any) -> tuple[Lattice | None, Lattice]:
+        """``key``'s current state (or None) and the state to mutate, of type ``spec`` (None:
+        the key's own type, or the default)."""
         problem = element_problem(key)
         if problem is not None:
-            raise MutatorError(f"GMap.apply: invalid key {key!r}: {problem}")
+            raise MutatorError(f"{owner}: invalid key {key!r}: {problem}")
         current = self._m.get(key)
-        nested = current if current is not None else self._proto.bottom()
-        nested_delta = _resolve("GMap.apply", nested, mutator_name)(actor, *args)
+        if spec is None:
+            return current, current if current is not None else self._proto.bottom()
+        wanted = _prototype(spec, f"{owner} nested type of key {key!r}")
+        if current is None:
+            return None, wanted
+        if not current.same_type(wanted):
+            raise MutatorError(
+                f"{owner}: key {key!r} holds a {describe_type(current)}, not a "
+                f"{describe_type(wanted)} (a key keeps the type it was first written with)"
+            )
+        return current, current
+
+    def _admit(self, key: Hashable, nested: Lattice) -> None:
+        """Note a key's type (mixed maps check types when merging)."""
+        if not self._mixed and not self._proto.same_type(nested):
+            self._mixed = True
+        if not self.can_conflict and _can_conflict(nested):
+            self.can_conflict = True
+
+    def apply(self, actor: str, key: Hashable, mutator: Any, *args: Any) -> GMap:
+        """Run a nested mutator on ``key``'s state: ``apply(actor, key, mutator_name, *args)``
+        or ``apply(actor, key, nested_type, mutator_name, *args)`` (see the class docstring)."""
+        _require_actor("GMap.apply", actor)
+        spec, name, rest = _split_op("GMap.apply", (mutator, *args))
+        current, nested = self._slot("GMap.apply", key, spec)
+        nested_delta = _resolve("GMap.apply", nested, name)(actor, *rest)
         delta = self._empty()
         if not nested_delta.is_bottom():
             if current is None:
                 self._m[key] = nested
+                self._admit(key, nested)
             delta._m[key] = nested_delta
+            delta._admit(key, nested_delta)
+        return delta
+
+    def apply_all(self, actor: str, ops: Iterable[Sequence[Any]]) -> GMap:
+        """Run several nested mutators, in order, as one delta (see the class docstring)."""
+        _require_actor("GMap.apply_all", actor)
+        if isinstance(ops, str | bytes) or not isinstance(ops, Iterable):
+            raise MutatorError(f"GMap.apply_all: ops must be a list of op tuples, got {ops!r}")
+        scratch: dict[Hashable, Lattice] = {}
+        delta = self._empty()
+        for op in ops:
+            if not isinstance(op, tuple | list) or len(op) < 2:
+                raise MutatorError(
+                    f"GMap.apply_all: an op is (key, [nested_type,] mutator_name, *args), "
+                    f"got {op!r}"
+                )
+            key = op[0]
+            spec, name, rest = _split_op("GMap.apply_all", op[1:])
+            work = scratch.get(key)
+            if work is None:
+                current, nested = self._slot("GMap.apply_all", key, spec)
+                work = nested.copy() if current is not None else nested
+                scratch[key] = work
+            elif spec is not None:
+                wanted = _prototype(spec, f"GMap.apply_all nested type of key {key!r}")
+                if not work.same_type(wanted):
+                    raise MutatorError(
+                        f"GMap.apply_all: key {key!r} holds a {describe_type(work)}, not a "
+                        f"{describe_type(wanted)}"
+                    )
+            nested_delta = _resolve("GMap.apply_all", work, name)(actor, *rest)
+            if nested_delta.is_bottom():
+                continue
+            known = delta._m.get(key)
+            if known is None:
+                delta._m[key] = nested_delta
+                delta._admit(key, nested_delta)
+            else:
+                known.merge(nested_delta)
+        # mutate = merge(delta): every op succeeded on scratch copies; now the state changes.
+        self.merge(delta)
         return delta
 
     def get(self, key: Hashable) -> Lattice:
-        """A copy of ``key``'s nested state (bottom when absent)."""
+        """A copy of ``key``'s nested state (bottom of the default type when absent)."""
         current = self._m.get(key)
         return current.copy() if current is not None else self._proto.bottom()
 
@@ -135,12 +230,22 @@ class GMap(Lattice):
         if not self.same_type(other):
             self.check_same_type(other)
         mine = self._m
-        if self.can_conflict:
-            # Dry run first, so a ConflictingMerge on one key leaves every key unchanged.
+        if self._mixed or other._mixed or self.can_conflict or other.can_conflict:
+            # Dry run first, so a key that cannot join (another type, a ConflictingMerge)
+            # leaves every key unchanged.
             for key, theirs in other._m.items():
                 current = mine.get(key)
-                if current is not None:
+                if current is None:
+                    continue
+                if not current.same_type(theirs):
+                    raise IncompatibleLattices(
+                        f"GMap key {key!r}: cannot merge a {describe_type(theirs)} into a "
+                        f"{describe_type(current)}"
+                    )
+                if _can_conflict(current):
                     current.copy().merge(theirs)
+            self._mixed = self._mixed or other._mixed
+            self.can_conflict = self.can_conflict or other.can_conflict
         grew = False
         for key, theirs in other._m.items():
             current = mine.get(key)
@@ -158,6 +263,8 @@ class GMap(Lattice):
     def copy(self) -> GMap:
         state = self._empty()
         state._m = {key: nested.copy() for key, nested in self._m.items()}
+        state._mixed = self._mixed
+        state.can_conflict = self.can_conflict
         return state
 
     def is_bottom(self) -> bool:
@@ -168,6 +275,7 @@ class GMap(Lattice):
             for part in nested.decompose():
                 state = self._empty()
                 state._m[key] = part
+                state._admit(key, part)
                 yield state
 
     def __eq__(self, other: object) -> bool:
@@ -208,7 +316,6 @@ class GMap(Lattice):
         if type(payload) is not list or len(payload) != 2 or type(payload[1]) is not list:
             ctx.fail("GMap payload must be [nested type, [[key, nested state], ...]]")
         state = cls(ctx.spec(payload[0]))
-        proto = state._proto
         entries = state._m
         for entry in payload[1]:
             if type(entry) is not list or len(entry) != 2:
@@ -220,13 +327,10 @@ class GMap(Lattice):
                 nested = ctx.nested(entry[1])
             except DecodeError as exc:
                 ctx.fail(f"key {key!r}: {exc}")
-            if not proto.same_type(nested):
-                ctx.fail(
-                    f"GMap key {key!r} holds a {type(nested).__name__}, expected {state._spec!r}"
-                )
             if nested.is_bottom():
                 ctx.fail(f"GMap key {key!r} holds a bottom state (keys never map to bottom)")
             entries[key] = nested
+            state._admit(key, nested)
         return state
 
 

@@ -55,7 +55,13 @@ from lasp_streams.dataflow.operators import describe_fn
 from lasp_streams.dataflow.steps import Var, WindowStep
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.dataflow.windows import LateDelta, WindowClosed
-from lasp_streams.errors import InvalidTopology, MutatorError, ReadTimeout, StepError
+from lasp_streams.errors import (
+    ConflictingMerge,
+    InvalidTopology,
+    MutatorError,
+    ReadTimeout,
+    StepError,
+)
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.threshold import Threshold, threshold_met
 from lasp_streams.runtime.core import DeadLetter, Delta, Effects, RecordValidator, ReplicaCore
@@ -163,6 +169,10 @@ class LocalRuntime:
         if not v.prototype.same_type(state):
             raise MutatorError(f"bind {v.id!r}: expected a {v.type_name}, got {state!r}")
         effects = core.apply([Delta(v.id, key, state)])
+        refused = [d for d in effects.dead if d.variable == v.id and d.reason == "invariant"]
+        if refused:
+            # A merge that cannot happen is an error of this call (LASP.md: never dropped).
+            raise ConflictingMerge(f"bind {v.id!r} (key {key!r}): {refused[0].error}")
         self._publish(core, v, key, state, effects)
         self._handle(core, effects)
         await self._run_pending()

@@ -5,9 +5,11 @@ and services clients reach.
   Kafka's part for edge clients (:class:`~lasp_streams.client.local.LocalTransport`);
 - :func:`client_delta_problem` / :func:`check_client_delta` / :func:`record_delta_problem` —
   the check that a client only writes its own entries (:mod:`~.validate`);
-- :class:`RightsEscrow` — bounded-counter mode's server side (:mod:`~.escrow`).
+- :class:`RightsEscrow` — bounded-counter mode's server side (:mod:`~.escrow`);
+- what a gateway checks in a device's flush (:mod:`~.devices`) and the device ledger's logic
+  (:mod:`~.ledger`: any number of devices, one counter entry per ledger partition).
 
-Modules: :mod:`.validate`, :mod:`.hub`, :mod:`.escrow`.
+Modules: :mod:`.validate`, :mod:`.hub`, :mod:`.escrow`, :mod:`.devices`, :mod:`.ledger`.
 """
 
 from lasp_streams.server.escrow import RightsEscrow

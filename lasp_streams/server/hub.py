@@ -32,7 +32,13 @@ from lasp_streams.client.transport import DeltaBatch, DeltasExpired, Position, S
 from lasp_streams.codec import decode, encode
 from lasp_streams.dataflow.events import Update
 from lasp_streams.dataflow.topology import Topology
-from lasp_streams.errors import CodecError, InvalidTopology, LaspError, MutatorError
+from lasp_streams.errors import (
+    CodecError,
+    InvalidTopology,
+    LaspError,
+    LatticeError,
+    MutatorError,
+)
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.runtime.local import LocalRuntime
 from lasp_streams.server.validate import client_delta_problem
@@ -160,7 +166,9 @@ class LocalHub:
                 continue
             try:
                 await self.runtime.bind(v, delta, key=key, replica=self._replica)
-            except MutatorError as exc:
+            except (MutatorError, LatticeError) as exc:
+                # LatticeError: the delta has no join with the state (ConflictingMerge, a key
+                # of another type); it is refused whole, as on Kafka's dead-letter path.
                 self._refuse(actor, var, key, str(exc))
                 continue
             accepted += 1

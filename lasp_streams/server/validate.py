@@ -55,9 +55,18 @@ def client_delta_problem(delta: Lattice, actor: str) -> str | None:
     if type(actor) is not str or not actor:
         return f"the client's actor must be a non-empty str, got {actor!r}"
     if isinstance(delta, GMap):
+        expected = delta.nested_type
         keys = delta.keys()  # a GMap, not a dict: keys() is its API
         for key in keys:
-            problem = client_delta_problem(delta.get(key), actor)
+            nested = delta.get(key)
+            if not expected.same_type(nested):
+                # A key of another type would become that key's type for good (or, merged
+                # into a state, have no join): a client could poison the key for everyone.
+                return (
+                    f"GMap key {key!r}: a client delta's keys must hold the map's type "
+                    f"{describe_type(expected)}, got a {describe_type(nested)}"
+                )
+            problem = client_delta_problem(nested, actor)
             if problem is not None:
                 return f"GMap key {key!r}: {problem}"
         return None

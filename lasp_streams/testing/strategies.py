@@ -122,6 +122,23 @@ def _amount(high: int = 5) -> st.SearchStrategy[int]:
     return st.integers(min_value=1, max_value=high)
 
 
+def _mixed_gmap_ops() -> OpsSpec:
+    """A GMap whose keys hold different types (Lasp's ``{apply, Key, Type, Op}``): each key has
+    one type ("c*" the default GCounter, "s*" GSet, "t" TwoPSet, "m" MaxInt), so any two
+    states drawn join; ``apply_all`` mixes them in one delta."""
+    a = actors()
+    e = small_elements()
+    counter = st.tuples(st.sampled_from(["c0", "c1"]), st.just("increment"), _amount())
+    gset = st.tuples(st.sampled_from(["s0", "s1"]), st.just(GSet), st.just("add"), e)
+    twop = st.tuples(st.just("t"), st.just(TwoPSet), st.sampled_from(["add", "remove"]), e)
+    maxint = st.tuples(st.just("m"), st.just(MaxInt), st.just("increment"))
+    one = st.one_of(counter, gset, twop, maxint)
+    return [
+        ("apply", st.tuples(a, one).map(lambda drawn: (drawn[0], *drawn[1]))),
+        ("apply_all", st.tuples(a, st.lists(one, max_size=4))),
+    ]
+
+
 def _cases() -> dict[str, LatticeCase]:
     a = actors()
     e = small_elements()
@@ -164,8 +181,17 @@ def _cases() -> dict[str, LatticeCase]:
         LatticeCase(
             "GMap(GCounter)",
             lambda: GMap(GCounter),
-            [("apply", st.tuples(a, e, st.just("increment"), _amount()))],
+            [
+                ("apply", st.tuples(a, e, st.just("increment"), _amount())),
+                (
+                    "apply_all",
+                    st.tuples(
+                        a, st.lists(st.tuples(e, st.just("increment"), _amount()), max_size=3)
+                    ),
+                ),
+            ],
         ),
+        LatticeCase("GMap(mixed)", lambda: GMap(GCounter), _mixed_gmap_ops()),
         LatticeCase(
             "GMap(TwoPSet)",
             lambda: GMap(TwoPSet),

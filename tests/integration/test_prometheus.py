@@ -213,7 +213,7 @@ def _alert_cases() -> list[dict[str, Any]]:
             "series": {
                 f"lasp_records_consumed_total{{{SERIES}}}": "0+10x30",
                 f"lasp_records_applied_total{{{SERIES}}}": "0 10 20 20x28",
-                f'lasp_consumer_lag{{{SERIES}, partition="0"}}': "0x30",
+                f'lasp_consumer_lag_records{{{SERIES}, partition="0"}}': "0x30",
             },
             "expect": {"LaspNoRecordsApplied": [(10, False), (18, True)]},
         },
@@ -221,7 +221,7 @@ def _alert_cases() -> list[dict[str, Any]]:
             "series": {
                 f"lasp_records_consumed_total{{{SERIES}}}": "0 50 50x28",
                 f"lasp_records_applied_total{{{SERIES}}}": "0 50 50x28",
-                f'lasp_consumer_lag{{{SERIES}, partition="0"}}': "0 500x29",
+                f'lasp_consumer_lag_records{{{SERIES}, partition="0"}}': "0 500x29",
             },
             "expect": {"LaspNoRecordsApplied": [(10, False), (18, True)]},
         },
@@ -229,7 +229,7 @@ def _alert_cases() -> list[dict[str, Any]]:
             "series": {
                 f"lasp_records_consumed_total{{{SERIES}}}": "0+1000x30",
                 f"lasp_records_applied_total{{{SERIES}}}": "0+1000x30",
-                f'lasp_consumer_lag{{{SERIES}, partition="0"}}': "5000x30",
+                f'lasp_consumer_lag_records{{{SERIES}, partition="0"}}': "5000x30",
             },
             "expect": {
                 "LaspNoRecordsApplied": [(18, False)],
@@ -240,12 +240,38 @@ def _alert_cases() -> list[dict[str, Any]]:
             "series": {
                 f"lasp_records_consumed_total{{{SERIES}}}": "0 50 50x28",
                 f"lasp_records_applied_total{{{SERIES}}}": "0 50 50x28",
-                f'lasp_consumer_lag{{{SERIES}, partition="0"}}': "0 1x29",
+                f'lasp_consumer_lag_records{{{SERIES}, partition="0"}}': "0 1x29",
             },
             "expect": {"LaspNoRecordsApplied": [(18, False)]},
         },
+        {  # before the fix: an operator agent reported under its consumer group, consumed only
+            "series": {
+                'lasp_records_consumed_total{job="w", instance="i", '
+                'variable="ad_counter.operators.unkeyed"}': "0+40x30",
+            },
+            "expect": {"LaspNoRecordsApplied": [(5, False), (7, True), (18, True)]},
+        },
+        _healthy_ad_counter(),
+        {  # a worker that ran crashes; a slot that never ran a worker stays silent
+            "series": {
+                'up{job="lasp-streams-workers", instance="crashed:9400"}': "1x5 0x10",
+                'up{job="lasp-streams-workers", instance="running:9401"}': "1x15",
+                'up{job="lasp-streams-workers", instance="never:9402"}': "0x15",
+            },
+            "expect": {
+                "LaspWorkerDown": [(5, False), (7, True), (14, True)],
+                "LaspNoWorkerUp": [(14, False)],
+            },
+        },
+        {  # every worker gone
+            "series": {
+                'up{job="lasp-streams-workers", instance="crashed:9400"}': "1x3 0x12",
+                'up{job="lasp-streams-workers", instance="never:9402"}': "0x15",
+            },
+            "expect": {"LaspNoWorkerUp": [(5, False), (9, True)]},
+        },
         {  # a partition far behind for more than 5 minutes
-            "series": {f'lasp_consumer_lag{{{SERIES}, partition="1"}}': "200000x12"},
+            "series": {f'lasp_consumer_lag_records{{{SERIES}, partition="1"}}': "200000x12"},
             "expect": {"LaspConsumerLagHigh": [(4, False), (6, True)]},
         },
         {  # one aborted sink transaction (a fenced sink)
@@ -273,13 +299,59 @@ def _alert_cases() -> list[dict[str, Any]]:
     ]
 
 
+#: What the ad counter's worker exports when all is well (the label sets a real run produces:
+#: tests/integration/test_prometheus_topology.py checks them against a real worker): two
+#: workers up, eight unused port slots down, deltas consumed and applied for every variable
+#: whose topic an agent reads, states written for derived variables, small lag, a sink that
+#: commits and suppresses the odd duplicate after a restart.
+AD_COUNTER_READ = ("impressions", "rovio_ads", "riot_ads", "contracts")
+AD_COUNTER_DERIVED = ("ads", "ads_x_contracts", "ads_with_contracts")
+
+
+def _healthy_ad_counter() -> dict[str, Any]:
+    series: dict[str, str] = {}
+    job = 'job="lasp-streams-workers"'
+    for n in range(10):
+        series[f'up{{{job}, instance="127.0.0.1:{9400 + n}"}}'] = "1x30" if n < 2 else "0x30"
+    for var in AD_COUNTER_READ:
+        labels = f'{job}, instance="127.0.0.1:9400", variable="{var}"'
+        series[f"lasp_records_consumed_total{{{labels}}}"] = "0+500x30"
+        series[f"lasp_records_applied_total{{{labels}}}"] = "0+500x30"
+        series[f"lasp_state_writes_total{{{labels}}}"] = "0+20x30"
+        for partition in range(3):
+            series[f'lasp_consumer_lag_records{{{labels}, partition="{partition}"}}'] = "1 40 3x28"
+        series[f'lasp_records_dead_lettered_total{{{labels}, reason="decode"}}'] = "0x30"
+    for var in AD_COUNTER_DERIVED:
+        labels = f'{job}, instance="127.0.0.1:9400", variable="{var}"'
+        series[f"lasp_records_consumed_total{{{labels}}}"] = "0x30"
+        series[f"lasp_records_applied_total{{{labels}}}"] = "0x30"
+        series[f"lasp_state_writes_total{{{labels}}}"] = "0+3x30"
+    sink = f'{job}, instance="127.0.0.1:9401"'
+    series[f'lasp_sink_transactions_total{{{sink}, outcome="committed"}}'] = "0+4x30"
+    series[f'lasp_sink_transactions_total{{{sink}, outcome="aborted"}}'] = "0x30"
+    series[f'lasp_sink_duplicates_suppressed_total{{{sink}, trigger="disable_ad"}}'] = "0 2 2x28"
+    every = (
+        "LaspWorkerDown",
+        "LaspNoWorkerUp",
+        "LaspDeadLetters",
+        "LaspConsumerLagHigh",
+        "LaspNoRecordsApplied",
+        "LaspSinkTransactionsAborted",
+        "LaspBillingDuplicatesSpike",
+    )
+    return {
+        "series": series,
+        "expect": {alert: [(m, False) for m in (2, 9, 16, 25)] for alert in every},
+    }
+
+
 def _expected_labels(alert: str, rules: dict[str, dict[str, Any]], series: str) -> dict[str, str]:
     """The labels an alert carries for one input series: the rule's ``by`` labels, which the
     series holds, plus the rule's own labels."""
-    match = re.search(r"by \(([^)]*)\)", rules[alert]["expr"])
-    assert match is not None, alert
-    keep = {name.strip() for name in match.group(1).split(",")}
     own = dict(re.findall(r'(\w+)="([^"]*)"', series))
+    match = re.search(r"by \(([^)]*)\)", rules[alert]["expr"])
+    # No aggregation: the alert keeps the series' own labels.
+    keep = {name.strip() for name in match.group(1).split(",")} if match else set(own)
     return {**{k: v for k, v in own.items() if k in keep}, **rules[alert].get("labels", {})}
 
 
@@ -339,9 +411,11 @@ def _fires_on(alert: str, series: str) -> bool:
     wanted = {
         "LaspDeadLetters": "lasp_records_dead_lettered_total{",
         "LaspNoRecordsApplied": "lasp_records_consumed_total{",
-        "LaspConsumerLagHigh": "lasp_consumer_lag{",
+        "LaspConsumerLagHigh": "lasp_consumer_lag_records{",
         "LaspSinkTransactionsAborted": 'outcome="aborted"',
         "LaspBillingDuplicatesSpike": 'trigger="t"',
+        "LaspWorkerDown": 'instance="crashed:9400"',
+        "LaspNoWorkerUp": 'instance="crashed:9400"',
     }
     return wanted[alert] in series
 

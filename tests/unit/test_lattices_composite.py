@@ -19,6 +19,7 @@ from lasp_streams.testing.strategies import CASES
 test_gmap_counter_laws = lattice_law_test(
     CASES["GMap(GCounter)"].states(), CASES["GMap(GCounter)"].ops
 )
+test_gmap_mixed_laws = lattice_law_test(CASES["GMap(mixed)"].states(), CASES["GMap(mixed)"].ops)
 test_gmap_twopset_laws = lattice_law_test(
     CASES["GMap(TwoPSet)"].states(), CASES["GMap(TwoPSet)"].ops
 )
@@ -36,10 +37,95 @@ test_pair_register_laws = lattice_law_test(
 )
 
 
-@pytest.mark.parametrize("name", ["GMap(GCounter)", "GMap(TwoPSet)", "Pair(GCounter, GMap(GSet))"])
+@pytest.mark.parametrize(
+    "name", ["GMap(GCounter)", "GMap(mixed)", "GMap(TwoPSet)", "Pair(GCounter, GMap(GSet))"]
+)
 def test_composites_converge(name: str) -> None:
     case = CASES[name]
     check_convergence(case.bottom, case.ops, max_examples=20)
+
+
+class TestGMapMixedTypes:
+    """Lasp's state_gmap: ``{apply, Key, Type, Op}`` gives a key its own nested type."""
+
+    def test_keys_hold_their_own_types(self) -> None:
+        m = GMap(GCounter)
+        m.apply("a", "clicks", "increment", 2)
+        delta = m.apply("a", "tags", GSet, "add", "x")
+        m.apply("a", "top", MaxInt(), "increment")
+        assert delta.value() == {"tags": frozenset({"x"})}
+        assert m.value() == {"clicks": 2, "tags": frozenset({"x"}), "top": 1}
+        m.apply("b", "tags", "add", "y")  # the key's own type, no need to name it again
+        assert m.get("tags").value() == frozenset({"x", "y"})
+        assert decode(encode(m)) == m
+
+    def test_a_key_keeps_its_type(self) -> None:
+        m = GMap(GCounter)
+        m.apply("a", "tags", GSet, "add", "x")
+        before = m.copy()
+        with pytest.raises(MutatorError, match="key 'tags' holds a GSet, not a GCounter"):
+            m.apply("a", "tags", GCounter, "increment")
+        with pytest.raises(MutatorError, match="GSet has no mutator 'increment'"):
+            m.apply("a", "tags", "increment")
+        assert m == before
+
+    def test_a_key_of_two_types_has_no_join_and_changes_nothing(self) -> None:
+        left, right = GMap(GCounter), GMap(GCounter)
+        left.apply("a", "k", GSet, "add", "x")
+        left.apply("a", "j", "increment")
+        right.apply("b", "j", "increment", 5)
+        right.apply("b", "k", "increment")
+        before = left.copy()
+        with pytest.raises(IncompatibleLattices, match="GMap key 'k'"):
+            left.merge(right)
+        assert left == before  # not even key 'j' (which could join) changed
+        wire = decode(encode(right))
+        with pytest.raises(IncompatibleLattices):
+            left.merge(wire)
+
+    def test_decoded_mixed_maps_merge_like_the_originals(self) -> None:
+        a, b = GMap(GCounter), GMap(GCounter)
+        a.apply("x", "s", GSet, "add", 1)
+        b.apply("y", "s", GSet, "add", 2)
+        b.apply("y", "c", "increment")
+        joined = decode(encode(a))
+        assert joined.merge(decode(encode(b))) is True
+        assert joined.value() == {"s": frozenset({1, 2}), "c": 1}
+
+
+class TestGMapApplyAll:
+    def test_ops_run_in_order_as_one_delta(self) -> None:
+        m = GMap(GCounter)
+        m.apply("a", "k", "increment")
+        delta = m.apply_all(
+            "a",
+            [("k", "increment"), ("k", "increment", 3), ("j", "increment"), ("s", GSet, "add", 7)],
+        )
+        # Each op sees the ones before: Lasp computes every op against the state before the
+        # call, so there the two increments of "k" by "a" would count once.
+        assert m.value() == {"k": 5, "j": 1, "s": frozenset({7})}
+        assert delta.value() == {"k": 5, "j": 1, "s": frozenset({7})}
+        replay = GMap(GCounter)
+        replay.apply("a", "k", "increment")
+        replay.merge(delta)
+        assert replay == m
+
+    def test_all_or_nothing(self) -> None:
+        m = GMap(BCounter)
+        m.apply("a", "k", "increment", 2)
+        before = m.copy()
+        with pytest.raises(InsufficientRights):
+            m.apply_all("a", [("k", "decrement", 1), ("j", "increment"), ("k", "decrement", 5)])
+        assert m == before
+        with pytest.raises(MutatorError, match="an op is"):
+            m.apply_all("a", [("k",)])
+        with pytest.raises(MutatorError, match="ops must be a list"):
+            m.apply_all("a", "k")  # type: ignore[arg-type]
+        assert m == before
+
+    def test_no_ops_is_a_bottom_delta(self) -> None:
+        m = GMap(GCounter)
+        assert m.apply_all("a", []).is_bottom() and m.is_bottom()
 
 
 class TestGMap:

@@ -1,4 +1,4 @@
-"""lasp_streams.localkafka without a broker: config, docker-compose agreement, pid files, ports,
+"""lasp_streams.localkafka without a broker: config, pid files, ports,
 missing tools, the jar cache, and the CLI. Java and Maven are replaced by small shell scripts
 on a PATH we control, so every failure path runs for real but fast."""
 
@@ -19,16 +19,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from lasp_streams.cli import main
 from lasp_streams.errors import KafkaSetupError
 from lasp_streams.localkafka import (
-    DEFAULT_BROKER_PORT,
-    DEFAULT_CONTROLLER_PORT,
     DEFAULT_VERSION,
-    POLICY_SETTINGS,
     LocalKafka,
     broker_properties,
     cache_problem,
@@ -186,63 +182,6 @@ def test_pom_names_broker_and_logging_backend() -> None:
     assert "<version>4.4.0</version>" in pom
     assert "log4j-core" in pom and "log4j-slf4j-impl" in pom
     assert "@" not in re.sub(r"<!--.*?-->", "", pom, flags=re.S)
-
-
-# -- docker-compose ---------------------------------------------------------------------------
-def env_to_property(name: str) -> str:
-    """The apache/kafka image's rule: KAFKA_A_B -> a.b, '__' -> '_', '___' -> '-'."""
-    body = name.removeprefix("KAFKA_").lower()
-    return (
-        body.replace("___", "\0dash")
-        .replace("__", "\0us")
-        .replace("_", ".")
-        .replace("\0dash", "-")
-        .replace("\0us", "_")
-    )
-
-
-@pytest.fixture(scope="module")
-def compose() -> dict[str, object]:
-    loaded = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    assert isinstance(loaded, dict)
-    return loaded
-
-
-def test_compose_broker_settings_match_config(compose: dict[str, object]) -> None:
-    services = compose["services"]
-    assert isinstance(services, dict)
-    kafka = services["kafka"]
-    assert kafka["image"] == f"apache/kafka:{DEFAULT_VERSION}"
-    env = {str(k): str(v) for k, v in kafka["environment"].items()}
-    docker_only = {"CLUSTER_ID", "KAFKA_HEAP_OPTS"}
-    props = {env_to_property(k): v for k, v in env.items() if k not in docker_only}
-    # Every policy setting is there with the same value, and nothing else sneaks in.
-    for key, value in POLICY_SETTINGS.items():
-        assert props.get(key) == value, key
-    local = broker_properties(Path("/data"))
-    network = {"listeners", "advertised.listeners", "controller.quorum.voters", "log.dirs"}
-    assert set(props) - set(POLICY_SETTINGS) == network
-    assert props["advertised.listeners"] == local["advertised.listeners"]
-    assert props["controller.quorum.voters"] == f"1@localhost:{DEFAULT_CONTROLLER_PORT}"
-    assert props["listeners"] == (
-        f"PLAINTEXT://:{DEFAULT_BROKER_PORT},CONTROLLER://:{DEFAULT_CONTROLLER_PORT}"
-    )
-    assert f"127.0.0.1:{DEFAULT_BROKER_PORT}:{DEFAULT_BROKER_PORT}" in kafka["ports"]
-    assert env["KAFKA_HEAP_OPTS"] == "-Xmx512m"
-    assert len(base64.urlsafe_b64decode(env["CLUSTER_ID"] + "==")) == 16
-
-
-def test_compose_prometheus_scrapes_worker_ports(compose: dict[str, object]) -> None:
-    services = compose["services"]
-    assert isinstance(services, dict)
-    prometheus = services["prometheus"]
-    assert prometheus["image"].startswith("prom/prometheus:")
-    mounts = [volume.split(":")[0] for volume in prometheus["volumes"]]
-    assert "./ops/prometheus/prometheus.yml" in mounts
-    scrape = yaml.safe_load((REPO / "ops/prometheus/prometheus.yml").read_text())
-    workers = next(job for job in scrape["scrape_configs"] if "worker" in job["job_name"])
-    targets = [t for group in workers["static_configs"] for t in group["targets"]]
-    assert targets == [f"127.0.0.1:{port}" for port in range(9400, 9410)]
 
 
 # -- pid file ---------------------------------------------------------------------------------

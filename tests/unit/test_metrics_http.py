@@ -127,6 +127,6 @@ def test_drop_partitions_forgets_only_the_given_lag_gauges() -> None:
 
     def lag(partition: int) -> float | None:
         labels = {"variable": "impressions", "partition": str(partition)}
-        return registry.get_sample_value("lasp_consumer_lag", labels)
+        return registry.get_sample_value("lasp_consumer_lag_records", labels)
 
     assert (lag(0), lag(1), lag(2)) == (None, 11, None)

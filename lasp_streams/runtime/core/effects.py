@@ -124,6 +124,12 @@ class Effects:
 
     #: Items joined (refused ones are not counted).
     applied: int = 0
+    #: Applied items that strictly grew their key's state (metrics: strict inflations; the
+    #: states written are ``changed``, coalesced per key).
+    inflations: int = 0
+    #: Per input variable of :meth:`~.replica.ReplicaCore.apply_records`: (items applied,
+    #: items that strictly grew a state), for per-variable metrics.
+    per_var: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: Per variable and key, the live state after the batch, for every state that strictly
     #: grew (coalesced: a key once however many of its deltas the batch held).
     changed: dict[str, dict[Hashable, Lattice]] = field(default_factory=dict)

@@ -170,8 +170,15 @@ class ReplicaCore:
         """Join Kafka records, per variable (raw keys, turned into variable keys by
         ``key_of``), as one batch; see the module docstring."""
         effects = Effects()
+        per_var = effects.per_var
         for var, records in batches:
+            applied, inflations = effects.applied, effects.inflations
             self._ingest(var, records, self.key_of, effects)
+            seen = per_var.get(var, (0, 0))
+            per_var[var] = (
+                seen[0] + effects.applied - applied,
+                seen[1] + effects.inflations - inflations,
+            )
         self._finish(effects)
         return effects
 
@@ -327,6 +334,7 @@ class ReplicaCore:
                 if delta.is_bottom():
                     continue
                 # The first delta of a key becomes its state (a decoded one is fresh).
+                effects.inflations += 1
                 state = states[key] = delta if fresh else delta.copy()
                 if changed is None:
                     changed = effects.changed.setdefault(var, {})
@@ -342,6 +350,7 @@ class ReplicaCore:
                 effects.applied += 1
                 if not grew:
                     continue
+                effects.inflations += 1
                 if changed is None:
                     changed = effects.changed.setdefault(var, {})
                 changed[key] = state

@@ -15,6 +15,7 @@ Modules:
 - :mod:`.operators` — operator steps: co-partitioned keyed slots, a single-owner non-keyed slot;
 - :mod:`.windows` — windowed variables on Kafka, reading closed-window records;
 - :mod:`.sink` — the trusted sink;
+- :mod:`.ledger` — the host of the device ledger (devices' totals into per-partition entries);
 - :mod:`.fencing` — what to do with a fenced transactional producer;
 - :mod:`.dlq` — dead letters;
 - :mod:`.follower` — a live replica of a variable outside the groups (broadcast, reads);

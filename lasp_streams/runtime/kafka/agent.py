@@ -178,6 +178,8 @@ class VariableAgent:
             await self._producer.stop()
             raise
         self._consumer.subscribe([self.delta_topic], listener=_Listener(self))
+        if self.metrics is not None:
+            self.metrics.init_variable(self.variable)
 
     async def stop(self) -> None:
         """Finish the batch in flight, then leave the group and close the clients."""
@@ -351,6 +353,10 @@ class VariableAgent:
     # -- rebalance -----------------------------------------------------------------------------
     async def _revoked(self, revoked: Iterable[TopicPartition]) -> None:
         async with self._lock:
+            if self.metrics is not None:
+                self.metrics.drop_partitions(
+                    self.variable, [tp.partition for tp in revoked if tp.topic == self.delta_topic]
+                )
             for tp in revoked:
                 if tp.topic == self.delta_topic:
                     self._cores.pop(tp.partition, None)
@@ -435,19 +441,16 @@ class VariableAgent:
         if m is None:
             return
         var = self.variable
-        m.records_consumed.labels(var).inc(count)
-        m.records_applied.labels(var).inc(sum(o.applied for o in outcomes.values()))
-        changed = sum(len(o.changed.get(var, ())) for o in outcomes.values())
-        m.state_writes.labels(var).inc(changed)
-        m.strict_inflations.labels(var).inc(changed)
-        m.batch_records.labels(var).observe(count)
-        m.batch_seconds.labels(var).observe(seconds)
+        m.batch(
+            var,
+            consumed=count,
+            applied=sum(o.applied for o in outcomes.values()),
+            inflations=sum(o.inflations for o in outcomes.values()),
+            state_writes=sum(len(o.changed.get(var, ())) for o in outcomes.values()),
+            seconds=seconds,
+        )
         for tp, outcome in outcomes.items():
-            high = consumer.highwater(tp)
-            if high is not None:
-                m.consumer_lag.labels(var, str(tp.partition)).set(
-                    max(0, high - _next_offset(outcome))
-                )
+            m.lag(var, tp.partition, consumer.highwater(tp), _next_offset(outcome))
 
 
 def _next_offset(effects: Effects) -> int:

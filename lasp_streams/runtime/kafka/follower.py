@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
+from types import MappingProxyType
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -159,6 +160,11 @@ class VariableFollower:
 
     def keys(self) -> list[Hashable]:
         return list(self._states)
+
+    @property
+    def states(self) -> Mapping[Hashable, Lattice]:
+        """The followed states by variable key (None for an unkeyed variable), read-only."""
+        return MappingProxyType(self._states)
 
     async def wait(self, predicate: Callable[[], bool], timeout: float) -> None:
         """Return once ``predicate()`` holds (checked now and after every inflation)."""

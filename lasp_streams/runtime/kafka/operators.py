@@ -190,6 +190,9 @@ class OperatorAgent:
         )
         await self._consumer.start()
         self._consumer.subscribe(sorted(self._topic_var), listener=_Listener(self))
+        if self.metrics is not None:
+            for var in (*self.sources, *self.derived):
+                self.metrics.init_variable(var)
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -245,6 +248,10 @@ class OperatorAgent:
                 if records:
                     by_slot.setdefault(self._slot_of(tp.partition), []).append((tp, records))
             count = 0
+            # Per input variable: records read, applied, strict inflations; per variable
+            # (inputs and derived): states written. Reported under the variable's name.
+            tally: dict[str, list[int]] = {}
+            writes: dict[str, int] = {}
             for number, batches in by_slot.items():
                 slot = self._slots.get(number)
                 if slot is None:
@@ -257,9 +264,35 @@ class OperatorAgent:
                     by_var.setdefault(self._topic_var[tp.topic], []).extend(records)
                     offsets[tp] = records[-1].offset + 1
                     count += len(records)
-                await self._write(number, slot, slot.core.apply_records(by_var.items()), offsets)
+                effects = slot.core.apply_records(by_var.items())
+                for var, records in by_var.items():
+                    applied, inflations = effects.per_var.get(var, (0, 0))
+                    seen = tally.setdefault(var, [0, 0, 0])
+                    seen[0] += len(records)
+                    seen[1] += applied
+                    seen[2] += inflations
+                for var, states in effects.changed.items():
+                    writes[var] = writes.get(var, 0) + len(states)
+                await self._write(number, slot, effects, offsets)
             if self.metrics is not None:
-                self.metrics.records_consumed.labels(self.group_id).inc(count)
+                m = self.metrics
+                for var in {*tally, *writes}:
+                    consumed, applied, inflations = tally.get(var, (0, 0, 0))
+                    m.batch(
+                        var,
+                        consumed=consumed,
+                        applied=applied,
+                        inflations=inflations,
+                        state_writes=writes.get(var, 0),
+                    )
+                for tp, records in data.items():
+                    if records:
+                        m.lag(
+                            self._topic_var[tp.topic],
+                            tp.partition,
+                            consumer.highwater(tp),
+                            records[-1].offset + 1,
+                        )
             return count
 
     async def _write(
@@ -294,6 +327,11 @@ class OperatorAgent:
 
     # -- rebalance -----------------------------------------------------------------------------
     async def _revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        revoked = list(revoked)
+        if self.metrics is not None:
+            for tp in revoked:
+                if tp.topic in self._topic_var:
+                    self.metrics.drop_partitions(self._topic_var[tp.topic], [tp.partition])
         async with self._lock:
             for number in {self._slot_of(tp.partition) for tp in revoked}:
                 slot = self._slots.pop(number, None)

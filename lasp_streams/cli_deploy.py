@@ -1,0 +1,173 @@
+"""``lasp-streams deploy | describe | teardown``: a topology's Kafka footprint as a step.
+
+Registered in :mod:`lasp_streams.cli`; the work is in :mod:`lasp_streams.deploy`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import TypeVar
+
+import click
+
+from lasp_streams.deploy import DeployPlan, apply_plan, plan_deploy, teardown
+from lasp_streams.errors import InvalidTopology, KafkaSetupError
+from lasp_streams.runtime.kafka.settings import KafkaSettings
+
+__all__ = ["deploy", "describe", "teardown_command", "topology_options"]
+
+F = TypeVar("F", bound=Callable[..., object])
+
+#: The default of `lasp-streams worker --partitions`: a deploy and a worker must agree.
+DEFAULT_PARTITIONS = 6
+
+
+def topology_options(func: F) -> F:
+    """MODULE[:ATTR], --bootstrap, --partitions, --name: what names a deployed topology."""
+    for option in reversed(
+        (
+            click.argument("topology_ref", metavar="MODULE[:ATTR]"),
+            click.option(
+                "--bootstrap",
+                metavar="HOST:PORT",
+                default="127.0.0.1:9092",
+                show_default=True,
+                help="The Kafka cluster.",
+            ),
+            click.option(
+                "--partitions",
+                type=click.IntRange(1),
+                default=DEFAULT_PARTITIONS,
+                show_default=True,
+                help="Partitions of every delta, state and crossings topic (as the workers').",
+            ),
+            click.option(
+                "--name",
+                default=None,
+                help="The name the topology runs under (its topics and groups) "
+                "[default: its own name].",
+            ),
+        )
+    ):
+        func = option(func)
+    return func
+
+
+def load_plan(
+    topology_ref: str,
+    bootstrap: str,
+    partitions: int,
+    name: str | None,
+    replication_factor: int = 1,
+) -> tuple[DeployPlan, KafkaSettings]:
+    """The plan and settings the options name; a bad reference is a usage error."""
+    from lasp_streams.runtime.kafka.worker import load_topology
+
+    settings = KafkaSettings(
+        bootstrap_servers=bootstrap,
+        delta_partitions=partitions,
+        replication_factor=replication_factor,
+    )
+    try:
+        return plan_deploy(load_topology(topology_ref), settings, name=name), settings
+    except (InvalidTopology, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command()
+@topology_options
+@click.option(
+    "--replication-factor",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Replicas of every topic created (at most the number of brokers).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan and what exists; create nothing.")
+def deploy(
+    topology_ref: str,
+    bootstrap: str,
+    partitions: int,
+    name: str | None,
+    replication_factor: int,
+    dry_run: bool,
+) -> None:
+    """Create a topology's topics (with their configs) and print the plan: topics, consumer
+    groups, how binary steps' inputs meet, what is broadcast.
+
+    Existing topics are checked, never changed: if one cannot serve the plan (another
+    partition count or cleanup policy) nothing is created, and each such topic is printed with
+    the command that fixes it (exit status 1). With --dry-run nothing is created at all and
+    the cluster is not contacted.
+    """
+    plan, settings = load_plan(topology_ref, bootstrap, partitions, name, replication_factor)
+    click.echo(plan.describe())
+    if dry_run:
+        click.echo(f"dry run: nothing created ({len(plan.topics)} topics planned)")
+        return
+    try:
+        report = asyncio.run(apply_plan(plan, settings, ref=topology_ref))
+    except KafkaSetupError as exc:
+        raise click.ClickException(str(exc)) from None
+    if report.mismatches:
+        for status in report.mismatches:
+            click.echo(f"incompatible: {status.problem}\n  fix: {status.fix}", err=True)
+        raise click.ClickException(
+            f"{len(report.mismatches)} existing topic(s) cannot serve this plan; nothing created"
+        )
+    kept = len(plan.topics) - len(report.created)
+    click.echo(
+        f"deployed {plan.name!r} on {bootstrap}: {len(report.created)} topic(s) created, "
+        f"{kept} already there and compatible"
+    )
+
+
+@click.command()
+@topology_options
+@click.option("--mermaid", "fmt", flag_value="mermaid", help="A Mermaid flowchart.")
+@click.option("--json", "fmt", flag_value="json", help="The plan as JSON.")
+def describe(
+    topology_ref: str, bootstrap: str, partitions: int, name: str | None, fmt: str | None
+) -> None:
+    """Describe a topology without touching Kafka: its graph and its Kafka plan (text), a
+    Mermaid flowchart (--mermaid) or JSON (--json)."""
+    plan, _ = load_plan(topology_ref, bootstrap, partitions, name)
+    if fmt == "mermaid":
+        click.echo(plan.mermaid())
+    elif fmt == "json":
+        click.echo(json.dumps(plan.as_json(), indent=2))
+    else:
+        assert plan.worker.graph is not None
+        click.echo(plan.worker.graph.describe())
+        click.echo(plan.describe())
+
+
+@click.command("teardown")
+@topology_options
+@click.option("--yes", is_flag=True, help="Delete without asking.")
+def teardown_command(
+    topology_ref: str, bootstrap: str, partitions: int, name: str | None, yes: bool
+) -> None:
+    """Delete a topology's topics and consumer groups (its data, billing record included,
+    and its committed offsets). Stop its workers first: a group with members is kept."""
+    plan, settings = load_plan(topology_ref, bootstrap, partitions, name)
+    if not yes:
+        click.confirm(
+            f"delete the {len(plan.topics)} topics and {len(plan.groups)} consumer groups of "
+            f"{plan.name!r} on {bootstrap}, billing events included?",
+            abort=True,
+        )
+    try:
+        report = asyncio.run(teardown(plan, settings))
+    except KafkaSetupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"deleted {len(report.topics)} topic(s) and {len(report.groups)} consumer group(s) "
+        f"of {plan.name!r}"
+    )
+    for group, why in report.failed_groups.items():
+        click.echo(f"kept group {group}: {why}", err=True)
+    if any("members" in why for why in report.failed_groups.values()):
+        raise click.ClickException("some consumer groups still have members; stop the workers")

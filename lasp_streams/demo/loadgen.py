@@ -1,0 +1,223 @@
+"""A load generator: thousands of simulated devices over real WebSockets, in its own process.
+
+Two modes:
+
+- ``clients`` (default): each device is an :class:`~lasp_streams.client.EdgeClient` over a
+  :class:`~lasp_streams.client.gateway.GatewayTransport` that shows the ads it hears, views them
+  at ``rate`` per second, syncs every ``flush_interval`` (± jitter), decides locally with its
+  ads' contract minimums, and stops when it shows nothing any more (every ad disabled) or after
+  ``seconds``. The report holds what the devices counted per ad (the ground truth an overcount
+  is measured against) and the flush latencies.
+- ``flood``: each device sends signed flushes of a growing total back to back (``window`` in
+  flight at a time), to measure a gateway's ingest: messages acknowledged per second (``op``
+  ``ping``: signed pings instead, the same checks without Kafka — the baseline).
+
+Devices are ``<prefix>-<i>``; their secrets come from the key ring (a test tool: it plays every
+device, so it holds the master keys).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from lasp_streams.client import EdgeClient
+from lasp_streams.client.gateway import GatewayTransport
+from lasp_streams.client.transport import Offline
+from lasp_streams.codec import encode
+from lasp_streams.dataflow.topology import Topology
+from lasp_streams.demo.gateway import contract_minimum
+from lasp_streams.demo.simulate import ad_ids
+from lasp_streams.gateway.keys import KeyRing
+from lasp_streams.lattices.counters import GCounter
+
+__all__ = ["LoadReport", "flood", "run_clients"]
+
+
+@dataclass
+class LoadReport:
+    """What the simulated devices did."""
+
+    devices: int
+    seconds: float
+    counted: dict[str, int] = field(default_factory=dict)
+    flushes: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    push_lag_ms: list[float] = field(default_factory=list)
+    offline: int = 0
+    refused_views: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        lat = sorted(self.latencies_ms)
+        lag = sorted(self.push_lag_ms)
+
+        def pct(p: float, values: list[float] = lat) -> float | None:
+            return round(values[min(len(values) - 1, int(p * len(values)))], 2) if values else None
+
+        return {
+            "devices": self.devices,
+            "seconds": round(self.seconds, 3),
+            "flushes": self.flushes,
+            "flushes_per_s": round(self.flushes / self.seconds, 1) if self.seconds else 0,
+            "views": sum(self.counted.values()),
+            "counted": self.counted,
+            "flush_ms_p50": pct(0.5),
+            "flush_ms_p99": pct(0.99),
+            "push_ms_p50": pct(0.5, lag),
+            "push_ms_p99": pct(0.99, lag),
+            "pushes_timed": len(lag),
+            "offline_syncs": self.offline,
+            "refused_views": self.refused_views,
+        }
+
+
+class _Timed:
+    """A transport wrapper timing each publish (flush to acknowledgement)."""
+
+    def __init__(self, inner: GatewayTransport, report: LoadReport) -> None:
+        self.inner = inner
+        self.report = report
+
+    @property
+    def online(self) -> bool:
+        return self.inner.online
+
+    async def read_state(self, var: str) -> Any:
+        return await self.inner.read_state(var)
+
+    async def read_deltas(self, var: str, position: Any) -> Any:
+        return await self.inner.read_deltas(var, position)
+
+    async def publish(self, var: str, deltas: Any) -> None:
+        started = time.perf_counter()
+        await self.inner.publish(var, deltas)
+        self.report.latencies_ms.append((time.perf_counter() - started) * 1000)
+        self.report.flushes += 1
+
+
+async def run_clients(
+    urls: Sequence[str],
+    ring: KeyRing,
+    topology: Topology,
+    *,
+    devices: int,
+    rate: float,
+    flush_interval: float = 0.1,
+    jitter: float = 0.5,
+    seconds: float = 120.0,
+    default_minimum: int = 50_000,
+    prefix: str = "dev",
+    seed: int = 1,
+    step: float = 0.01,
+) -> LoadReport:
+    """Run ``devices`` EdgeClients (module docstring) until every one shows nothing or
+    ``seconds`` pass."""
+    report = LoadReport(devices, 0.0)
+    master = random.Random(seed)
+    transports = [
+        GatewayTransport(list(urls), f"{prefix}-{i}", ring.secret(f"{prefix}-{i}"), timeout=30)
+        for i in range(devices)
+    ]
+    clients = [
+        EdgeClient(
+            t.actor,
+            _Timed(t, report),
+            topology,
+            keys_of=ad_ids,
+            flush_interval=flush_interval,
+            jitter=jitter,
+            rng=random.Random(master.getrandbits(64)),
+            minimum_of=contract_minimum(default_minimum),
+        )
+        for t in transports
+    ]
+    # Connect in waves, so thousands of handshakes do not all time out together.
+    for i in range(0, devices, 200):
+        await asyncio.gather(*(c.sync() for c in clients[i : i + 200]))
+    started = time.monotonic()
+    deadline = started + seconds
+
+    async def device(c: EdgeClient, rng: random.Random) -> None:
+        last = time.monotonic()
+        carry = 0.0
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            due = rate * (now - last) + carry
+            n = int(due)
+            carry = due - n
+            last = now
+            keys = c.showing
+            if not keys:
+                if c.stats.syncs > 1:
+                    return
+            elif n:
+                for key in rng.choices(keys, k=n):
+                    c.view(key)
+            if c.due():
+                await c.sync()
+            await asyncio.sleep(step)
+
+    await asyncio.gather(*(device(c, random.Random(master.getrandbits(64))) for c in clients))
+    report.seconds = time.monotonic() - started
+    for c in clients:
+        for _ in range(3):
+            if await c.sync() and c.unsent() == 0:
+                break
+        for key, n in c.counts().items():
+            report.counted[str(key)] = report.counted.get(str(key), 0) + n
+        report.offline += c.stats.offline_syncs
+        report.refused_views += c.stats.refused_views
+    for t in transports:
+        report.push_lag_ms.extend(t.push_lag_ms)
+        await t.stop()
+    return report
+
+
+async def flood(
+    urls: Sequence[str],
+    ring: KeyRing,
+    *,
+    devices: int,
+    seconds: float,
+    key: str,
+    window: int = 1,
+    prefix: str = "flood",
+    op: str = "flush",
+) -> LoadReport:
+    """Signed flushes back to back from ``devices`` devices for ``seconds`` (module docstring)."""
+    report = LoadReport(devices, 0.0)
+    transports = [
+        GatewayTransport(list(urls), f"{prefix}-{i}", ring.secret(f"{prefix}-{i}"), timeout=30)
+        for i in range(devices)
+    ]
+    for i in range(0, devices, 200):
+        await asyncio.gather(*(t.start() for t in transports[i : i + 200]))
+    started = time.monotonic()
+    deadline = started + seconds
+    totals = dict.fromkeys(range(devices), 0)
+
+    async def one(i: int) -> None:
+        t = transports[i]
+        while time.monotonic() < deadline:
+            totals[i] += 1
+            payload = encode(GCounter().increment(t.actor, totals[i]))
+            try:
+                if op == "ping":  # signed and checked, but nothing for Kafka: the baseline
+                    await t.ping()
+                else:
+                    await t.publish("impressions", [(key, payload)])
+            except Offline:
+                report.offline += 1
+                continue
+            report.flushes += 1
+
+    await asyncio.gather(*(one(i) for i in range(devices) for _ in range(window)))
+    report.seconds = time.monotonic() - started
+    report.counted[key] = sum(totals.values())
+    for t in transports:
+        await t.stop()
+    return report

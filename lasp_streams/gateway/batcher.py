@@ -1,0 +1,115 @@
+"""Batching device totals into Kafka: one record per ledger partition per batch.
+
+Sessions hand over the accepted totals of a flush and await the batch's acknowledgement. The
+batcher takes whatever is pending (after at most ``linger`` seconds, or at once when
+``max_entries`` are pending), groups it by ledger partition, sends one record per partition
+with an idempotent ``acks=all`` producer, and resolves every flush of the batch once Kafka
+acknowledged all of its records — or fails them all (the devices keep their totals and send
+them again: totals are idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from lasp_streams.gateway.metrics import GatewayMetrics
+from lasp_streams.runtime.kafka.ledger import device_partition
+from lasp_streams.server.ledger import encode_entries
+
+__all__ = ["Batcher"]
+
+
+class Batcher:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        partitions: int,
+        *,
+        linger: float = 0.005,
+        max_entries: int = 10_000,
+        metrics: GatewayMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.partitions = partitions
+        self.linger = linger
+        self.max_entries = max_entries
+        self.metrics = metrics
+        self.clock = clock
+        self._pending: list[tuple[str, str, list[tuple[str, int]], asyncio.Future[None]]] = []
+        self._count = 0
+        self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for *_, fut in self._pending:
+            if not fut.done():
+                fut.set_exception(ConnectionError("the gateway is stopping"))
+        self._pending.clear()
+
+    async def submit(self, device: str, var: str, totals: Sequence[tuple[str, int]]) -> None:
+        """Returns once Kafka acknowledged these totals (raises ConnectionError if it did not)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((device, var, list(totals), fut))
+        self._count += len(totals)
+        self._wake.set()
+        if self._count >= self.max_entries:
+            self._full.set()
+        await fut
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            if self._count < self.max_entries and self.linger > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self.linger)
+            batch, self._pending, self._count = self._pending, [], 0
+            self._wake.clear()
+            self._full.clear()
+            if batch:
+                await self._send(batch)
+
+    async def _send(
+        self, batch: list[tuple[str, str, list[tuple[str, int]], asyncio.Future[None]]]
+    ) -> None:
+        by_partition: dict[int, list[tuple[str, str, str, int]]] = {}
+        for device, var, totals, _ in batch:
+            entries = by_partition.setdefault(device_partition(device, self.partitions), [])
+            entries.extend((device, var, key, total) for key, total in totals)
+        error: BaseException | None = None
+        try:
+            futures: list[asyncio.Future[Any]] = [
+                await self.producer.send(self.topic, value=encode_entries(e), partition=p)
+                for p, e in by_partition.items()
+            ]
+            await asyncio.gather(*futures)
+        except KafkaError as exc:
+            error = ConnectionError(f"Kafka did not take the batch: {exc!r}")
+        for *_, fut in batch:
+            if fut.done():
+                continue
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
+        if error is None and self.metrics is not None:
+            self.metrics.batches.inc(len(by_partition))
+            self.metrics.batch_entries.observe(sum(len(e) for e in by_partition.values()))

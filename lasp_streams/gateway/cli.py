@@ -1,0 +1,336 @@
+"""``lasp-streams gateway …``: run a gateway, manage device keys, run the device ledger.
+
+``lasp-streams gateway MODULE[:ATTR] --bootstrap … --listen 127.0.0.1:PORT`` runs a gateway
+(the ``serve`` subcommand, implied when the first argument is not a subcommand).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["gateway"]
+
+_DEFAULT_KEYS = "gateway-keys.json"
+
+
+class _DefaultToServe(click.Group):
+    """``gateway MODULE …`` means ``gateway serve MODULE …``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["serve", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DefaultToServe)
+def gateway() -> None:
+    """The client gateway: `gateway MODULE[:ATTR] --listen …`, `gateway keys …`,
+    `gateway ledger …`."""
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter(f"{value!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def _keys_of(ref: str) -> Any:
+    import importlib
+
+    module, _, attr = ref.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise click.BadParameter(f"--keys-of {ref!r}: {exc}") from None
+
+
+@gateway.command("serve")
+@click.argument("topology_ref", metavar="MODULE[:ATTR]")
+@click.option("--bootstrap", default="127.0.0.1:9092", show_default=True)
+@click.option("--listen", default="127.0.0.1:8470", show_default=True, help="HOST:PORT")
+@click.option("--name", default=None, help="The topology's topic name (default: its own).")
+@click.option(
+    "--keys",
+    "keys_path",
+    type=click.Path(path_type=Path),
+    default=_DEFAULT_KEYS,
+    show_default=True,
+    help="Key ring file (`gateway keys init`).",
+)
+@click.option(
+    "--writes",
+    multiple=True,
+    default=("impressions",),
+    show_default=True,
+    help="A keyed GCounter variable devices may flush (repeatable).",
+)
+@click.option(
+    "--keys-from",
+    default="ads_with_contracts",
+    show_default=True,
+    help="The variable whose value lists the keys devices may write.",
+)
+@click.option(
+    "--keys-of",
+    default="lasp_streams.demo.simulate:ad_ids",
+    show_default=True,
+    help="MODULE:FUNC turning that value into keys.",
+)
+@click.option(
+    "--partitions",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Partitions of the topology's topics.",
+)
+@click.option("--ledger-partitions", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--max-sessions", type=click.IntRange(1), default=20_000, show_default=True)
+@click.option(
+    "--max-total",
+    type=click.IntRange(1),
+    default=10**9,
+    show_default=True,
+    help="Largest running total one device may claim for one key.",
+)
+def serve(
+    topology_ref: str,
+    bootstrap: str,
+    listen: str,
+    name: str | None,
+    keys_path: Path,
+    writes: tuple[str, ...],
+    keys_from: str,
+    keys_of: str,
+    partitions: int,
+    ledger_partitions: int,
+    max_sessions: int,
+    max_total: int,
+) -> None:
+    """Run a gateway for MODULE[:ATTR] until Ctrl-C/SIGTERM."""
+    import resource
+
+    from prometheus_client import CollectorRegistry
+
+    from lasp_streams.errors import InvalidTopology
+    from lasp_streams.gateway.config import GatewayConfig
+    from lasp_streams.gateway.metrics import GatewayMetrics
+    from lasp_streams.gateway.server import Gateway
+    from lasp_streams.runtime.kafka.settings import KafkaSettings
+    from lasp_streams.runtime.kafka.worker import load_topology
+    from lasp_streams.server.devices import DevicePolicy
+
+    # Every device is a socket: allow as many as the system lets this process have.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    host, port = _listen(listen)
+    try:
+        topology = load_topology(topology_ref)
+    except InvalidTopology as exc:
+        raise click.ClickException(str(exc)) from None
+    fn = _keys_of(keys_of)
+    config = GatewayConfig(
+        keys=keys_path,
+        writable={w: (keys_from, fn) for w in writes},
+        policy=DevicePolicy(max_total=max_total),
+        ledger_partitions=ledger_partitions,
+        max_sessions=max_sessions,
+    )
+    settings = KafkaSettings(
+        bootstrap_servers=bootstrap, delta_partitions=partitions, client_id="lasp-gateway"
+    )
+
+    async def main() -> None:
+        gw = Gateway(
+            topology, settings, config, name=name, metrics=GatewayMetrics(CollectorRegistry())
+        )
+        await gw.start()
+        runner = web_runner(gw)
+        await runner.setup()
+        site = _site(runner, host, port)
+        await site.start()
+        click.echo(f"gateway {gw.id} listening on http://{host}:{port} for {gw.name}", err=True)
+        await _until_signal()
+        await gw.stop()
+        await runner.cleanup()
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        raise click.ClickException(f"gateway: {exc}") from None
+
+
+def web_runner(gw: Any) -> Any:
+    from aiohttp import web
+
+    return web.AppRunner(gw.app, handle_signals=False, access_log=None)
+
+
+def _site(runner: Any, host: str, port: int) -> Any:
+    from aiohttp import web
+
+    return web.TCPSite(runner, host, port, backlog=4096)
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+@gateway.command("ledger")
+@click.argument("topology_ref", metavar="MODULE[:ATTR]")
+@click.option("--bootstrap", default="127.0.0.1:9092", show_default=True)
+@click.option("--name", default=None, help="The topology's topic name (default: its own).")
+@click.option("--partitions", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--ledger-partitions", type=click.IntRange(1), default=3, show_default=True)
+@click.option(
+    "--view-cap",
+    type=click.IntRange(1),
+    default=100_000,
+    show_default=True,
+    help="Most views one device may add per key per --cap-interval.",
+)
+@click.option(
+    "--cap-interval", type=click.FloatRange(0.001), default=60.0, show_default=True, help="Seconds."
+)
+def ledger(
+    topology_ref: str,
+    bootstrap: str,
+    name: str | None,
+    partitions: int,
+    ledger_partitions: int,
+    view_cap: int,
+    cap_interval: float,
+) -> None:
+    """Run the device ledger stage (any number of processes share its partitions)."""
+    from lasp_streams.runtime.kafka.ledger import LedgerAgent, ledger_topics
+    from lasp_streams.runtime.kafka.settings import KafkaSettings
+    from lasp_streams.runtime.kafka.topics import ensure_topics
+    from lasp_streams.runtime.kafka.worker import load_topology
+    from lasp_streams.server.ledger import ViewCap
+
+    topology = load_topology(topology_ref)
+    topic_name = name or topology.name
+    settings = KafkaSettings(bootstrap_servers=bootstrap, delta_partitions=partitions)
+
+    async def main() -> None:
+        await ensure_topics(settings, ledger_topics(topic_name, settings, ledger_partitions))
+        agent = LedgerAgent(settings, topic_name, ViewCap(view_cap, int(cap_interval * 1000)))
+        click.echo(agent.describe(), err=True)
+        await agent.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        runner = asyncio.create_task(agent.run(stop))
+        await stop.wait()
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        await agent.stop()
+
+    asyncio.run(main())
+
+
+@gateway.group("keys")
+def keys() -> None:
+    """Device keys: `init`, `rotate`, `retire VERSION`, `revoke DEVICE`, `unrevoke DEVICE`,
+    `secret DEVICE` (to provision a device), `show`."""
+
+
+def _keys_option(func: Any) -> Any:
+    return click.option(
+        "--keys",
+        "keys_path",
+        type=click.Path(path_type=Path),
+        default=_DEFAULT_KEYS,
+        show_default=True,
+        help="Key ring file.",
+    )(func)
+
+
+def _update(keys_path: Path, change: Any) -> None:
+    from lasp_streams.gateway.keys import KeyRingError, load_keyring, save_keyring
+
+    try:
+        ring = change(load_keyring(keys_path))
+    except KeyRingError as exc:
+        raise click.ClickException(str(exc)) from None
+    save_keyring(keys_path, ring)
+    click.echo(
+        f"{keys_path}: current version {ring.current}, versions {sorted(ring.masters)}, "
+        f"{len(ring.revoked)} revoked device(s)"
+    )
+
+
+@keys.command("init")
+@_keys_option
+def keys_init(keys_path: Path) -> None:
+    """Create a new key ring (refuses to overwrite one)."""
+    from lasp_streams.gateway.keys import KeyRing, save_keyring
+
+    if keys_path.exists():
+        raise click.ClickException(f"{keys_path} exists; use `gateway keys rotate` instead")
+    save_keyring(keys_path, KeyRing.new())
+    click.echo(f"{keys_path}: new key ring, version 1")
+
+
+@keys.command("rotate")
+@_keys_option
+def keys_rotate(keys_path: Path) -> None:
+    """Add a master key version and make it current (older versions keep working)."""
+    _update(keys_path, lambda ring: ring.rotate())
+
+
+@keys.command("retire")
+@click.argument("version", type=int)
+@_keys_option
+def keys_retire(version: int, keys_path: Path) -> None:
+    """Stop accepting secrets of VERSION."""
+    _update(keys_path, lambda ring: ring.retire(version))
+
+
+@keys.command("revoke")
+@click.argument("device")
+@_keys_option
+def keys_revoke(device: str, keys_path: Path) -> None:
+    """Refuse DEVICE from now on (gateways close its sessions within a second)."""
+    _update(keys_path, lambda ring: ring.revoke(device))
+
+
+@keys.command("unrevoke")
+@click.argument("device")
+@_keys_option
+def keys_unrevoke(device: str, keys_path: Path) -> None:
+    """Accept DEVICE again."""
+    _update(keys_path, lambda ring: ring.unrevoke(device))
+
+
+@keys.command("secret")
+@click.argument("device")
+@_keys_option
+def keys_secret(device: str, keys_path: Path) -> None:
+    """Print DEVICE's current key version and secret (hex), to provision it."""
+    from lasp_streams.gateway.keys import KeyRingError, load_keyring
+
+    try:
+        ring = load_keyring(keys_path)
+        click.echo(f"{ring.current} {ring.secret(device).hex()}")
+    except KeyRingError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@keys.command("show")
+@_keys_option
+def keys_show(keys_path: Path) -> None:
+    """Versions and revoked devices (never the keys)."""
+    _update(keys_path, lambda ring: ring)

@@ -1,0 +1,223 @@
+"""Selective hearing: one follower per variable per gateway process feeds every socket.
+
+A device subscribes to keys of a variable (or to all of it). The gateway follows each
+subscribed variable's compacted state topic once (a
+:class:`~lasp_streams.runtime.kafka.follower.VariableFollower`, no Kafka consumer per device)
+and, every ``tick`` (20 ms), encodes the latest state of each key that grew once and hands each
+subscriber one frame holding the keys it subscribed to (:meth:`Subscriber.push`, non-blocking):
+a key growing a hundred times a second costs a socket at most 1/tick frames. A removal from a
+set is an inflation of the set's state, so it is pushed like any growth.
+
+The same followers tell the gateway which keys exist (:meth:`Hearing.known`): a key of a
+writable variable is known when it was ever listed by the variable's key source (the ad counter:
+an ad of ``ads_with_contracts``) or already has a state (it was counted before).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, Protocol
+
+from lasp_streams.client.protocol import pack
+from lasp_streams.codec import encode
+from lasp_streams.codec import key_from_kafka as key_of
+from lasp_streams.dataflow.topology import Topology
+from lasp_streams.gateway.ledger_tail import LedgerTail
+from lasp_streams.gateway.metrics import GatewayMetrics
+from lasp_streams.lattices.base import Lattice
+from lasp_streams.runtime.kafka.follower import VariableFollower
+from lasp_streams.runtime.kafka.settings import KafkaSettings
+
+__all__ = ["Hearing", "KeySource", "Subscriber"]
+
+KeySource = tuple[str, Callable[[Any], Iterable[Hashable]]]
+"""``(variable, keys_of)``: the variable whose value lists a writable variable's keys, and how."""
+
+
+class Subscriber(Protocol):
+    def push(self, frame: bytes) -> None:
+        """Queue ``frame`` for the device (never blocks; a full queue closes the session)."""
+        ...
+
+
+class Hearing:
+    """Followers, subscriptions and known keys of one gateway process."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        name: str,
+        topology: Topology,
+        key_sources: dict[str, KeySource],
+        metrics: GatewayMetrics | None = None,
+        tick: float = 0.02,
+    ) -> None:
+        self.settings = settings
+        self.name = name
+        self.topology = topology
+        self.key_sources = key_sources
+        self.metrics = metrics
+        self.followers: dict[str, VariableFollower] = {}
+        self._lock = asyncio.Lock()
+        #: var -> key (None: every key) -> subscribers
+        self._subs: dict[str, dict[Hashable, set[Subscriber]]] = {}
+        #: Keys ever listed by a key source, per writable variable.
+        self._listed: dict[str, set[Hashable]] = {w: set() for w in key_sources}
+        self._tails: list[LedgerTail] = []
+        #: Seconds between pushes of the keys that grew (their latest states, coalesced).
+        self.tick = tick
+        self._dirty: dict[str, dict[Hashable, Lattice]] = {}
+        self._flush: asyncio.TimerHandle | None = None
+        self._stamps: dict[str, dict[Hashable, int]] = {}
+
+    async def start(self) -> None:
+        """Follow every key source and writable variable now (the rest on first subscription);
+        writable variables also hear the ledger's output at once (:mod:`.ledger_tail`)."""
+        for var, (source, _) in self.key_sources.items():
+            await self.follow(source)
+            tail = LedgerTail(
+                self.settings, self.name, var, await self.follow(var), self._stamp(var)
+            )
+            await tail.start()
+            self._tails.append(tail)
+
+    async def stop(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        for tail in self._tails:
+            await tail.stop()
+        self._tails.clear()
+        for follower in self.followers.values():
+            await follower.stop()
+        self.followers.clear()
+
+    async def follow(self, var: str) -> VariableFollower:
+        """The process's follower of ``var`` (started on first use); KeyError if no such
+        variable."""
+        found = self.followers.get(var)
+        if found is not None:
+            return found
+        async with self._lock:
+            found = self.followers.get(var)
+            if found is not None:
+                return found
+            v = self.topology.var(var)
+            proto = v.prototype
+            assert isinstance(proto, Lattice)
+
+            def inflated(raw: bytes, state: Lattice, var: str = var, keyed: bool = v.keyed) -> None:
+                self._inflated(var, key_of(raw) if keyed else None, state)
+
+            follower = VariableFollower(
+                self.settings, self.name, var, proto.bottom(), keyed=v.keyed, on_inflation=inflated
+            )
+            await follower.start()
+            self.followers[var] = follower
+            return follower
+
+    # -- subscriptions -------------------------------------------------------------------------
+    def subscribe(self, var: str, keys: Iterable[Hashable] | None, sub: Subscriber) -> None:
+        by_key = self._subs.setdefault(var, {})
+        for key in [None] if keys is None else keys:
+            by_key.setdefault(key, set()).add(sub)
+
+    def unsubscribe(self, var: str, keys: Iterable[Hashable] | None, sub: Subscriber) -> None:
+        by_key = self._subs.get(var, {})
+        for key in list(by_key) if keys is None else keys:
+            subs = by_key.get(key)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del by_key[key]
+
+    def drop(self, sub: Subscriber) -> None:
+        """Remove ``sub`` from every subscription (its session ended)."""
+        for var in list(self._subs):
+            self.unsubscribe(var, None, sub)
+
+    def snapshot(self, var: str, keys: Iterable[Hashable] | None) -> dict[Hashable, bytes]:
+        """The encoded states of ``keys`` of a followed variable (every key: None)."""
+        follower = self.followers[var]
+        if keys is None:
+            return {key: encode(s) for key, s in follower.states.items()}
+        out: dict[Hashable, bytes] = {}
+        for key in keys:
+            state = follower.states.get(key)
+            if state is not None:
+                out[key] = encode(state)
+        return out
+
+    def known(self, var: str, key: Hashable) -> bool:
+        """Whether ``key`` of writable ``var`` exists (see the module docstring)."""
+        if key in self._listed.get(var, ()):
+            return True
+        follower = self.followers.get(var)
+        return follower is not None and key in follower.states
+
+    # -- internals -----------------------------------------------------------------------------
+    def _inflated(self, var: str, key: Hashable, state: Lattice) -> None:
+        self._list_keys(var, state)
+        if not self._subs.get(var):
+            return
+        # Coalesced: the latest state of each key that grew, sent every `tick` seconds, one
+        # frame per subscriber; a key growing 100 times a second costs a socket 1/tick frames.
+        self._dirty.setdefault(var, {})[key] = state
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(self.tick, self._push)
+
+    def _stamp(self, var: str) -> Callable[[Hashable, int], None]:
+        """Remember the Kafka timestamp of the newest ledger record of each key (sent with the
+        push as ``ts``, so a device can measure how long the count took to reach it)."""
+        stamps = self._stamps.setdefault(var, {})
+
+        def stamp(key: Hashable, ts: int) -> None:
+            stamps[key] = ts
+
+        return stamp
+
+    def _push(self) -> None:
+        self._flush = None
+        dirty, self._dirty = self._dirty, {}
+        sent = 0
+        for var, states in dirty.items():
+            by_key = self._subs.get(var)
+            if not by_key:
+                continue
+            encoded = {key: encode(state) for key, state in states.items()}
+            everyone = by_key.get(None, set())
+            stamps = self._stamps.get(var, {})
+            ts = {k: stamps.pop(k) for k in encoded if k in stamps}
+            if everyone:
+                frame = pack({"t": "push", "var": var, "states": encoded, "ts": ts})
+                for sub in everyone:
+                    sub.push(frame)
+                sent += len(everyone)
+            some: dict[Subscriber, dict[Hashable, bytes]] = {}
+            for key, payload in encoded.items():
+                if key is None:
+                    continue
+                for sub in by_key.get(key, ()):
+                    if sub not in everyone:
+                        some.setdefault(sub, {})[key] = payload
+            for sub, mine in some.items():
+                sub.push(pack({"t": "push", "var": var, "states": mine}))
+            sent += len(some)
+        if self.metrics is not None and sent:
+            self.metrics.pushes.inc(sent)
+
+    def _list_keys(self, var: str, state: Lattice) -> None:
+        for writable, (source, keys_of) in self.key_sources.items():
+            if source == var:
+                self._listed[writable].update(keys_of(state.value()))
+
+
+def _raw(key: Hashable) -> bytes:
+    if key is None:
+        return b""
+    if isinstance(key, str):
+        return key.encode()
+    if isinstance(key, bytes):
+        return key
+    return repr(key).encode()

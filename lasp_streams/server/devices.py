@@ -1,0 +1,129 @@
+"""What a gateway checks in a device's flush before anything reaches Kafka (pure, no I/O).
+
+A device is hostile until proven otherwise. A flush ``{"var": V, "deltas": [[K, bytes], ...]}``
+from an authenticated device ``D`` is accepted only when
+
+- ``V`` is a variable devices may write (a keyed GCounter the gateway was told about);
+- it holds at most :attr:`DevicePolicy.max_keys_per_flush` deltas, each key a ``str`` of at most
+  :attr:`DevicePolicy.max_id_len` UTF-8 bytes that the topology knows (``known(V, K)``: an ad
+  that exists or existed — 20,000 invented ads are refused);
+- each delta decodes (codec, bounded) to a GCounter whose only entry is ``D``'s own
+  (:func:`~lasp_streams.server.validate.client_delta_problem`: another device's id is refused);
+- each total is at most :attr:`DevicePolicy.max_total` (a device's own entry of 10^18 is
+  refused here; the ledger additionally caps views per key per interval, with state the
+  stateless gateway does not have).
+
+The whole flush is refused on the first problem (an honest client never sends one), with a
+:class:`~lasp_streams.client.protocol.ProtocolError` naming the code and the offending item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from lasp_streams.client.protocol import ProtocolError
+from lasp_streams.codec import decode
+from lasp_streams.errors import CodecError
+from lasp_streams.lattices.counters import GCounter
+from lasp_streams.server.validate import client_delta_problem
+
+__all__ = ["DevicePolicy", "check_flush", "check_identifier"]
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePolicy:
+    """Bounds on what one device may claim (the ledger's views cap is in
+    :class:`~lasp_streams.server.ledger.ViewCap`)."""
+
+    max_id_len: int = 128
+    max_keys_per_flush: int = 1_000
+    max_total: int = 10**9
+    max_delta_bytes: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("max_id_len", "max_keys_per_flush", "max_total", "max_delta_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DevicePolicy.{name} must be >= 1, got {getattr(self, name)}")
+
+
+def check_identifier(value: Any, what: str, policy: DevicePolicy) -> str:
+    """``value`` as an identifier (a non-empty str of at most ``max_id_len`` UTF-8 bytes)."""
+    if type(value) is not str or not value:
+        raise ProtocolError("malformed", f"{what} must be a non-empty string, got {_short(value)}")
+    if not value.isprintable():
+        raise ProtocolError("malformed", f"{what} holds control characters: {_short(value)}")
+    if len(value.encode()) > policy.max_id_len:
+        raise ProtocolError(
+            "over_limit", f"{what} is longer than {policy.max_id_len} bytes: {_short(value)}"
+        )
+    return value
+
+
+def check_flush(
+    device: str,
+    body: dict[Any, Any],
+    *,
+    policy: DevicePolicy,
+    writable: frozenset[str],
+    known: Callable[[str, Hashable], bool],
+) -> tuple[str, list[tuple[str, int]]]:
+    """The variable and the ``(key, total)`` pairs of an acceptable flush from ``device``;
+    raises :class:`ProtocolError` otherwise (module docstring)."""
+    var = body.get("var")
+    if type(var) is not str or var not in writable:
+        raise ProtocolError(
+            "unknown_variable",
+            f"flush: variable {_short(var)} is not one devices may write ({sorted(writable)})",
+        )
+    deltas = body.get("deltas")
+    if type(deltas) is not list:
+        raise ProtocolError("malformed", "flush: 'deltas' must be a list of [key, delta bytes]")
+    if len(deltas) > policy.max_keys_per_flush:
+        raise ProtocolError(
+            "over_limit",
+            f"flush of {len(deltas)} deltas: at most {policy.max_keys_per_flush} keys per flush",
+        )
+    out: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for item in deltas:
+        if type(item) is not list or len(item) != 2 or type(item[1]) is not bytes:
+            raise ProtocolError("malformed", f"flush: {_short(item)} is not [key, delta bytes]")
+        key = check_identifier(item[0], "flush: key", policy)
+        if key in seen:
+            raise ProtocolError("malformed", f"flush: key {key!r} appears twice")
+        seen.add(key)
+        if not known(var, key):
+            raise ProtocolError(
+                "unknown_key", f"flush: {var} key {key!r} is not known to the topology"
+            )
+        payload: bytes = item[1]
+        if len(payload) > policy.max_delta_bytes:
+            raise ProtocolError(
+                "over_limit",
+                f"flush: delta of {key!r} is {len(payload)} bytes (at most "
+                f"{policy.max_delta_bytes})",
+            )
+        try:
+            delta = decode(payload, expect=GCounter)
+        except CodecError as exc:
+            raise ProtocolError("malformed", f"flush: delta of {key!r}: {exc}") from None
+        problem = client_delta_problem(delta, device)
+        if problem is not None:
+            raise ProtocolError("foreign_actor", f"flush: delta of {key!r}: {problem}")
+        assert isinstance(delta, GCounter)
+        total = delta.value()
+        if total > policy.max_total:
+            raise ProtocolError(
+                "over_limit",
+                f"flush: {key!r} total {total} is above the per-device maximum {policy.max_total}",
+            )
+        if total:
+            out.append((key, total))
+    return var, out
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

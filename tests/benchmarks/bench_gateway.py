@@ -1,0 +1,418 @@
+"""Gateway benchmarks on the real broker, every part a separate process except the topology's
+agents and sink (this driver): a gateway (``lasp-streams gateway``), the device ledger
+(``lasp-streams gateway ledger``) and the load generator (``lasp-streams loadgen``).
+
+Run (a broker you started, not the shared default one)::
+
+    .venv/bin/python -m tests.benchmarks.bench_gateway --bootstrap 127.0.0.1:19392 \\
+        [--runs 3] [--clients 32 256 1000] [--only state,ingest,overcount]
+
+- ``state``: one ad's state after 1,000,000 distinct devices counted once each, through the
+  ledger (3 partitions) against the per-device GCounter (today's path), encoded bytes.
+- ``ingest``: one gateway process, signed frames back to back from 200 devices (4 in flight
+  each) for 10 s: flushes acknowledged per second (each acknowledged after Kafka acknowledged
+  its batch) against signed pings (the same authentication, no Kafka) in the same run.
+- ``overcount``: the ad counter at the demo's load (64,000 impressions/s over 20 ads, minimum
+  50,000, flush 0.1 s ± 50%) split over N devices deciding locally, until every ad is
+  disabled; overcount as Lasp reports it (mean over ads of (final - minimum) / minimum), lost
+  impressions (made - counted) and billing events per ad; flush p99 (a device's flush to its
+  acknowledgement) and push p50/p99: from the Kafka timestamp of the ledger's counter record
+  to the device's socket (same clock), over every counter push the devices received.
+
+Medians over ``--runs``. Writes ``tests/benchmarks/reports/gateway.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+from lasp_streams.codec import encode
+from lasp_streams.gateway.keys import KeyRing, save_keyring
+from lasp_streams.lattices import GCounter
+from lasp_streams.lattices.threshold import Threshold
+from lasp_streams.runtime.kafka.ledger import ledger_topics
+from lasp_streams.runtime.kafka.runtime import KafkaRuntime
+from lasp_streams.runtime.kafka.settings import KafkaSettings
+from lasp_streams.runtime.kafka.sink import read_billing_events
+from lasp_streams.runtime.kafka.topics import billing_topic, ensure_topics
+from lasp_streams.server.ledger import LedgerPartition, ViewCap
+from topologies.ad_counter import COMPANIES, SERVER_ACTOR, Ad, Contract, ad_source, build
+
+REPORTS = Path(__file__).parent / "reports"
+CLI = str(Path(sys.executable).parent / "lasp-streams")
+PARTITIONS = 3
+MINIMUM = 50_000
+ADS_PER_COMPANY = 10
+TOTAL_RATE = 64_000.0
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# -- state size ------------------------------------------------------------------------------
+def bench_state(devices: int = 1_000_000) -> dict[str, Any]:
+    ledgers = [LedgerPartition(p, ViewCap(10**9, 60_000)) for p in range(PARTITIONS)]
+    per_device = GCounter()
+    for i in range(devices):
+        d = f"device-{i}"
+        ledgers[zlib.crc32(d.encode()) % PARTITIONS].apply([(d, "impressions", "ad", 1)], 0)
+        per_device.increment(d, 1)
+    state = GCounter()
+    for ledger in ledgers:
+        state.merge(GCounter().increment(ledger.actor, ledger.sums[("impressions", "ad")]))
+    assert state.value() == per_device.value() == devices
+    return {"ledger_bytes": len(encode(state)), "per_device_bytes": len(encode(per_device))}
+
+
+# -- the checks alone ---------------------------------------------------------------------------
+def bench_checks(frames: int = 50_000) -> dict[str, float]:
+    """What one gateway process spends per flush frame on authentication and device checks
+    (unpack, HMAC, seq, decode, foreign-actor and bounds checks), no sockets and no Kafka:
+    CPU seconds (process time, so other load on the machine does not count)."""
+    import hmac as _hmac
+
+    from lasp_streams.client.protocol import mac, sign, unpack
+    from lasp_streams.server.devices import DevicePolicy, check_flush
+
+    ring = KeyRing.new()
+    nonce = b"n" * 16
+    policy = DevicePolicy()
+    known = {f"ad-{i}" for i in range(20)}
+    signed = []
+    for i in range(frames):
+        d = f"dev-{i % 1000}"
+        body = {
+            "op": "flush",
+            "var": "impressions",
+            "deltas": [[f"ad-{i % 20}", encode(GCounter().increment(d, i + 1))]],
+        }
+        signed.append(sign(ring.secret(d), nonce, d, 1, i + 1, body))
+    secrets_cache = {f"dev-{i}": ring.secret(f"dev-{i}") for i in range(1000)}
+    started = time.process_time()
+    for frame in signed:
+        device, _version, seq, body, sig = unpack(frame, max_len=8)
+        if not _hmac.compare_digest(sig, mac(secrets_cache[device], nonce, seq, body)):
+            raise AssertionError("bad signature")
+        check_flush(
+            device,
+            unpack(body),
+            policy=policy,
+            writable=frozenset({"impressions"}),
+            known=lambda var, key: key in known,
+        )
+    cpu = time.process_time() - started
+    return {"frames_per_cpu_s": frames / cpu}
+
+
+# -- a deployment ------------------------------------------------------------------------------
+class Deployment:
+    """The topology's agents and sink in this process; gateway and ledger as processes."""
+
+    def __init__(self, bootstrap: str, tmp: Path) -> None:
+        self.name = f"bench_gw_{int(time.time() * 1000)}"
+        self.settings = KafkaSettings(
+            bootstrap_servers=bootstrap,
+            delta_partitions=PARTITIONS,
+            poll_timeout_ms=50,
+            linger_ms=2,
+            client_id=f"bench-{self.name}",
+        )
+        self.keys = tmp / f"{self.name}.keys.json"
+        self.ring = KeyRing.new()
+        save_keyring(self.keys, self.ring)
+        self.disabled: dict[str, float] = {}
+        self.ads = [Ad(f"{c}-{i}", c) for c in COMPANIES for i in range(ADS_PER_COMPANY)]
+        self.rt = KafkaRuntime(
+            build(MINIMUM, on_disable=self._disabled), self.settings, name=self.name
+        )
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.halt = asyncio.Event()
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.url = ""
+
+    def _disabled(self, event: Any) -> None:
+        self.disabled.setdefault(str(event.key), time.monotonic())
+
+    async def start(self, view_cap: int) -> None:
+        await self.rt.start()
+        ready = asyncio.Event()
+        self.tasks.append(asyncio.create_task(self.rt.run(stop=self.halt, ready=ready)))
+        await asyncio.wait_for(ready.wait(), 120)
+        await self.rt.follow("impressions")
+        for ad in self.ads:
+            await self.rt.update(ad_source(ad), SERVER_ACTOR, "add", ad)
+            await self.rt.update("contracts", SERVER_ACTOR, "add", Contract(ad.id))
+        await self.rt.read("ads_with_contracts", Threshold.cardinality(len(self.ads)), timeout=60)
+        await ensure_topics(self.settings, ledger_topics(self.name, self.settings, PARTITIONS))
+        common = [
+            "--bootstrap",
+            self.settings.bootstrap_servers,
+            "--name",
+            self.name,
+            "--partitions",
+            str(PARTITIONS),
+            "--ledger-partitions",
+            str(PARTITIONS),
+        ]
+        self.procs.append(
+            subprocess.Popen(
+                [
+                    CLI,
+                    "gateway",
+                    "ledger",
+                    "topologies.ad_counter",
+                    *common,
+                    "--view-cap",
+                    str(view_cap),
+                ],
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        port = _port()
+        gw = subprocess.Popen(
+            [
+                CLI,
+                "gateway",
+                "topologies.ad_counter",
+                *common,
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--keys",
+                str(self.keys),
+            ],
+            stderr=subprocess.PIPE,
+        )
+        self.procs.append(gw)
+        assert gw.stderr is not None
+        line = await asyncio.to_thread(gw.stderr.readline)
+        while b"listening" not in line:
+            if not line:
+                raise RuntimeError("the gateway exited before listening")
+            line = await asyncio.to_thread(gw.stderr.readline)
+        self.url = f"http://127.0.0.1:{port}/v1/ws"
+
+    async def loadgen(self, *args: str) -> dict[str, Any]:
+        proc = await asyncio.create_subprocess_exec(
+            CLI,
+            "loadgen",
+            "--url",
+            self.url,
+            "--keys",
+            str(self.keys),
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"loadgen failed ({proc.returncode})")
+        report: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+        return report
+
+    async def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                await asyncio.to_thread(p.wait, 20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.halt.set()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.rt.stop()
+
+
+# -- ingest ------------------------------------------------------------------------------------
+async def bench_ingest(bootstrap: str, tmp: Path) -> dict[str, float]:
+    dep = Deployment(bootstrap, tmp)
+    await dep.start(view_cap=10**9)
+    try:
+        out = {}
+        for op in ("ping", "flush"):
+            r = await dep.loadgen(
+                "--mode",
+                "flood",
+                "--op",
+                op,
+                "--devices",
+                "200",
+                "--window",
+                "4",
+                "--seconds",
+                "10",
+                "--prefix",
+                op,
+            )
+            out[op] = r["flushes_per_s"]
+        return out
+    finally:
+        await dep.stop()
+
+
+# -- overcount ---------------------------------------------------------------------------------
+async def bench_overcount(bootstrap: str, tmp: Path, devices: int) -> dict[str, Any]:
+    dep = Deployment(bootstrap, tmp)
+    rate = TOTAL_RATE / devices
+    await dep.start(view_cap=max(10_000, int(rate * 120)))
+    flush = "1.0" if devices >= 10_000 else "0.1"
+    step = "0.01" if devices < 256 else "0.05"
+    try:
+        started = time.monotonic()
+        report = await dep.loadgen(
+            "--devices",
+            str(devices),
+            "--rate",
+            f"{rate:g}",
+            "--flush-interval",
+            flush,
+            "--seconds",
+            "180",
+            "--step",
+            step,
+            "--prefix",
+            f"n{devices}",
+        )
+        made: dict[str, int] = report["counted"]
+        for ad in dep.ads:
+            await dep.rt.read(
+                "impressions", Threshold.value(made.get(ad.id, 0)), key=ad.id, timeout=120
+            )
+        final = {ad.id: int(dep.rt.query("impressions", ad.id)) for ad in dep.ads}
+        billed = await read_billing_events(dep.settings, billing_topic(dep.name))
+        per_ad = [(final[a.id] - MINIMUM) / MINIMUM for a in dep.ads]
+        return {
+            "devices": devices,
+            "overcount_pct": 100 * statistics.mean(per_ad),
+            "lost": sum(made.values()) - sum(final.values()),
+            "billing_per_ad": sorted(
+                {sum(1 for b in billed if b.key.decode() == a.id) for a in dep.ads}
+            ),
+            "disabled": len(dep.disabled),
+            "seconds": round(time.monotonic() - started, 1),
+            "flush_ms_p99": report["flush_ms_p99"],
+            "push_ms_p50": report["push_ms_p50"],
+            "push_ms_p99": report["push_ms_p99"],
+            "views": report["views"],
+        }
+    finally:
+        await dep.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--clients", type=int, nargs="+", default=[32, 256, 1000])
+    parser.add_argument("--only", default="state,checks,ingest,overcount")
+    args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+    command = " ".join(
+        [".venv/bin/python -m tests.benchmarks.bench_gateway", *(argv or sys.argv[1:])]
+    )
+    lines = [
+        "# Gateway benchmarks",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {platform.platform()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}; shared with other work while it ran (load average "
+        f"{os.getloadavg()[0]:.1f} at the start). Medians of {args.runs} run(s).",
+        "",
+    ]
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        if "state" in only:
+            s = bench_state()
+            lines += [
+                "## One ad's state after 1,000,000 distinct devices",
+                "",
+                "| path | encoded state |",
+                "|---|---|",
+                f"| device ledger, {PARTITIONS} partitions | {s['ledger_bytes']:,} bytes |",
+                f"| per-device entries (baseline, today's path) | {s['per_device_bytes']:,} "
+                "bytes |",
+                "",
+            ]
+            print(s, flush=True)
+        if "checks" in only:
+            checks = [bench_checks() for _ in range(args.runs)]
+            rate = statistics.median(c["frames_per_cpu_s"] for c in checks)
+            lines += [
+                "## Authentication and device checks per flush frame, one core",
+                "",
+                "Unpack, HMAC-SHA256 over nonce+seq+body, decode the delta, foreign-actor, key "
+                "and bound checks; no sockets, no Kafka; per CPU second (process time).",
+                "",
+                f"{rate:,.0f} frames per CPU second (median; runs "
+                f"{[round(c['frames_per_cpu_s']) for c in checks]}).",
+                "",
+            ]
+            print(checks, flush=True)
+        if "ingest" in only:
+            runs = [asyncio.run(bench_ingest(args.bootstrap, tmp)) for _ in range(args.runs)]
+            ping = statistics.median(r["ping"] for r in runs)
+            flush = statistics.median(r["flush"] for r in runs)
+            lines += [
+                "## Gateway ingest, one process, signature checks",
+                "",
+                "200 devices, 4 frames in flight each, 10 s; the load generator in its own "
+                "process on the same 2 cores.",
+                "",
+                "| frames | acknowledged/s (median) | runs |",
+                "|---|---|---|",
+                f"| signed pings (baseline: authentication only) | {ping:,.0f} | "
+                f"{[r['ping'] for r in runs]} |",
+                f"| signed flushes (acknowledged after Kafka) | {flush:,.0f} | "
+                f"{[r['flush'] for r in runs]} |",
+                "",
+                f"Ratio flush/ping: {flush / ping:.2f}.",
+                "",
+            ]
+            print(runs, flush=True)
+        if "overcount" in only:
+            lines += [
+                "## Overcount on Kafka through the gateway",
+                "",
+                "| devices | overcount % (median) | lost | billing events per ad | "
+                "flush p99 ms | push p50 / p99 ms | runs (overcount %) |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for n in args.clients:
+                runs = [
+                    asyncio.run(bench_overcount(args.bootstrap, tmp, n)) for _ in range(args.runs)
+                ]
+                print(runs, flush=True)
+                lines.append(
+                    f"| {n:,} | {statistics.median(r['overcount_pct'] for r in runs):.2f}% | "
+                    f"{max(r['lost'] for r in runs)} | "
+                    f"{sorted({b for r in runs for b in r['billing_per_ad']})} | "
+                    f"{statistics.median(r['flush_ms_p99'] or 0 for r in runs):.0f} | "
+                    f"{statistics.median(r['push_ms_p50'] or 0 for r in runs):.0f} / "
+                    f"{statistics.median(r['push_ms_p99'] or 0 for r in runs):.0f} | "
+                    f"{[round(r['overcount_pct'], 2) for r in runs]} |"
+                )
+            lines.append("")
+    REPORTS.mkdir(exist_ok=True)
+    (REPORTS / "gateway.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
