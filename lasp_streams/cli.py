@@ -606,3 +606,6 @@ main.add_command(cli_audit.billing)
 main.add_command(cli_audit.dlq)
 main.add_command(gateway)
 main.add_command(loadgen)
+from lasp_streams.cli_windows import demo_windows  # noqa: E402
+
+demo.add_command(demo_windows)

@@ -68,10 +68,12 @@ from typing import Any, Final
 from lasp_streams.client.skipped import SkippedRecords
 from lasp_streams.client.store import load_buffer, save_buffer
 from lasp_streams.client.transport import ClientTransport, DeltasExpired, Offline
+from lasp_streams.client.windows import ServerClock, WindowCounts
 from lasp_streams.codec import decode, encode
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.base import Lattice, LatticeSpec
 from lasp_streams.lattices.counters import BCounter, GCounter
+from lasp_streams.lattices.windowed import Windowed
 
 __all__ = ["Bounded", "ClientStats", "EdgeClient"]
 
@@ -141,6 +143,9 @@ class EdgeClient:
         save_every: int | None = None,
         minimum_of: Callable[[Hashable, Any], int | None] | None = None,
         near: float = 0.05,
+        windows: str | None = None,
+        heartbeat: bool = False,
+        server_clock: ServerClock | None = None,
     ) -> None:
         if type(actor) is not str or not actor:
             raise ValueError(f"actor must be a non-empty str, got {actor!r}")
@@ -211,11 +216,16 @@ class EdgeClient:
             if bounded is not None:
                 self._requests.update(saved.get(bounded.requests, {}))
         self.next_flush_at = self._next(clock())
+        #: Windowed counting (``windows``: a keyed windowed GCounter variable that
+        #: :meth:`view` also counts into; :mod:`lasp_streams.client.windows`).
+        self.server_clock = server_clock or ServerClock()
+        self.windows = None if windows is None else self._window_counts(windows, heartbeat)
 
     # -- the hot path --------------------------------------------------------------------------
-    def view(self, key: Hashable, n: int = 1) -> bool:
+    def view(self, key: Hashable, n: int = 1, event_time: int | None = None) -> bool:
         """Count ``n`` impressions of ``key`` if it is shown (and, bounded, rights allow);
-        False (nothing counted) otherwise."""
+        False (nothing counted) otherwise. With ``windows``, also in the windows containing
+        ``event_time`` (default: the server's time as this device estimates it)."""
         allow = self._allow
         left = allow.get(key, 0)
         if left < n or n < 1:
@@ -230,6 +240,9 @@ class EdgeClient:
         allow[key] = left - n
         counts = self._counts
         counts[key] = counts.get(key, 0) + n
+        if self.windows is not None:
+            t = self.server_clock.now() if event_time is None else event_time
+            self.windows.record(key, t, n)
         if self.save_every is not None:
             self._unsaved_views += n
             if self._unsaved_views >= self.save_every:
@@ -340,6 +353,8 @@ class EdgeClient:
             sent_out += len(deltas)
             self.stats.deltas_sent += len(deltas)
             self.stats.bytes_sent += size
+        if self.windows is not None:
+            sent_out += await self._flush_windows(self.windows)
         if sent_out:
             self.stats.flushes += 1
         return sent_out
@@ -365,6 +380,30 @@ class EdgeClient:
         self._persist()
 
     # -- internals -----------------------------------------------------------------------------
+    def _window_counts(self, var: str, heartbeat: bool) -> WindowCounts:
+        v = self.topology.var(var)
+        proto = v.prototype
+        if (
+            not v.keyed
+            or not isinstance(proto, Windowed)
+            or not isinstance(proto.window(0), GCounter)
+        ):
+            raise ValueError(f"EdgeClient: windows {var!r} must be a keyed windowed GCounter")
+        self._types[var] = proto
+        return WindowCounts(var, proto.spec, self.actor, heartbeat=heartbeat)
+
+    async def _flush_windows(self, counts: WindowCounts) -> int:
+        now = self.server_clock.now()
+        batch = counts.deltas(now)
+        if not batch:
+            return 0
+        deltas = [(key, encode(delta)) for key, delta, _ in batch]
+        await self.transport.publish(counts.var, deltas)
+        counts.flushed(batch, now)
+        self.stats.deltas_sent += len(deltas)
+        self.stats.bytes_sent += sum(len(p) for _, p in deltas)
+        return len(deltas)
+
     def _next(self, now: float) -> float:
         spread = self.jitter * (2.0 * self.rng.random() - 1.0)
         return now + self.flush_interval * (1.0 + spread)
@@ -400,6 +439,7 @@ class EdgeClient:
 
     async def _follow(self, var: str, position: Any, changed: set[Hashable]) -> None:
         batch = await self.transport.read_deltas(var, position)
+        self.server_clock.learn(batch.server_time)
         # Grants to other clients cannot change this client's rights, and with many clients
         # they are most of the rights deltas: a delta whose bytes do not even contain this
         # actor's id is skipped without decoding (the rights replica holds only what concerns
