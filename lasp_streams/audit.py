@@ -421,10 +421,17 @@ class BilledRecord:
     timestamp_ms: int
     event: BillingEvent | None
     error: str = ""
+    #: The record's Kafka key: the sink writes each event under its event id.
+    record_key: bytes | None = None
 
     @property
     def where(self) -> str:
-        who = f"event {self.event.event_id}" if self.event is not None else "record"
+        if self.record_key:
+            who = f"event {self.record_key[:64].decode(errors='replace')}"
+        elif self.event is not None:
+            who = f"event {self.event.event_id}"
+        else:
+            who = "record"
         return f"billing {who} at partition {self.partition} offset {self.offset}"
 
 
@@ -467,13 +474,13 @@ def reconcile_billing(
                 )
             )
             continue
-        if event.event_id != expected:
+        if record.record_key is not None and record.record_key != expected.encode():
             out.problems.append(
                 Problem(
                     "forged-billing",
                     where,
-                    f"its id is not the sink's id {expected} for trigger {event.trigger!r} "
-                    f"key {codec.key_from_kafka(event.key)!r}",
+                    f"its record key is not the sink's id {expected} for trigger "
+                    f"{event.trigger!r} key {codec.key_from_kafka(event.key)!r}",
                 )
             )
             continue

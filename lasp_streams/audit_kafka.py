@@ -536,8 +536,10 @@ def _billed(record: Any) -> BilledRecord:
             raise DecodeError("no value")
         event = BillingEvent.decode(record.value)
     except DecodeError as exc:
-        return BilledRecord(record.partition, record.offset, record.timestamp, None, str(exc))
-    return BilledRecord(record.partition, record.offset, record.timestamp, event)
+        return BilledRecord(
+            record.partition, record.offset, record.timestamp, None, str(exc), record.key
+        )
+    return BilledRecord(record.partition, record.offset, record.timestamp, event, "", record.key)
 
 
 def _ad_lines(

@@ -262,6 +262,7 @@ def billing_export(
                 "key": str(codec.key_from_kafka(event.key)),
                 "value": event.value,
                 "threshold": event.threshold.n,
+                "threshold_kind": event.threshold.kind,
                 "partition": record.partition,
                 "offset": record.offset,
                 "timestamp_ms": record.timestamp,

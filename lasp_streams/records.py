@@ -8,7 +8,7 @@ field's type, and raises :class:`~lasp_streams.errors.DecodeError` (the codec's 
 anything else: never a ``KeyError``, never a half-built record.
 
 - :class:`Crossing` (tag ``xing``): topology, variable, trigger, key, value, threshold, state;
-- :class:`BillingEvent` (``bill``): the event id, then the billed crossing's fields;
+- :class:`BillingEvent` (``bill``): a billed crossing, the same fields;
 - :class:`ClosedWindow` (``wclose``): variable, key, start, end, state.
 
 A *crossing* says "trigger T of variable V is met for key K"; agents publish it at least once.
@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Self
 
 import msgpack
 
@@ -133,12 +133,22 @@ class Crossing:
         return event_id(self.topology, self.trigger, self.key)
 
     def encode(self) -> bytes:
-        return _pack(self.TAG, self.VERSION, _fields(self))
+        fields = [self.topology, self.variable, self.trigger, self.key, plain(self.value)]
+        return _pack(self.TAG, self.VERSION, [*fields, self.threshold._wire(), self.state])
 
     @classmethod
-    def decode(cls, raw: bytes) -> Crossing:
-        what = "crossing record"
-        return cls(*_parse(_unpack(raw, cls.TAG, cls.VERSION, 7, what), what))
+    def decode(cls, raw: bytes) -> Self:
+        what = f"{cls.__name__} record"
+        f = _unpack(raw, cls.TAG, cls.VERSION, 7, what)
+        return cls(
+            _typed(f[0], str, "topology", what),
+            _typed(f[1], str, "variable", what),
+            _typed(f[2], str, "trigger", what),
+            _typed(f[3], bytes, "key", what),
+            f[4],
+            Crossed._from_wire(f[5], what),
+            None if f[6] is None else _typed(f[6], bytes, "state", what),
+        )
 
     def decoded_state(self) -> Lattice | None:
         """The carried state, decoded (None when the crossing carries none)."""
@@ -146,60 +156,18 @@ class Crossing:
 
 
 @dataclass(frozen=True, slots=True)
-class BillingEvent:
-    """One billing event: a crossing the sink billed, under the ``event_id`` the sink recorded
-    (:func:`event_id` of topology, trigger and key, for every event the sink writes; an audit
-    holds a record to that, so the id is carried, not recomputed)."""
+class BillingEvent(Crossing):
+    """One billing event: the crossing the sink billed, on the billing topic under its
+    ``event_id`` (:func:`event_id` of topology, trigger and key)."""
 
     TAG: ClassVar[str] = "bill"
-    VERSION: ClassVar[int] = 1
-
-    event_id: str
-    topology: str
-    variable: str
-    trigger: str
-    key: bytes
-    value: Any
-    threshold: Crossed
-    state: bytes | None = None
 
     @classmethod
     def from_crossing(cls, crossing: Crossing) -> BillingEvent:
-        c = crossing
-        return cls(
-            c.event_id, c.topology, c.variable, c.trigger, c.key, c.value, c.threshold, c.state
-        )
-
-    def decoded_state(self) -> Lattice | None:
-        """The carried state, decoded (None when the event carries none)."""
-        return None if self.state is None else codec.decode(self.state)
-
-    def encode(self) -> bytes:
-        return _pack(self.TAG, self.VERSION, [self.event_id, *_fields(self)])
-
-    @classmethod
-    def decode(cls, raw: bytes) -> BillingEvent:
-        what = "billing event"
-        f = _unpack(raw, cls.TAG, cls.VERSION, 8, what)
-        return cls(_typed(f[0], str, "event_id", what), *_parse(f[1:], what))
+        return cls(*(getattr(crossing, f) for f in _CROSSING_FIELDS))
 
 
-def _fields(c: Crossing | BillingEvent) -> list[Any]:
-    """A crossing's fields on the wire (a billing event's after its id)."""
-    head = [c.topology, c.variable, c.trigger, c.key, plain(c.value)]
-    return [*head, c.threshold._wire(), c.state]
-
-
-def _parse(f: list[Any], what: str) -> tuple[Any, ...]:
-    return (
-        _typed(f[0], str, "topology", what),
-        _typed(f[1], str, "variable", what),
-        _typed(f[2], str, "trigger", what),
-        _typed(f[3], bytes, "key", what),
-        f[4],
-        Crossed._from_wire(f[5], what),
-        None if f[6] is None else _typed(f[6], bytes, "state", what),
-    )
+_CROSSING_FIELDS = ("topology", "variable", "trigger", "key", "value", "threshold", "state")
 
 
 @dataclass(frozen=True, slots=True)

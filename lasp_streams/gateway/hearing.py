@@ -141,13 +141,10 @@ class Hearing:
         """The encoded states of ``keys`` of a followed variable (every key: None)."""
         follower = self.followers[var]
         if keys is None:
-            return {
-                key_of(raw) if follower.keyed else None: encode(s)
-                for raw, s in follower.states.items()
-            }
+            return {key: encode(s) for key, s in follower.states.items()}
         out: dict[Hashable, bytes] = {}
         for key in keys:
-            state = follower.states.get(_raw(key))
+            state = follower.states.get(key)
             if state is not None:
                 out[key] = encode(state)
         return out
@@ -157,7 +154,7 @@ class Hearing:
         if key in self._listed.get(var, ()):
             return True
         follower = self.followers.get(var)
-        return follower is not None and _raw(key) in follower.states
+        return follower is not None and key in follower.states
 
     # -- internals -----------------------------------------------------------------------------
     def _inflated(self, var: str, key: Hashable, state: Lattice) -> None:

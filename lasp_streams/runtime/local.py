@@ -57,9 +57,7 @@ from lasp_streams.dataflow.topology import Topology
 from lasp_streams.dataflow.windows import LateDelta, WindowClosed
 from lasp_streams.errors import (
     ConflictingMerge,
-    IncompatibleLattices,
     InvalidTopology,
-    LaspError,
     MutatorError,
     ReadTimeout,
     StepError,
@@ -74,13 +72,6 @@ from lasp_streams.runtime.network import SimulatedNetwork, Transport
 __all__ = ["LocalRuntime"]
 
 log = logging.getLogger(__name__)
-
-#: The error ``bind`` raises for a state the core refuses, by dead-letter reason.
-_REFUSALS: dict[str, type[LaspError]] = {
-    "invariant": ConflictingMerge,
-    "validation": MutatorError,
-    "wrong_type": IncompatibleLattices,
-}
 
 
 class LocalRuntime:
@@ -171,17 +162,17 @@ class LocalRuntime:
     async def bind(
         self, var: Var | str, state: Lattice, *, key: Hashable = None, replica: int = 0
     ) -> bool:
-        """Join a whole state into ``var`` (Lasp's ``bind``); True when it grew. A state with
-        no join (ConflictingMerge) or that a record validator refuses (MutatorError) raises."""
+        """Join a whole state into ``var`` (Lasp's ``bind``); True when it grew."""
         v = self._declared(var, "bind")
         core = self._core(replica)
         check_key(v, key)
         if not v.prototype.same_type(state):
             raise MutatorError(f"bind {v.id!r}: expected a {v.type_name}, got {state!r}")
         effects = core.apply([Delta(v.id, key, state)])
-        refused = next((d for d in effects.dead if d.reason in _REFUSALS), None)
-        if refused is not None:  # the caller's own state: refused loudly, not dead-lettered
-            raise _REFUSALS[refused.reason](f"bind {v.id!r}: {refused.error}")
+        refused = [d for d in effects.dead if d.variable == v.id and d.reason == "invariant"]
+        if refused:
+            # A merge that cannot happen is an error of this call (LASP.md: never dropped).
+            raise ConflictingMerge(f"bind {v.id!r} (key {key!r}): {refused[0].error}")
         self._publish(core, v, key, state, effects)
         self._handle(core, effects)
         await self._run_pending()

@@ -350,7 +350,9 @@ class KafkaStatusSource:
 
     def _states(self, var: str) -> Mapping[bytes, Lattice]:
         follower = self._followers.get(var)
-        return follower.states if follower is not None else {}
+        if follower is None:
+            return {}
+        return {codec.key_to_kafka(k) or b"": s for k, s in follower.states.items()}
 
     def snapshot(self) -> dict[str, Any]:
         return snapshot(

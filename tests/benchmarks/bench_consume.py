@@ -233,9 +233,7 @@ async def run_agent_in_faust(
         VARIABLE,
         GCounter,
         group_id=f"bench-hosted-{uuid.uuid4().hex[:8]}",
-        on_batch=lambda _partition, outcome: clock.batch(
-            sum(outcome.applied.values()) + len(outcome.dead)
-        ),
+        on_batch=lambda _partition, outcome: clock.batch(outcome.applied + len(outcome.dead)),
     )
     plan = WorkerPlan(topology, (VariablePlan(VARIABLE, GCounter(), True, ()),))
     app = build_faust_app(plan, settings, with_sink=False, datadir=datadir, agents=[agent])

@@ -133,7 +133,7 @@ async def test_a_second_sink_with_the_same_identity_fences_the_first(
     identity = TrustedSink(settings, topo).transactional_id(0)
     zombie = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, transactional_id=identity)
     await zombie.start()
-    ghost = BillingEvent("ghost", topo, "impressions", "bill", b"ghost", 0, Crossed("value", 0))
+    ghost = BillingEvent(topo, "impressions", "bill", b"ghost", 0, Crossed("value", 0))
     await zombie.begin_transaction()
     await zombie.send_and_wait(billing_topic(topo), key=b"ghost", value=ghost.encode())
 

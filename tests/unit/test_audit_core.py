@@ -22,7 +22,7 @@ from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.awset import AWSet
 from lasp_streams.lattices.counters import GCounter
 from lasp_streams.lattices.threshold import Threshold
-from lasp_streams.records import BillingEvent, Crossed, event_id
+from lasp_streams.records import BillingEvent, Crossed
 
 
 @dataclass(frozen=True)
@@ -106,24 +106,27 @@ def test_live_state_must_be_explained_by_the_replay() -> None:
     assert cmp.problems == [] and cmp.behind_live == 1 and cmp.difference_pct == 100.0
 
 
-def event(key: bytes, *, trigger: str = "popular", eid: str | None = None) -> BillingEvent:
-    return BillingEvent(
-        eid or event_id("shop", trigger, key), "shop", "views", trigger, key, 9, Crossed("value", 5)
-    )
+def billed(
+    offset: int, key: bytes, *, trigger: str = "popular", eid: str | None = None
+) -> BilledRecord:
+    """A billing record as the sink writes it: the event under its event id (``eid``: a
+    forger's id instead)."""
+    event = BillingEvent("shop", "views", trigger, key, 9, Crossed("value", 5))
+    return BilledRecord(0, offset, 0, event, "", (eid or event.event_id).encode())
 
 
 def test_billing_is_reconciled_with_the_crossings() -> None:
     replay = replay_of(topo(5), counter_deltas(9) + counter_deltas(2, b"ad-2"))
     crossings = replay.crossings
     triggers = {"popular": "views"}
-    good = [BilledRecord(0, 0, 0, event(b"ad-1"))]
+    good = [billed(0, b"ad-1")]
     assert reconcile_billing("shop", crossings, good, triggers, complete=True).problems == []
 
     cases = {
-        "billed-twice": [*good, BilledRecord(0, 1, 0, event(b"ad-1"))],
-        "unjustified-billing": [*good, BilledRecord(0, 1, 0, event(b"ad-2"))],
-        "forged-billing": [*good, BilledRecord(0, 1, 0, event(b"ad-1", eid="0" * 32))],
-        "unexplained-billing": [*good, BilledRecord(0, 1, 0, event(b"ad-1", trigger="other"))],
+        "billed-twice": [*good, billed(1, b"ad-1")],
+        "unjustified-billing": [*good, billed(1, b"ad-2")],
+        "forged-billing": [*good, billed(1, b"ad-1", eid="0" * 32)],
+        "unexplained-billing": [*good, billed(1, b"ad-1", trigger="other")],
         "undecodable-billing": [*good, BilledRecord(0, 1, 0, None, "not msgpack")],
         "unbilled-crossing": [],
     }

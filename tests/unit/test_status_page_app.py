@@ -60,7 +60,7 @@ def test_snapshot_shows_values_thresholds_billing_lag_and_dead_letters() -> None
     metrics.lag("views", 0, 120, 100)
     metrics.dead_lettered("views", "decode")
     billing = BillingTally()
-    billing.add(BillingEvent("e1", "shop", "views", "popular", b"/x", 60, Crossed("value", 50)))
+    billing.add(BillingEvent("shop", "views", "popular", b"/x", 60, Crossed("value", 50)))
     data = snapshot(topo, lambda v: states.get(v, {}), billing, registry)
     by_id = {v["id"]: v for v in data["variables"]}
     assert by_id["views"]["summary"] == "2 keys, total 45"

@@ -122,10 +122,14 @@ class StepFailure:
 class Effects:
     """What one batch (or a recovery, a re-check, a clock tick) caused in a core."""
 
-    #: Per variable: items joined (refused ones are not counted), and of those the ones that
-    #: strictly grew their key's state (before coalescing: metrics of strict inflations).
-    applied: dict[str, int] = field(default_factory=dict)
-    inflations: dict[str, int] = field(default_factory=dict)
+    #: Items joined (refused ones are not counted).
+    applied: int = 0
+    #: Applied items that strictly grew their key's state (metrics: strict inflations; the
+    #: states written are ``changed``, coalesced per key).
+    inflations: int = 0
+    #: Per input variable of :meth:`~.replica.ReplicaCore.apply_records`: (items applied,
+    #: items that strictly grew a state), for per-variable metrics.
+    per_var: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: Per variable and key, the live state after the batch, for every state that strictly
     #: grew (coalesced: a key once however many of its deltas the batch held).
     changed: dict[str, dict[Hashable, Lattice]] = field(default_factory=dict)

@@ -113,7 +113,7 @@ class ReplicaCore:
         self._prop = plan if plan is not None else Propagation(topology)
         self._validators = dict(validators or {})
         self._gates: dict[str, WindowGate] = {
-            s.id: WindowGate(s.id, s.window, s.clock)
+            s.id: WindowGate(s.id, s.window, s.clock, s.hold)
             for s in topology.steps
             if isinstance(s, WindowStep) and s.id in self.states
         }
@@ -170,8 +170,15 @@ class ReplicaCore:
         """Join Kafka records, per variable (raw keys, turned into variable keys by
         ``key_of``), as one batch; see the module docstring."""
         effects = Effects()
+        per_var = effects.per_var
         for var, records in batches:
+            applied, inflations = effects.applied, effects.inflations
             self._ingest(var, records, self.key_of, effects)
+            seen = per_var.get(var, (0, 0))
+            per_var[var] = (
+                seen[0] + effects.applied - applied,
+                seen[1] + effects.inflations - inflations,
+            )
         self._finish(effects)
         return effects
 
@@ -198,7 +205,7 @@ class ReplicaCore:
             skip = gate.closed(key)
         delta = mutate(self._vars[var], state, actor, mutator, args, event_time, skip)
         if not delta.is_bottom():
-            effects.applied[var] = effects.inflations[var] = 1
+            effects.applied = 1
             self._grew(var, key, state, delta, None, effects)
             self._finish(effects)
         return delta, effects
@@ -269,7 +276,6 @@ class ReplicaCore:
             pending = self._pending.setdefault(var, {})
         origins = self._origins.setdefault(var, {}) if observed else None
         dead = effects.dead
-        applied = inflations = 0
         record: Record | None = None
         keys = self._keys  # raw key -> variable key, remembered (one entry per key seen)
         for record in records:
@@ -324,10 +330,11 @@ class ReplicaCore:
                 if late is not None:
                     self._late(var, key, late, record, effects)
             if state is None:
-                applied += 1
+                effects.applied += 1
                 if delta.is_bottom():
                     continue
                 # The first delta of a key becomes its state (a decoded one is fresh).
+                effects.inflations += 1
                 state = states[key] = delta if fresh else delta.copy()
                 if changed is None:
                     changed = effects.changed.setdefault(var, {})
@@ -340,9 +347,10 @@ class ReplicaCore:
                 except LatticeError as exc:
                     dead.append(_dead(var, record, "invariant", str(exc)))
                     continue
-                applied += 1
+                effects.applied += 1
                 if not grew:
                     continue
+                effects.inflations += 1
                 if changed is None:
                     changed = effects.changed.setdefault(var, {})
                 changed[key] = state
@@ -352,7 +360,6 @@ class ReplicaCore:
                         pending[key] = delta if fresh else delta.copy()
                     else:
                         acc.merge(delta)
-            inflations += 1
             if origins is not None:
                 origins[key] = record
             if gate is not None:
@@ -361,9 +368,6 @@ class ReplicaCore:
                     effects.closed.extend(closed)
         if record is not None:
             effects.last = record
-        if applied:
-            effects.applied[var] = effects.applied.get(var, 0) + applied
-            effects.inflations[var] = effects.inflations.get(var, 0) + inflations
 
     def _grew(
         self,
@@ -526,7 +530,8 @@ class ReplicaCore:
         effects: Effects,
     ) -> None:
         starts = tuple(sorted(late.windows()))
-        effects.late.append(LateDelta(var, key, starts, self.replica, late))
+        counts = self._gates[var].late_counts(key, self.states[var].get(key), late)
+        effects.late.append(LateDelta(var, key, starts, self.replica, late, counts))
         if record is not None:
             effects.dead.append(
                 _dead(
@@ -535,7 +540,10 @@ class ReplicaCore:
                     "late",
                     f"variable {var!r}: windows {list(starts)} had closed; their part of this "
                     "delta is not merged",
-                    (("window.starts", ",".join(map(str, starts))),),
+                    (
+                        ("window.starts", ",".join(map(str, starts))),
+                        ("window.late", ",".join(f"{s}:{n}" for s, n in counts)),
+                    ),
                 )
             )
 

@@ -444,8 +444,8 @@ class VariableAgent:
         m.batch(
             var,
             consumed=count,
-            applied=sum(o.applied.get(var, 0) for o in outcomes.values()),
-            inflations=sum(o.inflations.get(var, 0) for o in outcomes.values()),
+            applied=sum(o.applied for o in outcomes.values()),
+            inflations=sum(o.inflations for o in outcomes.values()),
             state_writes=sum(len(o.changed.get(var, ())) for o in outcomes.values()),
             seconds=seconds,
         )

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Hashable
-from typing import cast
+from collections.abc import Callable, Hashable, Mapping
+from types import MappingProxyType
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -39,12 +39,8 @@ __all__ = ["VariableFollower"]
 log = logging.getLogger(__name__)
 
 
-def _raw_key(raw: bytes | None) -> Hashable:
-    return raw or b""
-
-
 def _no_key(raw: bytes | None) -> Hashable:
-    return b""
+    return None
 
 
 class VariableFollower:
@@ -76,10 +72,8 @@ class VariableFollower:
         )
         alone = Topology(topology)
         alone.declare(variable, prototype, keyed=keyed)
-        # Keyed by the Kafka key's bytes (b"" for a non-keyed variable), as readers expect.
-        self._core = ReplicaCore(alone, sink=False, key_of=_raw_key if keyed else _no_key)
-        #: Every key's joined state, by Kafka key (do not mutate).
-        self.states = cast("dict[bytes, Lattice]", self._core.states[variable])
+        self._core = ReplicaCore(alone, sink=False, key_of=key_from_kafka if keyed else _no_key)
+        self._states = self._core.states[variable]
         #: Called with (key, a copy of the new state) on every strict inflation (coalesced per
         #: batch of records read), in order per key.
         self.on_inflation = on_inflation
@@ -157,16 +151,20 @@ class VariableFollower:
 
     async def join_local(self, key: Hashable, delta: Lattice) -> None:
         """Join a delta this process produced (read your writes before it comes back)."""
-        raw = key_bytes(key) if self.keyed else b""
-        await self._joined(self._core.apply([Delta(self.variable, raw, delta)]))
+        await self._joined(self._core.apply([Delta(self.variable, key, delta)]))
 
     def state(self, key: Hashable = None) -> Lattice:
         """The joined state of ``key`` (bottom when none was seen); do not mutate it."""
-        found = self.states.get(key_bytes(key) if self.keyed else b"")
+        found = self._states.get(key_from_kafka(key_bytes(key)) if self.keyed else None)
         return self._proto if found is None else found
 
     def keys(self) -> list[Hashable]:
-        return [key_from_kafka(k) for k in self.states]
+        return list(self._states)
+
+    @property
+    def states(self) -> Mapping[Hashable, Lattice]:
+        """The followed states by variable key (None for an unkeyed variable), read-only."""
+        return MappingProxyType(self._states)
 
     async def wait(self, predicate: Callable[[], bool], timeout: float) -> None:
         """Return once ``predicate()`` holds (checked now and after every inflation)."""

@@ -265,14 +265,15 @@ class OperatorAgent:
                     offsets[tp] = records[-1].offset + 1
                     count += len(records)
                 effects = slot.core.apply_records(by_var.items())
-                await self._write(number, slot, effects, offsets)
                 for var, records in by_var.items():
+                    applied, inflations = effects.per_var.get(var, (0, 0))
                     seen = tally.setdefault(var, [0, 0, 0])
                     seen[0] += len(records)
-                    seen[1] += effects.applied.get(var, 0)
-                    seen[2] += effects.inflations.get(var, 0)
-                for var, per_key in effects.changed.items():
-                    writes[var] = writes.get(var, 0) + len(per_key)
+                    seen[1] += applied
+                    seen[2] += inflations
+                for var, states in effects.changed.items():
+                    writes[var] = writes.get(var, 0) + len(states)
+                await self._write(number, slot, effects, offsets)
             if self.metrics is not None:
                 m = self.metrics
                 for var in {*tally, *writes}:
