@@ -320,7 +320,35 @@ class LocalKafka:
             parts.append(f"--- {self.log_path} (last {lines} lines) ---\n{server}")
         return "\n".join(parts) if parts else f"(no broker log yet in {self.log_dir})"
 
+    # -- what kind of node this is (a cluster's nodes, localkafka.cluster, override these) -----
+    def _properties(self) -> dict[str, str]:
+        """This node's ``server.properties`` settings."""
+        props = broker_properties(
+            self.data_dir, host=self.host, port=self.port, controller_port=self.controller_port
+        )
+        if self.security is not None:
+            props.update(self.security.listeners(self.host, self.port, self.controller_port))
+            props.update(self.security.properties())
+        return props
+
+    def _new_cluster_id(self) -> str:
+        """The cluster id to format fresh storage with."""
+        return new_cluster_id()
+
+    def _quorum_option(self) -> str:
+        """How ``StorageTool format`` sets up the controller quorum for this node."""
+        return "--standalone"
+
+    def _listening_ports(self) -> list[tuple[str, int, str]]:
+        """``(label, port, CLI option)`` of every port this node listens on."""
+        return [
+            ("broker", self.port, "--port"),
+            ("controller", self.controller_port, "--controller-port"),
+        ]
+
     def _answers(self, host: str, port: int, timeout: float) -> bool:
+        """Whether the node serves now (a broker: answers a Metadata request; a secured one:
+        completes a TLS handshake and answers ApiVersions, see :mod:`.security`)."""
         if self.security is not None:
             return self.security.probe(host, port, timeout=timeout)
         return answers_metadata(host, port, timeout=timeout)
@@ -395,10 +423,7 @@ class LocalKafka:
     # -- start steps -------------------------------------------------------------------------
     def check_ports(self) -> None:
         """Raise KafkaSetupError naming the port and the option to change it if one is taken."""
-        for label, port, option in (
-            ("broker", self.port, "--port"),
-            ("controller", self.controller_port, "--controller-port"),
-        ):
+        for label, port, option in self._listening_ports():
             if port_in_use(self.host, port):
                 raise KafkaSetupError(
                     f"the {label} port {self.host}:{port} is already in use by another process. "
@@ -408,13 +433,7 @@ class LocalKafka:
 
     def _write_config(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        props = broker_properties(
-            self.data_dir, host=self.host, port=self.port, controller_port=self.controller_port
-        )
-        if self.security is not None:
-            props.update(self.security.listeners(self.host, self.port, self.controller_port))
-            props.update(self.security.properties())
-        self.properties_path.write_text(render_properties(props))
+        self.properties_path.write_text(render_properties(self._properties()))
         template = resources.files("lasp_streams.localkafka").joinpath("log4j2.xml").read_text()
         log_dir = escape(str(self.log_dir), {'"': "&quot;"})
         (self.data_dir / "log4j2.xml").write_text(template.replace("@LOG_DIR@", log_dir))
@@ -437,7 +456,7 @@ class LocalKafka:
         if (self._storage_dir / "meta.properties").exists():
             self._check_formatted_for_us()
             return
-        cluster_id = new_cluster_id()
+        cluster_id = self._new_cluster_id()
         command = self._java_command(
             java,
             jars,
@@ -446,7 +465,7 @@ class LocalKafka:
             "--config",
             str(self.properties_path),
             f"--cluster-id={cluster_id}",
-            "--standalone",
+            self._quorum_option(),
             *(self.security.format_args() if self.security is not None else ()),
         )
         log.info("formatting KRaft storage in %s (cluster id %s)", self._storage_dir, cluster_id)

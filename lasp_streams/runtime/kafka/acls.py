@@ -19,8 +19,8 @@ worker      read every topic of the topology; write state, crossings, dead-lette
             agents' groups and transactional ids; the ledger stage's group, ``.ledger`` topic
             and the counter deltas it emits. Not billing, not source (ads, contracts) deltas.
 sink        read every topic; write billing, dead letters and the deltas of declared variables
-            (trigger actions update sources: removing a billed ad); the sink group and its
-            transactional ids.
+            (trigger actions update sources: removing a billed ad; the escrow grants rights);
+            the sink group, its transactional ids and the escrow's.
 auditor     read and describe everything of the topology; write nothing.
 admin       everything on the topology's resources: create topics, write sources (ads,
             contracts), reset groups.
@@ -50,6 +50,7 @@ from lasp_streams.runtime.kafka.topics import (
     crossings_topic,
     delta_topic,
     dlq_topic,
+    escrow_transactional_id,
     faust_app_id,
     faust_leader_topic,
     operators_group,
@@ -245,6 +246,8 @@ def plan_acls(
         topic("sink", delta_topic(topo, v), "WRITE")
     allow("sink", "GROUP", sink_group(topo), "LITERAL", "READ", "DESCRIBE")
     allow("sink", "TRANSACTIONAL_ID", f"{sink_group(topo)}.", "PREFIXED", "WRITE", "DESCRIBE")
+    # The escrow of bounded mode runs next to the sink: one transactional id for its grants.
+    allow("sink", "TRANSACTIONAL_ID", escrow_transactional_id(topo), "LITERAL", "WRITE", "DESCRIBE")
 
     # auditor: read-only (DESCRIBE on groups shows their offsets; READ would let it commit).
     allow("auditor", "TOPIC", prefix, "PREFIXED", "READ", "DESCRIBE", "DESCRIBE_CONFIGS")

@@ -137,6 +137,11 @@ def sink_transactional_id(topology: str, partition: int) -> str:
     return f"{sink_group(topology)}.crossings-{partition}"
 
 
+def escrow_transactional_id(topology: str) -> str:
+    """``<topology>.escrow``: the bounded mode's escrow grants through this one producer."""
+    return f"{_check_part('topology', topology)}.escrow"
+
+
 def faust_app_id(topology: str) -> str:
     """``<topology>-worker``: the faust App hosting a worker (faust's own consumer group)."""
     return f"{_check_part('topology', topology)}-worker"
