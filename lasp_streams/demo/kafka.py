@@ -10,11 +10,13 @@ user data directory) is started — its jars are fetched with Maven on first use
 the end unless ``keep_broker`` (a broker that was already running is left running). Each run
 uses fresh topics (``ad_counter_<time>``), so runs never see each other's ads or billing.
 
-Bounded mode (``cfg.mode == "bounded"``): a :class:`~lasp_streams.client.RightsEscrow` declares
-the ``rights`` and ``rights_requests`` variables, funds each ad with its minimum and serves
-requests in this process, next to the sink (:meth:`~lasp_streams.client.RightsEscrow.serve`);
-each client is a bounded :class:`~lasp_streams.client.EdgeClient` that reads its grants through
-its KafkaTransport. What the escrow's audit finds counts as refused deltas in the summary.
+Bounded and hybrid modes (``cfg.mode``): a :class:`~lasp_streams.server.RightsEscrow` declares
+the ``rights`` and ``rights_requests`` variables; a durable
+:class:`~lasp_streams.server.escrow_kafka.KafkaEscrow` (fenced transactional grants, its ledger
+on the rights topics) funds each ad with its minimum and grants proactively in this process,
+next to the sink; each client is a bounded :class:`~lasp_streams.client.EdgeClient` that reads
+its grants through its KafkaTransport. What the escrow's audit finds counts as refused deltas in
+the summary.
 
 Billing events in the summary are the ones a ``read_committed`` reader finds on the billing
 topic at the end (one per ad, by the sink's construction), with the time their action ran.
@@ -27,6 +29,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from lasp_streams.client.kafka import KafkaTransport
@@ -38,7 +41,7 @@ from lasp_streams.demo.gateway import (
     remove_ledger,
     start_stack,
 )
-from lasp_streams.demo.simulate import new_client, simulate
+from lasp_streams.demo.simulate import new_client, settle, simulate
 from lasp_streams.demo.summary import AdResult, BilledAd, RunSummary
 from lasp_streams.demo.topology import ad_counter
 from lasp_streams.errors import LaspError, ReadTimeout
@@ -49,6 +52,7 @@ from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import read_billing_events
 from lasp_streams.runtime.kafka.topics import billing_topic, dlq_topic
 from lasp_streams.server import RightsEscrow
+from lasp_streams.server.escrow_kafka import KafkaEscrow
 
 __all__ = ["run_kafka"]
 
@@ -92,8 +96,15 @@ async def run_kafka(
     progress: Callable[[str], None] = _say,
     clock: Callable[[], float] = time.monotonic,
     via: str = "gateway",
+    client_request_timeout_ms: int | None = None,
+    replication_factor: int = 1,
 ) -> RunSummary:
     """Run the demo on Kafka (see the module docstring) and summarise it.
+
+    ``replication_factor``: of the run's topics (3 on a cluster of ``kafka start --brokers 3``).
+
+    ``client_request_timeout_ms``: the simulated clients' Kafka request timeout (default: the
+    settings' own), e.g. shorter so an outage test sees their requests fail sooner.
 
     aiokafka's own retry warnings (a fresh broker electing leaders, say) are silenced unless
     the caller configured logging: they are noise in a demo's output, not failures. The run's
@@ -106,7 +117,18 @@ async def run_kafka(
     else:
         address = bootstrap
     try:
-        return await _run(cfg, address, partitions, name, progress, clock, keep, via)
+        return await _run(
+            cfg,
+            address,
+            partitions,
+            name,
+            progress,
+            clock,
+            keep,
+            via,
+            client_request_timeout_ms,
+            replication_factor,
+        )
     finally:
         if not keep_broker:
             await asyncio.to_thread(stop_broker)
@@ -138,6 +160,8 @@ async def _run(
     clock: Callable[[], float],
     keep: bool = False,
     via: str = "gateway",
+    client_request_timeout_ms: int | None = None,
+    replication_factor: int = 1,
 ) -> RunSummary:
     mod = ad_counter()
     master = random.Random(cfg.seed)
@@ -148,6 +172,7 @@ async def _run(
         poll_timeout_ms=50,
         linger_ms=2,
         client_id=f"demo-{name}",
+        replication_factor=replication_factor,
     )
     ads = [mod.Ad(f"{company}-{i}", company) for company in mod.COMPANIES for i in range(cfg.ads)]
     minimum = {ad.id: cfg.minimum_of(i) for i, ad in enumerate(ads)}
@@ -163,10 +188,9 @@ async def _run(
 
     topo = mod.build(cfg.min_impressions, on_disable=on_disable)
     escrow: RightsEscrow | None = None
-    if cfg.mode == "bounded":
-        escrow = RightsEscrow(
-            quota=cfg.grant_quota(), clients=cfg.clients, server_actor=mod.SERVER_ACTOR
-        )
+    service: KafkaEscrow | None = None
+    if cfg.mode != "lasp":
+        escrow = cfg.escrow(mod.SERVER_ACTOR)
         escrow.declare(topo)
     rt = KafkaRuntime(topo, settings, name=name)
     progress(f"deploying topology {name!r} ({partitions} partitions per topic)")
@@ -187,10 +211,11 @@ async def _run(
             contract = mod.Contract(ad.id, minimum[ad.id])
             await rt.update("contracts", mod.SERVER_ACTOR, "add", contract)
         if escrow is not None:
-            escrow.attach(rt)
+            service = KafkaEscrow(escrow, settings, name)
+            await service.start()
             for ad in ads:
-                await escrow.fund(ad.id, minimum[ad.id])
-            servers.append(asyncio.create_task(escrow.serve(halt)))
+                await service.fund(ad.id, minimum[ad.id])
+            servers.append(asyncio.create_task(service.run(halt)))
         await rt.read("ads_with_contracts", Threshold.cardinality(len(ads)), timeout=60)
         progress(f"{len(ads)} ads with contracts; starting {cfg.clients} clients")
 
@@ -198,11 +223,14 @@ async def _run(
             stack = await start_stack(topo, settings, name, cfg, partitions=partitions)
             progress(f"clients connect to a gateway at {stack.url} (device ledger in process)")
         sims = []
+        client_settings = settings
+        if client_request_timeout_ms is not None:
+            client_settings = replace(settings, request_timeout_ms=client_request_timeout_ms)
         for i in range(cfg.clients):
             transport: Any = (
                 stack.transport(f"client-{i}")
                 if stack is not None
-                else KafkaTransport(settings, name, f"client-{i}")
+                else KafkaTransport(client_settings, name, f"client-{i}")
             )
             await transport.start()
             transports.append(transport)
@@ -223,8 +251,9 @@ async def _run(
                 sample()
                 await asyncio.sleep(cfg.sample_interval)
 
-        for sim in sims:
-            await sim.client.sync()
+        # The first syncs (full-state reads) together: one after the other they take minutes
+        # with many clients.
+        await asyncio.gather(*(sim.client.sync() for sim in sims))
         start = clock()
         tasks = [asyncio.create_task(simulate(sim, cfg, stop, clock)) for sim in sims]
         tasks.append(asyncio.create_task(sampler()))
@@ -244,10 +273,7 @@ async def _run(
         stop.set()
         await asyncio.gather(*tasks)
         tasks = []
-        for _ in range(2):
-            for sim in sims:
-                sim.transport.online = True
-                await sim.client.sync()
+        await settle(sims)
 
         made: dict[str, int] = {ad.id: 0 for ad in ads}
         for sim in sims:
@@ -264,12 +290,15 @@ async def _run(
         if escrow is not None:
             escrow.audit()
             refused += len(escrow.violations)
+            progress(escrow.describe())
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         halt.set()
         await asyncio.gather(*servers, return_exceptions=True)
+        if service is not None:
+            await service.stop()
         for transport in transports:
             await transport.stop()
         if stack is not None:
@@ -319,6 +348,7 @@ async def _run(
         offline_episodes=sum(s.offline_episodes for s in sims),
         timed_out=timed_out,
         refused_views=sum(s.refused_views for s in stats),
+        offline_syncs=sum(s.offline_syncs for s in stats),
         samples=samples,
     )
 

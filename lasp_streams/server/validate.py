@@ -14,7 +14,8 @@ returns a reason or None), with the actor taken from the record's
 
 Types the check understands: GCounter, PNCounter, LexCounter (per-actor entries), BCounter
 (increment/decrement entries of the actor; transfers *from* the actor only) and GMap of those
-(each nested state checked). Any other type has no per-actor entries the server could check, so
+(each nested state checked), and Windowed of those (each window checked). Any other type has no
+per-actor entries the server could check, so
 a client delta of it is refused as unverifiable: clients write counters; sets and registers are
 written by trusted services.
 """
@@ -28,6 +29,7 @@ from lasp_streams.errors import LaspError
 from lasp_streams.lattices.base import Lattice, describe_type
 from lasp_streams.lattices.composite import GMap
 from lasp_streams.lattices.counters import BCounter, GCounter, LexCounter, PNCounter
+from lasp_streams.lattices.windowed import Windowed
 
 __all__ = [
     "UntrustedDelta",
@@ -67,6 +69,12 @@ def client_delta_problem(delta: Lattice, actor: str) -> str | None:
             problem = client_delta_problem(nested, actor)
             if problem is not None:
                 return f"GMap key {key!r}: {problem}"
+        return None
+    if isinstance(delta, Windowed):
+        for start, window in delta.windows().items():
+            problem = client_delta_problem(window, actor)
+            if problem is not None:
+                return f"window {start}: {problem}"
         return None
     if not isinstance(delta, _CHECKED):
         return (
