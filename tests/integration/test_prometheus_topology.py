@@ -18,7 +18,6 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
 from lasp_streams import codec
-from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.counters import GCounter
 from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.localprom import LocalPrometheus
@@ -128,9 +127,9 @@ async def test_a_revoked_partition_stops_reporting_lag(
     finally:
         await producer.stop()
     first_registry = CollectorRegistry()
-    graph = Topology("lag")
-    graph.declare("v", GCounter, keyed=True)
-    first = VariableAgent(settings, graph, "v", name=topo, metrics=Metrics(first_registry))
+    first = VariableAgent.for_variable(
+        settings, topo, "v", GCounter, metrics=Metrics(first_registry)
+    )
     await first.start()
 
     def lagged(registry: CollectorRegistry) -> set[str]:
@@ -141,7 +140,9 @@ async def test_a_revoked_partition_stops_reporting_lag(
             if s.name == "lasp_consumer_lag_records"
         }
 
-    second = VariableAgent(settings, graph, "v", name=topo, metrics=Metrics(CollectorRegistry()))
+    second = VariableAgent.for_variable(
+        settings, topo, "v", GCounter, metrics=Metrics(CollectorRegistry())
+    )
     try:
         deadline = time.monotonic() + 60
         while lagged(first_registry) != {"0", "1"}:
