@@ -23,6 +23,7 @@ from lasp_streams.localkafka import (
     ensure_jars,
 )
 from lasp_streams.localkafka.broker import DEFAULT_START_TIMEOUT_S, DEFAULT_STOP_TIMEOUT_S
+from lasp_streams.localkafka.cluster import KafkaCluster, is_cluster, local_kafka
 from lasp_streams.localkafka.config import CACHE_ENV, DATA_ENV, default_data_dir
 
 F = TypeVar("F", bound=Callable[..., object])
@@ -126,6 +127,14 @@ def fetch(version: str, cache_dir: Path | None, force: bool) -> None:
     is_flag=True,
     help="Never run Maven: fail unless the jar cache is complete.",
 )
+@click.option(
+    "--brokers",
+    type=click.IntRange(1, 9),
+    default=1,
+    show_default=True,
+    help="More than 1: a replicated cluster (a KRaft controller on --controller-port and N "
+    "brokers on --port, --port+1, ...; replication 3, min ISR 2).",
+)
 @_version_option
 @_cache_dir_option
 def start(
@@ -135,6 +144,7 @@ def start(
     heap: str,
     timeout: float,
     no_fetch: bool,
+    brokers: int,
     version: str,
     cache_dir: Path | None,
 ) -> None:
@@ -144,6 +154,18 @@ def start(
     the broker's log and the likely cause are printed, and no process is left behind.
     """
     try:
+        if brokers > 1 or is_cluster(data_dir):
+            cluster = KafkaCluster(
+                data_dir,
+                brokers=brokers,
+                port=port,
+                controller_port=controller_port,
+                version=version,
+                cache_dir=cache_dir,
+                start_timeout=timeout,
+            )
+            click.echo(cluster.start(fetch=not no_fetch).describe())
+            return
         broker = LocalKafka(
             data_dir,
             port=port,
@@ -171,7 +193,7 @@ def start(
 def stop(data_dir: Path | None, timeout: float) -> None:
     """Stop the broker started from this data directory (and nothing else)."""
     try:
-        stopped = LocalKafka(data_dir).stop(timeout=timeout)
+        stopped = local_kafka(data_dir).stop(timeout=timeout)
     except KafkaSetupError as exc:
         raise _fail(exc) from None
     click.echo("stopped" if stopped else "not running")
@@ -185,7 +207,7 @@ def status(data_dir: Path | None) -> None:
     Exits with status 0 when it is running and answering, 3 otherwise.
     """
     try:
-        current = LocalKafka(data_dir).status()
+        current = local_kafka(data_dir).status()
     except KafkaSetupError as exc:
         raise _fail(exc) from None
     click.echo(current.describe())
@@ -460,6 +482,20 @@ def ad_counter(
     "two sinks on the same crossings partitions fence each other.",
 )
 @click.option(
+    "--replication-factor",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Replication factor of the topics it creates (3 on `kafka start --brokers 3`).",
+)
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=1.0),
+    default=15.0,
+    show_default=True,
+    help="Seconds a graceful stop may take after SIGTERM before the worker exits anyway.",
+)
+@click.option(
     "--trust-all",
     is_flag=True,
     help="Accept counter deltas without a client actor header (no per-actor check).",
@@ -479,6 +515,8 @@ def worker(
     metrics_host: str,
     status_port: int | None,
     sink: bool,
+    replication_factor: int,
+    shutdown_timeout: float,
     trust_all: bool,
     loglevel: str,
 ) -> None:
@@ -500,7 +538,11 @@ def worker(
         click.echo(plan_worker(topology, checked=checked, name=name).describe(), err=True)
     except InvalidTopology as exc:
         raise click.ClickException(str(exc)) from None
-    settings = KafkaSettings(bootstrap_servers=bootstrap, delta_partitions=partitions)
+    settings = KafkaSettings(
+        bootstrap_servers=bootstrap,
+        delta_partitions=partitions,
+        replication_factor=replication_factor,
+    )
     metrics = None
     server = None
     if metrics_port is not None:
@@ -536,7 +578,13 @@ def worker(
     sys.argv = [sys.argv[0], "worker", f"--loglevel={loglevel}"]
     try:
         run_faust_worker(
-            topology, settings, with_sink=sink, checked=checked, metrics=metrics, name=name
+            topology,
+            settings,
+            with_sink=sink,
+            checked=checked,
+            metrics=metrics,
+            name=name,
+            shutdown_timeout=shutdown_timeout,
         )
     finally:
         if server is not None:
@@ -558,3 +606,6 @@ main.add_command(cli_audit.billing)
 main.add_command(cli_audit.dlq)
 main.add_command(gateway)
 main.add_command(loadgen)
+from lasp_streams.cli_windows import demo_windows  # noqa: E402
+
+demo.add_command(demo_windows)

@@ -119,6 +119,17 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaUnde
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+@pytest.fixture
+def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    """A broker of this test's own (free ports, temp dir), for tests that pause, kill or
+    restart it; stopped at the end of the test."""
+    broker = _start_local(tmp_path_factory.mktemp("private-kafka"))
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 

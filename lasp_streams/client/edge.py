@@ -23,6 +23,16 @@ restarted client continues from them (it re-sends all of them once: harmless). W
 restarted client must use a *new* actor id: counting again from zero under an old id would be
 absorbed by the server's per-actor max until it passed the old total.
 
+A device *killed* (power cut, process killed) between two saves loses the views it counted since
+its last save: they were never written down, so nobody can send them. Nothing is ever counted
+twice (the saved totals are a prefix of what it counted). By default that is at most one flush
+interval's views; ``save_every=N`` also saves after every ``N`` views, so a kill loses fewer
+than ``N`` (each save is an fsync: pick ``N`` by what a view is worth and what the disk takes).
+
+Records it reads that it cannot use (garbage on ``ads_with_contracts.deltas`` or a state topic,
+written by someone else) are skipped and counted (:attr:`ClientStats.skipped_records`, logged
+bounded by :mod:`lasp_streams.client.skipped`): one bad record never stops a client's syncs.
+
 Deciding locally (``minimum_of=...``, not bounded): the client also hears the counter of the
 keys it shows and knows each key's minimum (``minimum_of(key, value of reads)``, e.g. the ad's
 contract); it stops showing a key itself once its merged view — the server's count plus its own
@@ -55,12 +65,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from lasp_streams.client.skipped import SkippedRecords
 from lasp_streams.client.store import load_buffer, save_buffer
 from lasp_streams.client.transport import ClientTransport, DeltasExpired, Offline
+from lasp_streams.client.windows import ServerClock, WindowCounts
 from lasp_streams.codec import decode, encode
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.base import Lattice, LatticeSpec
 from lasp_streams.lattices.counters import BCounter, GCounter
+from lasp_streams.lattices.windowed import Windowed
 
 __all__ = ["Bounded", "ClientStats", "EdgeClient"]
 
@@ -93,6 +106,8 @@ class ClientStats:
     resyncs: int = 0
     deltas_read: int = 0
     refused_views: int = 0
+    skipped_records: int = 0
+    saves: int = 0
 
 
 class EdgeClient:
@@ -105,6 +120,8 @@ class EdgeClient:
     ``1 ± jitter`` drawn from ``rng`` (seeded: the schedule is reproducible). ``clock`` gives
     seconds (monotonic). ``horizon``: after that many seconds without a successful pull, the
     next pull reads full state instead of deltas (set it to the delta topic's retention).
+    ``state_path``: where the totals are saved (module docstring, "Restarts"); ``save_every``:
+    also save after every that many views (None: at syncs and on close only).
     """
 
     def __init__(
@@ -123,8 +140,12 @@ class EdgeClient:
         clock: Callable[[], float] = time.monotonic,
         horizon: float | None = None,
         state_path: Path | str | None = None,
+        save_every: int | None = None,
         minimum_of: Callable[[Hashable, Any], int | None] | None = None,
         near: float = 0.05,
+        windows: str | None = None,
+        heartbeat: bool = False,
+        server_clock: ServerClock | None = None,
     ) -> None:
         if type(actor) is not str or not actor:
             raise ValueError(f"actor must be a non-empty str, got {actor!r}")
@@ -134,6 +155,10 @@ class EdgeClient:
             raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
         if horizon is not None and not horizon > 0:
             raise ValueError(f"horizon must be > 0 seconds or None, got {horizon!r}")
+        if save_every is not None and (type(save_every) is not int or save_every < 1):
+            raise ValueError(f"save_every must be an int >= 1 or None, got {save_every!r}")
+        if save_every is not None and state_path is None:
+            raise ValueError("save_every needs a state_path to save to")
         self.actor = actor
         self.transport = transport
         self.topology = topology
@@ -147,7 +172,10 @@ class EdgeClient:
         self.clock = clock
         self.horizon = horizon
         self.state_path = None if state_path is None else Path(state_path)
+        self.save_every = save_every
+        self._unsaved_views = 0
         self.stats = ClientStats()
+        self.skipped = SkippedRecords(f"client {actor!r}")
         self.minimum_of = minimum_of if bounded is None else None
         self.near = near
         self._reserve: dict[Hashable, int] = {}
@@ -188,11 +216,16 @@ class EdgeClient:
             if bounded is not None:
                 self._requests.update(saved.get(bounded.requests, {}))
         self.next_flush_at = self._next(clock())
+        #: Windowed counting (``windows``: a keyed windowed GCounter variable that
+        #: :meth:`view` also counts into; :mod:`lasp_streams.client.windows`).
+        self.server_clock = server_clock or ServerClock()
+        self.windows = None if windows is None else self._window_counts(windows, heartbeat)
 
     # -- the hot path --------------------------------------------------------------------------
-    def view(self, key: Hashable, n: int = 1) -> bool:
+    def view(self, key: Hashable, n: int = 1, event_time: int | None = None) -> bool:
         """Count ``n`` impressions of ``key`` if it is shown (and, bounded, rights allow);
-        False (nothing counted) otherwise."""
+        False (nothing counted) otherwise. With ``windows``, also in the windows containing
+        ``event_time`` (default: the server's time as this device estimates it)."""
         allow = self._allow
         left = allow.get(key, 0)
         if left < n or n < 1:
@@ -207,6 +240,13 @@ class EdgeClient:
         allow[key] = left - n
         counts = self._counts
         counts[key] = counts.get(key, 0) + n
+        if self.windows is not None:
+            t = self.server_clock.now() if event_time is None else event_time
+            self.windows.record(key, t, n)
+        if self.save_every is not None:
+            self._unsaved_views += n
+            if self._unsaved_views >= self.save_every:
+                self._persist()
         return True
 
     @property
@@ -303,12 +343,18 @@ class EdgeClient:
                     size += len(payload)
             if not deltas:
                 continue
+            # What goes out is fixed now: views counted while the publish is awaited change
+            # ``totals`` and must stay unsent until a later flush carries them.
+            published = {key: totals[key] for key, _ in deltas}
             await self.transport.publish(var, deltas)
-            for key, _ in deltas:
-                sent[key] = totals[key]
+            for key, total in published.items():
+                if total > sent.get(key, 0):
+                    sent[key] = total
             sent_out += len(deltas)
             self.stats.deltas_sent += len(deltas)
             self.stats.bytes_sent += size
+        if self.windows is not None:
+            sent_out += await self._flush_windows(self.windows)
         if sent_out:
             self.stats.flushes += 1
         return sent_out
@@ -334,6 +380,30 @@ class EdgeClient:
         self._persist()
 
     # -- internals -----------------------------------------------------------------------------
+    def _window_counts(self, var: str, heartbeat: bool) -> WindowCounts:
+        v = self.topology.var(var)
+        proto = v.prototype
+        if (
+            not v.keyed
+            or not isinstance(proto, Windowed)
+            or not isinstance(proto.window(0), GCounter)
+        ):
+            raise ValueError(f"EdgeClient: windows {var!r} must be a keyed windowed GCounter")
+        self._types[var] = proto
+        return WindowCounts(var, proto.spec, self.actor, heartbeat=heartbeat)
+
+    async def _flush_windows(self, counts: WindowCounts) -> int:
+        now = self.server_clock.now()
+        batch = counts.deltas(now)
+        if not batch:
+            return 0
+        deltas = [(key, encode(delta)) for key, delta, _ in batch]
+        await self.transport.publish(counts.var, deltas)
+        counts.flushed(batch, now)
+        self.stats.deltas_sent += len(deltas)
+        self.stats.bytes_sent += sum(len(p) for _, p in deltas)
+        return len(deltas)
+
     def _next(self, now: float) -> float:
         spread = self.jitter * (2.0 * self.rng.random() - 1.0)
         return now + self.flush_interval * (1.0 + spread)
@@ -359,7 +429,7 @@ class EdgeClient:
         snapshot = await self.transport.read_state(var)
         self.stats.resyncs += 1
         for key, payload in snapshot.states.items():
-            if self._merge(var, key, payload):
+            if self._merge_or_skip(var, key, payload, "state"):
                 changed.add(key)
         self._positions[var] = snapshot.position
         # Catch up at once with the deltas after the snapshot (on Kafka the state topic may
@@ -369,6 +439,7 @@ class EdgeClient:
 
     async def _follow(self, var: str, position: Any, changed: set[Hashable]) -> None:
         batch = await self.transport.read_deltas(var, position)
+        self.server_clock.learn(batch.server_time)
         # Grants to other clients cannot change this client's rights, and with many clients
         # they are most of the rights deltas: a delta whose bytes do not even contain this
         # actor's id is skipped without decoding (the rights replica holds only what concerns
@@ -377,10 +448,20 @@ class EdgeClient:
         for key, payload in batch.deltas:
             if mine is not None and mine not in payload:
                 continue
-            if self._merge(var, key, payload):
+            if self._merge_or_skip(var, key, payload, "deltas"):
                 changed.add(key)
         self.stats.deltas_read += len(batch.deltas)
         self._positions[var] = batch.position
+
+    def _merge_or_skip(self, var: str, key: Hashable, payload: bytes, where: str) -> bool:
+        """:meth:`_merge`, but a payload that does not decode or join is skipped and counted:
+        it comes from a topic others write, and must not stop this client's syncs."""
+        try:
+            return self._merge(var, key, payload)
+        except Exception as exc:  # hostile bytes: whatever they raise, skip the record
+            self.stats.skipped_records += 1
+            self.skipped.skip(f"{var} {where}", exc)
+            return False
 
     def _merge(self, var: str, key: Hashable, payload: bytes) -> bool:
         """Join a received delta into the replica; True when the caller must look at the key
@@ -504,3 +585,5 @@ class EdgeClient:
     def _persist(self) -> None:
         if self.state_path is not None:
             save_buffer(self.state_path, self.actor, dict(self._own_totals()))
+            self._unsaved_views = 0
+            self.stats.saves += 1

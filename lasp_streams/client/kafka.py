@@ -16,20 +16,29 @@
   nothing is fetched yet). A position below a partition's earliest retained offset (retention
   deleted those deltas) raises :class:`~lasp_streams.client.transport.DeltasExpired`: the
   client reads the state instead.
-- A Kafka error on any call marks the transport offline and raises
-  :class:`~lasp_streams.client.transport.Offline`; the client keeps buffering and retries at its
-  next sync. ``online`` can also be set by hand (to simulate an outage).
+- A Kafka error on any call raises :class:`~lasp_streams.client.transport.Offline` and starts a
+  backoff (``retry_backoff`` seconds, doubled after each further failure up to
+  ``max_retry_backoff``): calls inside it raise Offline at once without touching the network,
+  the first call after it tries Kafka again, and a call that succeeds ends the outage. The
+  client keeps buffering meanwhile and so heals by itself at a later sync; nobody has to reset
+  anything. ``online`` is False during an outage; setting it by hand is a separate switch that
+  simulates one (False: every call refused until it is set True again).
+- A record on a state or delta topic that does not decode or join (garbage written by someone
+  else) is skipped and counted in :attr:`KafkaTransport.skipped` (and the client counts what it
+  cannot merge), so one bad record never stops a client's syncs.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable, Sequence
+import time
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
+from lasp_streams.client.skipped import SkippedRecords, clip
 from lasp_streams.client.transport import DeltaBatch, DeltasExpired, Offline, Position, Snapshot
 from lasp_streams.codec import ACTOR_HEADER, decode, encode, key_from_kafka, key_to_kafka
 from lasp_streams.errors import LaspError
@@ -54,14 +63,34 @@ class KafkaTransport:
         read_timeout: float = 30.0,
         poll_ms: int = 0,
         seek_wait_ms: int = 500,
+        retry_backoff: float = 0.5,
+        max_retry_backoff: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if type(actor) is not str or not actor:
             raise ValueError(f"actor must be a non-empty str, got {actor!r}")
+        if not 0 < retry_backoff <= max_retry_backoff:
+            raise ValueError(
+                "KafkaTransport: need 0 < retry_backoff <= max_retry_backoff, got "
+                f"{retry_backoff!r} and {max_retry_backoff!r}"
+            )
         self.settings = settings
         self.topology = topology
         self.actor = actor
         self.read_timeout = read_timeout
-        self.online = True
+        self.retry_backoff = retry_backoff
+        self.max_retry_backoff = max_retry_backoff
+        self.clock = clock
+        self.switched_on = True
+        """The hand switch behind :attr:`online` (False: a simulated outage)."""
+        self.failures = 0
+        """Kafka errors in a row (0 while healthy); the backoff grows with it."""
+        self.retry_at = 0.0
+        """When (by :attr:`clock`) the next call may try Kafka again after a failure."""
+        self.last_error: str | None = None
+        self.outages = 0
+        """How many times the transport went from healthy to failing."""
+        self.skipped = SkippedRecords(f"client {actor!r}")
         self._header = [(ACTOR_HEADER, actor.encode())]
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -118,8 +147,8 @@ class KafkaTransport:
             ]
             await asyncio.gather(*futures)
         except KafkaError as exc:
-            self.online = False
-            raise Offline(f"publishing to {topic!r} failed: {exc!r}") from exc
+            raise self._failed(f"publishing to {topic!r}", exc) from exc
+        self._healthy()
 
     async def read_state(self, var: str) -> Snapshot:
         self._check(f"read the state of {var!r}")
@@ -131,20 +160,24 @@ class KafkaTransport:
             )
             earliest = await self._consumer_offsets(deltas, committed)
             records = await read_all(s, states, timeout=self.read_timeout)
-        except KafkaError as exc:
-            self.online = False
-            raise Offline(f"reading the state of {var!r} failed: {exc!r}") from exc
+        except (KafkaError, LaspError) as exc:
+            # LaspError: the reader's own timeouts (the topic's end not reached in time).
+            raise self._failed(f"reading the state of {var!r}", exc) from exc
+        self._healthy()
         joined: dict[Hashable, Lattice] = {}
         for record in records:
             if record.value is None:
                 continue
             key = key_from_kafka(record.key)
-            state = decode(record.value)
-            known = joined.get(key)
-            if known is None:
-                joined[key] = state
-            else:
-                known.merge(state)
+            try:
+                state = decode(record.value)
+                known = joined.get(key)
+                if known is None:
+                    joined[key] = state
+                else:
+                    known.merge(state)
+            except Exception as exc:  # hostile bytes: whatever they raise, skip the record
+                self.skipped.skip(f"{states} partition {record.partition}", exc)
         position = {p: (c if c is not None else earliest[p]) for p, c in committed.items()}
         return Snapshot({k: encode(v) for k, v in joined.items()}, position)
 
@@ -189,8 +222,11 @@ class KafkaTransport:
                 "read the full state"
             ) from exc
         except KafkaError as exc:
-            self.online = False
-            raise Offline(f"reading the deltas of {var!r} failed: {exc!r}") from exc
+            raise self._failed(f"reading the deltas of {var!r}", exc) from exc
+        if moved:
+            # Only a seek asked the broker something; a follow-up read returns what the
+            # consumer fetched in the background, which says nothing about the broker now.
+            self._healthy()
         out: list[tuple[Hashable, bytes]] = []
         new_position = dict(position)
         for tp, records in data.items():
@@ -203,9 +239,38 @@ class KafkaTransport:
         return DeltaBatch(out, new_position)
 
     # -- internals -----------------------------------------------------------------------------
+    @property
+    def online(self) -> bool:
+        """False while switched off by hand or failing (until a call succeeds again)."""
+        return self.switched_on and self.failures == 0
+
+    @online.setter
+    def online(self, value: bool) -> None:
+        self.switched_on = bool(value)
+
     def _check(self, what: str) -> None:
-        if not self.online:
-            raise Offline(f"client {self.actor!r} is offline: cannot {what}")
+        if not self.switched_on:
+            raise Offline(f"client {self.actor!r} is switched offline: cannot {what}")
+        if self.failures and self.clock() < self.retry_at:
+            raise Offline(
+                f"client {self.actor!r} cannot {what}: Kafka failed {self.failures} time(s) in "
+                f"a row (last: {self.last_error}); retrying in "
+                f"{self.retry_at - self.clock():.1f} s"
+            )
+
+    def _failed(self, what: str, exc: BaseException) -> Offline:
+        """Start or lengthen the backoff after a failed call; the Offline to raise."""
+        if self.failures == 0:
+            self.outages += 1
+        self.failures += 1
+        backoff = min(self.max_retry_backoff, self.retry_backoff * 2 ** min(self.failures - 1, 30))
+        self.retry_at = self.clock() + backoff
+        self.last_error = clip(f"{what}: {exc!r}", 300)
+        return Offline(f"client {self.actor!r}: {self.last_error}; retrying in {backoff:.1f} s")
+
+    def _healthy(self) -> None:
+        self.failures = 0
+        self.last_error = None
 
     def _clients(self) -> tuple[AIOKafkaProducer, AIOKafkaConsumer]:
         if self._producer is None or self._consumer is None:

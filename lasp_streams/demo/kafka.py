@@ -29,6 +29,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from lasp_streams.client.kafka import KafkaTransport
@@ -40,7 +41,7 @@ from lasp_streams.demo.gateway import (
     remove_ledger,
     start_stack,
 )
-from lasp_streams.demo.simulate import new_client, simulate
+from lasp_streams.demo.simulate import new_client, settle, simulate
 from lasp_streams.demo.summary import AdResult, BilledAd, RunSummary
 from lasp_streams.demo.topology import ad_counter
 from lasp_streams.errors import LaspError, ReadTimeout
@@ -95,8 +96,15 @@ async def run_kafka(
     progress: Callable[[str], None] = _say,
     clock: Callable[[], float] = time.monotonic,
     via: str = "gateway",
+    client_request_timeout_ms: int | None = None,
+    replication_factor: int = 1,
 ) -> RunSummary:
     """Run the demo on Kafka (see the module docstring) and summarise it.
+
+    ``replication_factor``: of the run's topics (3 on a cluster of ``kafka start --brokers 3``).
+
+    ``client_request_timeout_ms``: the simulated clients' Kafka request timeout (default: the
+    settings' own), e.g. shorter so an outage test sees their requests fail sooner.
 
     aiokafka's own retry warnings (a fresh broker electing leaders, say) are silenced unless
     the caller configured logging: they are noise in a demo's output, not failures. The run's
@@ -109,7 +117,18 @@ async def run_kafka(
     else:
         address = bootstrap
     try:
-        return await _run(cfg, address, partitions, name, progress, clock, keep, via)
+        return await _run(
+            cfg,
+            address,
+            partitions,
+            name,
+            progress,
+            clock,
+            keep,
+            via,
+            client_request_timeout_ms,
+            replication_factor,
+        )
     finally:
         if not keep_broker:
             await asyncio.to_thread(stop_broker)
@@ -141,6 +160,8 @@ async def _run(
     clock: Callable[[], float],
     keep: bool = False,
     via: str = "gateway",
+    client_request_timeout_ms: int | None = None,
+    replication_factor: int = 1,
 ) -> RunSummary:
     mod = ad_counter()
     master = random.Random(cfg.seed)
@@ -151,6 +172,7 @@ async def _run(
         poll_timeout_ms=50,
         linger_ms=2,
         client_id=f"demo-{name}",
+        replication_factor=replication_factor,
     )
     ads = [mod.Ad(f"{company}-{i}", company) for company in mod.COMPANIES for i in range(cfg.ads)]
     minimum = {ad.id: cfg.minimum_of(i) for i, ad in enumerate(ads)}
@@ -208,11 +230,14 @@ async def _run(
             stack = await start_stack(topo, settings, name, cfg, partitions=partitions)
             progress(f"clients connect to a gateway at {stack.url} (device ledger in process)")
         sims = []
+        client_settings = settings
+        if client_request_timeout_ms is not None:
+            client_settings = replace(settings, request_timeout_ms=client_request_timeout_ms)
         for i in range(cfg.clients):
             transport: Any = (
                 stack.transport(f"client-{i}")
                 if stack is not None
-                else KafkaTransport(settings, name, f"client-{i}")
+                else KafkaTransport(client_settings, name, f"client-{i}")
             )
             await transport.start()
             transports.append(transport)
@@ -255,10 +280,7 @@ async def _run(
         stop.set()
         await asyncio.gather(*tasks)
         tasks = []
-        for _ in range(2):
-            for sim in sims:
-                sim.transport.online = True
-                await sim.client.sync()
+        await settle(sims)
 
         made: dict[str, int] = {ad.id: 0 for ad in ads}
         for sim in sims:
@@ -335,6 +357,7 @@ async def _run(
         offline_episodes=sum(s.offline_episodes for s in sims),
         timed_out=timed_out,
         refused_views=sum(s.refused_views for s in stats),
+        offline_syncs=sum(s.offline_syncs for s in stats),
         samples=samples,
     )
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from lasp_streams.dataflow.events import TriggerEvent
 from lasp_streams.demo.config import DemoConfig
-from lasp_streams.demo.simulate import SimulatedClient, ad_ids, new_client, simulate
+from lasp_streams.demo.simulate import SimulatedClient, ad_ids, new_client, settle, simulate
 from lasp_streams.demo.summary import AdResult, BilledAd, RunSummary
 from lasp_streams.demo.topology import ad_counter
 from lasp_streams.server import LocalHub, RightsEscrow
@@ -115,10 +115,7 @@ async def run_local(cfg: DemoConfig, *, clock: Callable[[], float] = time.monoto
 
     # Everyone comes back and flushes what it still holds (twice: bounded clients may have
     # had requests answered by the first round).
-    for _ in range(2):
-        for sim in sims:
-            sim.transport.online = True
-            await sim.client.sync()
+    await settle(sims)
     sample()
 
     made: dict[str, int] = {ad.id: 0 for ad in ads}

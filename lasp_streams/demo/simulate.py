@@ -13,11 +13,12 @@ from lasp_streams.dataflow.topology import Topology
 from lasp_streams.demo.config import DemoConfig
 from lasp_streams.server import RightsEscrow
 
-__all__ = ["SimulatedClient", "Switchable", "ad_ids", "new_client", "simulate"]
+__all__ = ["SimulatedClient", "Switchable", "ad_ids", "new_client", "settle", "simulate"]
 
 
 class Switchable(Protocol):
-    """A client transport the simulation can switch offline and back."""
+    """A client transport the simulation can switch offline and back (a simulated outage;
+    a transport heals from real ones by itself, so the simulation only undoes its own)."""
 
     online: bool
 
@@ -30,7 +31,7 @@ def ad_ids(pairs: Any) -> set[Hashable]:
 class SimulatedClient:
     """One simulated client: its EdgeClient, its transport (to switch it offline), its rng."""
 
-    __slots__ = ("back_at", "client", "offline_episodes", "rng", "transport")
+    __slots__ = ("back_at", "client", "offline_episodes", "rng", "switched_off", "transport")
 
     def __init__(self, client: EdgeClient, transport: Switchable, rng: random.Random) -> None:
         self.client = client
@@ -38,6 +39,14 @@ class SimulatedClient:
         self.rng = rng
         self.back_at = 0.0
         self.offline_episodes = 0
+        self.switched_off = False
+        """True during an outage this simulation made (switched back at ``back_at``)."""
+
+    def switch_on(self) -> None:
+        """End this simulation's own outage, if any (never a real one: that heals itself)."""
+        if self.switched_off:
+            self.transport.online = True
+            self.switched_off = False
 
 
 def new_client(
@@ -85,8 +94,8 @@ async def simulate(
     version = -1
     while not stop.is_set():
         now = clock()
-        if not sim.transport.online and now >= sim.back_at:
-            sim.transport.online = True
+        if sim.switched_off and now >= sim.back_at:
+            sim.switch_on()
         if client.version != version:
             keys, version = client.showing, client.version
         if cfg.rate:
@@ -100,9 +109,31 @@ async def simulate(
             for key in rng.choices(keys, k=n):
                 view(key)
         if now >= client.next_flush_at:
-            if sim.transport.online and cfg.offline_prob and rng.random() < cfg.offline_prob:
+            if not sim.switched_off and cfg.offline_prob and rng.random() < cfg.offline_prob:
                 sim.transport.online = False
+                sim.switched_off = True
                 sim.back_at = now + cfg.offline_duration * rng.uniform(0.5, 1.5)
                 sim.offline_episodes += 1
             await client.sync()
         await asyncio.sleep(cfg.step if cfg.rate else 0)
+
+
+async def settle(sims: list[SimulatedClient], *, rounds: int = 2, timeout: float = 30.0) -> None:
+    """After the run: end the simulated outages and sync every client ``rounds`` times (bounded
+    clients may have had requests answered by the first round); then keep syncing the clients
+    that still hold unsent views (a transport in a real outage heals by itself at a later sync)
+    until none does or ``timeout`` seconds passed."""
+    for sim in sims:
+        sim.switch_on()
+    for _ in range(rounds):
+        for sim in sims:
+            await sim.client.sync()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        behind = [sim for sim in sims if sim.client.unsent()]
+        if not behind:
+            return
+        await asyncio.sleep(0.1)
+        for sim in behind:
+            await sim.client.sync()

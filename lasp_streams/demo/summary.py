@@ -66,6 +66,8 @@ class RunSummary:
     offline_episodes: int
     timed_out: bool
     refused_views: int = 0
+    #: Syncs that found the transport offline (simulated or real outages; healed by itself).
+    offline_syncs: int = 0
     samples: list[tuple[float, dict[str, int]]] = field(default_factory=list, repr=False)
 
     @property

@@ -301,7 +301,7 @@ class LocalKafka:
             bootstrap_servers=f"{host}:{port}",
             data_dir=self.data_dir,
             pid=pid,
-            answering=pid is not None and answers_metadata(host, port, timeout=2.0),
+            answering=pid is not None and self._answers(host, port, 2.0),
             note=self._note,
         )
 
@@ -315,6 +315,32 @@ class LocalKafka:
         if server.strip():
             parts.append(f"--- {self.log_path} (last {lines} lines) ---\n{server}")
         return "\n".join(parts) if parts else f"(no broker log yet in {self.log_dir})"
+
+    # -- what kind of node this is (a cluster's nodes, localkafka.cluster, override these) -----
+    def _properties(self) -> dict[str, str]:
+        """This node's ``server.properties`` settings."""
+        return broker_properties(
+            self.data_dir, host=self.host, port=self.port, controller_port=self.controller_port
+        )
+
+    def _new_cluster_id(self) -> str:
+        """The cluster id to format fresh storage with."""
+        return new_cluster_id()
+
+    def _quorum_option(self) -> str:
+        """How ``StorageTool format`` sets up the controller quorum for this node."""
+        return "--standalone"
+
+    def _listening_ports(self) -> list[tuple[str, int, str]]:
+        """``(label, port, CLI option)`` of every port this node listens on."""
+        return [
+            ("broker", self.port, "--port"),
+            ("controller", self.controller_port, "--controller-port"),
+        ]
+
+    def _answers(self, host: str, port: int, timeout: float) -> bool:
+        """Whether the node serves now (a broker: answers a Metadata request)."""
+        return answers_metadata(host, port, timeout=timeout)
 
     # -- pid file ----------------------------------------------------------------------------
     def _owns_cmdline(self, cmdline: str) -> bool:
@@ -386,10 +412,7 @@ class LocalKafka:
     # -- start steps -------------------------------------------------------------------------
     def check_ports(self) -> None:
         """Raise KafkaSetupError naming the port and the option to change it if one is taken."""
-        for label, port, option in (
-            ("broker", self.port, "--port"),
-            ("controller", self.controller_port, "--controller-port"),
-        ):
+        for label, port, option in self._listening_ports():
             if port_in_use(self.host, port):
                 raise KafkaSetupError(
                     f"the {label} port {self.host}:{port} is already in use by another process. "
@@ -399,10 +422,7 @@ class LocalKafka:
 
     def _write_config(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        props = broker_properties(
-            self.data_dir, host=self.host, port=self.port, controller_port=self.controller_port
-        )
-        self.properties_path.write_text(render_properties(props))
+        self.properties_path.write_text(render_properties(self._properties()))
         template = resources.files("lasp_streams.localkafka").joinpath("log4j2.xml").read_text()
         log_dir = escape(str(self.log_dir), {'"': "&quot;"})
         (self.data_dir / "log4j2.xml").write_text(template.replace("@LOG_DIR@", log_dir))
@@ -425,7 +445,7 @@ class LocalKafka:
         if (self._storage_dir / "meta.properties").exists():
             self._check_formatted_for_us()
             return
-        cluster_id = new_cluster_id()
+        cluster_id = self._new_cluster_id()
         command = self._java_command(
             java,
             jars,
@@ -434,7 +454,7 @@ class LocalKafka:
             "--config",
             str(self.properties_path),
             f"--cluster-id={cluster_id}",
-            "--standalone",
+            self._quorum_option(),
         )
         log.info("formatting KRaft storage in %s (cluster id %s)", self._storage_dir, cluster_id)
         done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
@@ -540,7 +560,7 @@ class LocalKafka:
             code = process.poll()
             if code is not None:
                 self._fail(f"the broker process exited with status {code}")
-            if answers_metadata(self.host, self.port, timeout=1.0):
+            if self._answers(self.host, self.port, 1.0):
                 return
             if time.monotonic() > deadline:
                 self._fail(

@@ -25,6 +25,7 @@ Modules:
 - :mod:`.plan` — a Topology's plan on Kafka: which agents a worker runs;
 - :mod:`.worker` — the faust host of a plan (the only module that imports faust);
 - :mod:`.process` — one agent or the sink as a process;
+- :mod:`.patience` — waiting out a Kafka outage instead of exiting; the shutdown deadline;
 - :mod:`.metrics_http` — a worker's metrics over HTTP.
 
 Every agent runs the one engine, :mod:`lasp_streams.runtime.core` (the LocalRuntime's), and

@@ -251,6 +251,11 @@ def plan_worker(
                     f"window {step.id!r} (an injected clock: on Kafka the watermark is the "
                     "event time, which a restarted agent recovers from the state; drop clock=)"
                 )
+            if step.hold is not None:
+                unsupported.append(
+                    f"window {step.id!r} (close policy HoldOpen: its device reports are not "
+                    "recovered by a restarted agent yet; close at event time + grace)"
+                )
             if prop.has_outputs(step.id):
                 unsupported.append(
                     f"window {step.id!r} (feeds another step: windowed variables are "

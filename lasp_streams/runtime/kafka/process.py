@@ -14,6 +14,10 @@ is missing, checking what exists), prints ``ready`` on stdout once it owns parti
 which then prints ``partitions 0,2``: the ones it got) or has read the billing record (the
 sink), and then runs. It is the unit the fault tests kill
 with SIGKILL; ``lasp-streams worker`` runs agents built from a Topology the same way.
+
+Started while Kafka cannot be reached, or losing it later, the process waits for it with
+backoff and carries on (:mod:`.patience`); it exits only on SIGTERM/SIGINT (within
+``--shutdown-timeout`` seconds, however stuck the graceful stop is) or a configuration error.
 """
 
 from __future__ import annotations
@@ -30,11 +34,13 @@ from lasp_streams.lattices.base import lattice_class
 from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.metrics import Metrics
 from lasp_streams.runtime.kafka.agent import VariableAgent
+from lasp_streams.runtime.kafka.patience import ShutdownDeadline, keep_trying
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import SinkFenced, TrustedSink
 from lasp_streams.runtime.kafka.topics import ensure_topics, plan_topics
 
 _DEFAULTS = KafkaSettings()
+SHUTDOWN_TIMEOUT_S = 15.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--topology", required=True)
         p.add_argument("--partitions", type=int, default=_DEFAULTS.delta_partitions)
         p.add_argument("--variable", action="append", default=[], help="declared variables")
+        p.add_argument("--replication-factor", type=int, default=_DEFAULTS.replication_factor)
+        p.add_argument(
+            "--shutdown-timeout",
+            type=float,
+            default=SHUTDOWN_TIMEOUT_S,
+            help="seconds a graceful stop may take after SIGTERM before the process exits anyway",
+        )
         if role == "agent":
             p.add_argument("--lattice", default="gc", help="wire tag of the variable's type")
             p.add_argument("--value-threshold", type=int)
@@ -67,15 +80,29 @@ async def _main(args: argparse.Namespace) -> int:
         max_batch_records=getattr(args, "max_batch", _DEFAULTS.max_batch_records),
         session_timeout_ms=getattr(args, "session_timeout_ms", _DEFAULTS.session_timeout_ms),
         transactional_agents=not getattr(args, "acked_writes", False),
+        replication_factor=args.replication_factor,
     )
-    await ensure_topics(settings, plan_topics(args.topology, args.variable, settings))
     stop = asyncio.Event()
+    deadline = ShutdownDeadline(args.shutdown_timeout, what=f"{args.role} process")
+
+    def on_signal() -> None:
+        stop.set()
+        deadline.arm()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
+    # A process started while Kafka is down waits for it (patience.keep_trying) instead of
+    # exiting; only a signal or a configuration error ends it.
+    await keep_trying(
+        lambda: ensure_topics(settings, plan_topics(args.topology, args.variable, settings)),
+        what=f"{args.role} of {args.topology!r}: declaring topics",
+        stop=stop,
+    )
     from prometheus_client import CollectorRegistry
 
     metrics = Metrics(CollectorRegistry())
+    announced: list[bool] = []
     if args.role == "agent":
         if len(args.variable) != 1:
             raise SystemExit("agent: give exactly one --variable")
@@ -87,25 +114,70 @@ async def _main(args: argparse.Namespace) -> int:
         if args.value_threshold is not None:
             # The action runs at the sink (a KafkaRuntime); this agent only publishes crossings.
             topology.trigger(args.trigger, var, Threshold.value(args.value_threshold), _no_action)
-        agent = VariableAgent(settings, topology, var.id, metrics=metrics)
-        await agent.start()
-        runner = asyncio.create_task(agent.run())
-        await agent.wait_assigned(timeout=60)
-        print("ready", flush=True)
-        print("partitions " + ",".join(map(str, sorted(agent.partitions))), flush=True)
-        await _until(stop, runner, agent.stop)
+        agents: list[VariableAgent] = []
+
+        async def run_agent() -> None:
+            agent = VariableAgent(settings, topology, var.id, metrics=metrics)
+            agents.append(agent)
+            await agent.start()
+            runner = asyncio.create_task(agent.run())
+            try:
+                await _first(agent.wait_assigned(timeout=60), runner, stop)
+                if not announced and not stop.is_set():
+                    announced.append(True)
+                    print("ready", flush=True)
+                    print("partitions " + ",".join(map(str, sorted(agent.partitions))), flush=True)
+                await _until(stop, runner, agent.stop)
+            finally:
+                runner.cancel()
+                await asyncio.gather(runner, return_exceptions=True)
+
+        await keep_trying(
+            run_agent,
+            what=f"agent of {args.topology}.{args.variable[0]}",
+            stop=stop,
+            cleanup=lambda: agents[-1].stop(),
+        )
         return 0
-    sink = TrustedSink(settings, args.topology, metrics=metrics)
-    await sink.start()
-    print("ready", flush=True)
-    runner = asyncio.create_task(sink.run())
+    sinks: list[TrustedSink] = []
+
+    async def run_sink() -> None:
+        sink = TrustedSink(settings, args.topology, metrics=metrics)
+        sinks.append(sink)
+        await sink.start()
+        if not announced:
+            announced.append(True)
+            print("ready", flush=True)
+        runner = asyncio.create_task(sink.run())
+        try:
+            await _until(stop, runner, sink.stop)
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+
     try:
-        await _until(stop, runner, sink.stop)
+        await keep_trying(
+            run_sink, what=f"sink of {args.topology}", stop=stop, cleanup=lambda: sinks[-1].stop()
+        )
     except SinkFenced as exc:
         print(f"fenced: {exc}", file=sys.stderr, flush=True)
-        await sink.stop()
+        await sinks[-1].stop()
         return 3
     return 0
+
+
+async def _first(waiting: Awaitable[None], runner: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """Await ``waiting`` unless the runner ends first (its error is raised) or ``stop`` is set."""
+    waiter = asyncio.ensure_future(waiting)
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({waiter, runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (waiter, stopper):
+        if task not in done:
+            task.cancel()
+    if runner in done:
+        runner.result()
+    if waiter in done:
+        waiter.result()
 
 
 def _no_action(event: object) -> None:

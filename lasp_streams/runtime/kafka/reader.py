@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -26,6 +26,7 @@ async def read_all(
     read_committed: bool = True,
     timeout: float = 60.0,
     partitions: Iterable[int] | None = None,
+    start: Mapping[int, int | None] | None = None,
 ) -> list[Any]:
     """Every record of ``topic`` (of ``partitions``, default all) up to its end as of now
     (aiokafka ``ConsumerRecord``s), partition by partition in offset order.
@@ -33,7 +34,8 @@ async def read_all(
     ``read_committed`` (the default) skips records of aborted transactions and reads up to the
     last stable offset: agents write states, crossings and dead letters in transactions, and a
     fenced zombie's aborted writes must not be read back. ``read_committed=False`` shows every
-    record, aborted ones included (for audits of what was attempted)."""
+    record, aborted ones included (for audits of what was attempted). ``start``: the offset
+    to read each partition from (the beginning where absent or None)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
         client_id=f"{settings.client_id}-reader",
@@ -51,9 +53,15 @@ async def read_all(
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
+        first = dict.fromkeys(tps, 0)
+        for tp in tps:
+            offset = (start or {}).get(tp.partition)
+            if offset is not None:
+                consumer.seek(tp, offset)
+                first[tp] = offset
         ends = await consumer.end_offsets(tps)
         by_partition: dict[int, list[Any]] = {tp.partition: [] for tp in tps}
-        pending = {tp for tp in tps if ends[tp] > 0}
+        pending = {tp for tp in tps if ends[tp] > first[tp]}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while pending:

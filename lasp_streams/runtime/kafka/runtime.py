@@ -40,10 +40,17 @@ from lasp_streams.runtime.core import RecordValidator
 from lasp_streams.runtime.core.updates import check_key, mutate
 from lasp_streams.runtime.kafka.follower import VariableFollower
 from lasp_streams.runtime.kafka.plan import WorkerPlan, plan_worker
+from lasp_streams.runtime.kafka.reader import committed_offsets, read_all
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import TrustedSink, read_billing_events
 from lasp_streams.runtime.kafka.streams import StreamRunner
-from lasp_streams.runtime.kafka.topics import billing_topic, delta_topic, ensure_topics, plan_topics
+from lasp_streams.runtime.kafka.topics import (
+    billing_topic,
+    delta_topic,
+    ensure_topics,
+    plan_topics,
+    state_topic,
+)
 from lasp_streams.runtime.kafka.window_callbacks import WindowCallbackRunner
 
 __all__ = ["KafkaRuntime"]
@@ -76,6 +83,8 @@ class KafkaRuntime:
         self.fired: list[TriggerEvent] = []
         self._followers: dict[str, VariableFollower] = {}
         self._follow_lock = asyncio.Lock()
+        self._minting: set[str] = set()
+        self._minting_lock = asyncio.Lock()
         self._producer: AIOKafkaProducer | None = None
         self._triggers = {s.id: s for s in topology.steps if isinstance(s, TriggerStep)}
 
@@ -154,19 +163,56 @@ class KafkaRuntime:
         A windowed variable needs ``event_time``: the mutator applies to every window that
         contains it (its agent decides what is late: :mod:`.windows`).
 
-        New dots are minted from the variable's state topic, which trails the delta topic by
-        one agent batch: a process that restarts must write under a new ``actor`` id, or an
-        add could reuse a dot its previous life already sent."""
+        New dots (and counter entries) are minted from this process's replica. The state
+        topic it follows trails the delta topic by the agent's uncommitted batch, so before
+        the first mint on a variable the replica also joins what the agent has not committed
+        yet (:meth:`_catch_up_for_minting`): a writer restarted under the same ``actor`` id
+        then never mints a dot its previous life already sent."""
         v = self.topology.var(var)
         if v.kind == "derived":
             raise MutatorError(f"variable {v.id!r} is derived: only declared variables are updated")
         check_key(v, key)
         follower = await self.follow(v)
+        await self._catch_up_for_minting(v, follower)
         delta = mutate(v, follower.state(key).copy(), actor, mutator, args, event_time)
         if not delta.is_bottom():
             await self._produce(v, key, delta, actor)
             await follower.join_local(key, delta)
         return delta
+
+    async def _catch_up_for_minting(self, v: Var, follower: VariableFollower) -> None:
+        """Once per variable: join into ``follower`` the whole state topic and every delta
+        after the offsets the variable's agent group committed (the deltas its state topic
+        does not hold yet; it commits only after writing their states). Together they are
+        every delta ever written, so what is minted next is new. Unreadable records are
+        skipped (the agent dead-letters them too)."""
+        if v.id in self._minting:
+            return
+        async with self._minting_lock:
+            if v.id in self._minting:
+                return
+            s = self.settings
+            deltas = delta_topic(self.name, v.id)
+            committed = await committed_offsets(s, self._state_writer_group(v), deltas)
+            records = await read_all(s, state_topic(self.name, v.id))
+            records += await read_all(s, deltas, start=committed)
+            skipped = 0
+            for record in records:
+                key = key_from_kafka(record.key) if v.keyed else None
+                try:
+                    await follower.join_local(key, codec.decode(record.value, expect=v.prototype))
+                except Exception:  # hostile bytes: whatever they raise, skip the record
+                    skipped += 1
+            if skipped:
+                log.warning("%s: skipped %d unreadable record(s) catching up", v.id, skipped)
+            self._minting.add(v.id)
+
+    def _state_writer_group(self, v: Var) -> str:
+        """The consumer group that joins ``v``'s deltas into its state topic: the operator
+        agent's for an operator input, else the variable agent's (their group names)."""
+        if any(p.id == v.id for p in self.plan.operator_inputs):
+            return f"{self.name}.operators.{'keyed' if v.keyed else 'unkeyed'}"
+        return f"{self.name}.{v.id}.agent"
 
     async def wait_needed(self, var: Var | str, *args: Any, **kwargs: Any) -> Threshold:
         """Not on Kafka: a read here is a follower of committed state topics, which no

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import signal
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from lasp_streams.dataflow.topology import Topology
 from lasp_streams.errors import InvalidTopology
 from lasp_streams.metrics import Metrics
 from lasp_streams.runtime.kafka.agent import VariableAgent
+from lasp_streams.runtime.kafka.patience import ShutdownDeadline, keep_trying
 from lasp_streams.runtime.kafka.plan import VariablePlan, WorkerPlan, plan_worker
 from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 from lasp_streams.runtime.kafka.settings import KafkaSettings
@@ -34,6 +36,7 @@ from lasp_streams.runtime.kafka.sink import TrustedSink
 from lasp_streams.runtime.kafka.topics import ensure_topics, plan_topics
 
 __all__ = [
+    "SHUTDOWN_TIMEOUT_S",
     "VariablePlan",
     "WorkerPlan",
     "build_faust_app",
@@ -42,6 +45,10 @@ __all__ = [
     "run_faust_worker",
     "run_worker",
 ]
+
+
+SHUTDOWN_TIMEOUT_S = 15.0
+"""Seconds a worker's graceful stop may take after SIGTERM before it exits anyway."""
 
 
 def build_faust_app(
@@ -113,14 +120,28 @@ def build_faust_app(
             self.runtime = KafkaRuntime(
                 plan.graph, settings, metrics=metrics, name=plan.topology, checked=plan.checked
             )
+            # Started and run in the background, again after each Kafka outage: a worker
+            # started while Kafka is down waits for it (only a configuration error or a
+            # signal ends it), and a stop signal is never held up by a start in progress.
+            self.running = self.add_future(
+                keep_trying(
+                    self._start_and_run,
+                    what=f"worker of {plan.topology!r}",
+                    stop=self.halt,
+                    cleanup=self.runtime.stop,
+                )
+            )
+
+        async def _start_and_run(self) -> None:
             await self.runtime.start()
-            self.running = self.add_future(self.runtime.run(with_sink=with_sink, stop=self.halt))
+            await self.runtime.run(with_sink=with_sink, stop=self.halt)
 
         async def on_stop(self) -> None:
             self.halt.set()
-            if self.runtime is not None:
+            if self.running is not None:
                 # run() closes its agents and the sink (leaving the groups) once it sees halt.
                 await asyncio.gather(self.running, return_exceptions=True)
+            if self.runtime is not None:
                 await self.runtime.stop()
 
     if agents is not None or plan.graph is None:
@@ -188,6 +209,29 @@ def load_topology(ref: str) -> Topology:
     )
 
 
+async def _wait_for_kafka(plan: WorkerPlan, settings: KafkaSettings) -> bool:
+    """Declare the plan's topics, waiting for the cluster while it cannot be reached; False
+    when SIGTERM/SIGINT came first."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await keep_trying(
+            lambda: ensure_topics(
+                settings,
+                plan_topics(plan.topology, plan.topic_variables, settings, windowed=plan.windowed),
+            ),
+            what=f"worker of {plan.topology!r}",
+            stop=stop,
+        )
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    return not stop.is_set()
+
+
 def run_faust_worker(
     topology: Topology,
     settings: KafkaSettings,
@@ -198,15 +242,31 @@ def run_faust_worker(
     checked: Iterable[str] | None = None,
     metrics: Metrics | None = None,
     name: str | None = None,
+    shutdown_timeout: float = SHUTDOWN_TIMEOUT_S,
 ) -> None:
     """Run a faust worker for ``topology`` in this process until it is stopped (blocking):
-    what ``lasp-streams worker <topology module>`` does. ``checked``: see :func:`plan_worker`."""
+    what ``lasp-streams worker <topology module>`` does. ``checked``: see :func:`plan_worker`.
+    After SIGTERM/SIGINT the graceful stop gets ``shutdown_timeout`` seconds, then the
+    process exits anyway (:class:`~.patience.ShutdownDeadline`: faust's consumer thread can
+    wait for ever on a broker that went away)."""
+    plan = plan_worker(topology, checked=checked, name=name)
+    # faust's own producer cannot start without a broker and would end the worker: wait for
+    # the cluster first (declaring the topics), so a worker started during an outage waits.
+    if not asyncio.run(_wait_for_kafka(plan, settings)):
+        return  # a stop signal came first
     app = build_faust_app(
-        plan_worker(topology, checked=checked, name=name),
-        settings,
-        with_sink=with_sink,
-        web_enabled=web_enabled,
-        metrics=metrics,
+        plan, settings, with_sink=with_sink, web_enabled=web_enabled, metrics=metrics
     )
-    worker = app.Worker(loglevel=loglevel)
+    deadline = ShutdownDeadline(shutdown_timeout, what=f"worker of {name or topology.name!r}")
+
+    class DeadlineWorker(app.conf.Worker):  # type: ignore[misc,name-defined]
+        def _on_sigterm(self) -> None:
+            deadline.arm()
+            super()._on_sigterm()
+
+        def _on_sigint(self) -> None:
+            deadline.arm()
+            super()._on_sigint()
+
+    worker = DeadlineWorker(app, loglevel=loglevel)
     worker.execute_from_commandline()

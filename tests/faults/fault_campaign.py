@@ -1,0 +1,736 @@
+"""A seeded fault campaign on the ad counter, on a 3-broker cluster.
+
+One run (:class:`Campaign`, reproducible from its seed): the ad counter deployed under a fresh
+name with replication 3, two workers (``lasp-streams worker --no-sink``) and the sink worker
+(``--sink``) as separate processes, simulated devices (EdgeClients over KafkaTransport)
+counting views, and, at random seeded times, faults:
+
+=================  ==========================================================================
+kill_worker        SIGKILL a worker, restart it after a while
+stop_worker        SIGSTOP a worker (sometimes longer than the session timeout), then SIGCONT
+kill_sink          SIGKILL the sink worker, restart it
+stop_sink          SIGSTOP the sink worker, then SIGCONT
+kill_broker        SIGKILL a broker, restart it (``KafkaCluster.start``)
+stop_broker        SIGSTOP a broker's JVM, then SIGCONT
+restart_broker     a clean broker stop, then start
+dup_reorder        a misbehaving producer re-sends devices' deltas, duplicated and shuffled
+=================  ==========================================================================
+
+After quiescence (faults healed, devices flushed) an independent checker (its own aiokafka
+consumer, ``read_committed``; nothing of the runtime's readers) verifies, bounded in time:
+
+- each ad's final count (impressions state topic) equals the impressions devices counted;
+- exactly one billing event per crossed ad, none for the others;
+- each variable's state equals the join of its deltas.
+
+It also counts processes that exited by themselves (a worker must wait for its broker, not
+die) and how long each took to exit on SIGTERM at the end.
+
+Three short seeds run in CI (``test_campaign.py``). Many seeds, with a summary::
+
+    .venv/bin/python tests/faults/fault_campaign.py --seeds 50 \\
+        --report tests/benchmarks/reports/faults.md
+
+starts its own cluster (free ports, temporary directory) and writes runs, faults by kind,
+violations and exits to the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run as a script: the repository's topologies/
+    sys.path.insert(0, str(ROOT))
+
+from lasp_streams import codec  # noqa: E402
+from lasp_streams.client import ACTOR_HEADER, EdgeClient  # noqa: E402
+from lasp_streams.client.kafka import KafkaTransport  # noqa: E402
+from lasp_streams.lattices.base import Lattice  # noqa: E402
+from lasp_streams.localkafka.cluster import KafkaCluster  # noqa: E402
+from lasp_streams.runtime.kafka.runtime import KafkaRuntime  # noqa: E402
+from lasp_streams.runtime.kafka.settings import KafkaSettings  # noqa: E402
+from lasp_streams.runtime.kafka.topics import (  # noqa: E402
+    billing_topic,
+    delta_topic,
+    state_topic,
+)
+from topologies.ad_counter import Ad, Contract, ad_source, build  # noqa: E402
+
+log = logging.getLogger("fault_campaign")
+
+KINDS = (
+    "kill_worker",
+    "stop_worker",
+    "kill_sink",
+    "stop_sink",
+    "kill_broker",
+    "stop_broker",
+    "restart_broker",
+    "dup_reorder",
+)
+PARTITIONS = 3
+MAX_BROKER_FAULTS = 2
+SHUTDOWN_S = 8.0
+CROSSED_MIN = 600
+NEVER = 10**9
+ADS = [Ad("rovio-0", "rovio"), Ad("rovio-1", "rovio"), Ad("riot-0", "riot"), Ad("riot-1", "riot")]
+MINIMUM = {"rovio-0": CROSSED_MIN, "rovio-1": NEVER, "riot-0": CROSSED_MIN, "riot-1": NEVER}
+VARIABLES = (
+    "rovio_ads",
+    "riot_ads",
+    "contracts",
+    "ads",
+    "ads_x_contracts",
+    "ads_with_contracts",
+    "impressions",
+)
+
+
+@dataclass(frozen=True)
+class Fault:
+    at: float
+    kind: str
+    target: int
+    duration: float
+
+
+def schedule(seed: int, run_s: float) -> list[Fault]:
+    """The faults of a run: about one every 4 s of the run, kinds and targets from the seed;
+    at most :data:`MAX_BROKER_FAULTS` broker faults (each waits for the broker to rejoin)."""
+    rng = random.Random(seed)
+    count = max(3, int(run_s / 4))
+    times = sorted(rng.uniform(1.0, run_s - 2.0) for _ in range(count))
+    faults = []
+    brokers = 0
+    for at in times:
+        kind = rng.choice(KINDS)
+        while kind.endswith("broker") and brokers >= MAX_BROKER_FAULTS:
+            kind = rng.choice(KINDS)
+        brokers += kind.endswith("broker")
+        faults.append(Fault(at, kind, rng.randrange(3), round(rng.uniform(2.0, 12.0), 1)))
+    return faults
+
+
+class Child:
+    """One worker process; output to a log file; restartable."""
+
+    def __init__(self, name: str, args: list[str], log_path: Path) -> None:
+        self.name = name
+        self.args = args
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.expected_exit = False
+        self.unexpected_exits: list[int] = []
+
+    async def start(self) -> None:
+        with self.log_path.open("ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.args, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL
+            )
+        self.expected_exit = False
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.alive:
+            assert self.proc is not None
+            self.proc.send_signal(sig)
+
+    async def kill(self) -> None:
+        self.expected_exit = True
+        if self.alive:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            await self.proc.wait()
+
+    async def check(self) -> None:
+        """Restart it if it exited without being told to (and count that)."""
+        if self.proc is not None and self.proc.returncode is not None and not self.expected_exit:
+            self.unexpected_exits.append(self.proc.returncode)
+            log.warning("%s exited by itself (status %s)", self.name, self.proc.returncode)
+            await self.start()
+
+    async def terminate(self, timeout: float) -> float | None:
+        """SIGTERM; seconds until it exited (None: not within ``timeout``, then killed)."""
+        if not self.alive:
+            return 0.0
+        assert self.proc is not None
+        self.expected_exit = True
+        self.proc.send_signal(signal.SIGCONT)
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            await self.kill()
+            return None
+        return time.monotonic() - started
+
+    def tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+
+class RecordingTransport(KafkaTransport):
+    """A device's transport that also remembers what it published (for the misbehaving
+    producer to re-send)."""
+
+    def __init__(self, *args: Any, sent: list[tuple[str, Hashable, bytes, str]], **kw: Any):
+        super().__init__(*args, **kw)
+        self.sent = sent
+
+    async def publish(self, var: str, deltas: Sequence[tuple[Hashable, bytes]]) -> None:
+        await super().publish(var, deltas)
+        self.sent.extend((var, key, payload, self.actor) for key, payload in deltas)
+
+
+@dataclass
+class Outcome:
+    seed: int
+    name: str
+    faults: list[Fault]
+    violations: list[str] = field(default_factory=list)
+    unexpected_exits: int = 0
+    sigterm_seconds: list[float | None] = field(default_factory=list)
+    counted: dict[str, int] = field(default_factory=dict)
+    billed: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    #: How long each fault took to apply and heal, in seconds.
+    took: list[tuple[str, float]] = field(default_factory=list)
+    #: Each device's stats at the end.
+    devices: list[str] = field(default_factory=list)
+    #: Seconds from the start at which each phase ended.
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+class Campaign:
+    """One seeded run against ``cluster`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        cluster: KafkaCluster,
+        seed: int,
+        workdir: Path,
+        *,
+        run_s: float = 20.0,
+        devices: int = 4,
+        rate: float = 150.0,
+        settle_s: float = 240.0,
+    ) -> None:
+        self.cluster = cluster
+        self.seed = seed
+        self.workdir = workdir
+        self.run_s = run_s
+        self.devices = devices
+        self.rate = rate
+        self.settle_s = settle_s
+        self.name = f"faults_s{seed}_{uuid.uuid4().hex[:6]}"
+        self.settings = KafkaSettings(
+            bootstrap_servers=cluster.bootstrap_servers,
+            delta_partitions=PARTITIONS,
+            replication_factor=3,
+            client_id=f"campaign-{self.name}",
+        )
+        self.rng = random.Random(seed * 7919 + 1)
+        self.sent: list[tuple[str, Hashable, bytes, str]] = []
+        cli = str(Path(sys.executable).with_name("lasp-streams"))
+        base = [
+            cli, "worker", "topologies.ad_counter", "--bootstrap", cluster.bootstrap_servers,
+            "--name", self.name, "--partitions", str(PARTITIONS), "--replication-factor", "3",
+            "--loglevel", "warning", "--shutdown-timeout", str(SHUTDOWN_S),
+        ]  # fmt: skip
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workers = [
+            Child(f"worker-{i}", [*base, "--no-sink"], workdir / f"worker-{i}.log")
+            for i in range(2)
+        ]
+        self.sink = Child("sink", [*base, "--sink"], workdir / "sink.log")
+        self.paused_brokers: set[int] = set()
+        self.took: list[tuple[str, float]] = []
+        self.locks = {n: asyncio.Lock() for n in ("broker", "sink", "worker-0", "worker-1")}
+
+    @property
+    def children(self) -> list[Child]:
+        return [*self.workers, self.sink]
+
+    async def run(self) -> Outcome:
+        started = time.monotonic()
+        faults = schedule(self.seed, self.run_s)
+        outcome = Outcome(self.seed, self.name, faults)
+        topo = build(min_impressions=NEVER)
+        admin = KafkaRuntime(topo, self.settings, name=self.name)
+        await admin.start()  # declares the topics (replication 3) before the workers start
+        transports: list[RecordingTransport] = []
+        stop = asyncio.Event()
+        try:
+            for child in self.children:  # they start while the ads are added
+                await child.start()
+            for ad in ADS:
+                await admin.update(ad_source(ad), "admin", "add", ad)
+                await admin.update("contracts", "admin", "add", Contract(ad.id, MINIMUM[ad.id]))
+            outcome.phases["seeded"] = time.monotonic() - started
+            client_settings = replace(self.settings, request_timeout_ms=5_000)
+            clients = []
+            for i in range(self.devices):
+                t = RecordingTransport(
+                    client_settings, self.name, f"device-{i}", sent=self.sent, read_timeout=20.0
+                )
+                await t.start()
+                transports.append(t)
+                clients.append(
+                    EdgeClient(
+                        t.actor,
+                        t,
+                        topo,
+                        keys_of=lambda pairs: {ad.id for ad, _ in pairs},
+                        flush_interval=0.2,
+                        rng=random.Random(self.seed * 100 + i),
+                    )
+                )
+            # The watcher (an outside supervisor, counting) runs from here: a process that
+            # exits while the others start is restarted and counted too.
+            watcher = asyncio.create_task(self._watch(stop))
+            await self._until_shown(clients)
+            outcome.phases["ready"] = time.monotonic() - started
+            started_run = time.monotonic()
+            viewing = [asyncio.create_task(self._device(c, stop)) for c in clients]
+            # Each fault at its time, side by side with the others; faults on the same
+            # process, and broker faults (at most one broker down: min ISR 2), take turns.
+            await asyncio.gather(*(self._at(started_run, fault) for fault in faults))
+            outcome.phases["faults"] = time.monotonic() - started
+            await self._sleep_until(started_run, self.run_s)
+            stop.set()
+            await asyncio.gather(*viewing)
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            await self._heal()
+            outcome.phases["healed"] = time.monotonic() - started
+            await self._settle(clients, outcome)
+            outcome.phases["settled"] = time.monotonic() - started
+            counted: Counter[str] = Counter()
+            for c in clients:
+                for key, n in c.counts().items():
+                    counted[str(key)] += n
+            outcome.counted = dict(counted)
+            outcome.devices = [f"{c.actor}: {c.stats}" for c in clients]
+            outcome.took = list(self.took)
+            outcome.violations = await self._check_until_quiet(outcome)
+            outcome.phases["checked"] = time.monotonic() - started
+        finally:
+            stop.set()
+            for t in transports:
+                with contextlib.suppress(Exception):
+                    await t.stop()
+            await admin.stop()
+            await self._heal()
+            for child in self.children:
+                await child.check()
+            outcome.sigterm_seconds = list(
+                await asyncio.gather(*(c.terminate(60.0) for c in self.children))
+            )
+            outcome.phases["stopped"] = time.monotonic() - started
+            outcome.unexpected_exits = sum(len(c.unexpected_exits) for c in self.children)
+            outcome.seconds = time.monotonic() - started
+        return outcome
+
+    # -- devices ---------------------------------------------------------------------------------
+    async def _device(self, client: EdgeClient, stop: asyncio.Event) -> None:
+        rng = random.Random(f"{self.seed}-{client.actor}")
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        carry = 0.0
+        while not stop.is_set():
+            now = loop.time()
+            due = self.rate * (now - last) + carry
+            last = now
+            n = int(due)
+            carry = due - n
+            shown = client.showing
+            if shown:
+                for key in rng.choices(shown, k=n):
+                    client.view(key)
+            if client.due():
+                await client.sync()
+            await asyncio.sleep(0.05)
+
+    async def _until_shown(self, clients: list[EdgeClient]) -> None:
+        """Sync the devices until each shows every ad: the workers are up (bounded)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 180.0
+        while any(len(c.showing) < len(ADS) for c in clients):
+            if loop.time() > deadline:
+                tails = "".join(f"\n--- {c.name}\n{c.tail(800)}" for c in self.children)
+                raise AssertionError(f"the workers did not come up in 180 s{tails}")
+            for c in clients:
+                await c.sync()
+            await asyncio.sleep(0.2)
+
+    async def _settle(self, clients: list[EdgeClient], outcome: Outcome) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 180.0
+        while any(c.unsent() for c in clients):
+            if loop.time() > deadline:
+                outcome.violations.append(
+                    f"devices could not flush: unsent {[c.unsent() for c in clients]}"
+                )
+                return
+            for c in clients:
+                if c.unsent():
+                    await c.sync()
+            await asyncio.sleep(0.2)
+
+    # -- faults ----------------------------------------------------------------------------------
+    async def _sleep_until(self, started: float, at: float) -> None:
+        delay = started + at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        """Restart a process that exited by itself (an outside supervisor; counted)."""
+        while not stop.is_set():
+            for child in self.children:
+                await child.check()
+            await asyncio.sleep(0.5)
+
+    async def _at(self, started: float, fault: Fault) -> None:
+        await self._sleep_until(started, fault.at)
+        if fault.kind.endswith("broker"):
+            lock = self.locks["broker"]
+        elif fault.kind.endswith("sink"):
+            lock = self.locks["sink"]
+        elif fault.kind.endswith("worker"):
+            lock = self.locks[f"worker-{fault.target % 2}"]
+        else:
+            lock = asyncio.Lock()
+        async with lock:
+            begun = time.monotonic()
+            await self._apply(fault)
+            self.took.append((fault.kind, round(time.monotonic() - begun, 1)))
+
+    async def _apply(self, fault: Fault) -> None:
+        log.info("seed %d: %s", self.seed, fault)
+        kind, duration = fault.kind, fault.duration
+        if kind in ("kill_worker", "kill_sink"):
+            child = self.sink if kind == "kill_sink" else self.workers[fault.target % 2]
+            await child.kill()
+            await asyncio.sleep(min(duration, 5.0))
+            await child.start()
+        elif kind in ("stop_worker", "stop_sink"):
+            child = self.sink if kind == "stop_sink" else self.workers[fault.target % 2]
+            child.signal(signal.SIGSTOP)
+            await asyncio.sleep(duration)
+            child.signal(signal.SIGCONT)
+        elif kind in ("kill_broker", "stop_broker", "restart_broker"):
+            node = self.cluster.broker(fault.target + 1)
+            pid = node.status().pid
+            if pid is None:
+                return
+            if kind == "kill_broker":
+                os.kill(pid, signal.SIGKILL)
+                await asyncio.sleep(min(duration, 8.0))
+                await asyncio.to_thread(self.cluster.start)
+            elif kind == "stop_broker":
+                os.kill(pid, signal.SIGSTOP)
+                self.paused_brokers.add(pid)
+                await asyncio.sleep(min(duration, 10.0))
+                os.kill(pid, signal.SIGCONT)
+                self.paused_brokers.discard(pid)
+            else:
+                await asyncio.to_thread(node.stop, timeout=15.0)
+                await asyncio.to_thread(self.cluster.start)
+        elif kind == "dup_reorder":
+            await self._misbehave()
+
+    async def _misbehave(self) -> None:
+        """Re-send up to 200 of the devices' deltas, shuffled, each 1-3 times."""
+        if not self.sent:
+            return
+        picked = self.rng.sample(self.sent, min(200, len(self.sent)))
+        batch = [item for item in picked for _ in range(self.rng.randint(1, 3))]
+        self.rng.shuffle(batch)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap_servers, acks="all", request_timeout_ms=10_000
+        )
+        try:
+            await producer.start()
+            for var, key, payload, actor in batch:
+                await producer.send(
+                    delta_topic(self.name, var),
+                    value=payload,
+                    key=str(key).encode(),
+                    headers=[(ACTOR_HEADER, actor.encode())],
+                )
+            await producer.flush()
+        except Exception as exc:  # the cluster may be mid-fault: a lost duplicate is fine
+            log.warning("misbehaving producer: %r", exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+
+    async def _heal(self) -> None:
+        for pid in list(self.paused_brokers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self.paused_brokers.clear()
+        for child in self.children:
+            child.signal(signal.SIGCONT)
+        await asyncio.to_thread(self.cluster.start)
+
+    # -- the independent check -------------------------------------------------------------------
+    async def _check_until_quiet(self, outcome: Outcome) -> list[str]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settle_s
+        while True:
+            for child in self.children:
+                await child.check()
+            problems = await check(self.settings.bootstrap_servers, self.name, outcome.counted)
+            outcome.billed = problems.billed
+            if not problems.violations or loop.time() > deadline:
+                return outcome.violations + problems.violations
+            await asyncio.sleep(2.0)
+
+
+@dataclass
+class CheckResult:
+    violations: list[str]
+    billed: dict[str, int]
+
+
+async def read_committed(bootstrap: str, topic: str, partitions: int = PARTITIONS) -> list[Any]:
+    """Every committed record of ``topic`` (its ``partitions``), up to its last stable
+    offset."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        request_timeout_ms=15_000,
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[Any] = []
+        pending = {tp for tp in tps if ends[tp] > 0}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while pending and loop.time() < deadline:
+            data = await consumer.getmany(*pending, timeout_ms=500)
+            for tp, records in data.items():
+                out.extend(r for r in records if r.offset < ends[tp])
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+        if pending:
+            raise TimeoutError(f"reading {topic} did not reach its end")
+        return out
+    finally:
+        await consumer.stop()
+
+
+def _joined(records: list[Any]) -> dict[bytes | None, Lattice]:
+    out: dict[bytes | None, Lattice] = {}
+    for r in records:
+        if r.value is None:
+            continue
+        state = codec.decode(r.value)
+        key = r.key or None
+        if key in out:
+            out[key].merge(state)
+        else:
+            out[key] = state
+    return out
+
+
+async def check(bootstrap: str, name: str, counted: dict[str, int]) -> CheckResult:
+    """The three properties of the module docstring; a list of violations (empty: all hold)."""
+    violations: list[str] = []
+    try:
+        impressions = _joined(await read_committed(bootstrap, state_topic(name, "impressions")))
+        for ad in ADS:
+            state = impressions.get(ad.id.encode())
+            final = state.value() if state is not None else 0
+            if final != counted.get(ad.id, 0):
+                violations.append(
+                    f"{ad.id}: final count {final} != {counted.get(ad.id, 0)} counted by devices"
+                )
+        billed: Counter[str] = Counter()
+        event_ids: Counter[str] = Counter()
+        for r in await read_committed(bootstrap, billing_topic(name), 1):
+            event = msgpack.unpackb(r.value, raw=False)
+            billed[event["key"].decode()] += 1
+            event_ids[event["event_id"]] += 1
+        for ad in ADS:
+            want = 1 if counted.get(ad.id, 0) >= MINIMUM[ad.id] else 0
+            if billed[ad.id] != want:
+                violations.append(f"{ad.id}: {billed[ad.id]} billing events, expected {want}")
+        violations += [f"event id {e} billed {n} times" for e, n in event_ids.items() if n > 1]
+        for var in VARIABLES:
+            deltas = _joined(await read_committed(bootstrap, delta_topic(name, var)))
+            states = _joined(await read_committed(bootstrap, state_topic(name, var)))
+            for key in set(deltas) | set(states):
+                d, s = deltas.get(key), states.get(key)
+                if d is None or s is None or not (d <= s and s <= d):
+                    violations.append(
+                        f"{var}[{key!r}]: state {None if s is None else s.value()!r} != join of "
+                        f"deltas {None if d is None else d.value()!r}"[:400]
+                    )
+    except Exception as exc:  # the cluster may still be recovering: report, poll again
+        return CheckResult([f"checker could not read: {exc!r}"[:400]], {})
+    return CheckResult(violations, dict(billed))
+
+
+# -- many seeds, with a summary ------------------------------------------------------------------
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def describe(o: Outcome) -> str:
+    """A compact account of one run, for a failing test's message."""
+    return (
+        f"seed {o.seed} ({o.name}): violations {o.violations}; counted {o.counted}; billed "
+        f"{o.billed}; exits {o.unexpected_exits}; SIGTERM stops {o.sigterm_seconds}; phases "
+        f"{_rounded(o.phases)}; faults {[(round(f.at), f.kind, f.target) for f in o.faults]}; "
+        f"devices {o.devices}"
+    )
+
+
+def _rounded(phases: dict[str, float]) -> dict[str, int]:
+    return {k: round(v) for k, v in phases.items()}
+
+
+def summary(outcomes: list[Outcome], command: str, wall_s: float) -> str:
+    kinds: Counter[str] = Counter(f.kind for o in outcomes for f in o.faults)
+    bad = [o for o in outcomes if o.violations]
+    stops = [s for o in outcomes for s in o.sigterm_seconds]
+    slow = sum(1 for s in stops if s is None or s > 20.0)
+    timed = sorted(s for s in stops if s is not None)
+    lines = [
+        "# Fault campaign: the ad counter on a 3-broker cluster",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"- runs: {len(outcomes)} (seeds {outcomes[0].seed}..{outcomes[-1].seed}), "
+        f"{wall_s / 60:.1f} min wall",
+        f"- runs with violations: {len(bad)}",
+        f"- faults injected: {sum(kinds.values())}",
+        f"- processes that exited by themselves (restarted by the campaign): "
+        f"{sum(o.unexpected_exits for o in outcomes)}",
+        f"- SIGTERM stops at the end: {len(stops)}; over 20 s or never: {slow}; "
+        f"median {timed[len(timed) // 2] if timed else 0:.1f} s, max "
+        f"{timed[-1] if timed else 0:.1f} s",
+        f"- impressions counted by devices: {sum(sum(o.counted.values()) for o in outcomes)}; "
+        f"ads billed: {sum(sum(o.billed.values()) for o in outcomes)}",
+        "",
+        "## Faults by kind",
+        "",
+        "| kind | count |",
+        "|---|---|",
+        *[f"| {k} | {kinds[k]} |" for k in KINDS],
+        "",
+        "## Runs",
+        "",
+        "| seed | faults | counted | billed | exits | violations | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for o in outcomes:
+        lines.append(
+            f"| {o.seed} | {', '.join(f.kind for f in o.faults)} | {sum(o.counted.values())} | "
+            f"{sum(o.billed.values())} | {o.unexpected_exits} | "
+            f"{'; '.join(o.violations)[:300] or 'none'} | {o.seconds:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+async def _many(args: argparse.Namespace) -> int:
+    command = "python tests/faults/fault_campaign.py " + " ".join(sys.argv[1:])
+    outcomes: list[Outcome] = []
+    with contextlib.ExitStack() as stack:
+        tmp = args.workdir or stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="lasp-faults-")
+        )
+        *ports, controller = _free_ports(4)
+        cluster = KafkaCluster(Path(tmp) / "cluster", ports=ports, controller_port=controller)
+        started = time.monotonic()
+        try:
+            await asyncio.to_thread(cluster.start)
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
+                run = Campaign(cluster, seed, Path(tmp) / f"seed-{seed}", run_s=args.run_seconds)
+                try:
+                    outcome = await run.run()
+                except Exception as exc:  # a run that could not finish is a violation
+                    outcome = Outcome(seed, run.name, schedule(seed, args.run_seconds))
+                    outcome.violations = [f"run failed: {exc!r}"[:300]]
+                    outcome.unexpected_exits = sum(len(c.unexpected_exits) for c in run.children)
+                    for child in run.children:
+                        await child.kill()
+                outcomes.append(outcome)
+                print(
+                    f"seed {seed}: {len(outcome.faults)} faults, "
+                    f"{len(outcome.violations)} violations, {outcome.unexpected_exits} exits, "
+                    f"{outcome.seconds:.0f} s {outcome.violations[:2]} "
+                    f"phases {_rounded(outcome.phases)} took {outcome.took} "
+                    f"stops {outcome.sigterm_seconds} counted {outcome.counted} billed "
+                    f"{outcome.billed} devices {outcome.devices}",
+                    flush=True,
+                )
+                if args.report:
+                    Path(args.report).write_text(
+                        summary(outcomes, command, time.monotonic() - started)
+                    )
+        finally:
+            await asyncio.to_thread(cluster.stop)
+    return 1 if any(o.violations for o in outcomes) else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=50)
+    parser.add_argument("--first-seed", type=int, default=1)
+    parser.add_argument("--run-seconds", type=float, default=20.0)
+    parser.add_argument("--report", default=None, help="write the summary markdown here")
+    parser.add_argument("--workdir", default=None, help="where the run's temporary dir goes")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    return asyncio.run(_many(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
