@@ -7,7 +7,7 @@ actor: a GCounter delta ``{"client-7": 1200}`` from ``client-7`` is fine, the sa
 one client inflate — or, by the per-actor max, absorb — another's impressions).
 
 :func:`client_delta_problem` returns the reason a delta is refused (``None``: accept); it is the
-shape the Kafka agent's validator hook takes (``lasp_streams.runtime.kafka.joiner.Validator``
+shape the replica core's record validators take (``lasp_streams.runtime.core.RecordValidator``
 returns a reason or None), with the actor taken from the record's
 :data:`~lasp_streams.codec.ACTOR_HEADER`.
 :func:`check_client_delta` raises :class:`UntrustedDelta` instead.
