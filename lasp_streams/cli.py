@@ -306,10 +306,11 @@ def demo() -> None:
 )
 @click.option(
     "--mode",
-    type=click.Choice(["lasp", "bounded"]),
+    type=click.Choice(["lasp", "bounded", "hybrid"]),
     default="lasp",
     show_default=True,
-    help="lasp: counters (overcount measured); bounded: escrow of impression rights (overcount 0).",
+    help="lasp: counters (overcount measured); bounded: escrow of impression rights (overcount 0); "
+    "hybrid: the bulk split at once by measured rates, the tail escrowed (overcount 0).",
 )
 @click.option(
     "--quota",
@@ -391,7 +392,7 @@ def ad_counter(
         offline_prob=offline_prob,
         offline_duration=offline_duration,
         min_impressions=min_impressions,
-        mode="bounded" if mode == "bounded" else "lasp",
+        mode="bounded" if mode == "bounded" else "hybrid" if mode == "hybrid" else "lasp",
         quota=quota,
         seed=seed,
         timeout=timeout,
@@ -605,3 +606,6 @@ main.add_command(cli_audit.billing)
 main.add_command(cli_audit.dlq)
 main.add_command(gateway)
 main.add_command(loadgen)
+from lasp_streams.cli_windows import demo_windows  # noqa: E402
+
+demo.add_command(demo_windows)

@@ -75,13 +75,14 @@ def build(
     min_impressions: int = 50_000,
     *,
     on_disable: Callable[[TriggerEvent], Any] | None = None,
+    name: str = "ad_counter",
 ) -> Topology:
     """The ad-counter topology. An ad is disabled when its impressions reach its contract's
     minimum (``min_impressions`` when the contract gives none); ``on_disable`` is called after
     the removal (the billing hook)."""
     if type(min_impressions) is not int or min_impressions < 1:
         raise ValueError(f"min_impressions must be an int >= 1, got {min_impressions!r}")
-    topo = Topology("ad_counter")
+    topo = Topology(name)
     rovio = topo.declare("rovio_ads", AWSet)
     riot = topo.declare("riot_ads", AWSet)
     contracts = topo.declare("contracts", AWSet)

@@ -47,7 +47,10 @@ Bounded mode (``bounded=Bounded(...)``): the client may only count a key while i
 rights for it. Rights are granted by the server as B-Counter transfers (``rights`` variable,
 one BCounter per key); the client's count for the key is what it spent, so its allowance is
 ``rights received - counted``. When the allowance falls below ``low_watermark`` it asks for more
-by incrementing its own entry of the ``requests`` counter (sent with the next flush). See
+by raising its own entry of the ``requests`` counter (sent with the next flush). That entry is
+also the holder's *demand*: the impressions it wanted to count for the key (counted + refused),
+reported at least every ``report_every`` seconds while it changes, so the escrow can refill in
+proportion to what each holder would spend, not to what it was allowed to. See
 :mod:`lasp_streams.server.escrow` for the server side.
 """
 
@@ -65,10 +68,12 @@ from typing import Any, Final
 from lasp_streams.client.skipped import SkippedRecords
 from lasp_streams.client.store import load_buffer, save_buffer
 from lasp_streams.client.transport import ClientTransport, DeltasExpired, Offline
+from lasp_streams.client.windows import ServerClock, WindowCounts
 from lasp_streams.codec import decode, encode
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.base import Lattice, LatticeSpec
 from lasp_streams.lattices.counters import BCounter, GCounter
+from lasp_streams.lattices.windowed import Windowed
 
 __all__ = ["Bounded", "ClientStats", "EdgeClient"]
 
@@ -80,11 +85,13 @@ UNLIMITED: Final = 1 << 62
 class Bounded:
     """Bounded-counter mode: count only with rights granted through ``rights`` (a keyed
     BCounter variable), ask for more through ``requests`` (a keyed GCounter) below
-    ``low_watermark``."""
+    ``low_watermark``; the request entry is the holder's demand (views wanted: counted +
+    refused), reported every ``report_every`` seconds while it grows."""
 
     rights: str = "rights"
     requests: str = "rights_requests"
     low_watermark: int = 1
+    report_every: float = 0.5
 
 
 @dataclass(slots=True)
@@ -136,6 +143,9 @@ class EdgeClient:
         save_every: int | None = None,
         minimum_of: Callable[[Hashable, Any], int | None] | None = None,
         near: float = 0.05,
+        windows: str | None = None,
+        heartbeat: bool = False,
+        server_clock: ServerClock | None = None,
     ) -> None:
         if type(actor) is not str or not actor:
             raise ValueError(f"actor must be a non-empty str, got {actor!r}")
@@ -190,6 +200,8 @@ class EdgeClient:
         if bounded is not None:
             self._sent[bounded.requests] = {}
         self._asked: set[Hashable] = set()
+        self._wanted: dict[Hashable, int] = {}  # bounded: views refused per shown key
+        self._reported_at: dict[Hashable, float] = {}
         self._granted: dict[Hashable, int] = {}
         self._allow: dict[Hashable, int] = {}
         self._shown: tuple[Hashable, ...] = ()
@@ -204,11 +216,16 @@ class EdgeClient:
             if bounded is not None:
                 self._requests.update(saved.get(bounded.requests, {}))
         self.next_flush_at = self._next(clock())
+        #: Windowed counting (``windows``: a keyed windowed GCounter variable that
+        #: :meth:`view` also counts into; :mod:`lasp_streams.client.windows`).
+        self.server_clock = server_clock or ServerClock()
+        self.windows = None if windows is None else self._window_counts(windows, heartbeat)
 
     # -- the hot path --------------------------------------------------------------------------
-    def view(self, key: Hashable, n: int = 1) -> bool:
+    def view(self, key: Hashable, n: int = 1, event_time: int | None = None) -> bool:
         """Count ``n`` impressions of ``key`` if it is shown (and, bounded, rights allow);
-        False (nothing counted) otherwise."""
+        False (nothing counted) otherwise. With ``windows``, also in the windows containing
+        ``event_time`` (default: the server's time as this device estimates it)."""
         allow = self._allow
         left = allow.get(key, 0)
         if left < n or n < 1:
@@ -217,10 +234,15 @@ class EdgeClient:
             left += self._near_minimum(key)
             if left < n:
                 self.stats.refused_views += 1
+                if key in allow:  # shown, but no rights left: unmet demand (bounded mode)
+                    self._wanted[key] = self._wanted.get(key, 0) + n
                 return False
         allow[key] = left - n
         counts = self._counts
         counts[key] = counts.get(key, 0) + n
+        if self.windows is not None:
+            t = self.server_clock.now() if event_time is None else event_time
+            self.windows.record(key, t, n)
         if self.save_every is not None:
             self._unsaved_views += n
             if self._unsaved_views >= self.save_every:
@@ -331,6 +353,8 @@ class EdgeClient:
             sent_out += len(deltas)
             self.stats.deltas_sent += len(deltas)
             self.stats.bytes_sent += size
+        if self.windows is not None:
+            sent_out += await self._flush_windows(self.windows)
         if sent_out:
             self.stats.flushes += 1
         return sent_out
@@ -356,6 +380,30 @@ class EdgeClient:
         self._persist()
 
     # -- internals -----------------------------------------------------------------------------
+    def _window_counts(self, var: str, heartbeat: bool) -> WindowCounts:
+        v = self.topology.var(var)
+        proto = v.prototype
+        if (
+            not v.keyed
+            or not isinstance(proto, Windowed)
+            or not isinstance(proto.window(0), GCounter)
+        ):
+            raise ValueError(f"EdgeClient: windows {var!r} must be a keyed windowed GCounter")
+        self._types[var] = proto
+        return WindowCounts(var, proto.spec, self.actor, heartbeat=heartbeat)
+
+    async def _flush_windows(self, counts: WindowCounts) -> int:
+        now = self.server_clock.now()
+        batch = counts.deltas(now)
+        if not batch:
+            return 0
+        deltas = [(key, encode(delta)) for key, delta, _ in batch]
+        await self.transport.publish(counts.var, deltas)
+        counts.flushed(batch, now)
+        self.stats.deltas_sent += len(deltas)
+        self.stats.bytes_sent += sum(len(p) for _, p in deltas)
+        return len(deltas)
+
     def _next(self, now: float) -> float:
         spread = self.jitter * (2.0 * self.rng.random() - 1.0)
         return now + self.flush_interval * (1.0 + spread)
@@ -391,6 +439,7 @@ class EdgeClient:
 
     async def _follow(self, var: str, position: Any, changed: set[Hashable]) -> None:
         batch = await self.transport.read_deltas(var, position)
+        self.server_clock.learn(batch.server_time)
         # Grants to other clients cannot change this client's rights, and with many clients
         # they are most of the rights deltas: a delta whose bytes do not even contain this
         # actor's id is skipped without decoding (the rights replica holds only what concerns
@@ -507,10 +556,19 @@ class EdgeClient:
         bounded = self.bounded
         if bounded is None:
             return
+        now = self.clock()
+        requests, counts, wanted = self._requests, self._counts, self._wanted
         for key in self._shown:
+            old = requests.get(key, 0)
+            demand = counts.get(key, 0) + wanted.get(key, 0)
             if key not in self._asked and self._allow.get(key, 0) < bounded.low_watermark:
-                self._requests[key] = self._requests.get(key, 0) + 1
+                # Asking: the entry must grow (and carries the demand so far).
+                requests[key] = max(old + 1, demand)
                 self._asked.add(key)
+                self._reported_at[key] = now
+            elif demand > old and now - self._reported_at.get(key, -1e9) >= bounded.report_every:
+                requests[key] = demand
+                self._reported_at[key] = now
 
     def _own_totals(self) -> list[tuple[str, dict[Hashable, int]]]:
         totals = [(self.counter, self._counts)]

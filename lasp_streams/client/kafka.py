@@ -192,6 +192,11 @@ class KafkaTransport:
             if not set(tps) <= self._assigned:
                 self._assigned |= set(tps)
                 consumer.assign(sorted(self._assigned))
+                # assign() drops the fetch positions of partitions already assigned (another
+                # variable's), and with auto_offset_reset="none" a partition without one
+                # raises NoOffsetForPartitionError at every read: forget every cursor so each
+                # partition is sought again at its caller's position on its next read.
+                self._cursor.clear()
             wait = self.poll_ms
             moved = [tp for tp, offset in tps.items() if self._cursor.get(tp) != offset]
             if moved:

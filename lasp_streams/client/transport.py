@@ -54,6 +54,9 @@ class DeltaBatch:
 
     deltas: Sequence[tuple[Hashable, bytes]]
     position: Position
+    #: The server's clock when it answered (None: the transport does not say); an edge client
+    #: learns its clock offset from it (:class:`~lasp_streams.client.windows.ServerClock`).
+    server_time: float | None = None
 
 
 class ClientTransport(Protocol):

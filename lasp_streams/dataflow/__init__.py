@@ -19,10 +19,18 @@ from lasp_streams.dataflow.fold import Folded, count_distinct, sum_by
 from lasp_streams.dataflow.propagation import Propagation
 from lasp_streams.dataflow.steps import Var
 from lasp_streams.dataflow.topology import Topology
-from lasp_streams.dataflow.windows import LateDelta, WindowClosed, Windowed, WindowSpec
+from lasp_streams.dataflow.windows import (
+    HoldOpen,
+    LateDelta,
+    WindowClosed,
+    Windowed,
+    WindowLedger,
+    WindowSpec,
+)
 
 __all__ = [
     "Folded",
+    "HoldOpen",
     "LateDelta",
     "Propagation",
     "Topology",
@@ -30,6 +38,7 @@ __all__ = [
     "Update",
     "Var",
     "WindowClosed",
+    "WindowLedger",
     "WindowSpec",
     "Windowed",
     "count_distinct",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lasp_streams.dataflow.events import Action, StreamCallback, ThresholdFn
-from lasp_streams.dataflow.windows import LateDelta, WindowClosed, WindowSpec
+from lasp_streams.dataflow.windows import HoldOpen, LateDelta, WindowClosed, WindowSpec
 from lasp_streams.lattices.base import Lattice, describe_type
 from lasp_streams.lattices.threshold import Threshold
 
@@ -207,6 +207,9 @@ class WindowStep:
     clock: Callable[[], int] | None = None
     on_close: Callable[[WindowClosed], object] | None = None
     on_late: Callable[[LateDelta], object] | None = None
+    #: The close policy: None closes at event time + grace; :class:`HoldOpen` holds windows
+    #: for the devices active in them (:mod:`lasp_streams.dataflow.windows`).
+    hold: HoldOpen | None = None
     kind: Literal["window"] = "window"
 
     @property

@@ -54,7 +54,7 @@ from lasp_streams.dataflow.steps import (
     VarKind,
     WindowStep,
 )
-from lasp_streams.dataflow.windows import LateDelta, WindowClosed, Windowed, WindowSpec
+from lasp_streams.dataflow.windows import HoldOpen, LateDelta, WindowClosed, Windowed, WindowSpec
 from lasp_streams.errors import IncompatibleLattices, InvalidTopology
 from lasp_streams.lattices.base import Lattice, LatticeSpec, new_bottom
 from lasp_streams.lattices.folded import Folded
@@ -182,10 +182,12 @@ class Topology:
         clock: Callable[[], int] | None = None,
         on_close: Callable[[WindowClosed], object] | None = None,
         on_late: Callable[[LateDelta], object] | None = None,
+        hold: HoldOpen | None = None,
     ) -> Var:
         """A windowed variable: one ``spec`` lattice per event-time window (see
         :mod:`.windows`). ``slide`` defaults to ``size`` (tumbling). Windows close when the
-        watermark (max event time, or ``clock()``, minus ``grace``) passes their end;
+        watermark (max event time, or ``clock()``, minus ``grace``) passes their end — or,
+        with ``hold``, also once the devices active in them reported past it or timed out;
         ``on_close`` gets each closed window's final value once, ``on_late`` each late delta."""
         self._check_new(id, "window")
         nested = self._prototype(id, "window", spec)
@@ -197,7 +199,9 @@ class Topology:
             if fn is not None:
                 self._check_callable(id, "window", fn, name)
         prototype = Windowed(nested, window.size, window.slide)
-        step = WindowStep(id, window, clock, on_close, on_late)
+        if hold is not None and not isinstance(hold, HoldOpen):
+            raise InvalidTopology(f"window step {id!r}: hold must be a HoldOpen, got {hold!r}")
+        step = WindowStep(id, window, clock, on_close, on_late, hold)
         return self._add(step, prototype, bool(keyed), "window")
 
     # -- building: set operators ---------------------------------------------------------------

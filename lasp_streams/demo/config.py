@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from lasp_streams.server.escrow import RightsEscrow
 
 __all__ = ["DemoConfig", "Mode"]
 
-Mode = Literal["lasp", "bounded"]
+Mode = Literal["lasp", "bounded", "hybrid"]
 
 
 @dataclass(frozen=True)
@@ -20,9 +23,11 @@ class DemoConfig:
     sync a client goes offline with probability ``offline_prob`` for about
     ``offline_duration`` seconds (uniform in 0.5x..1.5x). An ad is disabled (and billed) when
     its impressions reach ``min_impressions`` (``minimums`` overrides it for the first ads).
-    ``mode``: ``lasp`` (counters, Lasp's overcount) or ``bounded`` (escrow of impression
-    rights: overcount 0); ``quota``: rights per grant in bounded mode (default: minimum /
-    (4 * clients)). ``timeout``: the run stops then even if ads are still active.
+    ``mode``: ``lasp`` (counters, Lasp's overcount), ``bounded`` (escrow of impression
+    rights, granted proactively: overcount 0) or ``hybrid`` (the bulk of each budget handed out
+    at once in proportion to the measured rates, only a reserve escrowed: overcount 0);
+    ``quota``: a holder's first grant (default: minimum / (4 * clients)). ``timeout``: the run
+    stops then even if ads are still active.
     ``retention`` / ``horizon``: the delta log's retention and the clients' resync horizon
     (seconds, None: unbounded). ``price``: billed per impression of the contract's minimum.
     """
@@ -68,7 +73,10 @@ class DemoConfig:
             f"min_impressions must be an int >= 1, got {self.min_impressions!r}",
         )
         need(all(type(m) is int and m >= 1 for m in self.minimums), "minimums must be ints >= 1")
-        need(self.mode in ("lasp", "bounded"), f"mode must be 'lasp' or 'bounded', not {self.mode}")
+        need(
+            self.mode in ("lasp", "bounded", "hybrid"),
+            f"mode must be 'lasp', 'bounded' or 'hybrid', not {self.mode!r}",
+        )
         need(self.quota is None or self.quota >= 1, f"quota must be >= 1, got {self.quota}")
         need(self.timeout > 0, f"timeout must be > 0 s, got {self.timeout}")
         need(self.step > 0 and self.sample_interval > 0, "step and sample_interval must be > 0")
@@ -87,6 +95,25 @@ class DemoConfig:
         if self.quota is not None:
             return self.quota
         return max(1, self.min_impressions // (4 * self.clients))
+
+    @property
+    def lead(self) -> float:
+        """The escrow's refill lead time (seconds): a client's longest flush interval twice
+        (its spending reaches the escrow one flush late, the grant is read at the next pull)
+        plus 0.2 s for the trip through the agents and the escrow's transaction."""
+        return 2 * self.flush_interval * (1 + self.jitter) + 0.2
+
+    def escrow(self, server_actor: str) -> RightsEscrow:
+        """The escrow of bounded or hybrid mode, set up from this config."""
+        from lasp_streams.server.escrow import RightsEscrow
+
+        return RightsEscrow(
+            quota=self.grant_quota(),
+            clients=self.clients,
+            server_actor=server_actor,
+            lead=self.lead,
+            hybrid=self.mode == "hybrid",
+        )
 
     def with_(self, **changes: Any) -> DemoConfig:
         """A copy with some fields changed (validated again)."""

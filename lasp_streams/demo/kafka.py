@@ -10,11 +10,13 @@ user data directory) is started — its jars are fetched with Maven on first use
 the end unless ``keep_broker`` (a broker that was already running is left running). Each run
 uses fresh topics (``ad_counter_<time>``), so runs never see each other's ads or billing.
 
-Bounded mode (``cfg.mode == "bounded"``): a :class:`~lasp_streams.client.RightsEscrow` declares
-the ``rights`` and ``rights_requests`` variables, funds each ad with its minimum and serves
-requests in this process, next to the sink (:meth:`~lasp_streams.client.RightsEscrow.serve`);
-each client is a bounded :class:`~lasp_streams.client.EdgeClient` that reads its grants through
-its KafkaTransport. What the escrow's audit finds counts as refused deltas in the summary.
+Bounded and hybrid modes (``cfg.mode``): a :class:`~lasp_streams.server.RightsEscrow` declares
+the ``rights`` and ``rights_requests`` variables; a durable
+:class:`~lasp_streams.server.escrow_kafka.KafkaEscrow` (fenced transactional grants, its ledger
+on the rights topics) funds each ad with its minimum and grants proactively in this process,
+next to the sink; each client is a bounded :class:`~lasp_streams.client.EdgeClient` that reads
+its grants through its KafkaTransport. What the escrow's audit finds counts as refused deltas in
+the summary.
 
 Billing events in the summary are the ones a ``read_committed`` reader finds on the billing
 topic at the end (one per ad, by the sink's construction), with the time their action ran.
@@ -50,6 +52,7 @@ from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import read_billing_events
 from lasp_streams.runtime.kafka.topics import billing_topic, dlq_topic
 from lasp_streams.server import RightsEscrow
+from lasp_streams.server.escrow_kafka import EscrowChecks, KafkaEscrow
 
 __all__ = ["run_kafka"]
 
@@ -185,14 +188,20 @@ async def _run(
 
     topo = mod.build(cfg.min_impressions, on_disable=on_disable)
     escrow: RightsEscrow | None = None
-    if cfg.mode == "bounded":
-        escrow = RightsEscrow(
-            quota=cfg.grant_quota(), clients=cfg.clients, server_actor=mod.SERVER_ACTOR
-        )
+    service: KafkaEscrow | None = None
+    checks: EscrowChecks | None = None
+    if cfg.mode != "lasp":
+        escrow = cfg.escrow(mod.SERVER_ACTOR)
         escrow.declare(topo)
-    rt = KafkaRuntime(topo, settings, name=name)
+        # The agents refuse overspending (dead-lettered with the reason); the audit stays.
+        checks = EscrowChecks(escrow, settings, name)
+    rt = KafkaRuntime(
+        topo, settings, name=name, validators=checks.validators if checks is not None else None
+    )
     progress(f"deploying topology {name!r} ({partitions} partitions per topic)")
     await rt.start()
+    if checks is not None:
+        await checks.start()
     halt = asyncio.Event()
     ready = asyncio.Event()
     servers = [asyncio.create_task(rt.run(stop=halt, ready=ready))]
@@ -209,10 +218,11 @@ async def _run(
             contract = mod.Contract(ad.id, minimum[ad.id])
             await rt.update("contracts", mod.SERVER_ACTOR, "add", contract)
         if escrow is not None:
-            escrow.attach(rt)
+            service = KafkaEscrow(escrow, settings, name)
+            await service.start()
             for ad in ads:
-                await escrow.fund(ad.id, minimum[ad.id])
-            servers.append(asyncio.create_task(escrow.serve(halt)))
+                await service.fund(ad.id, minimum[ad.id])
+            servers.append(asyncio.create_task(service.run(halt)))
         await rt.read("ads_with_contracts", Threshold.cardinality(len(ads)), timeout=60)
         progress(f"{len(ads)} ads with contracts; starting {cfg.clients} clients")
 
@@ -248,8 +258,9 @@ async def _run(
                 sample()
                 await asyncio.sleep(cfg.sample_interval)
 
-        for sim in sims:
-            await sim.client.sync()
+        # The first syncs (full-state reads) together: one after the other they take minutes
+        # with many clients.
+        await asyncio.gather(*(sim.client.sync() for sim in sims))
         start = clock()
         tasks = [asyncio.create_task(simulate(sim, cfg, stop, clock)) for sim in sims]
         tasks.append(asyncio.create_task(sampler()))
@@ -286,12 +297,17 @@ async def _run(
         if escrow is not None:
             escrow.audit()
             refused += len(escrow.violations)
+            progress(escrow.describe())
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         halt.set()
         await asyncio.gather(*servers, return_exceptions=True)
+        if service is not None:
+            await service.stop()
+        if checks is not None:
+            await checks.stop()
         for transport in transports:
             await transport.stop()
         if stack is not None:

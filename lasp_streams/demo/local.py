@@ -5,7 +5,7 @@ The server is a :class:`~lasp_streams.client.LocalHub` running ``topologies/ad_c
 clients' deltas are validated and joined; when an ad's impressions reach its contract's
 minimum the topology's trigger removes the ad (the removal reaches clients through the
 ``ads_with_contracts`` delta log) and ``on_disable`` records one billing event. In bounded mode
-a :class:`~lasp_streams.client.RightsEscrow` funds each ad with its minimum and grants quotas.
+a :class:`~lasp_streams.server.RightsEscrow` funds each ad with its minimum and grants quotas.
 
 Each simulated client views ``rate`` impressions per second among the ads it shows (pacing by
 wall clock, in steps of ``step`` seconds), syncs when its jittered flush is due, and sometimes
@@ -60,10 +60,8 @@ async def run_local(cfg: DemoConfig, *, clock: Callable[[], float] = time.monoto
     topo = mod.build(cfg.min_impressions, on_disable=on_disable)
     escrow: RightsEscrow | None = None
     watch = ["ads_with_contracts"]
-    if cfg.mode == "bounded":
-        escrow = RightsEscrow(
-            quota=cfg.grant_quota(), clients=cfg.clients, server_actor=mod.SERVER_ACTOR
-        )
+    if cfg.mode != "lasp":
+        escrow = cfg.escrow(mod.SERVER_ACTOR)
         escrow.install(topo)
         watch.append(escrow.rights)
     hub = LocalHub(
@@ -104,6 +102,8 @@ async def run_local(cfg: DemoConfig, *, clock: Callable[[], float] = time.monoto
         await sim.client.sync()
     tasks = [asyncio.create_task(simulate(sim, cfg, stop, clock)) for sim in sims]
     tasks.append(asyncio.create_task(sampler()))
+    if escrow is not None:  # proactive refills between requests
+        tasks.append(asyncio.create_task(escrow.run(stop)))
     timed_out = False
     try:
         await asyncio.wait_for(all_disabled.wait(), cfg.timeout)

@@ -38,25 +38,26 @@ from lasp_streams.gateway.keys import KeyRing
 from lasp_streams.gateway.metrics import GatewayMetrics
 from lasp_streams.server.devices import check_flush, check_identifier
 
-__all__ = ["GatewaySide", "Session"]
-
-log = logging.getLogger(__name__)
-
 
 class GatewaySide(Protocol):
     """What a session uses of its :class:`~lasp_streams.gateway.server.Gateway` (a protocol,
     so that the gateway imports its sessions and not the other way round)."""
 
     id: str
-    topology: Topology
-    readable: frozenset[str]
     config: GatewayConfig
     metrics: GatewayMetrics
-    hearing: Hearing
     keyring: KeyRing
+    hearing: Hearing
     batcher: Batcher
+    topology: Topology
+    readable: frozenset[str]
 
     def bind(self, session: Session) -> None: ...
+
+
+__all__ = ["GatewaySide", "Session"]
+
+log = logging.getLogger(__name__)
 
 
 class Session:

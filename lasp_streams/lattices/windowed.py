@@ -21,10 +21,12 @@ from typing import Any, ClassVar, Self
 
 from lasp_streams.errors import MutatorError
 from lasp_streams.lattices.base import Lattice, LatticeSpec, WireContext, describe_type, new_bottom
+from lasp_streams.lattices.counters import GCounter
 
 __all__ = ["WindowSpec", "Windowed"]
 
 _MAX_WINDOWS_PER_EVENT = 1000
+_MAX_COMPACT_WINDOWS = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +158,15 @@ class Windowed(Lattice):
             self._max_t = event_time
         return delta
 
+    def at(self, event_time: int) -> Windowed:
+        """A delta holding only the event-time high water mark ``event_time`` (a device's
+        "I have reported everything before this time")."""
+        if type(event_time) is not int:
+            raise MutatorError(f"Windowed: event_time must be an int, got {event_time!r}")
+        out = self._empty()
+        out._max_t = event_time
+        return out
+
     def split(self, late: Callable[[int], bool]) -> tuple[Windowed, Windowed]:
         """``(on time, late)``: this state cut in two by ``late(start)``; the event-time high
         water mark goes with the on-time part."""
@@ -239,12 +250,44 @@ class Windowed(Lattice):
             ctx.fail(f"Windowed: bad window geometry: {exc}")
 
     def to_wire(self) -> Any:
-        """``[spec, max event time or null, [[start, window envelope], ...]]``."""
+        """``[spec, max event time or null, [[start, window envelope], ...]]``, or, for the
+        delta an edge device sends (GCounter windows that all hold one entry of the same actor,
+        nearly contiguous), the compact ``[spec, max event time, [actor, max event time -
+        first start, [count per slide from the first start, 0 where no window]]]``: one actor
+        id and small ints instead of one GCounter envelope per window (the wire cost of windows
+        at the edge)."""
+        compact = self._compact()
         return [
             self.wire_spec()[1:],
             self._max_t,
-            [[start, s] for start, s in sorted(self._windows.items())],
+            compact
+            if compact is not None
+            else [[start, s] for start, s in sorted(self._windows.items())],
         ]
+
+    def _compact(self) -> list[Any] | None:
+        windows = self._windows
+        if not windows or type(self._proto) is not GCounter:
+            return None
+        actor = None
+        counts: dict[int, int] = {}
+        for start, state in windows.items():
+            entries = state.to_wire()
+            if len(entries) != 1:
+                return None
+            ((who, n),) = entries.items()
+            if actor is None:
+                actor = who
+            elif who != actor:
+                return None
+            counts[start] = n
+        slide = self._window.slide
+        first = min(counts)
+        span = (max(counts) - first) // slide + 1
+        if span > 2 * len(counts) + 2:
+            return None
+        back = (self._max_t if self._max_t is not None else first) - first
+        return [actor, back, [counts.get(first + i * slide, 0) for i in range(span)]]
 
     @classmethod
     def from_wire(cls, payload: Any, ctx: WireContext) -> Self:
@@ -260,6 +303,9 @@ class Windowed(Lattice):
         if not isinstance(raw_windows, (list, tuple)):
             ctx.fail("Windowed windows must be a list")
         slide = out._window.slide
+        if raw_windows and isinstance(raw_windows[0], str):
+            out._from_compact(raw_windows, ctx)
+            return out  # type: ignore[return-value]
         for entry in raw_windows:
             if not isinstance(entry, (list, tuple)) or len(entry) != 2:
                 ctx.fail("Windowed window must be [start, state]")
@@ -275,6 +321,30 @@ class Windowed(Lattice):
                 ctx.fail(f"Windowed: window {start} holds a {describe_type(state)}")
             out._windows[start] = state
         return out  # type: ignore[return-value]
+
+    def _from_compact(self, raw: Any, ctx: WireContext) -> None:
+        if type(self._proto) is not GCounter or len(raw) != 3:
+            ctx.fail("Windowed: a compact window list is [actor, back, counts] of GCounters")
+        actor, back, counts = raw
+        slide, max_t = self._window.slide, self._max_t
+        if not actor:
+            ctx.fail("Windowed: compact windows need a non-empty actor")
+        if max_t is None or type(back) is not int or back < 0:
+            ctx.fail(f"Windowed: compact first start {back!r} before {max_t!r} is not an int >= 0")
+        first = max_t - back
+        if first % slide:
+            ctx.fail(f"Windowed: window start {first!r} is not a multiple of slide {slide}")
+        if not isinstance(counts, (list, tuple)) or not counts:
+            ctx.fail("Windowed: compact counts must be a non-empty list")
+        if len(counts) > _MAX_COMPACT_WINDOWS:
+            ctx.fail(f"Windowed: {len(counts)} compact windows, at most {_MAX_COMPACT_WINDOWS}")
+        if first + (len(counts) - 1) * slide > max_t:
+            ctx.fail(f"Windowed: a window starts after the max event time {max_t!r}")
+        for i, n in enumerate(counts):
+            if type(n) is not int or n < 0:
+                ctx.fail(f"Windowed: compact count {n!r} is not an int >= 0")
+            if n:
+                self._windows[first + i * slide] = GCounter._of({actor: n})
 
     def __repr__(self) -> str:
         return f"Windowed[{describe_type(self._proto)}]({self.value()!r})"

@@ -9,7 +9,8 @@ and services clients reach.
 - what a gateway checks in a device's flush (:mod:`~.devices`) and the device ledger's logic
   (:mod:`~.ledger`: any number of devices, one counter entry per ledger partition).
 
-Modules: :mod:`.validate`, :mod:`.hub`, :mod:`.escrow`, :mod:`.devices`, :mod:`.ledger`.
+Modules: :mod:`.validate`, :mod:`.hub`, :mod:`.escrow`, :mod:`.escrow_kafka`, :mod:`.devices`,
+:mod:`.ledger`.
 """
 
 from lasp_streams.server.escrow import RightsEscrow

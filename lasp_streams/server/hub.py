@@ -137,7 +137,9 @@ class LocalHub:
                 f"{log.start}, retention {self.retention}s); read the full state"
             )
         entries = list(log.entries)[position - log.start :]
-        return DeltaBatch([(key, payload) for _, key, payload in entries], log.end)
+        return DeltaBatch(
+            [(key, payload) for _, key, payload in entries], log.end, server_time=self.clock()
+        )
 
     async def receive(self, actor: str, var: str, deltas: Sequence[tuple[Hashable, bytes]]) -> int:
         """Validate and join a client's deltas; returns how many were accepted."""

@@ -7,14 +7,15 @@ actor: a GCounter delta ``{"client-7": 1200}`` from ``client-7`` is fine, the sa
 one client inflate — or, by the per-actor max, absorb — another's impressions).
 
 :func:`client_delta_problem` returns the reason a delta is refused (``None``: accept); it is the
-shape the Kafka agent's validator hook takes (``lasp_streams.runtime.kafka.joiner.Validator``
+shape the replica core's record validators take (``lasp_streams.runtime.core.RecordValidator``
 returns a reason or None), with the actor taken from the record's
 :data:`~lasp_streams.codec.ACTOR_HEADER`.
 :func:`check_client_delta` raises :class:`UntrustedDelta` instead.
 
 Types the check understands: GCounter, PNCounter, LexCounter (per-actor entries), BCounter
 (increment/decrement entries of the actor; transfers *from* the actor only) and GMap of those
-(each nested state checked). Any other type has no per-actor entries the server could check, so
+(each nested state checked), and Windowed of those (each window checked). Any other type has no
+per-actor entries the server could check, so
 a client delta of it is refused as unverifiable: clients write counters; sets and registers are
 written by trusted services.
 """
@@ -28,6 +29,7 @@ from lasp_streams.errors import LaspError
 from lasp_streams.lattices.base import Lattice, describe_type
 from lasp_streams.lattices.composite import GMap
 from lasp_streams.lattices.counters import BCounter, GCounter, LexCounter, PNCounter
+from lasp_streams.lattices.windowed import Windowed
 
 __all__ = [
     "UntrustedDelta",
@@ -67,6 +69,12 @@ def client_delta_problem(delta: Lattice, actor: str) -> str | None:
             problem = client_delta_problem(nested, actor)
             if problem is not None:
                 return f"GMap key {key!r}: {problem}"
+        return None
+    if isinstance(delta, Windowed):
+        for start, window in delta.windows().items():
+            problem = client_delta_problem(window, actor)
+            if problem is not None:
+                return f"window {start}: {problem}"
         return None
     if not isinstance(delta, _CHECKED):
         return (

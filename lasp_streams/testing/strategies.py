@@ -18,6 +18,7 @@ from lasp_streams.lattices.composite import GMap, Pair
 from lasp_streams.lattices.counters import BCounter, GCounter, LexCounter, MaxInt, PNCounter
 from lasp_streams.lattices.registers import Boolean, IVar, LWWRegister
 from lasp_streams.lattices.sets import GSet, TwoPSet
+from lasp_streams.lattices.windowed import Windowed
 from lasp_streams.testing.laws import Mutation, OpsSpec, mutations, states_from_mutations
 
 __all__ = [
@@ -231,6 +232,20 @@ def _cases() -> dict[str, LatticeCase]:
                 ("snd", st.tuples(a, st.just("set"), st.sampled_from(["v", "w"]))),
             ],
             conflicts=True,
+        ),
+        LatticeCase(
+            # Sliding windows (three per event): one actor's deltas take the compact wire form.
+            "Windowed(GCounter)",
+            lambda: Windowed(GCounter, 30, 10),
+            [("record", st.tuples(a, st.integers(0, 60), st.just("increment"), _amount()))],
+        ),
+        LatticeCase(
+            "Windowed(TwoPSet)",
+            lambda: Windowed(TwoPSet, 20, 20),
+            [
+                ("record", st.tuples(a, st.integers(0, 60), st.just("add"), e)),
+                ("record", st.tuples(a, st.integers(0, 60), st.just("remove"), e)),
+            ],
         ),
         LatticeCase(
             "Pair(MaxInt, LWWRegister)",

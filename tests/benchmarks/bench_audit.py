@@ -5,8 +5,9 @@ Run (starts and stops its own local broker on free ports)::
     .venv/bin/python -m tests.benchmarks.bench_audit --records 1000000 --runs 3
 
 It produces N codec-encoded GCounter deltas (each a client's running total, K keys, 500
-actors) once onto the delta topic of a one-variable topology with a per-key trigger, and
-then, per run (variants interleaved):
+actors, each with its client's actor header, which the audit checks as the agents do) once onto
+the delta topic of a one-variable topology with a per-key trigger, and then, per run (variants
+interleaved):
 
 - ``raw``: aiokafka ``getmany`` over the same partitions, read_committed, no decoding: the
   floor of reading the records at all (the baseline).
@@ -46,6 +47,7 @@ from lasp_streams.lattices.counters import GCounter
 from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import delta_topic
+from lasp_streams.server.validate import record_delta_problem
 
 REPORT = Path(__file__).parent / "reports" / "audit.md"
 VARIABLE = "impressions"
@@ -71,9 +73,15 @@ async def produce(settings: KafkaSettings, topo: Topology, records: int, keys: i
         actors = [f"client-{i}" for i in range(500)]
         pending = []
         for i in range(records):
-            delta = GCounter().increment(actors[i % len(actors)], 1 + i // len(actors))
+            actor = actors[i % len(actors)]
+            delta = GCounter().increment(actor, 1 + i // len(actors))
             pending.append(
-                await producer.send(topic, key=f"ad-{i % keys}".encode(), value=codec.encode(delta))
+                await producer.send(
+                    topic,
+                    key=f"ad-{i % keys}".encode(),
+                    value=codec.encode(delta),
+                    headers=[(codec.ACTOR_HEADER, actor.encode())],
+                )
             )
             if len(pending) >= 20_000:
                 await asyncio.gather(*pending)
@@ -114,7 +122,9 @@ def run_core(topo: Topology, records: list[Any]) -> float:
     topo.freeze()
     replays: dict[str, VariableReplay] = {}
     books = trigger_books(topo, replays)
-    replay = VariableReplay(VARIABLE, GCounter(), triggers=books[VARIABLE])
+    replay = VariableReplay(
+        VARIABLE, GCounter(), triggers=books[VARIABLE], validate=record_delta_problem
+    )
     started = time.perf_counter()
     replay.feed(records)
     rate = len(records) / (time.perf_counter() - started)
@@ -135,7 +145,8 @@ async def main_async(args: argparse.Namespace, bootstrap: str) -> dict[str, list
         records, raw = await fetch_all(settings, delta_topic(name, VARIABLE))
         assert len(records) == args.records, len(records)
         report = await run_audit(topology(name, max(1, args.records // args.keys // 2)), settings)
-        assert report.deltas == args.records and len(report.ads) == args.keys
+        assert report.deltas == args.records, (report.deltas, args.records)
+        assert len(report.ads) == args.keys, (len(report.ads), args.keys, report.warnings[:3])
         assert all(line.crossing is not None for line in report.ads)
         core = run_core(topology(name, max(1, args.records // args.keys // 2)), records)
         del records

@@ -77,7 +77,7 @@ async def one_run(bootstrap: str, clients: int, seconds: float, flush: float) ->
     finally:
         await producer.stop()
 
-    agent = VariableAgent(settings, name, "impressions", GCounter)
+    agent = VariableAgent.for_variable(settings, name, "impressions", GCounter)
     await agent.start()
     agent_task = asyncio.create_task(agent.run())
     transports = [KafkaTransport(settings, name, f"client-{i}") for i in range(clients)]

@@ -319,6 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--clients", type=int, nargs="+", default=[32, 256, 1000])
+    parser.add_argument(
+        "--overcount-runs",
+        type=int,
+        default=None,
+        help="runs per overcount point (default: --runs)",
+    )
     parser.add_argument("--only", default="state,checks,ingest,overcount")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
@@ -332,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Machine: {platform.platform()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}; shared with other work while it ran (load average "
-        f"{os.getloadavg()[0]:.1f} at the start). Medians of {args.runs} run(s).",
+        f"{os.getloadavg()[0]:.1f} at the start). Medians of {args.runs} run(s) "
+        f"({args.overcount_runs or args.runs} per overcount point).",
         "",
     ]
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -395,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
             for n in args.clients:
                 runs = [
-                    asyncio.run(bench_overcount(args.bootstrap, tmp, n)) for _ in range(args.runs)
+                    asyncio.run(bench_overcount(args.bootstrap, tmp, n))
+                    for _ in range(args.overcount_runs or args.runs)
                 ]
                 print(runs, flush=True)
                 lines.append(

@@ -156,3 +156,42 @@ async def test_edge_clients_over_kafka(
         for t in transports:
             await t.stop()
         await agent.stop()
+
+
+async def test_one_transport_follows_two_variables(
+    bootstrap_servers: str, unique_topic: Callable[..., str]
+) -> None:
+    """A bounded client follows ads_with_contracts and rights on one consumer: starting to
+    follow the second variable must not lose the first one's positions (aiokafka's assign()
+    drops them, and with auto_offset_reset="none" every later read raised
+    NoOffsetForPartitionError: the demo's bounded clients went "offline" for ever)."""
+    name = unique_topic("two")
+    settings = KafkaSettings(bootstrap_servers=bootstrap_servers, delta_partitions=2)
+    await ensure_topics(settings, plan_topics(name, ["a", "b"], settings))
+    transport = KafkaTransport(settings, name, "phone-0")
+    await transport.start()
+    try:
+        position_a = dict.fromkeys((await end_offsets(settings, delta_topic(name, "a"))), 0)
+        position_b = dict(position_a)
+        for round_ in range(1, 4):
+            for var in ("a", "b"):
+                await produce(settings, delta_topic(name, var), GCounter().increment("x", round_))
+            for var in ("a", "b"):
+                position = position_a if var == "a" else position_b
+                got: list[int] = []
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 30
+                while not got:  # a fresh fetch may need a moment: bounded by the deadline
+                    assert loop.time() < deadline, f"round {round_}: nothing read from {var!r}"
+                    await asyncio.sleep(0.02)  # let the consumer's fetch task run
+                    batch = await transport.read_deltas(var, position)
+                    got = [decode(payload).value() for _key, payload in batch.deltas]
+                    position = batch.position
+                assert got == [round_], (var, got)
+                if var == "a":
+                    position_a = position
+                else:
+                    position_b = position
+        assert transport.online
+    finally:
+        await transport.stop()

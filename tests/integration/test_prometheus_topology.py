@@ -127,7 +127,9 @@ async def test_a_revoked_partition_stops_reporting_lag(
     finally:
         await producer.stop()
     first_registry = CollectorRegistry()
-    first = VariableAgent(settings, topo, "v", GCounter, metrics=Metrics(first_registry))
+    first = VariableAgent.for_variable(
+        settings, topo, "v", GCounter, metrics=Metrics(first_registry)
+    )
     await first.start()
 
     def lagged(registry: CollectorRegistry) -> set[str]:
@@ -138,7 +140,9 @@ async def test_a_revoked_partition_stops_reporting_lag(
             if s.name == "lasp_consumer_lag_records"
         }
 
-    second = VariableAgent(settings, topo, "v", GCounter, metrics=Metrics(CollectorRegistry()))
+    second = VariableAgent.for_variable(
+        settings, topo, "v", GCounter, metrics=Metrics(CollectorRegistry())
+    )
     try:
         deadline = time.monotonic() + 60
         while lagged(first_registry) != {"0", "1"}:

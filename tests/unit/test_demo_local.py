@@ -14,6 +14,7 @@ from lasp_streams.lattices.counters import BCounter, GCounter
 from lasp_streams.runtime.core import event_id
 from lasp_streams.runtime.local import LocalRuntime
 from lasp_streams.server import RightsEscrow
+from lasp_streams.server.escrow import rights_writer_validator, spending_validator
 
 SMALL = DemoConfig(
     ads=2,
@@ -110,7 +111,7 @@ def test_cli_kafka_bounded_mode_runs_and_names_an_unreachable_broker() -> None:
 
 
 async def test_escrow_audit_flags_overspending_and_self_funding_and_cuts_the_client_off() -> None:
-    # The Kafka escrow audits its followed replicas; any runtime with update/state/keys will do.
+    # The Kafka escrow audits its ledger; any runtime with update/state/keys will do.
     topo = Topology("escrow_audit")
     topo.declare("impressions", GCounter, keyed=True)
     escrow = RightsEscrow(quota=5, clients=2)
@@ -118,12 +119,12 @@ async def test_escrow_audit_flags_overspending_and_self_funding_and_cuts_the_cli
     rt = LocalRuntime(topo)
     escrow.attach(rt)
     await escrow.fund("ad", 20)
-    asks = GCounter()
-    asks.increment("c1")
-    asks.increment("c2")
-    await escrow.answer("ad", asks)
-    assert escrow.granted == {("ad", "c1"): 5, ("ad", "c2"): 5} and escrow.left("ad") == 10
-    assert rt.state("rights", key="ad").rights("c1") == 5  # type: ignore[attr-defined]
+    await rt.update("rights_requests", "c1", "increment", key="ad")
+    await rt.update("rights_requests", "c2", "increment", key="ad")
+    await escrow.tick()
+    rights = rt.state("rights", key="ad")
+    assert isinstance(rights, BCounter)
+    assert (rights.rights("c1"), rights.rights("c2"), escrow.left("ad")) == (5, 5, 10)
 
     await rt.update("impressions", "c1", "increment", 5, key="ad")
     assert escrow.audit() == []
@@ -134,24 +135,29 @@ async def test_escrow_audit_flags_overspending_and_self_funding_and_cuts_the_cli
     assert escrow.cut_off == {"c2", "c3"}
     assert escrow.audit() == []  # each violation is reported once
 
-    asks.increment("c2")
-    asks.increment("c1")
-    await escrow.answer("ad", asks)
-    assert escrow.granted[("ad", "c2")] == 5  # cut off: nothing more
-    assert escrow.granted[("ad", "c1")] == 10
+    await rt.update("rights_requests", "c1", "increment", key="ad")
+    await rt.update("rights_requests", "c2", "increment", key="ad")
+    await escrow.tick()
+    rights = rt.state("rights", key="ad")
+    assert isinstance(rights, BCounter)
+    assert rights.rights("c2") == 5  # cut off: nothing more
+    assert rights.rights("c1") == 10
 
 
-def test_escrow_record_problem_is_the_kafka_validator_shape() -> None:
-    escrow = RightsEscrow(quota=5, server_actor="server")
-    escrow.granted[("ad", "c1")] = 5
+def test_escrow_validators_are_the_record_validator_shape() -> None:
+    grants = BCounter()
+    grants.increment("server", 20)
+    grants.move("server", 5, "c1")
+    check = spending_validator(lambda key: grants if key == "ad" else None)
     within, beyond = GCounter(), GCounter()
     within.increment("c1", 5)
     beyond.increment("c1", 6)
     as_c1 = [("lasp.actor", b"c1")]
-    assert escrow.record_problem("impressions", "ad", as_c1, within) is None
-    assert "granted 5" in str(escrow.record_problem("impressions", "ad", as_c1, beyond))
-    grant = BCounter()
-    grant.increment("server", 5)
-    assert escrow.record_problem("rights", "ad", [("lasp.actor", b"server")], grant) is None
-    assert "may not write" in str(escrow.record_problem("rights", "ad", as_c1, grant))
-    assert escrow.record_problem("impressions", "ad", [], within) is not None  # no actor header
+    assert check("ad", as_c1, within) is None
+    assert "holds 5 rights" in str(check("ad", as_c1, beyond))
+    assert "holds 0 rights" in str(check("other", as_c1, within))  # nothing granted there
+    assert check("ad", [("lasp.actor", b"server")], beyond) is None
+    assert check("ad", [], within) is not None  # no actor header
+    writers = rights_writer_validator()
+    assert writers("ad", [("lasp.actor", b"server")], grants) is None
+    assert "may not write" in str(writers("ad", as_c1, grants))

@@ -113,7 +113,7 @@ class ReplicaCore:
         self._prop = plan if plan is not None else Propagation(topology)
         self._validators = dict(validators or {})
         self._gates: dict[str, WindowGate] = {
-            s.id: WindowGate(s.id, s.window, s.clock)
+            s.id: WindowGate(s.id, s.window, s.clock, s.hold)
             for s in topology.steps
             if isinstance(s, WindowStep) and s.id in self.states
         }
@@ -530,7 +530,8 @@ class ReplicaCore:
         effects: Effects,
     ) -> None:
         starts = tuple(sorted(late.windows()))
-        effects.late.append(LateDelta(var, key, starts, self.replica, late))
+        counts = self._gates[var].late_counts(key, self.states[var].get(key), late)
+        effects.late.append(LateDelta(var, key, starts, self.replica, late, counts))
         if record is not None:
             effects.dead.append(
                 _dead(
@@ -539,7 +540,10 @@ class ReplicaCore:
                     "late",
                     f"variable {var!r}: windows {list(starts)} had closed; their part of this "
                     "delta is not merged",
-                    (("window.starts", ",".join(map(str, starts))),),
+                    (
+                        ("window.starts", ",".join(map(str, starts))),
+                        ("window.late", ",".join(f"{s}:{n}" for s, n in counts)),
+                    ),
                 )
             )
 

@@ -12,6 +12,13 @@ variable in one core, key by key, in arrival order.
   watermark pass it, so a recovering owner has nothing to emit.
 - :meth:`WindowGate.late_part` is the part of an update at an event time that falls in closed
   windows (the LocalRuntime's ``update`` applies the rest: :meth:`WindowGate.closed`).
+
+With a :class:`~lasp_streams.dataflow.windows.HoldOpen` policy the gate also keeps, per key and
+device (an actor with entries in a delta's windows), how far that device has reported (its
+deltas' event-time high water mark) and when it was last heard (the policy's clock); a window
+the watermark passed stays open while a device with an entry in it has reported neither past
+its end nor within ``timeout``. :meth:`WindowGate.late_counts` measures a late part in
+impressions per window (numeric window values).
 """
 
 from __future__ import annotations
@@ -19,7 +26,13 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from lasp_streams.dataflow.windows import WindowClock, WindowClosed, Windowed, WindowSpec
+from lasp_streams.dataflow.windows import (
+    HoldOpen,
+    WindowClock,
+    WindowClosed,
+    Windowed,
+    WindowSpec,
+)
 from lasp_streams.lattices.base import Lattice
 
 __all__ = ["WindowGate"]
@@ -28,15 +41,22 @@ __all__ = ["WindowGate"]
 class WindowGate:
     """Per-key closing state of one windowed variable (see the module docstring). Pure."""
 
-    __slots__ = ("_clocks", "clock", "spec", "variable")
+    __slots__ = ("_clocks", "_reports", "clock", "hold", "spec", "variable")
 
     def __init__(
-        self, variable: str, spec: WindowSpec, clock: Callable[[], int] | None = None
+        self,
+        variable: str,
+        spec: WindowSpec,
+        clock: Callable[[], int] | None = None,
+        hold: HoldOpen | None = None,
     ) -> None:
         self.variable = variable
         self.spec = spec
         self.clock = clock
+        self.hold = hold
         self._clocks: dict[Hashable, WindowClock] = {}
+        # HoldOpen only: key -> device -> [reported through (event time), heard at (clock)].
+        self._reports: dict[Hashable, dict[str, list[int]]] = {}
 
     def _clock(self, key: Hashable) -> WindowClock:
         found = self._clocks.get(key)
@@ -58,6 +78,8 @@ class WindowGate:
     ) -> tuple[Lattice, Windowed | None]:
         """``(the part to join, the late part that would have changed closed windows)``."""
         assert isinstance(delta, Windowed)
+        if self.hold is not None:
+            self._heard(key, delta)
         clock = self._clocks.get(key)
         if clock is None or clock.closed_through is None:
             return delta, None
@@ -77,7 +99,8 @@ class WindowGate:
         assert isinstance(state, Windowed)
         size = self.spec.size
         closed = []
-        for start in self._clock(key).advance(state):
+        held = None if self.hold is None else self._holder(key, state)
+        for start in self._clock(key).advance(state, held):
             window = state.window(start)
             closed.append(
                 WindowClosed(self.variable, key, start, start + size, window.value(), window)
@@ -107,3 +130,69 @@ class WindowGate:
             actor, event_time, mutator, *args, skip=lambda s: not clock.is_closed(s)
         )
         return late if late.windows() else None
+
+    def late_counts(
+        self, key: Hashable, state: Lattice | None, late: Windowed
+    ) -> tuple[tuple[int, int], ...]:
+        """Per window of ``late``: how much joining it would have grown the window's value (0
+        when values are not numbers)."""
+        out = []
+        for start, part in sorted(late.windows().items()):
+            current = state.window(start) if isinstance(state, Windowed) else part.bottom()
+            before = current.value()
+            current.merge(part)
+            after = current.value()
+            grew = after - before if isinstance(after, int) and isinstance(before, int) else 0
+            out.append((start, grew))
+        return tuple(out)
+
+    # -- HoldOpen ------------------------------------------------------------------------------
+    def _heard(self, key: Hashable, delta: Windowed) -> None:
+        hold = self.hold
+        through = delta.max_event_time
+        if hold is None or through is None:
+            return
+        now = hold.clock()
+        reports = self._reports.setdefault(key, {})
+        for actor in _actors(delta):
+            seen = reports.get(actor)
+            if seen is None:
+                reports[actor] = [through, now]
+            else:
+                seen[0] = max(seen[0], through)
+                seen[1] = now
+
+    def _holder(self, key: Hashable, state: Windowed) -> Callable[[int], bool]:
+        """``held(start)``: a device with an entry in the window has reported neither past its
+        end nor within the timeout."""
+        hold = self.hold
+        assert hold is not None
+        reports = self._reports.get(key, {})
+        now = hold.clock()
+        size = self.spec.size
+
+        def held(start: int) -> bool:
+            end = start + size
+            window = state.windows().get(start)
+            if window is None:
+                return False
+            for actor in _actors_of(window):
+                seen = reports.get(actor)
+                if seen is not None and seen[0] < end and now - seen[1] <= hold.timeout:
+                    return True
+            return False
+
+        return held
+
+
+def _actors_of(state: Lattice) -> frozenset[str]:
+    """The devices with entries in a window's state (none for types without per-actor
+    entries)."""
+    return state.actors() or frozenset()
+
+
+def _actors(delta: Windowed) -> set[str]:
+    out: set[str] = set()
+    for window in delta.windows().values():
+        out.update(_actors_of(window))
+    return out
