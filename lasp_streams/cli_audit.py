@@ -223,6 +223,7 @@ _BILLING_FIELDS = (
     "key",
     "value",
     "threshold",
+    "threshold_kind",
     "partition",
     "offset",
     "timestamp_ms",

@@ -324,11 +324,17 @@ class TeardownReport:
     failed_groups: dict[str, str] = field(default_factory=dict)
 
 
+async def _existing(admin: Any, names: Sequence[str]) -> set[str]:
+    """Which of ``names`` the cluster's metadata lists (no config lookup: a topic being
+    deleted meanwhile must not fail a teardown)."""
+    return {t["topic"] for t in await admin.describe_topics(list(names)) if t["error_code"] == 0}
+
+
 async def _wait_gone(admin: Any, names: Sequence[str], timeout: float = 30.0) -> None:
     """Return once the cluster no longer lists ``names`` (deletion completes asynchronously:
     a deploy right after a teardown must not find the old topics)."""
     deadline = time.monotonic() + timeout
-    while names and await describe_topics(admin, list(names)):
+    while names and await _existing(admin, list(names)):
         if time.monotonic() > deadline:
             raise KafkaSetupError(
                 f"topics {sorted(names)[:3]} were deleted but still exist after {timeout:.0f} s; "
@@ -343,7 +349,7 @@ async def teardown(plan: DeployPlan, settings: KafkaSettings) -> TeardownReport:
     admin = await _started(settings, "tear down")
     report = TeardownReport()
     try:
-        existing = await describe_topics(admin, [t.name for t in plan.topics])
+        existing = await _existing(admin, [t.name for t in plan.topics])
         names = [t.name for t in plan.topics if t.name in existing]
         if names:
             response = await admin.delete_topics(names)

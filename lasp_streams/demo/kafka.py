@@ -52,7 +52,7 @@ from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import read_billing_events
 from lasp_streams.runtime.kafka.topics import billing_topic, dlq_topic
 from lasp_streams.server import RightsEscrow
-from lasp_streams.server.escrow_kafka import KafkaEscrow
+from lasp_streams.server.escrow_kafka import EscrowChecks, KafkaEscrow
 
 __all__ = ["run_kafka"]
 
@@ -190,12 +190,19 @@ async def _run(
     topo = mod.build(cfg.min_impressions, on_disable=on_disable)
     escrow: RightsEscrow | None = None
     service: KafkaEscrow | None = None
+    checks: EscrowChecks | None = None
     if cfg.mode != "lasp":
         escrow = cfg.escrow(mod.SERVER_ACTOR)
         escrow.declare(topo)
-    rt = KafkaRuntime(topo, settings, name=name)
+        # The agents refuse overspending (dead-lettered with the reason); the audit stays.
+        checks = EscrowChecks(escrow, settings, name)
+    rt = KafkaRuntime(
+        topo, settings, name=name, validators=checks.validators if checks is not None else None
+    )
     progress(f"deploying topology {name!r} ({partitions} partitions per topic)")
     await rt.start()
+    if checks is not None:
+        await checks.start()
     halt = asyncio.Event()
     ready = asyncio.Event()
     servers = [asyncio.create_task(rt.run(stop=halt, ready=ready))]
@@ -300,6 +307,8 @@ async def _run(
         await asyncio.gather(*servers, return_exceptions=True)
         if service is not None:
             await service.stop()
+        if checks is not None:
+            await checks.stop()
         for transport in transports:
             await transport.stop()
         if stack is not None:

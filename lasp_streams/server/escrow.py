@@ -84,10 +84,19 @@ __all__ = [
 
 
 # -- the check, written once ------------------------------------------------------------------
-def overspend_problem(rights: BCounter | None, key: Hashable, actor: str, spent: int) -> str | None:
+def overspend_problem(
+    rights: BCounter | None, key: Hashable, actor: str, spent: int, server_actor: str = "server"
+) -> str | None:
     """Why ``actor`` having counted ``spent`` impressions of ``key`` in all breaks the bound of
-    ``rights`` (the key's rights BCounter, as the checker knows it), or None."""
-    granted = rights.rights(actor) if rights is not None else 0
+    ``rights`` (the key's rights BCounter, as the checker knows it), or None. Only rights the
+    server moved to ``actor`` count (minus any it moved back): never rights it made itself."""
+    granted = 0
+    if rights is not None:
+        for src, dst, n in rights.to_wire()[2]:
+            if src == server_actor and dst == actor:
+                granted += n
+            elif src == actor and dst == server_actor:
+                granted -= n
     if spent > granted:
         return (
             f"bounded counter {key!r}: holder {actor!r} counts {spent} impressions but holds "
@@ -114,7 +123,8 @@ def spending_validator(
             return f"a record must carry exactly one {ACTOR_HEADER!r} header"
         if actor == server_actor or not isinstance(delta, GCounter):
             return None
-        return overspend_problem(rights_of(key), key, actor, delta.counts().get(actor, 0))
+        spent = delta.counts().get(actor, 0)
+        return overspend_problem(rights_of(key), key, actor, spent, server_actor)
 
     return check
 
@@ -320,7 +330,8 @@ class RightsEscrow:
     def overspent(self, actor: str, key: Hashable, spent: int) -> str | None:
         """Why ``actor`` counting ``spent`` impressions of ``key`` in all breaks the bound."""
         state = self.runtime.state(self.rights, key=key)
-        return overspend_problem(state if isinstance(state, BCounter) else None, key, actor, spent)
+        rights = state if isinstance(state, BCounter) else None
+        return overspend_problem(rights, key, actor, spent, self.server_actor)
 
     def validate(self, actor: str, var: str, key: Hashable, delta: Lattice) -> str | None:
         """Hub validator: refuse spending beyond grants, and any client write to rights."""

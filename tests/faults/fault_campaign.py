@@ -569,6 +569,16 @@ def _joined(records: list[Any]) -> dict[bytes | None, Lattice]:
     return out
 
 
+def _billing_fields(record: Any) -> tuple[str, str]:
+    """(ad, event id) of a billing record, read with plain msgpack (not the sink's decoder):
+    ``[tag, version, [topology, variable, trigger, key, ...]]`` keyed by its event id (older
+    records: a map with ``key`` and ``event_id``)."""
+    doc = msgpack.unpackb(record.value, raw=False)
+    if isinstance(doc, dict):
+        return doc["key"].decode(), str(doc["event_id"])
+    return doc[2][3].decode(), record.key.decode()
+
+
 async def check(bootstrap: str, name: str, counted: dict[str, int]) -> CheckResult:
     """The three properties of the module docstring; a list of violations (empty: all hold)."""
     violations: list[str] = []
@@ -584,9 +594,9 @@ async def check(bootstrap: str, name: str, counted: dict[str, int]) -> CheckResu
         billed: Counter[str] = Counter()
         event_ids: Counter[str] = Counter()
         for r in await read_committed(bootstrap, billing_topic(name), 1):
-            event = msgpack.unpackb(r.value, raw=False)
-            billed[event["key"].decode()] += 1
-            event_ids[event["event_id"]] += 1
+            ad_key, event_id = _billing_fields(r)
+            billed[ad_key] += 1
+            event_ids[event_id] += 1
         for ad in ADS:
             want = 1 if counted.get(ad.id, 0) >= MINIMUM[ad.id] else 0
             if billed[ad.id] != want:

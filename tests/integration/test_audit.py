@@ -170,7 +170,7 @@ async def test_dlq_show_decodes_each_dead_letter_with_reason_and_source(
 ) -> None:
     from lasp_streams import codec
     from lasp_streams.lattices.counters import GCounter
-    from lasp_streams.runtime.kafka.dlq import DeadLetter
+    from lasp_streams.runtime.kafka.dlq import DeadLetter, headers_of
 
     name = unique_topic("dlq")
     args = ("--bootstrap", bootstrap_servers, "--partitions", "1", "--name", name)
@@ -196,7 +196,7 @@ async def test_dlq_show_decodes_each_dead_letter_with_reason_and_source(
     try:
         for dead in letters:
             await producer.send_and_wait(
-                dlq_topic(name), key=dead.key, value=dead.value, headers=dead.headers()
+                dlq_topic(name), key=dead.key, value=dead.value, headers=headers_of(dead)
             )
     finally:
         await producer.stop()

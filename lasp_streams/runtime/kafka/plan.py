@@ -15,7 +15,7 @@ with an injected clock, or one that feeds another step, is refused by name.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,9 +93,12 @@ class WorkerPlan:
         metrics: Metrics | None = None,
         view: StateView | None = None,
         watch_version: Callable[[], int] | None = None,
+        validators: Mapping[str, RecordValidator] | None = None,
     ) -> list[Any]:
         """The agents, built. ``view`` (with ``watch_version``, which moves when a watched
-        variable grows) serves per-key threshold functions."""
+        variable grows) serves per-key threshold functions. ``validators``: extra record
+        validators per declared variable, run after the client check (the escrow's)."""
+        extra = dict(validators or {})
         from lasp_streams.runtime.kafka.operators import OperatorAgent
 
         assert self.graph is not None
@@ -114,7 +117,7 @@ class WorkerPlan:
                 v.id,
                 name=self.topology,
                 view=view,
-                validator=_client_check() if v.checked else None,
+                validator=_chain(_client_check() if v.checked else None, extra.get(v.id)),
                 metrics=metrics,
                 watch_version=watch_version if v.per_key else None,
             )
@@ -181,6 +184,22 @@ class WorkerPlan:
                 f"{list(self.watched)}"
             )
         return "\n".join(lines)
+
+
+def _chain(*checks: RecordValidator | None) -> RecordValidator | None:
+    """One validator running ``checks`` in order (the first reason wins); None if none."""
+    present = [c for c in checks if c is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
+
+    def check(key: Hashable, headers: Sequence[tuple[str, bytes]], delta: Lattice) -> str | None:
+        for one in present:
+            reason = one(key, headers, delta)
+            if reason is not None:
+                return reason
+        return None
+
+    return check
 
 
 def _client_check() -> RecordValidator:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -36,6 +36,7 @@ from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.threshold import Threshold, threshold_met
 from lasp_streams.metrics import Metrics
 from lasp_streams.records import BillingEvent
+from lasp_streams.runtime.core import RecordValidator
 from lasp_streams.runtime.core.updates import check_key, mutate
 from lasp_streams.runtime.kafka import clients
 from lasp_streams.runtime.kafka.follower import VariableFollower
@@ -70,8 +71,11 @@ class KafkaRuntime:
         metrics: Metrics | None = None,
         checked: Iterable[str] | None = None,
         name: str | None = None,
+        validators: Mapping[str, RecordValidator] | None = None,
     ) -> None:
         self.topology = topology
+        #: Extra record validators per declared variable (the escrow's), for :meth:`run`.
+        self.validators = dict(validators or {})
         #: The name its topics, groups and event ids use (the topology's own by default).
         self.name = name or topology.name
         self.settings = settings
@@ -277,7 +281,11 @@ class KafkaRuntime:
         actions: asyncio.Queue[BillingEvent] = asyncio.Queue()
         runners: list[Any] = (
             self.plan.agents(
-                self.settings, self.metrics, view=self, watch_version=lambda: self.watch_version
+                self.settings,
+                self.metrics,
+                view=self,
+                watch_version=lambda: self.watch_version,
+                validators=self.validators,
             )
             if with_agents
             else []
