@@ -206,7 +206,10 @@ def plan_acls(
         topic("device", delta_topic(topo, v), "READ", "DESCRIBE")
         topic("device", state_topic(topo, v), "READ", "DESCRIBE")
     for group in resync_groups:
-        allow("device", "GROUP", group, "LITERAL", "DESCRIBE")
+        # Devices resync; the sink and the workers update variables (KafkaRuntime.update
+        # catches up from the state writer's committed offsets before it mints a delta).
+        for role in ("device", "worker", "sink"):
+            allow(role, "GROUP", group, "LITERAL", "DESCRIBE")
     # A gateway hands device totals to the ledger stage (runtime.kafka.ledger) and checks the
     # ledger topics' shape at start.
     topic("device", devices_topic(topo), "WRITE", "DESCRIBE", "DESCRIBE_CONFIGS")

@@ -46,9 +46,11 @@ from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import TrustedSink, read_billing_events
 from lasp_streams.runtime.kafka.streams import StreamRunner
 from lasp_streams.runtime.kafka.topics import (
+    agent_group,
     billing_topic,
     delta_topic,
     ensure_topics,
+    operators_group,
     plan_topics,
     state_topic,
 )
@@ -205,8 +207,8 @@ class KafkaRuntime:
         """The consumer group that joins ``v``'s deltas into its state topic: the operator
         agent's for an operator input, else the variable agent's (their group names)."""
         if any(p.id == v.id for p in self.plan.operator_inputs):
-            return f"{self.name}.operators.{'keyed' if v.keyed else 'unkeyed'}"
-        return f"{self.name}.{v.id}.agent"
+            return operators_group(self.name, v.keyed)
+        return agent_group(self.name, v.id)
 
     async def wait_needed(self, var: Var | str, *args: Any, **kwargs: Any) -> Threshold:
         """Not on Kafka: a read here is a follower of committed state topics, which no
