@@ -21,7 +21,7 @@ from lasp_streams.runtime.kafka.acls import (
 )
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 
-__all__ = ["acls"]
+__all__ = ["acls", "apply_bindings"]
 
 
 def _principals(values: tuple[str, ...]) -> Principals:
@@ -41,7 +41,8 @@ def _principals(values: tuple[str, ...]) -> Principals:
         raise click.BadParameter(str(exc), param_hint="--principal") from None
 
 
-async def _apply(settings: KafkaSettings, bindings: list[AclBinding]) -> int:
+async def apply_bindings(settings: KafkaSettings, bindings: list[AclBinding]) -> int:
+    """Create ``bindings`` through an admin client of ``settings``; how many were sent."""
     admin = await clients.start(clients.admin(settings), settings, "applying ACLs")
     try:
         return await apply_acls(admin, bindings)
@@ -114,5 +115,5 @@ def acls(
         click.echo(render_acls(bindings))
     if apply:
         settings = kafka.settings()
-        count = asyncio.run(_apply(settings, bindings))
+        count = asyncio.run(apply_bindings(settings, bindings))
         click.echo(f"applied {count} ACL binding(s) at {settings.bootstrap_servers}", err=True)

@@ -12,9 +12,11 @@ from typing import TypeVar
 
 import click
 
+from lasp_streams.cli_acls import apply_bindings
 from lasp_streams.cli_config import KafkaFlags, kafka_options
 from lasp_streams.deploy import DeployPlan, apply_plan, plan_deploy, teardown
 from lasp_streams.errors import InvalidTopology, KafkaSetupError
+from lasp_streams.runtime.kafka.acls import AclBinding, plan_acls, render_acls
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 
 __all__ = ["deploy", "describe", "teardown_command", "topology_options"]
@@ -77,6 +79,13 @@ def load_plan(
     help="Replicas of every topic created (at most the number of brokers) [default: 1].",
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan and what exists; create nothing.")
+@click.option(
+    "--acls",
+    "with_acls",
+    is_flag=True,
+    help="Also print the ACLs each role needs (default principals User:lasp-ROLE; see "
+    "`lasp-streams acls` to choose them) and, unless --dry-run, create them (as the admin).",
+)
 def deploy(
     topology_ref: str,
     kafka: KafkaFlags,
@@ -84,6 +93,7 @@ def deploy(
     name: str | None,
     replication_factor: int | None,
     dry_run: bool,
+    with_acls: bool,
 ) -> None:
     """Create a topology's topics (with their configs) and print the plan: topics, consumer
     groups, how binary steps' inputs meet, what is broadcast.
@@ -95,6 +105,12 @@ def deploy(
     """
     plan, settings = load_plan(topology_ref, kafka, partitions, name, replication_factor)
     click.echo(plan.describe())
+    bindings: list[AclBinding] = []
+    if with_acls:
+        from lasp_streams.runtime.kafka.worker import load_topology
+
+        bindings = plan_acls(load_topology(topology_ref), name=plan.name)
+        click.echo(render_acls(bindings))
     if dry_run:
         click.echo(f"dry run: nothing created ({len(plan.topics)} topics planned)")
         return
@@ -114,6 +130,12 @@ def deploy(
         f"{len(report.created)} topic(s) created, "
         f"{kept} already there and compatible"
     )
+    if bindings:
+        try:
+            count = asyncio.run(apply_bindings(settings, bindings))
+        except KafkaSetupError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"applied {count} ACL binding(s)")
 
 
 @click.command()
