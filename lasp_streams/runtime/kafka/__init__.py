@@ -28,6 +28,7 @@ Modules:
 - :mod:`.worker` — the faust host of a plan (the only module that imports faust);
 - :mod:`.process` — one agent or the sink as a process;
 - :mod:`.patience` — waiting out a Kafka outage instead of exiting; the shutdown deadline;
+- :mod:`.quiet` — aiokafka's repeated error logs rate-limited (an outage is a few lines);
 - :mod:`.metrics_http` — a worker's metrics over HTTP.
 
 Every agent runs the one engine, :mod:`lasp_streams.runtime.core` (the LocalRuntime's), and

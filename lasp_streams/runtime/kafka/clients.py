@@ -29,6 +29,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
 from lasp_streams.errors import ConfigError, KafkaSetupError
+from lasp_streams.runtime.kafka.quiet import quiet_aiokafka
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 
 __all__ = [
@@ -106,6 +107,7 @@ def connection_options(settings: KafkaSettings, role: str) -> dict[str, Any]:
 
 
 def _merge(settings: KafkaSettings, role: str, options: dict[str, Any]) -> dict[str, Any]:
+    quiet_aiokafka()  # an outage logs a few lines, not thousands (once per process)
     merged = connection_options(settings, role)
     clash = sorted(set(options) & {"bootstrap_servers", "security_protocol", "ssl_context"})
     if clash:
