@@ -17,7 +17,7 @@ from lasp_streams.cli_config import config as config_group
 from lasp_streams.cli_errors import ReadableErrors
 from lasp_streams.cli_preflight import preflight
 from lasp_streams.demo.loadgen_cli import loadgen
-from lasp_streams.errors import KafkaSetupError
+from lasp_streams.errors import KafkaSetupError, KafkaUnreachable
 from lasp_streams.gateway.cli import gateway
 from lasp_streams.localkafka import (
     DEFAULT_BROKER_PORT,
@@ -506,6 +506,14 @@ def ad_counter(
     default="info",
     show_default=True,
 )
+@click.option(
+    "--wait-for-kafka/--no-wait-for-kafka",
+    default=True,
+    show_default=True,
+    help="When no broker answers at start, wait for one (a service outlives start order) "
+    "or exit with status 1. A refused login, an untrusted certificate or a wrong topic "
+    "always exits.",
+)
 def worker(
     topology_ref: str,
     kafka: KafkaFlags,
@@ -519,6 +527,7 @@ def worker(
     shutdown_timeout: float,
     trust_all: bool,
     loglevel: str,
+    wait_for_kafka: bool,
 ) -> None:
     """Run a topology's agents on Kafka in this process (a faust worker) until Ctrl-C/SIGTERM.
 
@@ -538,12 +547,18 @@ def worker(
     except InvalidTopology as exc:
         raise click.ClickException(str(exc)) from None
     settings = kafka.settings(partitions=partitions, replication_factor=replication_factor)
-    preflight(
-        topology,
-        settings,
-        name=name,
-        quiet=not click.get_current_context().find_root().params.get("verbose"),
-    )
+    try:
+        preflight(
+            topology,
+            settings,
+            name=name,
+            quiet=not click.get_current_context().find_root().params.get("verbose"),
+        )
+    except KafkaUnreachable as exc:
+        if not wait_for_kafka:
+            raise
+        # The worker's own start waits for the broker (runtime/kafka/patience.py).
+        click.echo(f"{exc}\nwaiting for it (--no-wait-for-kafka exits instead)", err=True)
     click.echo(plan.describe(), err=True)
     metrics = None
     server = None

@@ -28,6 +28,7 @@
     ├── StepError                   a user function raised inside a dataflow step
     ├── ReadTimeout (TimeoutError)  a threshold read did not complete in time
     └── KafkaSetupError (RuntimeError)     the local broker cannot be fetched, started or reached
+        ├── KafkaUnreachable               no broker answered (waiting may cure it)
         └── TopicMismatch                  an existing topic has the wrong partitions/policy
                                            (lasp_streams.runtime.kafka.topics)
 
@@ -96,3 +97,8 @@ class KafkaSetupError(LaspError, RuntimeError):
     """The local Kafka broker cannot be fetched, configured, started or reached.
 
     The message names the cause and the fix."""
+
+
+class KafkaUnreachable(KafkaSetupError):
+    """No broker answered at all (nothing refused us): waiting may cure it, unlike a refused
+    login, an untrusted certificate or a missing ACL."""

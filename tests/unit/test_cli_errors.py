@@ -50,7 +50,13 @@ def test_a_bootstrap_that_is_not_host_port_is_one_line() -> None:
 
 def test_an_unreachable_broker_is_one_line() -> None:
     port = closed_port()
-    result = run("worker", "topologies.ad_counter", "--bootstrap", f"kafka://127.0.0.1:{port}")
+    result = run(
+        "worker",
+        "topologies.ad_counter",
+        "--bootstrap",
+        f"kafka://127.0.0.1:{port}",
+        "--no-wait-for-kafka",
+    )
     (line,) = assert_short(result)
     assert f"cannot reach Kafka at 127.0.0.1:{port}" in line
     assert "is the broker running" in line
@@ -69,7 +75,9 @@ def test_the_current_directory_is_importable(
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     monkeypatch.delitem(sys.modules, "mytopo", raising=False)
     port = closed_port()
-    (line,) = assert_short(run("worker", "mytopo", "--bootstrap", f"127.0.0.1:{port}"))
+    (line,) = assert_short(
+        run("worker", "mytopo", "--bootstrap", f"127.0.0.1:{port}", "--no-wait-for-kafka")
+    )
     # It got past the import: the topology was found, the broker was not.
     assert "declaring the topics of 'mytopo'" in line
 

@@ -28,7 +28,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
-from lasp_streams.errors import ConfigError, KafkaSetupError
+from lasp_streams.errors import ConfigError, KafkaSetupError, KafkaUnreachable
 from lasp_streams.runtime.kafka.quiet import quiet_aiokafka
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 
@@ -240,7 +240,10 @@ async def start(client: C, settings: KafkaSettings, what: str) -> C:
         if closer is not None:
             with contextlib.suppress(KafkaError, OSError):
                 await closer()
-        raise KafkaSetupError(describe_failure(settings, what, exc, capture.lines)) from exc
+        message = describe_failure(settings, what, exc, capture.lines)
+        # Only the "nobody answered" line says "cannot reach": waiting may cure that one.
+        unreachable = " cannot reach Kafka at " in message
+        raise (KafkaUnreachable if unreachable else KafkaSetupError)(message) from exc
     finally:
         library.removeHandler(capture)
     return client
