@@ -49,3 +49,23 @@ def test_quiet_aiokafka_covers_the_loggers_that_flood_an_outage() -> None:
     assert quiet_aiokafka() is flt  # installed once per process
     for name in ("aiokafka.conn", "aiokafka.cluster", "aiokafka.consumer.fetcher"):
         assert flt in logging.getLogger(name).filters
+
+
+def test_a_client_start_sees_every_line_it_needs_to_name_a_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While a client starts, its failure is named from what aiokafka logs: an identical line
+    logged just before must not hide it."""
+    clock = _Clock()
+    logger = logging.getLogger("test.quiet.start")
+    flt = RepeatFilter(60.0, clock)
+    logger.addFilter(flt)
+    try:
+        with caplog.at_level(logging.WARNING, logger="test.quiet.start"):
+            logger.error("SSL: CERTIFICATE_VERIFY_FAILED")
+            with flt.passing():
+                logger.error("SSL: CERTIFICATE_VERIFY_FAILED")
+            logger.error("SSL: CERTIFICATE_VERIFY_FAILED")  # rate-limited again
+    finally:
+        logger.removeFilter(flt)
+    assert [r.getMessage() for r in caplog.records] == ["SSL: CERTIFICATE_VERIFY_FAILED"] * 2

@@ -234,7 +234,8 @@ async def start(client: C, settings: KafkaSettings, what: str) -> C:
     library = logging.getLogger("aiokafka")
     library.addHandler(capture)
     try:
-        await asyncio.wait_for(client.start(), settings.connect_timeout_ms / 1000)
+        with quiet_aiokafka().passing():
+            await asyncio.wait_for(client.start(), settings.connect_timeout_ms / 1000)
     except (TimeoutError, KafkaError, OSError, ssl.SSLError) as exc:
         closer = getattr(client, "stop", None) or getattr(client, "close", None)
         if closer is not None:

@@ -13,10 +13,11 @@ itself (when it starts, a reminder, when it ends) is logged by
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pkgutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 __all__ = ["RepeatFilter", "quiet_aiokafka"]
 
@@ -36,9 +37,21 @@ class RepeatFilter(logging.Filter):
         self.clock = clock
         self._last: dict[tuple[str, str], float] = {}
         self._dropped: dict[tuple[str, str], int] = {}
+        self._passing = 0
+
+    @contextlib.contextmanager
+    def passing(self) -> Iterator[None]:
+        """Let every record through meanwhile: a client's start reads what aiokafka logs to
+        name the cause of a failure (a refused login, an untrusted certificate), and an
+        earlier, identical line must not hide it."""
+        self._passing += 1
+        try:
+            yield
+        finally:
+            self._passing -= 1
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
+        if record.levelno < logging.WARNING or self._passing:
             return True
         kind = (record.name, str(record.msg))
         now = self.clock()
