@@ -62,6 +62,7 @@ async def test_the_ad_counter_keeps_going_when_a_broker_is_killed(
         progress=progress,
         replication_factor=3,
         via="kafka",
+        keep=True,  # the topics are described below (the demo removes them otherwise)
     )
     for task in kills:
         await task
