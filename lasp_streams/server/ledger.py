@@ -138,9 +138,15 @@ class LedgerPartition:
         #: (variable, key) -> this partition's running sum
         self.sums: dict[tuple[str, str], int] = {}
 
-    def apply(self, entries: Iterable[tuple[str, str, str, int]], ts_ms: int) -> LedgerBatch:
-        """Turn totals into increments (at time ``ts_ms``, the batch record's timestamp)."""
-        out = LedgerBatch()
+    def apply(
+        self,
+        entries: Iterable[tuple[str, str, str, int]],
+        ts_ms: int,
+        into: LedgerBatch | None = None,
+    ) -> LedgerBatch:
+        """Turn totals into increments (at time ``ts_ms``, the batch record's timestamp),
+        added to ``into`` (one host batch of many records) or a new :class:`LedgerBatch`."""
+        out = LedgerBatch() if into is None else into
         cap, interval = self.cap.views, self.cap.interval_ms
         for device, var, key, total in entries:
             out.entries += 1

@@ -446,12 +446,13 @@ async def test_a_zombie_owner_is_fenced_and_its_late_state_never_becomes_visible
         # The zombie fetches and joins rounds 3-4, then stalls before writing: its session
         # ends (here: its consumer leaves) while it still holds the batch and its producer.
         await publish(settings, delta_topic(topo, VAR), deltas(2, start=2))
-        consumer, _ = zombie._clients()
+        consumer = zombie._consumer
+        assert consumer is not None
         data: dict[Any, list[Any]] = {}
         while not data:
             data = await consumer.getmany(timeout_ms=1000)
         (tp, records), *_ = data.items()
-        stale = {tp: zombie._cores[tp.partition].apply_records([(VAR, records)])}
+        box, stale = zombie.apply(tp.partition, zombie.held()[tp.partition], [(tp, records)])
         await consumer.stop()
 
         await publish(settings, delta_topic(topo, VAR), deltas(2, start=4))
@@ -460,7 +461,7 @@ async def test_a_zombie_owner_is_fenced_and_its_late_state_never_becomes_visible
         await drain(heir, len(deltas(4)))  # rounds 3-6, from the zombie's last commit
 
         # The zombie wakes up and writes its batch: fenced, aborted, partition dropped.
-        assert await zombie._write_transactional(stale) == {}
+        assert not await zombie.write(tp.partition, box, {tp: records[-1].offset + 1})
         assert zombie.partitions == frozenset()
     finally:
         await zombie.stop()
@@ -475,7 +476,7 @@ async def test_a_zombie_owner_is_fenced_and_its_late_state_never_becomes_visible
     def latest(records: list[Any]) -> dict[bytes, int]:
         return {r.key: codec.decode(r.value).value() for r in records}
 
-    assert all(state.value() == expected(4) for state in stale[tp].changed[VAR].values())
+    assert all(state.value() == expected(4) for state in stale.changed[VAR].values())
     committed = latest(await read_all(settings, state_topic(topo, VAR), read_committed=True))
     assert committed == {key: expected(6) for key in KEYS}
     # Not even uncommitted: the fenced transaction failed before its records were written.

@@ -12,12 +12,14 @@ Modules:
 - :mod:`.acls` — the ACLs each role needs on a topology's topics, groups and transactional ids;
 - :mod:`.topics` — topic names, the topic plan, declaring and checking topics;
 - :mod:`.reader` — read a topic to its end;
-- :mod:`.agent` — the variable agent's consume-join-write-commit loop and recovery;
+- :mod:`.host` — the one transactional partition host: consume, apply, write, commit, fence;
+- :mod:`.core_host` — the host of slots that each run a replica core (recovery, re-checks);
+- :mod:`.agent` — the variable agent: one variable's partitions on the core host;
 - :mod:`.outbox` — what a core's effects mean on Kafka: the records to write;
 - :mod:`.operators` — operator steps: co-partitioned keyed slots, a single-owner non-keyed slot;
 - :mod:`.windows` — windowed variables on Kafka, reading closed-window records;
 - :mod:`.sink` — the trusted sink;
-- :mod:`.ledger` — the host of the device ledger (devices' totals into per-partition entries);
+- :mod:`.ledger` — the device ledger on the partition host (totals into per-partition entries);
 - :mod:`.fencing` — what to do with a fenced transactional producer;
 - :mod:`.dlq` — dead letters;
 - :mod:`.follower` — a live replica of a variable outside the groups (broadcast, reads);

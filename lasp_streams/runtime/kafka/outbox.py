@@ -18,6 +18,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from lasp_streams import codec
+from lasp_streams.codec import ACTOR_HEADER, key_to_kafka
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.metrics import Metrics
 from lasp_streams.records import ClosedWindow, Crossed, Crossing, key_bytes, plain
@@ -31,7 +32,7 @@ from lasp_streams.runtime.kafka.topics import (
     state_topic,
 )
 
-__all__ = ["Out", "Outbox", "outbox"]
+__all__ = ["Out", "Outbox", "delta_out", "outbox"]
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,17 @@ def outbox(
     for var, key, delta in effects.forwards:
         box.second.append(Out(delta_topic(name, var), key_bytes(key), codec.encode(delta)))
     return box
+
+
+def delta_out(name: str, var: str, key: Hashable, delta: Lattice, actor: str) -> Out:
+    """``delta`` of ``var``/``key`` written by a trusted writer under ``actor`` (the header the
+    variable's validator checks): the ledger's sums, the escrow's grants."""
+    return Out(
+        delta_topic(name, var),
+        key_to_kafka(key),
+        codec.encode(delta),
+        headers=[(ACTOR_HEADER, actor.encode())],
+    )
 
 
 def _value(state: Lattice) -> object:
