@@ -92,7 +92,7 @@ def overspend_problem(
     server moved to ``actor`` count (minus any it moved back): never rights it made itself."""
     granted = 0
     if rights is not None:
-        for src, dst, n in rights.to_wire()[2]:
+        for (src, dst), n in rights.transfers().items():
             if src == server_actor and dst == actor:
                 granted += n
             elif src == actor and dst == server_actor:
@@ -401,12 +401,12 @@ class RightsEscrow:
         req_state = rt.state(self.requests, key=key)
         asked = req_state.counts() if isinstance(req_state, GCounter) else {}
         # One pass over the transfers (BCounter.rights scans them all, per holder).
-        _p, _n, transfers = rights.to_wire()
+        transfers = rights.transfers()
         held: dict[str, int] = {}
-        for src, dst, n in transfers:
+        for (src, dst), n in transfers.items():
             held[dst] = held.get(dst, 0) + n
             held[src] = held.get(src, 0) - n
-        holders = {dst for src, dst, _ in transfers if src == self.server_actor}
+        holders = {dst for src, dst in transfers if src == self.server_actor}
         holders |= set(asked) | set(spent)
         holders -= self.cut_off | {self.server_actor}
 

@@ -43,20 +43,16 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from lasp_streams import codec
-from lasp_streams.codec import ACTOR_HEADER, key_to_kafka
 from lasp_streams.errors import LaspError, MutatorError
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.counters import BCounter, GCounter
 from lasp_streams.runtime.kafka import clients
+from lasp_streams.runtime.kafka.fencing import close_fenced
 from lasp_streams.runtime.kafka.follower import VariableFollower
+from lasp_streams.runtime.kafka.host import transact
+from lasp_streams.runtime.kafka.outbox import delta_out
 from lasp_streams.runtime.kafka.settings import KafkaSettings
-from lasp_streams.runtime.kafka.topics import (
-    delta_topic,
-    ensure_topics,
-    escrow_transactional_id,
-    plan_topics,
-)
+from lasp_streams.runtime.kafka.topics import ensure_topics, escrow_transactional_id, plan_topics
 from lasp_streams.server.escrow import (
     RightsEscrow,
     rights_writer_validator,
@@ -120,8 +116,6 @@ class KafkaLedger:
             await follower.stop()
         self._followers.clear()
         if self._producer is not None:
-            from lasp_streams.runtime.kafka.fencing import close_fenced
-
             await close_fenced(self._producer)
             self._producer = None
 
@@ -161,17 +155,14 @@ class KafkaLedger:
     async def commit(self, deltas: dict[Hashable, Lattice], *, join: bool = True) -> None:
         """Write ``deltas`` (key -> rights delta) in one transaction, then (``join``) join them
         locally."""
-        producer = self._producer
-        if producer is None:
+        if self._producer is None:
             raise LaspError("KafkaLedger: call start() first")
         started = time.monotonic()
-        topic = delta_topic(self.name, self.rights)
-        header = [(ACTOR_HEADER, self.server_actor.encode())]
-        async with producer.transaction():
-            for key, delta in deltas.items():
-                await producer.send(
-                    topic, key=key_to_kafka(key), value=codec.encode(delta), headers=header
-                )
+        outs = [
+            delta_out(self.name, self.rights, key, delta, self.server_actor)
+            for key, delta in deltas.items()
+        ]
+        await transact(self._producer, outs)
         self.commit_seconds = time.monotonic() - started
         if join:
             follower = self.follower(self.rights)

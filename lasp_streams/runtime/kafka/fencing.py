@@ -1,4 +1,5 @@
-"""What to do with an aiokafka transactional producer that another one has fenced."""
+"""What to do with an aiokafka transactional producer that another one has fenced, or that
+may have been."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-__all__ = ["close_fenced"]
+__all__ = ["close_fenced", "stop_quietly"]
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,12 @@ async def close_fenced(producer: AIOKafkaProducer) -> None:
     waiter = getattr(manager, "_transaction_waiter", None)
     if isinstance(waiter, asyncio.Future) and waiter.done() and not waiter.cancelled():
         waiter.exception()
+    await stop_quietly(producer)
+
+
+async def stop_quietly(producer: AIOKafkaProducer) -> None:
+    """Stop a producer; a fenced one may fail to close cleanly, which is only logged."""
     try:
         await producer.stop()
-    except KafkaError as exc:  # a fenced producer may fail to close cleanly
-        log.debug("fenced producer stop: %r", exc)
+    except KafkaError as exc:
+        log.debug("producer stop: %r", exc)

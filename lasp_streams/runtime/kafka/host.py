@@ -39,12 +39,11 @@ from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
     InvalidProducerEpoch,
-    KafkaError,
     ProducerFenced,
 )
 
 from lasp_streams.runtime.kafka import clients
-from lasp_streams.runtime.kafka.fencing import close_fenced
+from lasp_streams.runtime.kafka.fencing import close_fenced, stop_quietly
 from lasp_streams.runtime.kafka.outbox import Out, Outbox
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 
@@ -195,7 +194,7 @@ class PartitionHost(ABC, Generic[S, R]):
             self._consumer = None
         for held in self._held.values():
             if held.producer is not None:
-                await _stop_quietly(held.producer)
+                await stop_quietly(held.producer)
                 held.producer = None
         if self._producer is not None:
             await self._producer.stop()
@@ -311,7 +310,7 @@ class PartitionHost(ABC, Generic[S, R]):
             for slot in {self.slot_of(tp.partition) for tp in mine}:
                 held = self._held.pop(slot, None)
                 if held is not None and held.producer is not None:
-                    await _stop_quietly(held.producer)
+                    await stop_quietly(held.producer)
 
     async def _assigned(self, assigned: Iterable[TopicPartition]) -> None:
         slots = {self.slot_of(tp.partition) for tp in assigned if tp.topic in self.topics}
@@ -340,13 +339,6 @@ class PartitionHost(ABC, Generic[S, R]):
 def _consume_error(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
-
-
-async def _stop_quietly(producer: AIOKafkaProducer) -> None:
-    try:
-        await producer.stop()
-    except KafkaError as exc:  # a fenced producer may fail to close cleanly
-        log.debug("producer stop: %r", exc)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped aiokafka base

@@ -40,20 +40,21 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
+from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 
 from lasp_streams.errors import DecodeError, LaspError
 from lasp_streams.metrics import Metrics
 from lasp_streams.records import BillingEvent, Crossing
+from lasp_streams.runtime.core import DeadLetter, Effects
 from lasp_streams.runtime.kafka import clients
-from lasp_streams.runtime.kafka.dlq import DeadLetter, headers_of
-from lasp_streams.runtime.kafka.fencing import close_fenced
+from lasp_streams.runtime.kafka.fencing import close_fenced, stop_quietly
+from lasp_streams.runtime.kafka.host import transact
+from lasp_streams.runtime.kafka.outbox import Out, outbox
 from lasp_streams.runtime.kafka.reader import read_all
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import (
     billing_topic,
     crossings_topic,
-    dlq_topic,
     sink_group,
     sink_transactional_id,
 )
@@ -100,7 +101,6 @@ class TrustedSink:
         self.group_id = sink_group(topology)
         self.crossings_topic = crossings_topic(topology)
         self.billing_topic = billing_topic(topology)
-        self.dlq_topic = dlq_topic(topology)
         self.billed: set[str] = set()
         self._producers: dict[int, AIOKafkaProducer] = {}
         self._consumer: AIOKafkaConsumer | None = None
@@ -159,10 +159,7 @@ class TrustedSink:
             await self._consumer.stop()
             self._consumer = None
         for producer in self._producers.values():
-            try:
-                await producer.stop()
-            except KafkaError as exc:  # a fenced producer may fail to close cleanly
-                log.debug("sink producer stop: %r", exc)
+            await stop_quietly(producer)
         self._producers.clear()
 
     async def run(self) -> None:
@@ -198,42 +195,28 @@ class TrustedSink:
             )
         new: dict[str, BillingEvent] = {}
         suppressed: list[str] = []
+        dead: list[DeadLetter] = []
+        outs: list[Out] = []
+        for record in records:
+            try:
+                if record.value is None:
+                    raise DecodeError("crossing record has no value")
+                crossing = Crossing.decode(record.value)
+            except DecodeError as exc:
+                where = (record.topic, record.partition, record.offset, record.key, record.value)
+                dead.append(DeadLetter("<crossings>", "decode", str(exc), *where))
+                continue
+            if self.metrics is not None:
+                self.metrics.sink_crossings.labels(crossing.trigger).inc()
+            eid = crossing.event_id
+            if eid in self.billed or eid in new:
+                suppressed.append(crossing.trigger)
+                continue
+            event = new[eid] = BillingEvent.from_crossing(crossing)
+            outs.append(Out(self.billing_topic, eid.encode(), event.encode()))
+        outs += outbox(self.topology, Effects(dead=dead), tp.partition, metrics=self.metrics).first
         try:
-            async with producer.transaction():
-                for record in records:
-                    try:
-                        if record.value is None:
-                            raise DecodeError("crossing record has no value")
-                        crossing = Crossing.decode(record.value)
-                    except DecodeError as exc:
-                        dead = DeadLetter(
-                            "<crossings>",
-                            "decode",
-                            str(exc),
-                            record.topic,
-                            record.partition,
-                            record.offset,
-                            record.key,
-                            record.value,
-                        )
-                        await producer.send(
-                            self.dlq_topic, key=dead.key, value=dead.value, headers=headers_of(dead)
-                        )
-                        if self.metrics is not None:
-                            self.metrics.dead_lettered("<crossings>", "decode")
-                        continue
-                    if self.metrics is not None:
-                        self.metrics.sink_crossings.labels(crossing.trigger).inc()
-                    eid = crossing.event_id
-                    if eid in self.billed or eid in new:
-                        suppressed.append(crossing.trigger)
-                        continue
-                    event = BillingEvent.from_crossing(crossing)
-                    new[eid] = event
-                    await producer.send(self.billing_topic, key=eid.encode(), value=event.encode())
-                await producer.send_offsets_to_transaction(
-                    {tp: records[-1].offset + 1}, self.group_id
-                )
+            await transact(producer, outs, {tp: records[-1].offset + 1}, self.group_id)
         except (ProducerFenced, InvalidProducerEpoch):
             self._count_transaction("aborted")
             await close_fenced(self._producers.pop(tp.partition))
