@@ -11,11 +11,13 @@ from typing import TypeVar
 
 import click
 
+from lasp_streams import cli_audit, cli_deploy
 from lasp_streams.cli_acls import acls as acls_command
 from lasp_streams.cli_config import KafkaFlags, kafka_options
 from lasp_streams.cli_config import config as config_group
 from lasp_streams.cli_errors import ReadableErrors
 from lasp_streams.cli_preflight import preflight
+from lasp_streams.cli_windows import demo_windows
 from lasp_streams.demo.loadgen_cli import loadgen
 from lasp_streams.errors import KafkaSetupError, KafkaUnreachable
 from lasp_streams.gateway.cli import gateway
@@ -611,21 +613,15 @@ def worker(
             status.close()
 
 
-# Commands that live in their own modules (imported last: they only add to `main`).
-from lasp_streams import cli_deploy  # noqa: E402
-
+# Commands that live in their own modules.
 main.add_command(cli_deploy.deploy)
 main.add_command(cli_deploy.describe)
 main.add_command(cli_deploy.teardown_command)
-from lasp_streams import cli_audit  # noqa: E402
-
 main.add_command(cli_audit.audit)
 main.add_command(cli_audit.billing)
 main.add_command(cli_audit.dlq)
 main.add_command(gateway)
 main.add_command(loadgen)
-from lasp_streams.cli_windows import demo_windows  # noqa: E402
-
-demo.add_command(demo_windows)
 main.add_command(config_group)
 main.add_command(acls_command)
+demo.add_command(demo_windows)
