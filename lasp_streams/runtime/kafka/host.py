@@ -17,11 +17,13 @@ a producer whose transactional id belongs to the slot. One batch::
                                     topic only after its crossing is durable)
     finished(done, …)               metrics and callbacks, for the slots that committed
 
-Assignment: a new slot's producer starts first — that fences the former owner and aborts its
+Assignment (by the group, or fixed with ``assign=`` and no rebalancing at all, as the sink
+runs): a new slot's producer starts first — that fences the former owner and aborts its
 open transaction — then :meth:`PartitionHost.recover` reads the slot's state
 (``read_committed``) and the records it asks for are written. Revocation happens between
 batches (both take the lock): the slot's state and producer are dropped; the new owner
 recovers them. A crash before a commit redelivers the batch; the logic is idempotent (joins).
+A transaction that fails without a fence is aborted and its batch read again, not skipped.
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ class PartitionHost(ABC, Generic[S, R]):
         topics: Iterable[str],
         transactional: bool = True,
         consumer_options: Mapping[str, Any] | None = None,
+        assign: Sequence[int] | None = None,
     ) -> None:
         self.settings = settings
         self.role = role
@@ -118,6 +121,7 @@ class PartitionHost(ABC, Generic[S, R]):
         self.topics = frozenset(topics)
         self.transactional = transactional
         self._consumer_options = dict(consumer_options or {})
+        self.assign = None if assign is None else tuple(assign)
         self._held: dict[int, _Held[S]] = {}
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
@@ -146,6 +150,10 @@ class PartitionHost(ABC, Generic[S, R]):
     def finished(self, done: dict[int, R], batches: dict[int, Batches], seconds: float) -> None:
         """After a batch is written: ``done`` holds the results of the slots that committed."""
 
+    def failed(self, slot: int, fenced: bool) -> None:
+        """After ``slot``'s transaction was aborted: ``fenced`` (the slot is dropped), or by
+        another error (re-raised after this; the batch is read again)."""
+
     def released(self, revoked: list[TopicPartition]) -> None:
         """Partitions given up in a rebalance (under the lock, before their slots go)."""
 
@@ -154,13 +162,30 @@ class PartitionHost(ABC, Generic[S, R]):
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
-        """Connect and join the group; slots arrive with the first batches."""
+        """Connect and join the group (slots arrive with the first batches), or with
+        ``assign``: fence, recover, then consume those partitions."""
         s = self.settings
-        if not self.transactional:
-            self._producer = clients.producer(
-                s, self.role, enable_idempotence=True, max_batch_size=_MiB
-            )
-            await self._producer.start()
+        fixed = [TopicPartition(t, p) for t in sorted(self.topics) for p in self.assign or ()]
+        try:
+            if not self.transactional:
+                self._producer = clients.producer(
+                    s, self.role, enable_idempotence=True, max_batch_size=_MiB
+                )
+                await self._producer.start()
+            if self.assign is not None:
+                await self._assigned(fixed)
+            await self._start_consumer()
+        except BaseException:
+            await self._close()
+            raise
+        assert self._consumer is not None
+        if self.assign is not None:
+            self._consumer.assign(fixed)
+        else:
+            self._consumer.subscribe(sorted(self.topics), listener=_Listener(self))
+
+    async def _start_consumer(self) -> None:
+        s = self.settings
         self._consumer = clients.consumer(
             s,
             self.role,
@@ -175,13 +200,7 @@ class PartitionHost(ABC, Generic[S, R]):
                 **self._consumer_options,
             },
         )
-        try:
-            await self._consumer.start()
-        except BaseException:
-            if self._producer is not None:
-                await self._producer.stop()
-            raise
-        self._consumer.subscribe(sorted(self.topics), listener=_Listener(self))
+        await self._consumer.start()
 
     async def stop(self) -> None:
         """Finish the batch in flight, then leave the group and close the clients (the states
@@ -189,6 +208,9 @@ class PartitionHost(ABC, Generic[S, R]):
         self._stopping.set()
         if self._running is not None and self._running is not asyncio.current_task():
             await asyncio.gather(self._running, return_exceptions=True)
+        await self._close()
+
+    async def _close(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
@@ -242,11 +264,16 @@ class PartitionHost(ABC, Generic[S, R]):
                 for slot, batches in by_slot.items()
             }
             if self.transactional:
-                done = {
-                    slot: result
-                    for slot, (box, result) in work.items()
-                    if await self._transact(slot, box, offsets[slot])
-                }
+                done = {}
+                for slot, (box, result) in work.items():
+                    try:
+                        if await self._transact(slot, box, offsets[slot]):
+                            done[slot] = result
+                    except BaseException:
+                        # Aborted: read the batch again rather than skip it.
+                        for tp, records in by_slot[slot]:
+                            consumer.seek(tp, records[0].offset)
+                        raise
             else:
                 await self._waves([box for box, _ in work.values()])
                 await self._commit({tp: n for per in offsets.values() for tp, n in per.items()})
@@ -282,7 +309,11 @@ class PartitionHost(ABC, Generic[S, R]):
             log.warning("%s: slot %d was taken over (fenced); dropping it", self.role, slot)
             del self._held[slot]
             await close_fenced(held.producer)
+            self.failed(slot, fenced=True)
             return False
+        except BaseException:
+            self.failed(slot, fenced=False)
+            raise
         return True
 
     async def _waves(self, boxes: list[Outbox]) -> None:

@@ -34,22 +34,15 @@ missing KIP-447 fencing.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
-
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 
 from lasp_streams.errors import DecodeError, LaspError
 from lasp_streams.metrics import Metrics
 from lasp_streams.records import BillingEvent, Crossing
 from lasp_streams.runtime.core import DeadLetter, Effects
-from lasp_streams.runtime.kafka import clients
-from lasp_streams.runtime.kafka.fencing import close_fenced, stop_quietly
-from lasp_streams.runtime.kafka.host import transact
-from lasp_streams.runtime.kafka.outbox import Out, outbox
+from lasp_streams.runtime.kafka.host import Batches, PartitionHost
+from lasp_streams.runtime.kafka.outbox import Out, Outbox, outbox
 from lasp_streams.runtime.kafka.reader import read_all
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import (
@@ -69,11 +62,12 @@ class SinkFenced(LaspError, RuntimeError):
     id, newer epoch); this one must stop. Nothing it had not committed was billed."""
 
 
-class TrustedSink:
+class TrustedSink(PartitionHost[None, tuple[dict[str, BillingEvent], list[str]]]):
     """Bills each (trigger, key) crossing exactly once. See the module docstring.
 
     ``run()`` loops until :meth:`stop` (or raises :class:`SinkFenced`); ``step()`` handles one
-    batch. ``billed`` holds the event ids known to be billed (committed).
+    batch. ``billed`` holds the event ids known to be billed (committed). It runs on the
+    partition host (:mod:`.host`) with its partitions assigned, not rebalanced.
     """
 
     def __init__(
@@ -85,7 +79,6 @@ class TrustedSink:
         metrics: Metrics | None = None,
         on_billed: Callable[[BillingEvent], None] | None = None,
     ) -> None:
-        self.settings = settings
         self.topology = topology
         self.partitions = (
             tuple(range(settings.delta_partitions)) if partitions is None else tuple(partitions)
@@ -98,148 +91,99 @@ class TrustedSink:
             )
         self.metrics = metrics
         self.on_billed = on_billed
-        self.group_id = sink_group(topology)
         self.crossings_topic = crossings_topic(topology)
         self.billing_topic = billing_topic(topology)
         self.billed: set[str] = set()
-        self._producers: dict[int, AIOKafkaProducer] = {}
-        self._consumer: AIOKafkaConsumer | None = None
-        self._stopping = asyncio.Event()
-        self._running: asyncio.Task[None] | None = None
+        self._batch: dict[str, BillingEvent] = {}  # billed by this batch's earlier partitions
+        super().__init__(
+            settings,
+            role="sink",
+            group_id=sink_group(topology),
+            topics=(self.crossings_topic,),
+            consumer_options={"isolation_level": "read_committed"},
+            assign=self.partitions,
+        )
 
-    def transactional_id(self, partition: int) -> str:
-        """The transactional id that owns crossings partition ``partition``."""
-        return sink_transactional_id(self.topology, partition)
+    def transactional_id(self, slot: int) -> str:
+        """The transactional id that owns crossings partition ``slot``."""
+        return sink_transactional_id(self.topology, slot)
 
-    # -- lifecycle -----------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Fence older owners of our partitions, read what was billed, then start consuming."""
-        s = self.settings
-        try:
-            for partition in self.partitions:
-                producer = clients.transactional_producer(
-                    s,
-                    f"sink-{partition}",
-                    self.transactional_id(partition),
-                )
-                # start() runs InitProducerId: it bumps the epoch (fencing any older owner) and
-                # waits until the older owner's open transaction is aborted.
-                await producer.start()
-                self._producers[partition] = producer
-            for event in await read_billing_events(s, self.billing_topic):
-                self.billed.add(event.event_id)
-            self._consumer = clients.consumer(
-                s,
-                "sink",
-                group_id=self.group_id,
-                isolation_level="read_committed",
-                auto_offset_reset="earliest",
-                max_poll_records=s.max_batch_records,
-            )
-            await self._consumer.start()
-            self._consumer.assign(
-                [TopicPartition(self.crossings_topic, p) for p in self.partitions]
-            )
-        except BaseException:
-            await self.stop()
-            raise
+    # -- PartitionHost -------------------------------------------------------------------------
+    async def recover(self, slots: list[int]) -> dict[int, tuple[None, Outbox]]:
+        """Read what was billed (after the producers fenced any older owner)."""
+        for event in await read_billing_events(self.settings, self.billing_topic):
+            self.billed.add(event.event_id)
         log.info(
             "sink for %s owns crossings partitions %s; %d events billed before",
             self.topology,
-            list(self.partitions),
+            slots,
             len(self.billed),
         )
+        return {slot: (None, Outbox()) for slot in slots}
 
-    async def stop(self) -> None:
-        """Finish the batch in flight, then close the clients."""
-        self._stopping.set()
-        if self._running is not None and self._running is not asyncio.current_task():
-            await asyncio.gather(self._running, return_exceptions=True)
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
-        for producer in self._producers.values():
-            await stop_quietly(producer)
-        self._producers.clear()
+    async def between_batches(self) -> None:
+        self._batch.clear()
 
-    async def run(self) -> None:
-        """Handle batches until :meth:`stop`; raises :class:`SinkFenced` if taken over."""
-        self._running = asyncio.current_task()
-        while not self._stopping.is_set():
-            await self.step()
-
-    # -- one batch -----------------------------------------------------------------------------
-    async def step(self) -> int:
-        """Bill one batch of crossings; returns how many crossings it read."""
-        consumer = self._consumer
-        if consumer is None:
-            raise RuntimeError("sink is not started")
-        data = await consumer.getmany(
-            timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_batch_records
-        )
-        count = 0
-        for tp, records in data.items():
-            if records:
-                await self._bill_partition(consumer, tp, records)
-                count += len(records)
-        return count
-
-    async def _bill_partition(
-        self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]
-    ) -> None:
-        producer = self._producers.get(tp.partition)
-        if producer is None:
-            raise SinkFenced(
-                f"sink for {self.topology!r} lost crossings partition {tp.partition} to another "
-                "sink earlier; restart it to take the partition back"
-            )
+    def apply(
+        self, slot: int, state: None, batches: Batches
+    ) -> tuple[Outbox, tuple[dict[str, BillingEvent], list[str]]]:
         new: dict[str, BillingEvent] = {}
         suppressed: list[str] = []
         dead: list[DeadLetter] = []
         outs: list[Out] = []
-        for record in records:
-            try:
-                if record.value is None:
-                    raise DecodeError("crossing record has no value")
-                crossing = Crossing.decode(record.value)
-            except DecodeError as exc:
-                where = (record.topic, record.partition, record.offset, record.key, record.value)
-                dead.append(DeadLetter("<crossings>", "decode", str(exc), *where))
-                continue
-            if self.metrics is not None:
-                self.metrics.sink_crossings.labels(crossing.trigger).inc()
-            eid = crossing.event_id
-            if eid in self.billed or eid in new:
-                suppressed.append(crossing.trigger)
-                continue
-            event = new[eid] = BillingEvent.from_crossing(crossing)
-            outs.append(Out(self.billing_topic, eid.encode(), event.encode()))
-        outs += outbox(self.topology, Effects(dead=dead), tp.partition, metrics=self.metrics).first
-        try:
-            await transact(producer, outs, {tp: records[-1].offset + 1}, self.group_id)
-        except (ProducerFenced, InvalidProducerEpoch):
-            self._count_transaction("aborted")
-            await close_fenced(self._producers.pop(tp.partition))
+        for _, records in batches:
+            for record in records:
+                try:
+                    if record.value is None:
+                        raise DecodeError("crossing record has no value")
+                    crossing = Crossing.decode(record.value)
+                except DecodeError as exc:
+                    where = (
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        record.key,
+                        record.value,
+                    )
+                    dead.append(DeadLetter("<crossings>", "decode", str(exc), *where))
+                    continue
+                if self.metrics is not None:
+                    self.metrics.sink_crossings.labels(crossing.trigger).inc()
+                eid = crossing.event_id
+                if eid in self.billed or eid in self._batch:
+                    suppressed.append(crossing.trigger)
+                    continue
+                event = new[eid] = self._batch[eid] = BillingEvent.from_crossing(crossing)
+                outs.append(Out(self.billing_topic, eid.encode(), event.encode()))
+        box = outbox(self.topology, Effects(dead=dead), slot, metrics=self.metrics, who="sink")
+        return Outbox(outs + box.first), (new, suppressed)
+
+    def failed(self, slot: int, fenced: bool) -> None:
+        self._count_transaction("aborted")
+        if fenced:
             raise SinkFenced(
                 f"sink for {self.topology!r}: another sink took over crossings partition "
-                f"{tp.partition} (transactional id {self.transactional_id(tp.partition)!r}); "
+                f"{slot} (transactional id {self.transactional_id(slot)!r}); "
                 "this one stops without billing its open batch"
-            ) from None
-        except BaseException:
-            self._count_transaction("aborted")
-            # The transaction was aborted: read the batch again rather than skip it.
-            consumer.seek(tp, records[0].offset)
-            raise
-        self._count_transaction("committed")
-        self.billed.update(new)
-        if self.metrics is not None:
-            for event in new.values():
-                self.metrics.sink_billed.labels(event.trigger).inc()
-            for trigger in suppressed:
-                self.metrics.sink_duplicates_suppressed.labels(trigger).inc()
-        if self.on_billed is not None:
-            for event in new.values():
-                self.on_billed(event)
+            )
+
+    def finished(
+        self,
+        done: dict[int, tuple[dict[str, BillingEvent], list[str]]],
+        batches: dict[int, Batches],
+        seconds: float,
+    ) -> None:
+        for new, suppressed in done.values():
+            self._count_transaction("committed")
+            self.billed.update(new)
+            if self.metrics is not None:
+                for event in new.values():
+                    self.metrics.sink_billed.labels(event.trigger).inc()
+                for trigger in suppressed:
+                    self.metrics.sink_duplicates_suppressed.labels(trigger).inc()
+            if self.on_billed is not None:
+                for event in new.values():
+                    self.on_billed(event)
 
     def _count_transaction(self, outcome: str) -> None:
         if self.metrics is not None:
