@@ -29,7 +29,7 @@ from lasp_streams.errors import LaspError
 from lasp_streams.lattices.base import Lattice, describe_type
 from lasp_streams.lattices.composite import GMap
 from lasp_streams.lattices.counters import BCounter, GCounter, LexCounter, PNCounter
-from lasp_streams.lattices.windowed import Windowed
+from lasp_streams.lattices.windowed import Windowed, pane_owner
 
 __all__ = [
     "UntrustedDelta",
@@ -71,11 +71,7 @@ def client_delta_problem(delta: Lattice, actor: str) -> str | None:
                 return f"GMap key {key!r}: {problem}"
         return None
     if isinstance(delta, Windowed):
-        for start, window in delta.windows().items():
-            problem = client_delta_problem(window, actor)
-            if problem is not None:
-                return f"window {start}: {problem}"
-        return None
+        return _windowed_problem(delta, actor)
     if not isinstance(delta, _CHECKED):
         return (
             f"a client delta of type {describe_type(delta)} cannot be verified (it has no "
@@ -87,6 +83,36 @@ def client_delta_problem(delta: Lattice, actor: str) -> str | None:
         return (
             f"{describe_type(delta)} delta from actor {actor!r} writes the entries of other "
             f"actors {foreign}; a client may only write its own entries and move its own rights"
+        )
+    return None
+
+
+def _windowed_problem(delta: Windowed, actor: str) -> str | None:
+    """Each window checked; a pane entry ``"actor@pane"`` is ``actor``'s when its pane lies in
+    the window; the totals are ``actor``'s only."""
+    spec = delta.spec
+    for start, window in delta.windows().items():
+        if isinstance(window, GCounter):
+            for entry in window.actors():
+                owner, pane = pane_owner(entry)
+                if owner != actor:
+                    return (
+                        f"window {start}: delta from actor {actor!r} writes the entry {entry!r} "
+                        "of other actors; a client may only write its own entries"
+                    )
+                if pane is not None and (
+                    not start <= pane < start + spec.size or pane % spec.slide
+                ):
+                    return f"window {start}: pane {pane} of {entry!r} is not in the window"
+            continue
+        problem = client_delta_problem(window, actor)
+        if problem is not None:
+            return f"window {start}: {problem}"
+    foreign = sorted(a for a in delta.totals().actors() if a != actor)
+    if foreign:
+        return (
+            f"windowed delta from actor {actor!r} carries the totals of other actors {foreign}; "
+            "a client may only report its own total"
         )
     return None
 
