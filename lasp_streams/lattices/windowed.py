@@ -452,7 +452,8 @@ class Windowed(Lattice):
         first, last = min(panes), max(panes)
         span = (last - first) // slide + 1
         back = self._max_t - first
-        if span > 2 * len(panes) + 2 or back < 0:
+        # A missing pane costs one byte (a 0), a window in the long form about twenty.
+        if span > min(16 * len(panes) + 16, _MAX_COMPACT_WINDOWS) or back < 0:
             return None
         return [actor, back, [panes.get(first + i * slide, 0) for i in range(span)], total]
 
