@@ -36,6 +36,7 @@ __all__ = [
     "check_client_delta",
     "client_delta_problem",
     "record_delta_problem",
+    "windowed_flush_problem",
 ]
 
 #: The types whose deltas a client may send: every entry belongs to one actor (``actors()``).
@@ -136,3 +137,52 @@ def record_delta_problem(headers: Iterable[tuple[str, bytes]] | None, delta: Lat
     except (UnicodeDecodeError, AttributeError):
         return f"the {ACTOR_HEADER!r} header is not UTF-8 text: {actors[0]!r}"
     return client_delta_problem(delta, actor)
+
+
+def windowed_flush_problem(
+    delta: Lattice,
+    actor: str,
+    *,
+    now: float,
+    max_skew: float,
+    horizon: float,
+    max_count: int,
+) -> str | None:
+    """Why a device's windowed delta (a gateway flush) must be refused; None to accept.
+
+    Besides :func:`client_delta_problem` (its own pane entries and total only): its event-time
+    high water mark is at most ``max_skew`` ahead of the server's ``now`` (a mark far ahead
+    would close everyone's windows early) and its windows start at most ``horizon`` before
+    ``now`` (a device cannot fill the state with ancient windows), and every pane count and
+    total is at most ``max_count`` (the per-device cap of totals)."""
+    if not isinstance(delta, Windowed):
+        return f"a windowed flush must hold Windowed deltas, got {describe_type(delta)}"
+    problem = client_delta_problem(delta, actor)
+    if problem is not None:
+        return problem
+    top = delta.max_event_time
+    if top is not None and top > now + max_skew:
+        return (
+            f"event time {top} is {top - now:.0f}s ahead of the server's clock (at most "
+            f"{max_skew:.0f}s): fix the device clock (it learns the offset at each sync)"
+        )
+    windows = delta.windows()
+    if windows:
+        oldest = min(windows)
+        if oldest < now - horizon:
+            return (
+                f"window {oldest} starts {now - oldest:.0f}s before the server's clock (at most "
+                f"{horizon:.0f}s): too old to count"
+            )
+        if top is None:
+            return "a windowed delta with windows must carry its event time"
+    for start, window in windows.items():
+        counts = window.to_wire()
+        if isinstance(counts, dict):
+            for entry, n in counts.items():
+                if type(n) is int and n > max_count:
+                    return f"window {start}: count {n} of {entry!r} is above {max_count}"
+    for who, n in delta.totals().to_wire().items():
+        if n > max_count:
+            return f"total {n} of {who!r} is above the per-device maximum {max_count}"
+    return None
