@@ -18,12 +18,12 @@ from lasp_streams.client import EdgeClient
 from lasp_streams.client.windows import ServerClock, WindowCounts
 from lasp_streams.codec import decode, encode
 from lasp_streams.dataflow.topology import Topology
-from lasp_streams.errors import DecodeError, InvalidTopology
+from lasp_streams.errors import CodecError, DecodeError, InvalidTopology
 from lasp_streams.lattices import GCounter
 from lasp_streams.lattices.windowed import Windowed, WindowSpec, pane_owner, window_totals
 from lasp_streams.runtime.kafka.plan import plan_worker
 from lasp_streams.server import LocalHub
-from lasp_streams.server.validate import client_delta_problem
+from lasp_streams.server.validate import client_delta_problem, windowed_flush_problem
 from lasp_streams.testing.laws import lattice_law_test, states_from_mutations
 from topologies.ad_counter import Ad, Contract, ad_source
 from topologies.windowed_ads import MINUTE, SLIDE, WINDOWED, build
@@ -305,3 +305,47 @@ def test_a_derived_total_is_refused_on_kafka_by_name_and_via_is_checked() -> Non
         topo.bind_to("b", plain, windowed, via=window_totals)
     topo.bind_to("b", total, windowed, via=window_totals)
     assert "via lasp_streams.lattices.windowed.window_totals" in topo.describe()
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 200), st.integers(1, 300)), min_size=1, max_size=6),
+    st.lists(st.tuples(st.integers(0, 1 << 10), st.integers(0, 255), st.booleans()), max_size=4),
+)
+def test_mutated_pane_forms_decode_or_fail_with_a_codec_error(
+    events: list[tuple[int, int]], edits: list[tuple[int, int, bool]]
+) -> None:
+    w = Windowed(GCounter, MINUTE, SLIDE)
+    delta = w.bottom()
+    for t, n in events:
+        delta.merge(w.count("d", t, n))
+    delta.merge(w.report_total("d", 10**6))
+    data = bytearray(encode(delta))
+    for pos, byte, insert in edits:
+        at = pos % len(data)
+        if insert:
+            data[at:at] = bytes([byte])
+        else:
+            data[at] = byte
+    try:
+        state = decode(bytes(data))
+    except CodecError:
+        return
+    assert decode(encode(state)) == state
+
+
+def test_the_windowed_flush_check_bounds_time_and_counts() -> None:
+    w = Windowed(GCounter, MINUTE, SLIDE)
+    now = 10_000.0
+
+    def problem(delta: Any) -> str | None:
+        return windowed_flush_problem(
+            delta, "d", now=now, max_skew=60, horizon=3600, max_count=1000
+        )
+
+    assert problem(w.bottom().count("d", 9_990, 3)) is None
+    assert "ahead" in str(problem(w.bottom().count("d", 10_100)))
+    assert "before the server's clock" in str(problem(w.bottom().count("d", 5_000)))
+    assert "above 1000" in str(problem(w.bottom().count("d", 9_990, 1001)))
+    assert "per-device maximum" in str(problem(w.bottom().report_total("d", 1001)))
+    assert "other actors" in str(problem(w.bottom().count("e", 9_990)))
+    assert "Windowed deltas" in str(problem(GCounter().increment("d")))
