@@ -70,7 +70,9 @@ def test_panes_expand_into_every_window_and_round_trip_compactly(
     raw = encode(delta)
     assert raw.count(b"device-7") == 1  # the pane form: one actor id, one int per pane
     assert decode(raw) == delta
-    assert decode(raw, expect=w.bottom()).totals().value() == sum(n for _, n in events)
+    decoded = decode(raw, expect=w.bottom())
+    assert isinstance(decoded, Windowed)
+    assert decoded.totals().value() == sum(n for _, n in events)
 
 
 def test_one_event_costs_one_int_where_windows_cost_six() -> None:
@@ -109,9 +111,13 @@ def test_a_pane_list_cannot_expand_into_millions_of_entries() -> None:
 
 
 def test_totals_in_the_long_form_are_checked() -> None:
-    head = ["windowed", 1, [["gc", MINUTE, SLIDE], None, []]]
-    for bad, match in (({}, "non-empty"), ({"": 1}, "actor"), ({"d": -1}, "int >= 0")):
-        raw = msgpack.packb([head[0], head[1], [*head[2], bad]])
+    bads: list[tuple[dict[str, int], str]] = [
+        ({}, "non-empty"),
+        ({"": 1}, "actor"),
+        ({"d": -1}, "int >= 0"),
+    ]
+    for bad, match in bads:
+        raw = msgpack.packb(["windowed", 1, [["gc", MINUTE, SLIDE], None, [], bad]])
         with pytest.raises(DecodeError, match=match):
             decode(raw)
     two = Windowed(GCounter, MINUTE, SLIDE)
@@ -175,7 +181,7 @@ class Recording:
 
 
 async def test_devices_send_one_record_and_the_server_bills_the_derived_total_once() -> None:
-    server, billed = Clock(1000.0), []
+    server, billed = Clock(1000.0), list[str]()
     hub = await _hub(server, 40, billed, grace=5)
     links = {name: Recording(hub.connect(name)) for name in ("d1", "d2")}
     devices = {
@@ -208,7 +214,7 @@ async def test_devices_send_one_record_and_the_server_bills_the_derived_total_on
 
 
 async def test_a_late_pane_is_dead_lettered_per_window_but_its_total_is_billed() -> None:
-    server, billed = Clock(1000.0), []
+    server, billed = Clock(1000.0), list[str]()
     hub = await _hub(server, 10**6, billed, grace=5)
     link = hub.connect("late")
     late = EdgeClient(
@@ -252,7 +258,7 @@ async def test_a_late_pane_is_dead_lettered_per_window_but_its_total_is_billed()
 
 
 async def test_a_restarted_device_goes_on_counting_its_panes(tmp_path: Path) -> None:
-    server, billed = Clock(1000.0), []
+    server, billed = Clock(1000.0), list[str]()
     hub = await _hub(server, 10**6, billed, grace=5)
     path = tmp_path / "d1.buffer"
 
