@@ -15,7 +15,8 @@ in ``lasp_gateway_refused{code}``, and nothing reaches Kafka):
    count per pane, :mod:`lasp_streams.client.windows`) by
    :func:`lasp_streams.server.validate.windowed_flush_problem` — its own entries only, event
    time at most :data:`WINDOW_MAX_SKEW` ahead of the gateway's clock, windows at most
-   :data:`WINDOW_HORIZON` old, counts under the per-device cap, keys the topology knows — and
+   :data:`WINDOW_HORIZON` old, totals under the per-device cap and pane counts under the
+   view-rate cap (:data:`WINDOW_CAP`), keys the topology knows — and
    written as it is to the variable's delta topic with the device's actor header (the window
    gate closes windows and dead-letters late parts there).
 
@@ -54,12 +55,16 @@ from lasp_streams.lattices.counters import GCounter
 from lasp_streams.lattices.windowed import Windowed
 from lasp_streams.runtime.kafka.topics import delta_topic
 from lasp_streams.server.devices import check_flush, check_identifier
+from lasp_streams.server.ledger import ViewCap
 from lasp_streams.server.validate import windowed_flush_problem
 
 WINDOW_MAX_SKEW = 60.0
 """Seconds a windowed flush's event time may be ahead of the gateway's clock."""
 WINDOW_HORIZON = 6 * 3600.0
 """Seconds before the gateway's clock the oldest window of a windowed flush may start."""
+WINDOW_CAP = ViewCap()
+"""The view-rate cap a pane count is held to (the ledger's default: a pane of ``slide`` seconds
+holds at most ``views * slide / interval`` views of one device)."""
 
 
 class GatewaySide(Protocol):
@@ -347,6 +352,8 @@ class Session:
         policy = gw.config.policy
         var = str(request.get("var"))
         proto = gw.topology.var(var).prototype
+        assert isinstance(proto, Windowed)
+        max_pane = -(-WINDOW_CAP.views * proto.spec.slide * 1000 // WINDOW_CAP.interval_ms)
         deltas = request.get("deltas")
         if type(deltas) is not list:
             raise ProtocolError("malformed", "flush: 'deltas' must be a list of [key, delta bytes]")
@@ -388,6 +395,7 @@ class Session:
                 max_skew=WINDOW_MAX_SKEW,
                 horizon=WINDOW_HORIZON,
                 max_count=policy.max_total,
+                max_pane=max_pane,
             )
             if problem is not None:
                 code = "foreign_actor" if "other actors" in problem else "over_limit"

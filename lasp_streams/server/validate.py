@@ -147,14 +147,18 @@ def windowed_flush_problem(
     max_skew: float,
     horizon: float,
     max_count: int,
+    max_pane: int | None = None,
 ) -> str | None:
     """Why a device's windowed delta (a gateway flush) must be refused; None to accept.
 
     Besides :func:`client_delta_problem` (its own pane entries and total only): its event-time
     high water mark is at most ``max_skew`` ahead of the server's ``now`` (a mark far ahead
     would close everyone's windows early) and its windows start at most ``horizon`` before
-    ``now`` (a device cannot fill the state with ancient windows), and every pane count and
-    total is at most ``max_count`` (the per-device cap of totals)."""
+    ``now`` (a device cannot fill the state with ancient windows), every total is at most
+    ``max_count`` (the per-device cap of totals) and every count in a window at most
+    ``max_pane`` (default ``max_count``): a pane holds ``slide`` seconds of one device's views,
+    so a view-rate cap bounds it without any state."""
+    pane_cap = max_count if max_pane is None else max_pane
     if not isinstance(delta, Windowed):
         return f"a windowed flush must hold Windowed deltas, got {describe_type(delta)}"
     problem = client_delta_problem(delta, actor)
@@ -180,8 +184,8 @@ def windowed_flush_problem(
         counts = window.to_wire()
         if isinstance(counts, dict):
             for entry, n in counts.items():
-                if type(n) is int and n > max_count:
-                    return f"window {start}: count {n} of {entry!r} is above {max_count}"
+                if type(n) is int and n > pane_cap:
+                    return f"window {start}: count {n} of {entry!r} is above {pane_cap}"
     for who, n in delta.totals().to_wire().items():
         if n > max_count:
             return f"total {n} of {who!r} is above the per-device maximum {max_count}"

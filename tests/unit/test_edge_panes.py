@@ -355,3 +355,13 @@ def test_the_windowed_flush_check_bounds_time_and_counts() -> None:
     assert "per-device maximum" in str(problem(w.bottom().report_total("d", 1001)))
     assert "other actors" in str(problem(w.bottom().count("e", 9_990)))
     assert "Windowed deltas" in str(problem(GCounter().increment("d")))
+    capped = windowed_flush_problem(
+        w.bottom().count("d", 9_990, 50),
+        "d",
+        now=now,
+        max_skew=60,
+        horizon=3600,
+        max_count=1000,
+        max_pane=49,
+    )
+    assert "above 49" in str(capped)
