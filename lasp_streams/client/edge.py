@@ -66,12 +66,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from lasp_streams.client.skipped import SkippedRecords
-from lasp_streams.client.store import load_buffer, save_buffer, saved_panes
+from lasp_streams.client.store import BufferFileError, load_buffer, save_buffer, saved_panes
 from lasp_streams.client.transport import ClientTransport, DeltasExpired, Offline
 from lasp_streams.client.windows import ServerClock, WindowCounts
 from lasp_streams.codec import decode, encode
 from lasp_streams.dataflow.steps import BindToStep
 from lasp_streams.dataflow.topology import Topology
+from lasp_streams.errors import MutatorError
 from lasp_streams.lattices.base import Lattice, LatticeSpec
 from lasp_streams.lattices.counters import BCounter, GCounter
 from lasp_streams.lattices.windowed import Windowed
@@ -232,7 +233,14 @@ class EdgeClient:
         )
         self.windows = None if windows is None else self._window_counts(windows, heartbeat)
         if self.windows is not None and self.state_path is not None:
-            self.windows.restore(saved_panes(self.state_path, self.actor, self.windows.var))
+            panes = saved_panes(self.state_path, self.actor, self.windows.var)
+            try:
+                self.windows.restore(panes)
+            except MutatorError as exc:
+                raise BufferFileError(
+                    f"client buffer file {str(self.state_path)!r}: the saved panes of "
+                    f"{self.windows.var!r} do not fit its windows ({exc}); move the file away"
+                ) from None
         if self.windows is not None and self._carry_total:
             for key, total in self._counts.items():
                 self.windows.report_total(key, total)

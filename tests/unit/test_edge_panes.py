@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lasp_streams.client import EdgeClient
+from lasp_streams.client.store import BufferFileError, save_buffer
 from lasp_streams.client.windows import ServerClock, WindowCounts
 from lasp_streams.codec import decode, encode
 from lasp_streams.dataflow.topology import Topology
@@ -365,3 +366,17 @@ def test_the_windowed_flush_check_bounds_time_and_counts() -> None:
         max_pane=49,
     )
     assert "above 49" in str(capped)
+
+
+def test_saved_panes_that_do_not_fit_the_windows_name_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "d1.buffer"
+    save_buffer(path, "d1", {"impressions": {"rovio-0": 3}}, panes=(WINDOWED, {"rovio-0": {3: 1}}))
+    with pytest.raises(BufferFileError, match=r"d1\.buffer"):
+        EdgeClient(
+            "d1",
+            LocalHub(build(10**6)).connect("d1"),
+            build(10**6),
+            keys_of=ad_ids,
+            windows=WINDOWED,
+            state_path=path,
+        )
