@@ -174,33 +174,28 @@ class PartitionHost(ABC, Generic[S, R]):
                 await self._producer.start()
             if self.assign is not None:
                 await self._assigned(fixed)
-            await self._start_consumer()
+            self._consumer = clients.consumer(
+                s,
+                self.role,
+                **{
+                    "group_id": self.group_id,
+                    "session_timeout_ms": s.session_timeout_ms,
+                    "heartbeat_interval_ms": max(1000, s.session_timeout_ms // 3),
+                    "auto_offset_reset": "earliest",
+                    "max_poll_records": s.max_batch_records,
+                    "max_partition_fetch_bytes": s.max_partition_fetch_bytes,
+                    "fetch_max_bytes": s.fetch_max_bytes,
+                    **self._consumer_options,
+                },
+            )
+            await self._consumer.start()
         except BaseException:
             await self._close()
             raise
-        assert self._consumer is not None
         if self.assign is not None:
             self._consumer.assign(fixed)
         else:
             self._consumer.subscribe(sorted(self.topics), listener=_Listener(self))
-
-    async def _start_consumer(self) -> None:
-        s = self.settings
-        self._consumer = clients.consumer(
-            s,
-            self.role,
-            **{
-                "group_id": self.group_id,
-                "session_timeout_ms": s.session_timeout_ms,
-                "heartbeat_interval_ms": max(1000, s.session_timeout_ms // 3),
-                "auto_offset_reset": "earliest",
-                "max_poll_records": s.max_batch_records,
-                "max_partition_fetch_bytes": s.max_partition_fetch_bytes,
-                "fetch_max_bytes": s.fetch_max_bytes,
-                **self._consumer_options,
-            },
-        )
-        await self._consumer.start()
 
     async def stop(self) -> None:
         """Finish the batch in flight, then leave the group and close the clients (the states
@@ -238,7 +233,7 @@ class PartitionHost(ABC, Generic[S, R]):
 
     # -- one batch -----------------------------------------------------------------------------
     async def step(self) -> int:
-        """Consume, apply, write and commit one batch; returns how many records it applied."""
+        """Consume, apply, write and commit one batch; returns how many records it handled."""
         consumer = self._consumer
         if consumer is None:
             raise RuntimeError(f"{self.role} ({self.group_id}) is not started")

@@ -117,11 +117,6 @@ class LedgerAgent(PartitionHost[LedgerPartition, LedgerBatch]):
             f"delta topics; state on {self.state_topic}; one transaction per partition batch"
         )
 
-    @property
-    def partitions(self) -> dict[int, LedgerPartition]:
-        """The ledger partitions this process holds now."""
-        return self.held()
-
     # -- PartitionHost -------------------------------------------------------------------------
     def transactional_id(self, slot: int) -> str:
         return f"{self.group_id}.p{slot}"

@@ -10,9 +10,9 @@
 
 The variable's lattice is named by its wire tag (``gc`` for a GCounter); an optional value
 threshold makes a per-key trigger. The process declares the topology's topics (creating what
-is missing, checking what exists), prints ``ready`` on stdout once it owns partitions (the agent,
-which then prints ``partitions 0,2``: the ones it got) or has read the billing record (the
-sink), and then runs. It is the unit the fault tests kill
+is missing, checking what exists), prints ``ready`` on stdout once it owns partitions and has
+recovered them (the sink: read the billing record), then ``partitions 0,2`` (the ones it got),
+and then runs; both run on the partition host (:mod:`.host`). It is the unit the fault tests kill
 with SIGKILL; ``lasp-streams worker`` runs agents built from a Topology the same way.
 
 Started while Kafka cannot be reached, or losing it later, the process waits for it with
@@ -28,12 +28,14 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.base import lattice_class
 from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.metrics import Metrics
 from lasp_streams.runtime.kafka.agent import VariableAgent
+from lasp_streams.runtime.kafka.host import PartitionHost
 from lasp_streams.runtime.kafka.patience import ShutdownDeadline, keep_trying
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import SinkFenced, TrustedSink
@@ -103,6 +105,7 @@ async def _main(args: argparse.Namespace) -> int:
 
     metrics = Metrics(CollectorRegistry())
     announced: list[bool] = []
+    what = f"sink of {args.topology}"
     if args.role == "agent":
         if len(args.variable) != 1:
             raise SystemExit("agent: give exactly one --variable")
@@ -114,54 +117,34 @@ async def _main(args: argparse.Namespace) -> int:
         if args.value_threshold is not None:
             # The action runs at the sink (a KafkaRuntime); this agent only publishes crossings.
             topology.trigger(args.trigger, var, Threshold.value(args.value_threshold), _no_action)
-        agents: list[VariableAgent] = []
+        what = f"agent of {args.topology}.{args.variable[0]}"
+    hosts: list[PartitionHost[Any, Any]] = []
 
-        async def run_agent() -> None:
-            agent = VariableAgent(settings, topology, var.id, metrics=metrics)
-            agents.append(agent)
-            await agent.start()
-            runner = asyncio.create_task(agent.run())
-            try:
-                await _first(agent.wait_assigned(timeout=60), runner, stop)
-                if not announced and not stop.is_set():
-                    announced.append(True)
-                    print("ready", flush=True)
-                    print("partitions " + ",".join(map(str, sorted(agent.partitions))), flush=True)
-                await _until(stop, runner, agent.stop)
-            finally:
-                runner.cancel()
-                await asyncio.gather(runner, return_exceptions=True)
-
-        await keep_trying(
-            run_agent,
-            what=f"agent of {args.topology}.{args.variable[0]}",
-            stop=stop,
-            cleanup=lambda: agents[-1].stop(),
-        )
-        return 0
-    sinks: list[TrustedSink] = []
-
-    async def run_sink() -> None:
-        sink = TrustedSink(settings, args.topology, metrics=metrics)
-        sinks.append(sink)
-        await sink.start()
-        if not announced:
-            announced.append(True)
-            print("ready", flush=True)
-        runner = asyncio.create_task(sink.run())
+    async def run_host() -> None:
+        host: PartitionHost[Any, Any]
+        if args.role == "agent":
+            host = VariableAgent(settings, topology, var.id, metrics=metrics)
+        else:
+            host = TrustedSink(settings, args.topology, metrics=metrics)
+        hosts.append(host)
+        await host.start()
+        runner = asyncio.create_task(host.run())
         try:
-            await _until(stop, runner, sink.stop)
+            await _first(host.wait_assigned(timeout=60), runner, stop)
+            if not announced and not stop.is_set():
+                announced.append(True)
+                print("ready", flush=True)
+                print("partitions " + ",".join(map(str, sorted(host.held()))), flush=True)
+            await _until(stop, runner, host.stop)
         finally:
             runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)
 
     try:
-        await keep_trying(
-            run_sink, what=f"sink of {args.topology}", stop=stop, cleanup=lambda: sinks[-1].stop()
-        )
+        await keep_trying(run_host, what=what, stop=stop, cleanup=lambda: hosts[-1].stop())
     except SinkFenced as exc:
         print(f"fenced: {exc}", file=sys.stderr, flush=True)
-        await sinks[-1].stop()
+        await hosts[-1].stop()
         return 3
     return 0
 
