@@ -78,6 +78,10 @@ class VariableAgent(CoreHost):
     ``state(key)`` reads the local joined state of a key this agent owns.
     """
 
+    #: Recovery and re-check firings are published at least once, outside the batch
+    #: transactions (the sink drops duplicates by event id).
+    side_writes = True
+
     def __init__(
         self,
         settings: KafkaSettings,

@@ -123,15 +123,14 @@ class CoreHost(PartitionHost[ReplicaCore, Effects]):
         return box
 
     async def between_batches(self) -> None:
-        """Check every key again when a watched variable grew since the last check. In
-        at-least-once mode the crossings go out at least once; a crash before they do repeats
-        the check after recovery (recovery checks every key)."""
+        """Check every key again when a watched variable grew since the last check. A crash
+        before the crossings are out repeats the check after recovery (it checks every key)."""
         if self.watch_version is None or self.watch_version() == self._checked_version:
             return
         async with self._lock:
             self._checked_version = self.watch_version()
             for slot, core in self.held().items():
-                await self.write(slot, self.box(slot, core.recheck()))
+                await self.write_aside(slot, self.box(slot, core.recheck()))
 
     def finished(
         self, done: dict[int, Effects], batches: dict[int, Batches], seconds: float

@@ -104,6 +104,10 @@ class PartitionHost(ABC, Generic[S, R]):
     and :meth:`apply`, and may override :meth:`slot_of`, :meth:`finished`, :meth:`released`
     and :meth:`between_batches`. ``role`` names its clients and its log lines."""
 
+    #: Records caused outside a batch (a recovery, a re-check) go out at least once through an
+    #: idempotent producer instead of the slot's transaction.
+    side_writes = False
+
     def __init__(
         self,
         settings: KafkaSettings,
@@ -125,7 +129,7 @@ class PartitionHost(ABC, Generic[S, R]):
         self._held: dict[int, _Held[S]] = {}
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None  # at-least-once mode only
+        self._producer: AIOKafkaProducer | None = None  # at least once, or side_writes
         self._stopping = asyncio.Event()
         self._running: asyncio.Task[None] | None = None
         self._assigned_once = asyncio.Event()
@@ -167,7 +171,7 @@ class PartitionHost(ABC, Generic[S, R]):
         s = self.settings
         fixed = [TopicPartition(t, p) for t in sorted(self.topics) for p in self.assign or ()]
         try:
-            if not self.transactional:
+            if not self.transactional or self.side_writes:
                 self._producer = clients.producer(
                     s, self.role, enable_idempotence=True, max_batch_size=_MiB
                 )
@@ -289,6 +293,14 @@ class PartitionHost(ABC, Generic[S, R]):
             await self._commit(offsets)
         return True
 
+    async def write_aside(self, slot: int, box: Outbox) -> None:
+        """Write what a recovery or a re-check of ``slot`` caused (``side_writes``: at least
+        once, outside the transactions). Call under the lock."""
+        if self.side_writes:
+            await self._waves([box])
+        else:
+            await self.write(slot, box)
+
     async def _transact(
         self, slot: int, box: Outbox, offsets: Mapping[TopicPartition, int]
     ) -> bool:
@@ -313,7 +325,7 @@ class PartitionHost(ABC, Generic[S, R]):
 
     async def _waves(self, boxes: list[Outbox]) -> None:
         producer = self._producer
-        assert producer is not None, "at-least-once mode has a producer once started"
+        assert producer is not None, "started with an idempotent producer"
         for wave in ([o for b in boxes for o in b.first], [o for b in boxes for o in b.second]):
             sent = await send_all(producer, wave)
             if sent:
@@ -358,7 +370,7 @@ class PartitionHost(ABC, Generic[S, R]):
             for slot in fresh:
                 state, box = recovered[slot]
                 self._held[slot] = _Held(state, producers.get(slot))
-                await self.write(slot, box)
+                await self.write_aside(slot, box)
         self._assigned_once.set()
 
 
