@@ -11,10 +11,13 @@ interleaved):
 
 - ``raw``: aiokafka ``getmany`` over the same partitions, read_committed, no decoding: the
   floor of reading the records at all (the baseline).
-- ``audit``: :func:`lasp_streams.audit_kafka.run_audit` — the whole audit; its figure is the
-  delta replay alone (fetch, decode, join, re-derived crossings), as the report prints it.
-- ``core``: :class:`lasp_streams.audit.VariableReplay` over the records already in memory
-  (decode, join, crossings; no Kafka).
+- ``audit``: :func:`lasp_streams.audit_kafka.run_audit` with ``--jobs`` processes (default: the
+  CPU count) — the whole audit; its figure is the delta replay alone (processes started,
+  fetch, decode, client check, join, re-derived crossings, results joined), as the report
+  prints it.
+- ``audit1``: the same with ``jobs=1`` (one process: fetch and replay take turns).
+- ``core``: :class:`lasp_streams.audit.Replay` (the replica core) over the records already in
+  memory, in the audit's batches, one process (decode, check, join, crossings; no Kafka).
 
 The report (medians, ratios to ``raw``) goes to ``tests/benchmarks/reports/audit.md``.
 """
@@ -39,7 +42,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from lasp_streams import codec
-from lasp_streams.audit import VariableReplay, trigger_books
+from lasp_streams.audit import Replay
 from lasp_streams.audit_kafka import run_audit
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.deploy import apply_plan, plan_deploy
@@ -47,11 +50,11 @@ from lasp_streams.lattices.counters import GCounter
 from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import delta_topic
-from lasp_streams.server.validate import record_delta_problem
 
 REPORT = Path(__file__).parent / "reports" / "audit.md"
 VARIABLE = "impressions"
 TARGET = 200_000
+BATCH = 50_000  # the audit's getmany batch
 
 
 def topology(name: str, threshold: int) -> Topology:
@@ -118,17 +121,15 @@ async def fetch_all(settings: KafkaSettings, topic: str) -> tuple[list[Any], flo
         await consumer.stop()
 
 
-def run_core(topo: Topology, records: list[Any]) -> float:
-    topo.freeze()
-    replays: dict[str, VariableReplay] = {}
-    books = trigger_books(topo, replays)
-    replay = VariableReplay(
-        VARIABLE, GCounter(), triggers=books[VARIABLE], validate=record_delta_problem
-    )
+def run_core(topo: Topology, records: list[Any], keys: int) -> float:
+    replay = Replay(topo, checked=(VARIABLE,))
     started = time.perf_counter()
-    replay.feed(records)
+    for i in range(0, len(records), BATCH):
+        replay.feed(VARIABLE, records[i : i + BATCH])
     rate = len(records) / (time.perf_counter() - started)
-    assert replay.applied == len(records)
+    found = replay.result()
+    assert found.variables[VARIABLE].applied == len(records)
+    assert len(found.crossings) == keys
     return rate
 
 
@@ -140,17 +141,21 @@ async def main_async(args: argparse.Namespace, bootstrap: str) -> dict[str, list
     t = time.perf_counter()
     await produce(settings, topo, args.records, args.keys)
     print(f"produced {args.records:,} deltas in {time.perf_counter() - t:.1f} s", flush=True)
-    results: dict[str, list[float]] = {"raw": [], "audit": [], "core": []}
+    results: dict[str, list[float]] = {"raw": [], "audit": [], "audit1": [], "core": []}
+    threshold = max(1, args.records // args.keys // 2)
     for run in range(args.runs):
         records, raw = await fetch_all(settings, delta_topic(name, VARIABLE))
         assert len(records) == args.records, len(records)
-        report = await run_audit(topology(name, max(1, args.records // args.keys // 2)), settings)
-        assert report.deltas == args.records, (report.deltas, args.records)
-        assert len(report.ads) == args.keys, (len(report.ads), args.keys, report.warnings[:3])
-        assert all(line.crossing is not None for line in report.ads)
-        core = run_core(topology(name, max(1, args.records // args.keys // 2)), records)
+        rates = {"raw": raw}
+        for label, jobs in (("audit", args.jobs), ("audit1", 1)):
+            report = await run_audit(topology(name, threshold), settings, jobs=jobs)
+            assert report.deltas == args.records, (report.deltas, args.records)
+            assert len(report.ads) == args.keys, (len(report.ads), args.keys, report.warnings[:3])
+            assert all(line.crossing is not None for line in report.ads)
+            rates[label] = report.deltas_per_second
+        rates["core"] = run_core(topology(name, threshold), records, args.keys)
         del records
-        for label, rate in (("raw", raw), ("audit", report.deltas_per_second), ("core", core)):
+        for label, rate in rates.items():
             results[label].append(rate)
             print(f"run {run + 1} {label:6s} {rate:12,.0f} deltas/s", flush=True)
     return results
@@ -180,9 +185,11 @@ def write_report(args: argparse.Namespace, results: dict[str, list[float]], comm
         lines.append(f"| {label} | {med:,.0f} | {runs} | {med / raw:.2f}x |")
     lines += [
         "",
-        "`raw`: aiokafka getmany, read_committed, no decoding (baseline). `audit`: the delta "
-        "replay of `run_audit` (fetch, decode, join, crossings). `core`: the same replay over "
-        "records already in memory.",
+        "`raw`: aiokafka getmany, read_committed, no decoding, one process (baseline). "
+        f"`audit`: the delta replay of `run_audit` with {args.jobs} process(es) (fork, fetch, "
+        "decode, client check, join through ReplicaCore, crossings, results joined). "
+        "`audit1`: the same in one process. `core`: the same replay over records already in "
+        "memory, one process.",
         "",
         f"Target (DESIGN.md): audit replay ≥ {TARGET:,} deltas/s: "
         f"{'met' if audit >= TARGET else 'NOT met'} ({audit:,.0f}/s).",
@@ -208,6 +215,7 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=1_000)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     command = ".venv/bin/python -m tests.benchmarks.bench_audit " + " ".join(sys.argv[1:])
