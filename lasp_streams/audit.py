@@ -205,7 +205,7 @@ class Replay:
             return
         core = self._cores[var]
         triggers = self._triggers.get(var)
-        before = self._before(var, core, records, triggers) if triggers else None
+        before = self._before(var, core, records, triggers) if triggers else {}
         effects = core.apply_records(((var, records),))
         tally = self._tally[var]
         tally.records += len(records)
@@ -225,7 +225,6 @@ class Replay:
                     )
                 )
         if effects.firings:
-            assert before is not None
             self._date(var, effects.firings, records, before, refused)
         if effects.changed.get(var):
             for trigger_var in self._watchers.get(var, ()):
@@ -236,20 +235,19 @@ class Replay:
 
     def _before(
         self, var: str, core: ReplicaCore, records: Sequence[Record], triggers: list[TriggerStep]
-    ) -> dict[Hashable, Lattice | None]:
-        """The states, before this batch, of its keys that have a trigger still to cross
-        (copies: the batch grows the live ones). One per key, not per record."""
-        out: dict[Hashable, Lattice | None] = {}
+    ) -> dict[Any, tuple[Hashable, Lattice | None]]:
+        """Per raw Kafka key of the batch with a trigger still to cross: its variable key and
+        its state before the batch (a copy: the batch grows the live one). Per key, not per
+        record."""
+        out: dict[Any, tuple[Hashable, Lattice | None]] = {}
         crossings = self.crossings
         for raw in {r.key for r in records}:
             key = codec.key_from_kafka(raw)
-            if key in out:
-                continue
             name = key_bytes(key)
             if all((t.id, name) in crossings for t in triggers):
                 continue
             state = core.state(var, key)
-            out[key] = state.copy() if state is not None else None
+            out[raw] = (key, state.copy() if state is not None else None)
         return out
 
     def _date(
@@ -257,26 +255,37 @@ class Replay:
         var: str,
         firings: list[Firing],
         records: Sequence[Record],
-        before: dict[Hashable, Lattice | None],
+        before: dict[Any, tuple[Hashable, Lattice | None]],
         refused: set[tuple[int, int]],
     ) -> None:
         """Replay each fired key's records of the batch alone, from its state before the
         batch, to find the record that met the threshold (the core checks once per batch)."""
         fired = {f.key for f in firings}
-        mine: dict[Hashable, list[Record]] = {key: [] for key in fired}
-        key_of = codec.key_from_kafka
+        starts: dict[Hashable, Lattice | None] = {}
+        mine: dict[Any, list[Record]] = {}
+        for raw, (key, start) in before.items():
+            if key in fired:
+                starts[key] = start  # raw None and b"" are both the key None: same state
+                mine[raw] = []
         for record in records:
-            key = key_of(record.key)
-            if key in fired and (record.partition, record.offset) not in refused:
-                mine[key].append(record)
+            bucket = mine.get(record.key)
+            if bucket is not None and (record.partition, record.offset) not in refused:
+                bucket.append(record)
+        by_key: dict[Hashable, list[Record]] = {}
+        for raw, bucket in mine.items():
+            key = before[raw][0]
+            if key in by_key:  # raw None and b"" (both the key None): offset order again
+                by_key[key] = sorted(by_key[key] + bucket, key=_position)
+            else:
+                by_key[key] = bucket
         for firing in firings:
-            ordered = mine[firing.key]
-            if not ordered or firing.key not in before:
+            ordered = by_key.get(firing.key)
+            if not ordered:
                 # Not this batch's key (a watched variable that is its own trigger's): dated
                 # at the batch's last record, as a re-check is.
                 self._found(var, firing, records[-1], firing.state)
                 continue
-            start = before[firing.key]
+            start = starts[firing.key]
             state = start.copy() if start is not None else None
             found = ordered[0]
             if state is None or not threshold_met(state, firing.threshold):
@@ -333,6 +342,10 @@ class Replay:
                     if threshold is not None:
                         out.thresholds[(step.id, name)] = Crossed.of(threshold)
         return out
+
+
+def _position(record: Record) -> tuple[int, int]:
+    return (record.partition, record.offset)
 
 
 def _threshold(step: TriggerStep, key: Hashable, view: _CoresView) -> Threshold | None:

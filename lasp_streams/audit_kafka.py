@@ -314,7 +314,9 @@ async def read_merged(
             if open_tps:
                 data = await consumer.getmany(timeout_ms=500, max_records=_BATCH)
                 for tp, records in data.items():
-                    buffers[tp].extend(r for r in records if r.offset < stop[tp])
+                    if records and records[-1].offset >= stop[tp]:
+                        records = [r for r in records if r.offset < stop[tp]]
+                    buffers[tp].extend(records)
                 for tp in list(open_tps):
                     if await consumer.position(tp) >= stop[tp]:
                         open_tps.discard(tp)
@@ -440,7 +442,10 @@ async def replay_share(
     )
     done = 0
     async for var_id, batch in history:
-        replay.feed(var_id, batch)
+        # At most _BATCH records per feed: a crossing is dated by replaying its key's records
+        # of the feed again, so this bounds that work (the join itself does not care).
+        for at in range(0, len(batch), _BATCH):
+            replay.feed(var_id, batch[at : at + _BATCH])
         done += len(batch)
         if progress is not None:
             progress(done, total)
