@@ -29,6 +29,7 @@ import asyncio
 import logging
 import os
 import platform
+import resource
 import shutil
 import socket
 import statistics
@@ -144,21 +145,44 @@ async def main_async(args: argparse.Namespace, bootstrap: str) -> dict[str, list
     results: dict[str, list[float]] = {"raw": [], "audit": [], "audit1": [], "core": []}
     threshold = max(1, args.records // args.keys // 2)
     for run in range(args.runs):
+        cpu = _cpu()
         records, raw = await fetch_all(settings, delta_topic(name, VARIABLE))
         assert len(records) == args.records, len(records)
         rates = {"raw": raw}
+        cpus = {"raw": _cpu() - cpu}
         for label, jobs in (("audit", args.jobs), ("audit1", 1)):
+            cpu = _cpu()
             report = await run_audit(topology(name, threshold), settings, jobs=jobs)
+            cpus[label] = _cpu() - cpu
             assert report.deltas == args.records, (report.deltas, args.records)
             assert len(report.ads) == args.keys, (len(report.ads), args.keys, report.warnings[:3])
             assert all(line.crossing is not None for line in report.ads)
             rates[label] = report.deltas_per_second
+        cpu = _cpu()
         rates["core"] = run_core(topology(name, threshold), records, args.keys)
+        cpus["core"] = _cpu() - cpu
         del records
         for label, rate in rates.items():
             results[label].append(rate)
-            print(f"run {run + 1} {label:6s} {rate:12,.0f} deltas/s", flush=True)
+            CPU_US[label].append(cpus[label] / args.records * 1e6)
+            print(
+                f"run {run + 1} {label:6s} {rate:12,.0f} deltas/s "
+                f"{CPU_US[label][-1]:6.2f} CPU-us/delta",
+                flush=True,
+            )
     return results
+
+
+#: Per variant, CPU microseconds per delta (this process and its reaped children: the replay
+#: processes; the broker not included), per run. The raw and core arms' figures include
+#: setup the rate leaves out (the raw read's connection; the core's Replay).
+CPU_US: dict[str, list[float]] = {"raw": [], "audit": [], "audit1": [], "core": []}
+
+
+def _cpu() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def write_report(args: argparse.Namespace, results: dict[str, list[float]], command: str) -> str:
@@ -174,22 +198,25 @@ def write_report(args: argparse.Namespace, results: dict[str, list[float]], comm
         f"trigger whose crossing the replay re-derives for every key; {args.runs} runs, "
         "variants interleaved. Machine: "
         f"{platform.machine()}, {os.cpu_count()} cores shared with other work, Python "
-        f"{platform.python_version()}.",
+        f"{platform.python_version()}. Load average (1, 5, 15 min) at the start: "
+        f"{_load(LOAD[0])}; at the end: {_load(os.getloadavg())}.",
         "",
-        "| variant | median deltas/s | runs | vs raw |",
-        "|---|---:|---|---:|",
+        "| variant | median deltas/s | runs | vs raw | median CPU-µs/delta |",
+        "|---|---:|---|---:|---:|",
     ]
     for label, rates in results.items():
         med = statistics.median(rates)
         runs = ", ".join(f"{r:,.0f}" for r in rates)
-        lines.append(f"| {label} | {med:,.0f} | {runs} | {med / raw:.2f}x |")
+        cpu = statistics.median(CPU_US[label]) if CPU_US[label] else float("nan")
+        lines.append(f"| {label} | {med:,.0f} | {runs} | {med / raw:.2f}x | {cpu:.2f} |")
     lines += [
         "",
         "`raw`: aiokafka getmany, read_committed, no decoding, one process (baseline). "
         f"`audit`: the delta replay of `run_audit` with {args.jobs} process(es) (fork, fetch, "
         "decode, client check, join through ReplicaCore, crossings, results joined). "
         "`audit1`: the same in one process. `core`: the same replay over records already in "
-        "memory, one process.",
+        "memory, one process. CPU-µs/delta: user+system time of the benchmark process and its "
+        "reaped children (the replay processes), not the broker's.",
         "",
         f"Target (DESIGN.md): audit replay ≥ {TARGET:,} deltas/s: "
         f"{'met' if audit >= TARGET else 'NOT met'} ({audit:,.0f}/s).",
@@ -199,6 +226,14 @@ def write_report(args: argparse.Namespace, results: dict[str, list[float]], comm
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(text)
     return text
+
+
+#: The load average when the benchmark started (the machine is shared).
+LOAD: list[tuple[float, float, float]] = []
+
+
+def _load(avg: tuple[float, float, float]) -> str:
+    return ", ".join(f"{x:.2f}" for x in avg)
 
 
 def _free_port() -> int:
@@ -217,6 +252,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
+    LOAD.append(os.getloadavg())
     logging.basicConfig(level=logging.WARNING)
     command = ".venv/bin/python -m tests.benchmarks.bench_audit " + " ".join(sys.argv[1:])
     broker = None
