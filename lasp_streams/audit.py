@@ -194,10 +194,6 @@ class Replay:
                     self._watchers.setdefault(watched, set()).add(step.var)
         self.crossings: dict[tuple[str, bytes], CrossingFound] = {}
 
-    def state(self, var: str, key: bytes) -> Lattice | None:
-        """The replayed state of ``var`` for the Kafka key ``key`` (None: no deltas)."""
-        return self._cores[var].state(var, codec.key_from_kafka(key))
-
     def feed(self, var: str, records: Sequence[Record]) -> None:
         """Decode, check and join one batch of ``var``'s delta records (offset order within a
         partition) through its core; date the firings at the records that crossed."""

@@ -521,10 +521,12 @@ _JOB: list[_Job] = []
 
 
 def _start_worker(job: _Job) -> None:
-    # Forked from inside the parent's running event loop: this process has none of its own
-    # yet, and Ctrl-C is the parent's to handle (it waits for the shares, then exits).
+    # Forked from inside the parent's running event loop: this process has no loop of its own
+    # yet, and the SIGINT handler it inherited is the parent's loop's. With Python's own
+    # handler back, Ctrl-C (sent to the whole process group) stops a share at once; the parent
+    # then stops too.
     asyncio.events._set_running_loop(None)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _JOB[:] = [job]
 
 
