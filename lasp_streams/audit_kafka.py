@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import groupby
 from operator import attrgetter
 from typing import Any
 
@@ -296,12 +297,32 @@ async def read_merged(
     time every unfinished partition has reached, sorted by (time, topic, partition, offset), so
     a crossing is replayed with the watched variables as they were then (within a partition the
     offset order is kept). A partition far ahead of the others is paused, which bounds memory.
+    One topic alone has no other variable to interleave with: its batches are passed on as
+    fetched (joins commute; crossings are dated per key, within one partition).
     """
     var_of = {topic: var for var, (topic, _) in topics.items()}
     tps = [TopicPartition(topic, p) for topic, numbers in topics.values() for p in numbers]
     begin, stop = await _window(consumer, tps, start, end, warn)
     live = [tp for tp in tps if stop[tp] > begin[tp]]
     total = sum(stop[tp] - begin[tp] for tp in live)
+
+    async def one_topic() -> AsyncIterator[tuple[str, list[Any]]]:
+        consumer.assign(live)
+        for tp in live:
+            consumer.seek(tp, begin[tp])
+        var = var_of[live[0].topic]
+        open_tps = set(live)
+        while open_tps:
+            data = await consumer.getmany(timeout_ms=500, max_records=_BATCH)
+            for tp, records in data.items():
+                if records and records[-1].offset >= stop[tp]:
+                    records = [r for r in records if r.offset < stop[tp]]
+                if records:
+                    yield var, records
+            for tp in list(open_tps):
+                if await consumer.position(tp) >= stop[tp]:
+                    open_tps.discard(tp)
+                    consumer.pause(tp)  # nothing more is wanted from it
 
     async def batches() -> AsyncIterator[tuple[str, list[Any]]]:
         consumer.assign(live)
@@ -336,18 +357,16 @@ async def read_merged(
                 # Stable: equal times keep partition then offset order. One topic alone needs
                 # no sort (joins commute; crossings are dated per key, within one partition).
                 ready.sort(key=_time)
-            run: list[Any] = []
-            for record in ready:
-                if run and record.topic != run[-1].topic:
-                    yield var_of[run[0].topic], run
-                    run = []
-                run.append(record)
-            yield var_of[run[0].topic], run
+            for topic, run in groupby(ready, key=_topic):
+                yield var_of[topic], list(run)
 
+    if len({tp.topic for tp in live}) == 1:
+        return total, one_topic()
     return total, batches()
 
 
 _time = attrgetter("timestamp")
+_topic = attrgetter("topic")
 
 
 def _balance(
