@@ -145,15 +145,17 @@ async def main_async(args: argparse.Namespace, bootstrap: str) -> dict[str, list
     results: dict[str, list[float]] = {"raw": [], "audit": [], "audit1": [], "core": []}
     threshold = max(1, args.records // args.keys // 2)
     for run in range(args.runs):
-        cpu = _cpu()
+        cpu, broker = _cpu(), _broker_cpu()
         records, raw = await fetch_all(settings, delta_topic(name, VARIABLE))
         assert len(records) == args.records, len(records)
         rates = {"raw": raw}
         cpus = {"raw": _cpu() - cpu}
+        brokers = {"raw": _broker_cpu() - broker}
         for label, jobs in (("audit", args.jobs), ("audit1", 1)):
-            cpu = _cpu()
+            cpu, broker = _cpu(), _broker_cpu()
             report = await run_audit(topology(name, threshold), settings, jobs=jobs)
             cpus[label] = _cpu() - cpu
+            brokers[label] = _broker_cpu() - broker
             assert report.deltas == args.records, (report.deltas, args.records)
             assert len(report.ads) == args.keys, (len(report.ads), args.keys, report.warnings[:3])
             assert all(line.crossing is not None for line in report.ads)
@@ -165,9 +167,12 @@ async def main_async(args: argparse.Namespace, bootstrap: str) -> dict[str, list
         for label, rate in rates.items():
             results[label].append(rate)
             CPU_US[label].append(cpus[label] / args.records * 1e6)
+            if label in brokers:
+                BROKER_US[label].append(brokers[label] / args.records * 1e6)
             print(
                 f"run {run + 1} {label:6s} {rate:12,.0f} deltas/s "
-                f"{CPU_US[label][-1]:6.2f} CPU-us/delta",
+                f"{CPU_US[label][-1]:6.2f} CPU-us/delta"
+                + (f" (broker {BROKER_US[label][-1]:.2f})" if label in brokers else ""),
                 flush=True,
             )
     return results
@@ -177,6 +182,19 @@ async def main_async(args: argparse.Namespace, bootstrap: str) -> dict[str, list
 #: processes; the broker not included), per run. The raw and core arms' figures include
 #: setup the rate leaves out (the raw read's connection; the core's Replay).
 CPU_US: dict[str, list[float]] = {"raw": [], "audit": [], "audit1": [], "core": []}
+
+
+#: Per variant that reads the broker, the broker's CPU microseconds per delta (when this
+#: benchmark started the broker; NaN with --bootstrap).
+BROKER_US: dict[str, list[float]] = {"raw": [], "audit": [], "audit1": []}
+BROKER_PID: list[int] = []
+
+
+def _broker_cpu() -> float:
+    if not BROKER_PID:
+        return float("nan")
+    fields = Path(f"/proc/{BROKER_PID[0]}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu() -> float:
@@ -201,22 +219,27 @@ def write_report(args: argparse.Namespace, results: dict[str, list[float]], comm
         f"{platform.python_version()}. Load average (1, 5, 15 min) at the start: "
         f"{_load(LOAD[0])}; at the end: {_load(os.getloadavg())}.",
         "",
-        "| variant | median deltas/s | runs | vs raw | median CPU-µs/delta |",
-        "|---|---:|---|---:|---:|",
+        "| variant | median deltas/s | runs | vs raw | CPU-µs/delta: replay | broker |",
+        "|---|---:|---|---:|---:|---:|",
     ]
     for label, rates in results.items():
         med = statistics.median(rates)
         runs = ", ".join(f"{r:,.0f}" for r in rates)
         cpu = statistics.median(CPU_US[label]) if CPU_US[label] else float("nan")
-        lines.append(f"| {label} | {med:,.0f} | {runs} | {med / raw:.2f}x | {cpu:.2f} |")
+        broker = BROKER_US.get(label) or []
+        on_broker = f"{statistics.median(broker):.2f}" if broker else "-"
+        lines.append(
+            f"| {label} | {med:,.0f} | {runs} | {med / raw:.2f}x | {cpu:.2f} | {on_broker} |"
+        )
     lines += [
         "",
         "`raw`: aiokafka getmany, read_committed, no decoding, one process (baseline). "
         f"`audit`: the delta replay of `run_audit` with {args.jobs} process(es) (fork, fetch, "
         "decode, client check, join through ReplicaCore, crossings, results joined). "
         "`audit1`: the same in one process. `core`: the same replay over records already in "
-        "memory, one process. CPU-µs/delta: user+system time of the benchmark process and its "
-        "reaped children (the replay processes), not the broker's.",
+        "memory, one process. CPU-µs/delta (medians): user+system time of the benchmark "
+        "process and its reaped children (the replay processes), and of the broker process "
+        "(from /proc) during the same arm.",
         "",
         f"Target (DESIGN.md): audit replay ≥ {TARGET:,} deltas/s: "
         f"{'met' if audit >= TARGET else 'NOT met'} ({audit:,.0f}/s).",
@@ -264,6 +287,7 @@ def main() -> None:
 
             broker = LocalKafka(scratch / "kafka", port=_free_port(), controller_port=_free_port())
             broker.start()
+            BROKER_PID.append(int(broker.pid_path.read_text().split()[0]))
             bootstrap = broker.bootstrap_servers
         results = asyncio.run(main_async(args, bootstrap))
     finally:
