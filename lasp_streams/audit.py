@@ -63,6 +63,13 @@ __all__ = [
     "split_replay",
 ]
 
+#: Records a trigger variable's core joins at a time. The core checks triggers once per batch;
+#: a firing is dated by replaying its key's records of that batch again from the state before
+#: it, so smaller batches re-decode fewer records (and copy more states: one per key a batch
+#: touches). In the audit benchmark's layout (1,000 keys, in memory) 10,000 took 4.5 CPU-µs per
+#: delta, 50,000 took 5.3 and 2,000 took 5.3.
+FEED = 10_000
+
 #: Refusals kept per variable with their record and reason (all are counted): a hostile
 #: writer can fill a topic with them, the report stays bounded.
 MAX_REFUSALS_KEPT = 100
@@ -195,12 +202,21 @@ class Replay:
         self.crossings: dict[tuple[str, bytes], CrossingFound] = {}
 
     def feed(self, var: str, records: Sequence[Record]) -> None:
-        """Decode, check and join one batch of ``var``'s delta records (offset order within a
-        partition) through its core; date the firings at the records that crossed."""
+        """Decode, check and join ``var``'s delta records (offset order within a partition)
+        through its core; date the firings at the records that crossed."""
+        triggers = self._triggers.get(var)
+        if not triggers or len(records) <= FEED:
+            self._feed(var, records, triggers)
+            return
+        for at in range(0, len(records), FEED):
+            self._feed(var, records[at : at + FEED], triggers)
+
+    def _feed(
+        self, var: str, records: Sequence[Record], triggers: list[TriggerStep] | None
+    ) -> None:
         if not records:
             return
         core = self._cores[var]
-        triggers = self._triggers.get(var)
         before = self._before(var, core, records, triggers) if triggers else {}
         effects = core.apply_records(((var, records),))
         tally = self._tally[var]

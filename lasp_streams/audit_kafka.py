@@ -461,10 +461,7 @@ async def replay_share(
     )
     done = 0
     async for var_id, batch in history:
-        # At most _BATCH records per feed: a crossing is dated by replaying its key's records
-        # of the feed again, so this bounds that work (the join itself does not care).
-        for at in range(0, len(batch), _BATCH):
-            replay.feed(var_id, batch[at : at + _BATCH])
+        replay.feed(var_id, batch)
         done += len(batch)
         if progress is not None:
             progress(done, total)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lasp_streams import codec
+from lasp_streams import audit, codec
 from lasp_streams.audit import (
     MAX_REFUSALS_KEPT,
     BilledRecord,
@@ -82,6 +82,17 @@ def test_the_crossing_is_the_record_that_first_meets_the_threshold(batch: int) -
     assert (found.offset, found.timestamp_ms, found.value) == (4, 1_004, 5)
     assert (found.topic, found.threshold) == ("views", Crossed("value", 5))
     assert views(replay)[b"ad-1"].value() == 9
+
+
+@pytest.mark.parametrize("feed", [1, 2, 3, 100])
+def test_a_long_batch_is_joined_in_feeds_and_the_crossing_still_dated_exactly(
+    feed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit, "FEED", feed)
+    records = counter_deltas(9) + counter_deltas(7, b"ad-2")
+    replay = replay_of(topo(5), sorted(records, key=lambda r: r.timestamp), batch=len(records))
+    assert {k: c.offset for (_, k), c in replay.crossings.items()} == {b"ad-1": 4, b"ad-2": 4}
+    assert {k: s.value() for k, s in views(replay).items()} == {b"ad-1": 9, b"ad-2": 7}
 
 
 @given(st.permutations(range(12)), st.integers(0, 11))
