@@ -21,6 +21,7 @@ many): the replay is bound by the Python work per record, not by round trips.
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import os
 import signal
@@ -83,8 +84,8 @@ __all__ = [
 ]
 
 _BATCH = 50_000
-#: Per-partition and per-request fetch sizes of the replay's reader: ~16 MB holds ~200,000
-#: small deltas, so a batch is one round trip.
+#: Per-partition and per-request fetch sizes of the audit's reader (at least; the settings may
+#: say more): ~16 MB holds ~200,000 small deltas, several getmany batches per round trip.
 _FETCH_PARTITION_BYTES = 16 * 1024 * 1024
 _FETCH_BYTES = 64 * 1024 * 1024
 
@@ -540,7 +541,9 @@ def _start_worker(job: _Job) -> None:
     # Forked from inside the parent's running event loop: this process has no loop of its own
     # yet, and the SIGINT handler it inherited is the parent's loop's. With Python's own
     # handler back, Ctrl-C (sent to the whole process group) stops a share at once; the parent
-    # then stops too.
+    # then stops too. Everything inherited is frozen out of the garbage collector: its passes
+    # would otherwise walk (and so copy, page by page) the parent's whole heap.
+    gc.freeze()
     asyncio.events._set_running_loop(None)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     _JOB[:] = [job]

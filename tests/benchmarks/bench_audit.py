@@ -145,12 +145,10 @@ async def main_async(args: argparse.Namespace, bootstrap: str) -> dict[str, list
     results: dict[str, list[float]] = {"raw": [], "audit": [], "audit1": [], "core": []}
     threshold = max(1, args.records // args.keys // 2)
     for run in range(args.runs):
-        cpu, broker = _cpu(), _broker_cpu()
-        records, raw = await fetch_all(settings, delta_topic(name, VARIABLE))
-        assert len(records) == args.records, len(records)
-        rates = {"raw": raw}
-        cpus = {"raw": _cpu() - cpu}
-        brokers = {"raw": _broker_cpu() - broker}
+        rates: dict[str, float] = {}
+        cpus: dict[str, float] = {}
+        brokers: dict[str, float] = {}
+        # The audits first, while this process holds no records (as the CLI's does not).
         for label, jobs in (("audit", args.jobs), ("audit1", 1)):
             cpu, broker = _cpu(), _broker_cpu()
             report = await run_audit(topology(name, threshold), settings, jobs=jobs)
@@ -160,11 +158,17 @@ async def main_async(args: argparse.Namespace, bootstrap: str) -> dict[str, list
             assert len(report.ads) == args.keys, (len(report.ads), args.keys, report.warnings[:3])
             assert all(line.crossing is not None for line in report.ads)
             rates[label] = report.deltas_per_second
+        cpu, broker = _cpu(), _broker_cpu()
+        records, rates["raw"] = await fetch_all(settings, delta_topic(name, VARIABLE))
+        assert len(records) == args.records, len(records)
+        cpus["raw"] = _cpu() - cpu
+        brokers["raw"] = _broker_cpu() - broker
         cpu = _cpu()
         rates["core"] = run_core(topology(name, threshold), records, args.keys)
         cpus["core"] = _cpu() - cpu
         del records
-        for label, rate in rates.items():
+        for label in results:
+            rate = rates[label]
             results[label].append(rate)
             CPU_US[label].append(cpus[label] / args.records * 1e6)
             if label in brokers:
