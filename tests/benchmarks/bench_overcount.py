@@ -237,7 +237,7 @@ def hot_path(runs: int) -> tuple[float, float]:
     return statistics.median(views), statistics.median(flushes)
 
 
-def kafka_section(runs: int, bootstrap: str | None) -> list[str]:
+def kafka_section(runs: int, bootstrap: str | None, clients: list[int] | None = None) -> list[str]:
     """Both modes on Kafka, interleaved run by run (so load drifts hit both alike)."""
     from lasp_streams.demo.kafka import start_local_broker
 
@@ -249,6 +249,8 @@ def kafka_section(runs: int, bootstrap: str | None) -> list[str]:
     rows: list[str] = []
     try:
         for label, cfg in KAFKA_POINTS:
+            if clients is not None and cfg.clients not in clients:
+                continue
             results: dict[str, list[RunSummary]] = {mode: [] for mode in KAFKA_MODES}
             timeouts = dict.fromkeys(KAFKA_MODES, 0)
             for seed in range(1, runs + 1):
@@ -342,9 +344,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer points (a smoke run)")
     parser.add_argument("--kafka", action="store_true", help="the Kafka comparison only")
     parser.add_argument("--bootstrap", default=None, help="with --kafka: an existing cluster")
+    parser.add_argument(
+        "--kafka-clients",
+        type=int,
+        nargs="+",
+        default=None,
+        help="with --kafka: only these client counts (of "
+        + ", ".join(str(cfg.clients) for _, cfg in KAFKA_POINTS)
+        + ")",
+    )
     args = parser.parse_args()
     if args.kafka:
-        section = kafka_section(args.runs, args.bootstrap)
+        section = kafka_section(args.runs, args.bootstrap, args.kafka_clients)
         write_report(None, section)
         print("\n".join(section))
         return
