@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import logging
 import os
 import platform
+import pstats
 import resource
 import shutil
 import socket
@@ -179,7 +181,70 @@ async def main_async(args: argparse.Namespace, bootstrap: str) -> dict[str, list
                 + (f" (broker {BROKER_US[label][-1]:.2f})" if label in brokers else ""),
                 flush=True,
             )
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        await run_audit(topology(name, threshold), settings, jobs=1)
+        profiler.disable()
+        PROFILE.extend(profile_lines(pstats.Stats(profiler)))
     return results
+
+
+#: The --profile table's lines (filled by main_async).
+PROFILE: list[str] = []
+
+#: (what, file name ending, function, "cum" or "self"): where a replay process's time goes.
+_PARTS = [
+    ("fetch: aiokafka getmany", "consumer/consumer.py", "getmany", "cum"),
+    ("… of which building ConsumerRecords", "consumer/fetcher.py", "_consumer_record", "cum"),
+    ("join: ReplicaCore.apply_records", "core/replica.py", "apply_records", "cum"),
+    ("… of which the client check", "server/validate.py", "record_delta_problem", "cum"),
+    (
+        "… of which codec.decode (with the re-decodes of dating)",
+        "lasp_streams/codec.py",
+        "decode",
+        "cum",
+    ),
+    ("… of which GCounter.merge (with dating)", "lattices/counters.py", "merge", "cum"),
+    ("… of which the core's own loop", "core/replica.py", "_ingest", "self"),
+    ("dating crossings: Replay._date", "lasp_streams/audit.py", "_date", "cum"),
+    ("states before a feed: Replay._before", "lasp_streams/audit.py", "_before", "cum"),
+    (
+        "waiting for the broker (epoll, outside the frames above)",
+        "~",
+        "<method 'poll' of 'select.epoll' objects>",
+        "self",
+    ),
+]
+
+
+def profile_lines(stats: pstats.Stats) -> list[str]:
+    """Where one replay process's time goes: parts of ``replay_share``'s cumulative time."""
+    table: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+
+    def seconds(path: str, func: str, how: str) -> float:
+        return float(
+            sum(
+                (row[3] if how == "cum" else row[2])
+                for (file, _, name), row in table.items()
+                if name == func and file.endswith(path)
+            )
+        )
+
+    whole = seconds("lasp_streams/audit_kafka.py", "replay_share", "cum")
+    lines = [
+        "",
+        "Where the time of one replay process goes (`--profile`: one more `run_audit(jobs=1)` "
+        "under cProfile, which slows Python calls, so compare shares, not seconds):",
+        "",
+        "| part | seconds | share of the replay |",
+        "|---|---:|---:|",
+        f"| the replay (`replay_share`) | {whole:.2f} | 100% |",
+    ]
+    for what, path, func, how in _PARTS:
+        took = seconds(path, func, how)
+        lines.append(f"| {what} | {took:.2f} | {100 * took / whole:.0f}% |")
+    return lines
 
 
 #: Per variant, CPU microseconds per delta (this process and its reaped children: the replay
@@ -247,6 +312,7 @@ def write_report(args: argparse.Namespace, results: dict[str, list[float]], comm
         "",
         f"Target (DESIGN.md): audit replay ≥ {TARGET:,} deltas/s: "
         f"{'met' if audit >= TARGET else 'NOT met'} ({audit:,.0f}/s).",
+        *PROFILE,
         "",
     ]
     text = "\n".join(lines)
@@ -278,6 +344,9 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--profile", action="store_true", help="profile one more one-process audit (cProfile)"
+    )
     args = parser.parse_args()
     LOAD.append(os.getloadavg())
     logging.basicConfig(level=logging.WARNING)
