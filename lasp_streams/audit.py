@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from lasp_streams import codec
 from lasp_streams.dataflow.propagation import Propagation
@@ -56,6 +56,7 @@ __all__ = [
     "ReplayResult",
     "Share",
     "StateComparison",
+    "TimedRecord",
     "VariableResult",
     "compare_states",
     "merge_results",
@@ -69,6 +70,15 @@ __all__ = [
 #: touches). In the audit benchmark's layout (1,000 keys, in memory) 10,000 took 4.5 CPU-µs per
 #: delta, 50,000 took 5.3 and 2,000 took 5.3.
 FEED = 10_000
+
+
+class TimedRecord(Record, Protocol):
+    """A delta record as the audit reads it: the core's batch item, and its time (aiokafka's
+    ``ConsumerRecord`` has it), which dates a crossing."""
+
+    @property
+    def timestamp(self) -> int: ...
+
 
 #: Refusals kept per variable with their record and reason (all are counted): a hostile
 #: writer can fill a topic with them, the report stays bounded.
@@ -201,7 +211,7 @@ class Replay:
                     self._watchers.setdefault(watched, set()).add(step.var)
         self.crossings: dict[tuple[str, bytes], CrossingFound] = {}
 
-    def feed(self, var: str, records: Sequence[Record]) -> None:
+    def feed(self, var: str, records: Sequence[TimedRecord]) -> None:
         """Decode, check and join ``var``'s delta records (offset order within a partition)
         through its core; date the firings at the records that crossed."""
         triggers = self._triggers.get(var)
@@ -212,7 +222,7 @@ class Replay:
             self._feed(var, records[at : at + FEED], triggers)
 
     def _feed(
-        self, var: str, records: Sequence[Record], triggers: list[TriggerStep] | None
+        self, var: str, records: Sequence[TimedRecord], triggers: list[TriggerStep] | None
     ) -> None:
         if not records:
             return
@@ -246,7 +256,11 @@ class Replay:
                     self._found(trigger_var, firing, records[-1], firing.state)
 
     def _before(
-        self, var: str, core: ReplicaCore, records: Sequence[Record], triggers: list[TriggerStep]
+        self,
+        var: str,
+        core: ReplicaCore,
+        records: Sequence[TimedRecord],
+        triggers: list[TriggerStep],
     ) -> dict[Any, tuple[Hashable, Lattice | None]]:
         """Per raw Kafka key of the batch with a trigger still to cross: its variable key and
         its state before the batch (a copy: the batch grows the live one). Per key, not per
@@ -266,7 +280,7 @@ class Replay:
         self,
         var: str,
         firings: list[Firing],
-        records: Sequence[Record],
+        records: Sequence[TimedRecord],
         before: dict[Any, tuple[Hashable, Lattice | None]],
         refused: set[tuple[int, int]],
     ) -> None:
@@ -274,7 +288,7 @@ class Replay:
         batch, to find the record that met the threshold (the core checks once per batch)."""
         fired = {f.key for f in firings}
         starts: dict[Hashable, Lattice | None] = {}
-        mine: dict[Any, list[Record]] = {}
+        mine: dict[Any, list[TimedRecord]] = {}
         for raw, (key, start) in before.items():
             if key in fired:
                 starts[key] = start  # raw None and b"" are both the key None: same state
@@ -283,7 +297,7 @@ class Replay:
             bucket = mine.get(record.key)
             if bucket is not None and (record.partition, record.offset) not in refused:
                 bucket.append(record)
-        by_key: dict[Hashable, list[Record]] = {}
+        by_key: dict[Hashable, list[TimedRecord]] = {}
         for raw, bucket in mine.items():
             key = before[raw][0]
             if key in by_key:  # raw None and b"" (both the key None): offset order again
@@ -318,7 +332,7 @@ class Replay:
                         break
             self._found(var, firing, found, state if state is not None else firing.state)
 
-    def _found(self, var: str, firing: Firing, record: Record, state: Lattice) -> None:
+    def _found(self, var: str, firing: Firing, record: TimedRecord, state: Lattice) -> None:
         key = key_bytes(firing.key)
         self.crossings[(firing.step.id, key)] = CrossingFound(
             firing.step.id,
@@ -356,7 +370,7 @@ class Replay:
         return out
 
 
-def _position(record: Record) -> tuple[int, int]:
+def _position(record: TimedRecord) -> tuple[int, int]:
     return (record.partition, record.offset)
 
 

@@ -56,8 +56,6 @@ class Record(Protocol):
     @property
     def offset(self) -> int: ...
     @property
-    def timestamp(self) -> int: ...
-    @property
     def key(self) -> Any: ...
     @property
     def value(self) -> Any: ...
@@ -77,7 +75,6 @@ class Delta:
     topic: str = ""
     partition: int = -1
     offset: int = -1
-    timestamp: int = -1
 
 
 @dataclass(frozen=True, slots=True)
