@@ -43,9 +43,8 @@ from aiohttp import WSMsgType, web
 from aiokafka.errors import KafkaError
 
 from lasp_streams.client.protocol import ProtocolError, mac, pack, unpack
-from lasp_streams.codec import ACTOR_HEADER, decode, key_to_kafka
+from lasp_streams.codec import ACTOR_HEADER, key_to_kafka
 from lasp_streams.dataflow.topology import Topology
-from lasp_streams.errors import CodecError
 from lasp_streams.gateway.batcher import Batcher
 from lasp_streams.gateway.config import GatewayConfig
 from lasp_streams.gateway.hearing import Hearing
@@ -54,7 +53,7 @@ from lasp_streams.gateway.metrics import GatewayMetrics
 from lasp_streams.lattices.counters import GCounter
 from lasp_streams.lattices.windowed import Windowed
 from lasp_streams.runtime.kafka.topics import delta_topic
-from lasp_streams.server.devices import check_flush, check_identifier
+from lasp_streams.server.devices import check_flush, check_identifier, flush_items
 from lasp_streams.server.ledger import ViewCap
 from lasp_streams.server.validate import windowed_flush_problem
 
@@ -354,40 +353,16 @@ class Session:
         proto = gw.topology.var(var).prototype
         assert isinstance(proto, Windowed)
         max_pane = -(-WINDOW_CAP.views * proto.spec.slide * 1000 // WINDOW_CAP.interval_ms)
-        deltas = request.get("deltas")
-        if type(deltas) is not list:
-            raise ProtocolError("malformed", "flush: 'deltas' must be a list of [key, delta bytes]")
-        if len(deltas) > policy.max_keys_per_flush:
-            raise ProtocolError(
-                "over_limit",
-                f"flush of {len(deltas)} deltas: at most {policy.max_keys_per_flush} keys "
-                "per flush",
-            )
         now = time.time()
         records: list[tuple[bytes | None, bytes]] = []
-        seen: set[str] = set()
-        for item in deltas:
-            if type(item) is not list or len(item) != 2 or type(item[1]) is not bytes:
-                raise ProtocolError("malformed", "flush: an item is not [key, delta bytes]")
-            key = check_identifier(item[0], "flush: key", policy)
-            if key in seen:
-                raise ProtocolError("malformed", f"flush: key {key!r} appears twice")
-            seen.add(key)
-            if not any(gw.hearing.known(w, key) for w in gw.config.writable):
-                raise ProtocolError(
-                    "unknown_key", f"flush: {var} key {key!r} is not known to the topology"
-                )
-            payload: bytes = item[1]
-            if len(payload) > policy.max_delta_bytes:
-                raise ProtocolError(
-                    "over_limit",
-                    f"flush: delta of {key!r} is {len(payload)} bytes (at most "
-                    f"{policy.max_delta_bytes})",
-                )
-            try:
-                delta = decode(payload, expect=proto)
-            except CodecError as exc:
-                raise ProtocolError("malformed", f"flush: delta of {key!r}: {exc}") from None
+        items = flush_items(
+            request.get("deltas"),
+            var,
+            policy=policy,
+            known=lambda _var, key: any(gw.hearing.known(w, key) for w in gw.config.writable),
+            expect=proto,
+        )
+        for key, payload, delta in items:
             problem = windowed_flush_problem(
                 delta,
                 device,
