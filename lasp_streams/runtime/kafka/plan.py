@@ -174,7 +174,7 @@ class WorkerPlan:
                     else ""
                 )
                 + (f", triggers {trig}" if trig else "")
-                + (", client deltas checked" if v.checked else "")
+                + (", client deltas checked" if v.checked and not v.derived_from else "")
                 + (
                     f", derived from {v.derived_from[1]} (bind_to {v.derived_from[0]!r}): "
                     "only the operator agent's forwarded deltas are joined"
@@ -194,6 +194,13 @@ class WorkerPlan:
             lines.append(
                 f"  operator agent ({'keyed' if keyed else 'non-keyed'}) inputs {ins}: {how}"
             )
+            for v in self.operator_inputs:
+                if v.keyed == keyed and v.window is not None:
+                    lines.append(
+                        f"    windowed input {v.id} (size {v.window.size}, slide "
+                        f"{v.window.slide}, grace {v.window.grace}): its windows close here"
+                        + (", client deltas checked" if v.checked else "")
+                    )
             for v in self.derived_triggers:
                 if v.keyed == keyed:
                     trig = [t.id for t in v.trigger_steps]
