@@ -22,7 +22,7 @@ written by trusted services.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 from lasp_streams.codec import ACTOR_HEADER
 from lasp_streams.errors import LaspError
@@ -55,6 +55,8 @@ def client_delta_problem(delta: Lattice, actor: str) -> str | None:
     wrote them (:meth:`~lasp_streams.lattices.base.Lattice.actors`), never its wire form."""
     if type(actor) is not str or not actor:
         return f"the client's actor must be a non-empty str, got {actor!r}"
+    if type(delta) is GCounter and delta.actors() <= {actor}:
+        return None  # the hot path (every impressions delta): its own entry only
     if isinstance(delta, GMap):
         expected = delta.nested_type
         keys = delta.keys()  # a GMap, not a dict: keys() is its API
@@ -125,11 +127,14 @@ def check_client_delta(delta: Lattice, actor: str) -> None:
         raise UntrustedDelta(problem)
 
 
-def record_delta_problem(headers: Iterable[tuple[str, bytes]] | None, delta: Lattice) -> str | None:
+def record_delta_problem(headers: Sequence[tuple[str, bytes]] | None, delta: Lattice) -> str | None:
     """:func:`client_delta_problem` for a Kafka record from a client: the actor is the
     :data:`~lasp_streams.codec.ACTOR_HEADER` header (UTF-8); a record without exactly one such
     header is refused."""
-    actors = [value for name, value in headers or () if name == ACTOR_HEADER]
+    if headers is not None and len(headers) == 1 and headers[0][0] == ACTOR_HEADER:
+        actors = [headers[0][1]]  # the usual record: its one actor header (no scan)
+    else:
+        actors = [value for name, value in headers or () if name == ACTOR_HEADER]
     if len(actors) != 1:
         return f"a client delta must carry exactly one {ACTOR_HEADER!r} header, found {len(actors)}"
     try:
