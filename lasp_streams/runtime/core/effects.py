@@ -19,6 +19,7 @@ from lasp_streams.dataflow.windows import LateDelta, WindowClosed
 from lasp_streams.errors import StepError
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.threshold import Threshold
+from lasp_streams.records import key_bytes
 
 __all__ = [
     "DeadLetter",
@@ -93,6 +94,29 @@ class DeadLetter:
     #: More ``lasp.*`` headers (name without the prefix, text): e.g. a late record's
     #: ``window.starts``.
     extra: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(
+        cls,
+        variable: str,
+        record: Record,
+        reason: Reason,
+        error: str,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> DeadLetter:
+        """The dead letter of batch item ``record`` (its original key and value bytes)."""
+        key, value = record.key, record.value
+        return cls(
+            variable,
+            reason,
+            error,
+            record.topic,
+            record.partition,
+            record.offset,
+            key if key is None or type(key) is bytes else key_bytes(key),
+            value if type(value) is bytes else None,
+            extra,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,12 +56,11 @@ from lasp_streams.runtime.core.effects import (
     DeadLetter,
     Delta,
     Effects,
-    Reason,
     Record,
     RecordValidator,
     StepFailure,
 )
-from lasp_streams.runtime.core.triggers import TriggerEvaluator, key_bytes
+from lasp_streams.runtime.core.triggers import TriggerEvaluator
 from lasp_streams.runtime.core.updates import mutate
 from lasp_streams.runtime.core.windows import WindowGate
 
@@ -291,23 +290,23 @@ class ReplicaCore:
                 try:
                     delta = codec.decode(raw)
                 except CodecError as exc:
-                    dead.append(_dead(var, record, "decode", str(exc)))
+                    dead.append(DeadLetter.of(var, record, "decode", str(exc)))
                     continue
                 except Exception as exc:
                     # The codec promises typed errors only; a record that breaks that promise
                     # is still set aside, so one poison record cannot stop a host for ever.
-                    dead.append(_dead(var, record, "decode", f"decoder raised {exc!r}"))
+                    dead.append(DeadLetter.of(var, record, "decode", f"decoder raised {exc!r}"))
                     continue
                 fresh = True
             elif isinstance(raw, Lattice):
                 delta, fresh = raw, False
             else:
                 what = "no value (a tombstone is not a delta)" if raw is None else repr(raw)
-                dead.append(_dead(var, record, "decode", f"record has {what}"))
+                dead.append(DeadLetter.of(var, record, "decode", f"record has {what}"))
                 continue
             if not proto.same_type(delta):
                 dead.append(
-                    _dead(
+                    DeadLetter.of(
                         var,
                         record,
                         "wrong_type",
@@ -322,7 +321,7 @@ class ReplicaCore:
                 except Exception as exc:
                     refusal = f"record validator of {var!r} raised {exc!r}"
                 if refusal is not None:
-                    dead.append(_dead(var, record, "validation", refusal))
+                    dead.append(DeadLetter.of(var, record, "validation", refusal))
                     continue
             state = states.get(key)
             if gate is not None:
@@ -345,7 +344,7 @@ class ReplicaCore:
                 try:
                     grew = state.merge(delta)
                 except LatticeError as exc:
-                    dead.append(_dead(var, record, "invariant", str(exc)))
+                    dead.append(DeadLetter.of(var, record, "invariant", str(exc)))
                     continue
                 effects.applied += 1
                 if not grew:
@@ -519,7 +518,7 @@ class ReplicaCore:
     ) -> None:
         effects.errors.append(StepFailure(error, var, key, record))
         if record is not None:
-            effects.dead.append(_dead(var, record, "step", str(error)))
+            effects.dead.append(DeadLetter.of(var, record, "step", str(error)))
 
     def _late(
         self,
@@ -534,7 +533,7 @@ class ReplicaCore:
         effects.late.append(LateDelta(var, key, starts, self.replica, late, counts))
         if record is not None:
             effects.dead.append(
-                _dead(
+                DeadLetter.of(
                     var,
                     record,
                     "late",
@@ -546,25 +545,3 @@ class ReplicaCore:
                     ),
                 )
             )
-
-
-def _dead(
-    var: str,
-    record: Record,
-    reason: Reason,
-    error: str,
-    extra: tuple[tuple[str, str], ...] = (),
-) -> DeadLetter:
-    key = record.key
-    value = record.value
-    return DeadLetter(
-        var,
-        reason,
-        error,
-        record.topic,
-        record.partition,
-        record.offset,
-        key if key is None or type(key) is bytes else key_bytes(key),
-        value if type(value) is bytes else None,
-        extra,
-    )

@@ -131,18 +131,7 @@ class LedgerAgent(PartitionHost[LedgerPartition, LedgerBatch]):
                 try:
                     entries = decode_entries(record.value or b"")
                 except ValueError as exc:
-                    dead.append(
-                        DeadLetter(
-                            "ledger",
-                            "decode",
-                            str(exc),
-                            record.topic,
-                            record.partition,
-                            record.offset,
-                            record.key,
-                            record.value,
-                        )
-                    )
+                    dead.append(DeadLetter.of("ledger", record, "decode", str(exc)))
                     continue
                 state.apply(entries, record.timestamp, into=total)
         for c in total.clamped[:_MAX_CLAMP_LETTERS]:

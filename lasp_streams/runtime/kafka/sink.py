@@ -138,14 +138,7 @@ class TrustedSink(PartitionHost[None, tuple[dict[str, BillingEvent], list[str]]]
                         raise DecodeError("crossing record has no value")
                     crossing = Crossing.decode(record.value)
                 except DecodeError as exc:
-                    where = (
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                        record.key,
-                        record.value,
-                    )
-                    dead.append(DeadLetter("<crossings>", "decode", str(exc), *where))
+                    dead.append(DeadLetter.of("<crossings>", record, "decode", str(exc)))
                     continue
                 if self.metrics is not None:
                     self.metrics.sink_crossings.labels(crossing.trigger).inc()
