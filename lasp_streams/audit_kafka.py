@@ -10,15 +10,28 @@ Order of reads, so that a running topology is audited fairly: the live
 state topics first, then the delta topics up to their last stable offsets as of *after* that
 (so every live state is explained by deltas the replay sees), then the billing topic, then
 the dead letters.
+
+The delta replay runs in ``jobs`` processes (:func:`~lasp_streams.audit.split_replay`: a keyed
+variable's partitions dealt out, watched variables read by every share), each with its own
+reader, forked so that the topology (functions and all) needs no pickling; their results are
+joined (:func:`~lasp_streams.audit.merge_results`). Fetches are large (records are small and
+many): the replay is bound by the Python work per record, not by round trips.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import multiprocessing
+import os
+import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import groupby
 from operator import attrgetter
 from typing import Any
 
@@ -31,12 +44,15 @@ from lasp_streams.audit import (
     BillingCheck,
     CrossingFound,
     Problem,
+    Replay,
+    ReplayResult,
+    Share,
     StateComparison,
-    VariableReplay,
+    VariableResult,
     compare_states,
+    merge_results,
     reconcile_billing,
-    trigger_books,
-    watchers,
+    split_replay,
 )
 from lasp_streams.dataflow.steps import TriggerStep
 from lasp_streams.dataflow.topology import Topology
@@ -54,7 +70,6 @@ from lasp_streams.runtime.kafka.topics import (
     dlq_topic,
     state_topic,
 )
-from lasp_streams.server.validate import record_delta_problem
 
 __all__ = [
     "AdLine",
@@ -64,10 +79,15 @@ __all__ = [
     "parse_bound",
     "read_merged",
     "read_topic",
+    "replay_share",
     "run_audit",
 ]
 
 _BATCH = 50_000
+#: Per-partition and per-request fetch sizes of the audit's reader (at least; the settings may
+#: say more): ~16 MB holds ~200,000 small deltas, several getmany batches per round trip.
+_FETCH_PARTITION_BYTES = 16 * 1024 * 1024
+_FETCH_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +178,7 @@ class AuditReport:
     deltas: int = 0
     #: Wall time of the delta replay alone (what deltas_per_second is over).
     seconds: float = 0.0
-    variables: list[tuple[VariableReplay, StateComparison]] = field(default_factory=list)
+    variables: list[tuple[VariableResult, StateComparison]] = field(default_factory=list)
     ads: list[AdLine] = field(default_factory=list)
     billing: BillingCheck = field(default_factory=BillingCheck)
     billing_records: int = 0
@@ -192,7 +212,7 @@ class AuditReport:
                     "variable": replay.variable,
                     "records": replay.records,
                     "applied": replay.applied,
-                    "refused": len(replay.refused),
+                    "refused": replay.refused,
                     "keys": cmp.keys,
                     "equal_keys": cmp.equal,
                     "replay_ahead_keys": cmp.behind_live,
@@ -220,8 +240,8 @@ async def open_reader(settings: KafkaSettings, name: str) -> AIOKafkaConsumer:
         settings,
         f"audit-{name}",
         isolation_level="read_committed",
-        max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
-        fetch_max_bytes=settings.fetch_max_bytes,
+        max_partition_fetch_bytes=max(settings.max_partition_fetch_bytes, _FETCH_PARTITION_BYTES),
+        fetch_max_bytes=max(settings.fetch_max_bytes, _FETCH_BYTES),
     )
     return await clients.start(consumer, settings, f"reading {name!r}")
 
@@ -264,13 +284,13 @@ async def _window(
 
 async def read_merged(
     consumer: AIOKafkaConsumer,
-    topics: dict[str, tuple[str, int]],
+    topics: Mapping[str, tuple[str, Sequence[int]]],
     *,
     start: Bound = Bound(),
     end: Bound = Bound(),
     warn: Callable[[str], None] | None = None,
 ) -> tuple[int, AsyncIterator[tuple[str, list[Any]]]]:
-    """Several variables' delta topics (``{variable: (topic, partitions)}``) read as one
+    """Several variables' delta topics (``{variable: (topic, partition numbers)}``) read as one
     history, in record-time order: how many records there are, and batches of consecutive
     records of one variable.
 
@@ -278,12 +298,32 @@ async def read_merged(
     time every unfinished partition has reached, sorted by (time, topic, partition, offset), so
     a crossing is replayed with the watched variables as they were then (within a partition the
     offset order is kept). A partition far ahead of the others is paused, which bounds memory.
+    One topic alone has no other variable to interleave with: its batches are passed on as
+    fetched (joins commute; crossings are dated per key, within one partition).
     """
     var_of = {topic: var for var, (topic, _) in topics.items()}
-    tps = [TopicPartition(topic, p) for topic, count in topics.values() for p in range(count)]
+    tps = [TopicPartition(topic, p) for topic, numbers in topics.values() for p in numbers]
     begin, stop = await _window(consumer, tps, start, end, warn)
     live = [tp for tp in tps if stop[tp] > begin[tp]]
     total = sum(stop[tp] - begin[tp] for tp in live)
+
+    async def one_topic() -> AsyncIterator[tuple[str, list[Any]]]:
+        consumer.assign(live)
+        for tp in live:
+            consumer.seek(tp, begin[tp])
+        var = var_of[live[0].topic]
+        open_tps = set(live)
+        while open_tps:
+            data = await consumer.getmany(timeout_ms=500, max_records=_BATCH)
+            for tp, records in data.items():
+                if records and records[-1].offset >= stop[tp]:
+                    records = [r for r in records if r.offset < stop[tp]]
+                if records:
+                    yield var, records
+            for tp in list(open_tps):
+                if await consumer.position(tp) >= stop[tp]:
+                    open_tps.discard(tp)
+                    consumer.pause(tp)  # nothing more is wanted from it
 
     async def batches() -> AsyncIterator[tuple[str, list[Any]]]:
         consumer.assign(live)
@@ -296,7 +336,9 @@ async def read_merged(
             if open_tps:
                 data = await consumer.getmany(timeout_ms=500, max_records=_BATCH)
                 for tp, records in data.items():
-                    buffers[tp].extend(r for r in records if r.offset < stop[tp])
+                    if records and records[-1].offset >= stop[tp]:
+                        records = [r for r in records if r.offset < stop[tp]]
+                    buffers[tp].extend(records)
                 for tp in list(open_tps):
                     if await consumer.position(tp) >= stop[tp]:
                         open_tps.discard(tp)
@@ -316,18 +358,16 @@ async def read_merged(
                 # Stable: equal times keep partition then offset order. One topic alone needs
                 # no sort (joins commute; crossings are dated per key, within one partition).
                 ready.sort(key=_time)
-            run: list[Any] = []
-            for record in ready:
-                if run and record.topic != run[-1].topic:
-                    yield var_of[run[0].topic], run
-                    run = []
-                run.append(record)
-            yield var_of[run[0].topic], run
+            for topic, run in groupby(ready, key=_topic):
+                yield var_of[topic], list(run)
 
+    if len({tp.topic for tp in live}) == 1:
+        return total, one_topic()
     return total, batches()
 
 
 _time = attrgetter("timestamp")
+_topic = attrgetter("topic")
 
 
 def _balance(
@@ -397,6 +437,146 @@ async def _latest_states(
     return states, errors
 
 
+async def replay_share(
+    consumer: AIOKafkaConsumer,
+    topology: Topology,
+    name: str,
+    share: Share,
+    *,
+    checked: Iterable[str],
+    start: Bound = Bound(),
+    end: Bound = Bound(),
+    warn: Callable[[str], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReplayResult:
+    """Replay ``share`` of ``topology``'s delta topics (run as ``name``) through a
+    :class:`~lasp_streams.audit.Replay`, in record-time order. ``progress(done, total)`` hears
+    the records replayed so far."""
+    replay = Replay(topology, name=name, checked=checked, reports=share.reports)
+    total, history = await read_merged(
+        consumer,
+        {var: (delta_topic(name, var), numbers) for var, numbers in share.reads.items()},
+        start=start,
+        end=end,
+        warn=warn,
+    )
+    done = 0
+    async for var_id, batch in history:
+        replay.feed(var_id, batch)
+        done += len(batch)
+        if progress is not None:
+            progress(done, total)
+    return replay.result()
+
+
+async def _replay(
+    consumer: AIOKafkaConsumer,
+    topology: Topology,
+    settings: KafkaSettings,
+    name: str,
+    partitions: dict[str, int],
+    *,
+    jobs: int,
+    checked: Iterable[str],
+    start: Bound,
+    end: Bound,
+    warn: Callable[[str], None],
+    progress: Callable[[int, int], None] | None,
+) -> ReplayResult:
+    """The whole delta replay: in this process on ``consumer`` (one share), or in ``jobs``
+    forked processes with a reader each (progress polled from a shared array)."""
+    shares = split_replay(topology, partitions, jobs)
+    if len(shares) <= 1:
+        share = shares[0] if shares else Share({}, frozenset())
+        return await replay_share(
+            consumer,
+            topology,
+            name,
+            share,
+            checked=checked,
+            start=start,
+            end=end,
+            warn=warn,
+            progress=progress,
+        )
+    fork = multiprocessing.get_context("fork")
+    counts = fork.RawArray("q", 2 * len(shares))  # per share: done, total
+    job = _Job(topology, settings, name, tuple(checked), start, end, counts)
+    pool = ProcessPoolExecutor(
+        len(shares), mp_context=fork, initializer=_start_worker, initargs=(job,)
+    )
+    try:
+        loop = asyncio.get_running_loop()
+        running = [loop.run_in_executor(pool, _run_share, i, sh) for i, sh in enumerate(shares)]
+        pending: set[asyncio.Future[tuple[ReplayResult, list[str]]]] = set(running)
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=0.2)
+            if progress is not None:
+                progress(sum(counts[0::2]), sum(counts[1::2]))
+        results = [future.result() for future in running]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    for warning in dict.fromkeys(w for _, found in results for w in found):
+        warn(warning)  # a watched variable's warnings come from every share: once
+    return merge_results(result for result, _ in results)
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """What every replay process inherits (forked: never pickled)."""
+
+    topology: Topology
+    settings: KafkaSettings
+    name: str
+    checked: tuple[str, ...]
+    start: Bound
+    end: Bound
+    counts: Any
+
+
+_JOB: list[_Job] = []
+
+
+def _start_worker(job: _Job) -> None:
+    # Forked from inside the parent's running event loop: this process has no loop of its own
+    # yet, and the SIGINT handler it inherited is the parent's loop's. With Python's own
+    # handler back, Ctrl-C (sent to the whole process group) stops a share at once; the parent
+    # then stops too. Everything inherited is frozen out of the garbage collector: its passes
+    # would otherwise walk (and so copy, page by page) the parent's whole heap.
+    gc.freeze()
+    asyncio.events._set_running_loop(None)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _JOB[:] = [job]
+
+
+def _run_share(index: int, share: Share) -> tuple[ReplayResult, list[str]]:
+    job = _JOB[0]
+    warnings: list[str] = []
+
+    def progress(done: int, total: int) -> None:
+        job.counts[2 * index] = done
+        job.counts[2 * index + 1] = total
+
+    async def main() -> ReplayResult:
+        consumer = await open_reader(job.settings, job.name)
+        try:
+            return await replay_share(
+                consumer,
+                job.topology,
+                job.name,
+                share,
+                checked=job.checked,
+                start=job.start,
+                end=job.end,
+                warn=warnings.append,
+                progress=progress,
+            )
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(main()), warnings
+
+
 async def run_audit(
     topology: Topology,
     settings: KafkaSettings,
@@ -406,11 +586,13 @@ async def run_audit(
     end: Bound = Bound(),
     progress: Callable[[int, int], None] | None = None,
     checked: Iterable[str] | None = None,
+    jobs: int | None = None,
 ) -> AuditReport:
     """Audit the topology running as ``name`` (see the module docstrings). ``progress(done,
     total)`` hears the number of delta records replayed so far. ``checked``: the variables
     whose records get the client check, as the workers were told (default: the workers'
-    default; ``()`` for workers run with ``--trust-all``)."""
+    default; ``()`` for workers run with ``--trust-all``). ``jobs``: processes replaying the
+    deltas (default: the CPU count; 1: in this process)."""
     topology.freeze()
     name = name or topology.name
     report = AuditReport(name, start, end, complete=start.edge and end.edge)
@@ -445,46 +627,31 @@ async def run_audit(
             )
             report.warnings.extend(f"undecodable live state {e}" for e in errors[:20])
 
-        replays: dict[str, VariableReplay] = {}
-        books = trigger_books(topology, replays)
-        check = set(plan_worker(topology, checked=checked, name=name).checked)
-        for var in variables:
-            replays[var.id] = VariableReplay(
-                var.id,
-                var.prototype,
-                triggers=books.get(var.id, ()),
-                validate=record_delta_problem if var.id in check else None,
-            )
-        recheck = watchers(topology)
-        total, history = await read_merged(
+        started = time.perf_counter()  # the replay proper: fetch, decode, join, crossings
+        replayed = await _replay(
             consumer,
-            {
-                var.id: (delta_topic(name, var.id), existing[delta_topic(name, var.id)].partitions)
-                for var in variables
-            },
+            topology,
+            settings,
+            name,
+            {v.id: existing[delta_topic(name, v.id)].partitions for v in variables},
+            jobs=jobs or os.cpu_count() or 1,
+            checked=plan_worker(topology, checked=checked, name=name).checked,
             start=start,
             end=end,
             warn=report.warnings.append,
+            progress=progress,
         )
+        report.seconds = time.perf_counter() - started
+        report.deltas = replayed.deltas
         if any("retention" in w for w in report.warnings):
             report.complete = False
-        done = 0
-        started = time.perf_counter()  # the replay proper: fetch, decode, join, crossings
-        async for var_id, batch in history:
-            if replays[var_id].feed(batch):
-                for trigger_var in recheck.get(var_id, ()):
-                    replays[trigger_var].recheck(batch[-1])
-            done += len(batch)
-            if progress is not None:
-                progress(done, total)
-        report.deltas = done
-        report.seconds = time.perf_counter() - started
 
         for var in variables:
+            found = replayed.variables.get(var.id) or VariableResult(var.id)
             report.variables.append(
                 (
-                    replays[var.id],
-                    compare_states(replays[var.id], live[var.id], complete=report.complete),
+                    found,
+                    compare_states(found, var.prototype, live[var.id], complete=report.complete),
                 )
             )
 
@@ -495,14 +662,11 @@ async def run_audit(
             for record in batch:
                 billed.append(_billed(record))
         report.billing_records = len(billed)
-        crossings: dict[tuple[str, bytes], CrossingFound] = {}
-        for replay in replays.values():
-            crossings.update(replay.crossings)
         triggers = {s.id: s.var for s in topology.steps if isinstance(s, TriggerStep)}
         report.billing = reconcile_billing(
-            name, crossings, billed, triggers, complete=report.complete
+            name, replayed.crossings, billed, triggers, complete=report.complete
         )
-        report.ads = _ad_lines(topology, replays, books, report.billing)
+        report.ads = _ad_lines(replayed, triggers, report.billing)
 
         topic = dlq_topic(name)
         _, batches = await read_topic(consumer, topic, existing[topic].partitions)
@@ -529,28 +693,23 @@ def _billed(record: Any) -> BilledRecord:
 
 
 def _ad_lines(
-    topology: Topology,
-    replays: dict[str, VariableReplay],
-    books: dict[str, Any],
-    billing: BillingCheck,
+    replayed: ReplayResult, triggers: dict[str, str], billing: BillingCheck
 ) -> list[AdLine]:
+    """A line per key of each trigger variable whose threshold is known."""
     lines: list[AdLine] = []
-    for var, var_books in books.items():
-        replay = replays[var]
-        for book in var_books:
-            for key in sorted(replay.states):
-                threshold = book.threshold(key)
-                if threshold is None:
-                    continue
-                state = replay.states[key]
-                lines.append(
-                    AdLine(
-                        book.step.id,
-                        str(codec.key_from_kafka(key)),
-                        state.value(),
-                        threshold.n if threshold.kind in ("value", "cardinality") else None,
-                        replay.crossings.get((book.step.id, key)),
-                        billing.billed.get((book.step.id, key)),
-                    )
-                )
+    for (trigger, key), threshold in sorted(replayed.thresholds.items()):
+        found = replayed.variables.get(triggers[trigger])
+        state = found.states.get(key) if found is not None else None
+        if state is None:
+            continue
+        lines.append(
+            AdLine(
+                trigger,
+                str(codec.key_from_kafka(key)),
+                state.value(),
+                threshold.n if threshold.kind in ("value", "cardinality") else None,
+                replayed.crossings.get((trigger, key)),
+                billing.billed.get((trigger, key)),
+            )
+        )
     return lines

@@ -53,6 +53,12 @@ _MAX_SHOWN = 200
     default=None,
     help="Also write the report as JSON to this file ('-': standard output, no table).",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes replaying the deltas, partitions dealt out (default: the CPU count).",
+)
 def audit(
     topology_ref: str,
     kafka: KafkaFlags,
@@ -62,6 +68,7 @@ def audit(
     end: str | None,
     trust_all: bool,
     json_path: Path | None,
+    jobs: int | None,
 ) -> None:
     """Replay a deployed topology's delta topics and hold its live state and billing to them.
 
@@ -104,6 +111,7 @@ def audit(
                     end=upper,
                     progress=progress,
                     checked=() if trust_all else None,
+                    jobs=jobs,
                 )
             )
         except LaspError as exc:
@@ -137,7 +145,7 @@ def render(report: AuditReport, console: Console) -> None:
             replay.variable,
             f"{replay.records:,}",
             f"{replay.applied:,}",
-            f"{len(replay.refused):,}",
+            f"{replay.refused:,}",
             f"{cmp.keys:,}",
             f"{cmp.equal:,}",
             f"{cmp.difference_pct:.2f}%" if report.complete else "n/a (partial)",

@@ -19,12 +19,14 @@ from lasp_streams.errors import InvalidTopology, KafkaSetupError
 from lasp_streams.runtime.kafka.acls import AclBinding, plan_acls, render_acls
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 
-__all__ = ["deploy", "describe", "teardown_command", "topology_options"]
+__all__ = ["deploy", "describe", "ledger_option", "teardown_command", "topology_options"]
 
 F = TypeVar("F", bound=Callable[..., object])
 
 #: The default of `lasp-streams worker --partitions`: a deploy and a worker must agree.
 DEFAULT_PARTITIONS = KafkaSettings().delta_partitions
+#: The default of `lasp-streams gateway --ledger-partitions`: a deploy and the gateways agree.
+DEFAULT_LEDGER_PARTITIONS = 3
 
 
 def topology_options(func: F) -> F:
@@ -53,19 +55,35 @@ def topology_options(func: F) -> F:
     return func
 
 
+def ledger_option(func: F) -> F:
+    """--ledger-partitions: the device ledger stage, part of a deployment fed by gateways."""
+    return click.option(
+        "--ledger-partitions",
+        type=click.IntRange(0),
+        default=DEFAULT_LEDGER_PARTITIONS,
+        show_default=True,
+        help="Partitions of the device ledger that gateways feed (`lasp-streams gateway "
+        "ledger`; its topics <name>.devices and <name>.ledger and its group); the same "
+        "number as the gateways' --ledger-partitions. 0: devices do not come through gateways.",
+    )(func)
+
+
 def load_plan(
     topology_ref: str,
     kafka: KafkaFlags,
     partitions: int | None,
     name: str | None,
     replication_factor: int | None = None,
+    ledger_partitions: int = 0,
 ) -> tuple[DeployPlan, KafkaSettings]:
     """The plan and settings the options name; a bad reference is a usage error."""
     from lasp_streams.runtime.kafka.worker import load_topology
 
     settings = kafka.settings(partitions=partitions, replication_factor=replication_factor)
     try:
-        return plan_deploy(load_topology(topology_ref), settings, name=name), settings
+        topology = load_topology(topology_ref)
+        plan = plan_deploy(topology, settings, name=name, ledger_partitions=ledger_partitions)
+        return plan, settings
     except (InvalidTopology, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -78,6 +96,7 @@ def load_plan(
     default=None,
     help="Replicas of every topic created (at most the number of brokers) [default: 1].",
 )
+@ledger_option
 @click.option("--dry-run", is_flag=True, help="Print the plan and what exists; create nothing.")
 @click.option(
     "--acls",
@@ -92,6 +111,7 @@ def deploy(
     partitions: int | None,
     name: str | None,
     replication_factor: int | None,
+    ledger_partitions: int,
     dry_run: bool,
     with_acls: bool,
 ) -> None:
@@ -103,7 +123,9 @@ def deploy(
     the command that fixes it (exit status 1). With --dry-run nothing is created at all and
     the cluster is not contacted.
     """
-    plan, settings = load_plan(topology_ref, kafka, partitions, name, replication_factor)
+    plan, settings = load_plan(
+        topology_ref, kafka, partitions, name, replication_factor, ledger_partitions
+    )
     click.echo(plan.describe())
     bindings: list[AclBinding] = []
     if with_acls:
@@ -140,14 +162,20 @@ def deploy(
 
 @click.command()
 @topology_options
+@ledger_option
 @click.option("--mermaid", "fmt", flag_value="mermaid", help="A Mermaid flowchart.")
 @click.option("--json", "fmt", flag_value="json", help="The plan as JSON.")
 def describe(
-    topology_ref: str, kafka: KafkaFlags, partitions: int | None, name: str | None, fmt: str | None
+    topology_ref: str,
+    kafka: KafkaFlags,
+    partitions: int | None,
+    name: str | None,
+    ledger_partitions: int,
+    fmt: str | None,
 ) -> None:
     """Describe a topology without touching Kafka: its graph and its Kafka plan (text), a
     Mermaid flowchart (--mermaid) or JSON (--json)."""
-    plan, _ = load_plan(topology_ref, kafka, partitions, name)
+    plan, _ = load_plan(topology_ref, kafka, partitions, name, None, ledger_partitions)
     if fmt == "mermaid":
         click.echo(plan.mermaid())
     elif fmt == "json":
@@ -160,13 +188,19 @@ def describe(
 
 @click.command("teardown")
 @topology_options
+@ledger_option
 @click.option("--yes", is_flag=True, help="Delete without asking.")
 def teardown_command(
-    topology_ref: str, kafka: KafkaFlags, partitions: int | None, name: str | None, yes: bool
+    topology_ref: str,
+    kafka: KafkaFlags,
+    partitions: int | None,
+    name: str | None,
+    ledger_partitions: int,
+    yes: bool,
 ) -> None:
     """Delete a topology's topics and consumer groups (its data, billing record included,
     and its committed offsets). Stop its workers first: a group with members is kept."""
-    plan, settings = load_plan(topology_ref, kafka, partitions, name)
+    plan, settings = load_plan(topology_ref, kafka, partitions, name, None, ledger_partitions)
     if not yes:
         click.confirm(
             f"delete the {len(plan.topics)} topics and {len(plan.groups)} consumer groups of "

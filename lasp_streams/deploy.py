@@ -33,6 +33,7 @@ from lasp_streams.dataflow.topology import Topology
 from lasp_streams.errors import KafkaSetupError
 from lasp_streams.runtime.kafka import clients
 from lasp_streams.runtime.kafka.agent import VariableAgent
+from lasp_streams.runtime.kafka.ledger import devices_topic, ledger_group, ledger_topics
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import TrustedSink
 from lasp_streams.runtime.kafka.topics import (
@@ -165,8 +166,13 @@ def plan_deploy(
     *,
     name: str | None = None,
     checked: Sequence[str] | None = None,
+    ledger_partitions: int = 0,
 ) -> DeployPlan:
-    """The deployment of ``topology`` with ``settings`` (partitions, replication factor)."""
+    """The deployment of ``topology`` with ``settings`` (partitions, replication factor);
+    with ``ledger_partitions`` > 0 also the device ledger stage that gateways feed (its two
+    topics and its group, :mod:`lasp_streams.runtime.kafka.ledger`)."""
+    if ledger_partitions < 0:
+        raise ValueError(f"ledger partitions must be >= 0 (0: no ledger), got {ledger_partitions}")
     worker = plan_worker(topology, checked=checked, name=name)
     topics = plan_topics(
         worker.topology, worker.topic_variables, settings, windowed=worker.windowed
@@ -182,6 +188,12 @@ def plan_deploy(
             groups.append(GroupSpec(agent.group_id, "operator agent", reads))
     sink = TrustedSink(settings, worker.topology)
     groups.append(GroupSpec(sink.group_id, "trusted sink (offsets only)", (sink.crossings_topic,)))
+    if ledger_partitions:
+        topics += ledger_topics(worker.topology, settings, ledger_partitions)
+        role = "device ledger (`lasp-streams gateway ledger`): device totals -> counter deltas"
+        groups.append(
+            GroupSpec(ledger_group(worker.topology), role, (devices_topic(worker.topology),))
+        )
     return DeployPlan(worker, tuple(topics), tuple(groups), settings.replication_factor)
 
 

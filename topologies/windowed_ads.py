@@ -10,6 +10,14 @@ HoldOpen(timeout, clock)``: also wait for the devices active in a window), and
 ``record_validator`` refuses a device delta whose event-time high water mark is ahead of the
 server's clock by more than ``max_skew`` (it would close everyone's windows early).
 
+``total_from_windows=True``: devices send only the windowed variable — their running count per
+pane and their running total per ad in one record — and ``impressions`` is derived from it by
+``bind_to(impressions, impressions_per_minute, via=window_totals)`` (a join-homomorphism), so the
+billing total needs no record of its own; a delta late for closed windows still carries its
+total (the impressions were shown and are billed; only the closed windows refuse them). The
+trigger on ``impressions`` is unchanged: billing stays exactly once. LocalRuntime only for now:
+the Kafka plan refuses a windowed variable that feeds another step, by name.
+
 Times are seconds (the devices' estimate of the server's clock).
 """
 
@@ -22,6 +30,7 @@ from lasp_streams.dataflow import HoldOpen, LateDelta, Topology, TriggerEvent, W
 from lasp_streams.dataflow.windows import Windowed
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.counters import GCounter
+from lasp_streams.lattices.windowed import window_totals
 from topologies import ad_counter
 
 __all__ = ["MINUTE", "SLIDE", "WINDOWED", "build", "skew_problem"]
@@ -60,10 +69,11 @@ def build(
     on_disable: Callable[[TriggerEvent], Any] | None = None,
     on_close: Callable[[WindowClosed], Any] | None = None,
     on_late: Callable[[LateDelta], Any] | None = None,
+    total_from_windows: bool = False,
 ) -> Topology:
     """The ad counter plus ``impressions_per_minute`` (module docstring)."""
     topo = ad_counter.build(min_impressions, on_disable=on_disable, name="windowed_ads")
-    topo.window(
+    windowed = topo.window(
         WINDOWED,
         GCounter,
         size=MINUTE,
@@ -74,4 +84,6 @@ def build(
         on_close=on_close,
         on_late=on_late,
     )
+    if total_from_windows:
+        topo.bind_to("total_from_windows", topo.var("impressions"), windowed, via=window_totals)
     return topo

@@ -66,11 +66,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from lasp_streams.client.skipped import SkippedRecords
-from lasp_streams.client.store import load_buffer, save_buffer
+from lasp_streams.client.store import BufferFileError, load_buffer, save_buffer, saved_panes
 from lasp_streams.client.transport import ClientTransport, DeltasExpired, Offline
 from lasp_streams.client.windows import ServerClock, WindowCounts
 from lasp_streams.codec import decode, encode
+from lasp_streams.dataflow.steps import BindToStep
 from lasp_streams.dataflow.topology import Topology
+from lasp_streams.errors import MutatorError
 from lasp_streams.lattices.base import Lattice, LatticeSpec
 from lasp_streams.lattices.counters import BCounter, GCounter
 from lasp_streams.lattices.windowed import Windowed
@@ -219,7 +221,29 @@ class EdgeClient:
         #: Windowed counting (``windows``: a keyed windowed GCounter variable that
         #: :meth:`view` also counts into; :mod:`lasp_streams.client.windows`).
         self.server_clock = server_clock or ServerClock()
+        #: The topology derives ``counter`` from the windows' totals (``bind_to(counter,
+        #: windows, via=window_totals)``): the totals travel in the windowed deltas, and
+        #: ``counter`` is not flushed on its own (one record per key and flush).
+        self._carry_total = windows is not None and any(
+            isinstance(step, BindToStep)
+            and step.via is not None
+            and step.source == windows
+            and step.target == counter
+            for step in topology.steps
+        )
         self.windows = None if windows is None else self._window_counts(windows, heartbeat)
+        if self.windows is not None and self.state_path is not None:
+            panes = saved_panes(self.state_path, self.actor, self.windows.var)
+            try:
+                self.windows.restore(panes)
+            except MutatorError as exc:
+                raise BufferFileError(
+                    f"client buffer file {str(self.state_path)!r}: the saved panes of "
+                    f"{self.windows.var!r} do not fit its windows ({exc}); move the file away"
+                ) from None
+        if self.windows is not None and self._carry_total:
+            for key, total in self._counts.items():
+                self.windows.report_total(key, total)
 
     # -- the hot path --------------------------------------------------------------------------
     def view(self, key: Hashable, n: int = 1, event_time: int | None = None) -> bool:
@@ -242,7 +266,7 @@ class EdgeClient:
         counts[key] = counts.get(key, 0) + n
         if self.windows is not None:
             t = self.server_clock.now() if event_time is None else event_time
-            self.windows.record(key, t, n)
+            self.windows.record(key, t, n, counts[key] if self._carry_total else None)
         if self.save_every is not None:
             self._unsaved_views += n
             if self._unsaved_views >= self.save_every:
@@ -332,6 +356,8 @@ class EdgeClient:
         sent_out = 0
         actor = self.actor
         for var, totals in self._own_totals():
+            if var == self.counter and self._carry_total:
+                continue  # carried by the windowed deltas (_flush_windows)
             sent = self._sent[var]
             deltas: list[tuple[Hashable, bytes]] = []
             size = 0
@@ -400,6 +426,12 @@ class EdgeClient:
         deltas = [(key, encode(delta)) for key, delta, _ in batch]
         await self.transport.publish(counts.var, deltas)
         counts.flushed(batch, now)
+        if self._carry_total:
+            sent = self._sent[self.counter]
+            for key, delta, _ in batch:
+                total = delta.totals().to_wire().get(self.actor)
+                if total is not None and total > sent.get(key, 0):
+                    sent[key] = total
         self.stats.deltas_sent += len(deltas)
         self.stats.bytes_sent += sum(len(p) for _, p in deltas)
         return len(deltas)
@@ -584,6 +616,7 @@ class EdgeClient:
 
     def _persist(self) -> None:
         if self.state_path is not None:
-            save_buffer(self.state_path, self.actor, dict(self._own_totals()))
+            panes = None if self.windows is None else (self.windows.var, self.windows.panes())
+            save_buffer(self.state_path, self.actor, dict(self._own_totals()), panes=panes)
             self._unsaved_views = 0
             self.stats.saves += 1

@@ -16,6 +16,9 @@
 - Reconnect: any call while disconnected connects again, to the next of ``urls`` (gateways are
   stateless, any one will do); each connection gets a fresh nonce, and ``seq`` restarts.
 - ``online`` can be set to False by hand to simulate an outage (calls raise Offline).
+- Server time: every answer carries the gateway's clock (``now``); :meth:`server_time` is the
+  last one plus the (monotonic) time since it arrived, and ``read_deltas`` reports it
+  (``DeltaBatch.server_time``), so the device learns its clock offset at each sync.
 """
 
 from __future__ import annotations
@@ -92,6 +95,20 @@ class GatewayTransport:
         self._lock = asyncio.Lock()
         #: How long counter records took from Kafka to this socket (ms; the last 10,000).
         self.push_lag_ms: deque[float] = deque(maxlen=10_000)
+        #: (the gateway's clock in its last answer, time.monotonic() when it arrived)
+        self._server: tuple[float, float] | None = None
+
+    def server_time(self) -> float | None:
+        """The gateway's clock now, as its last answer said (None before any answer)."""
+        if self._server is None:
+            return None
+        said, at = self._server
+        return said + (time.monotonic() - at)
+
+    def _heard_time(self, frame: dict[str, Any]) -> None:
+        now = frame.get("now")
+        if type(now) is float or type(now) is int:
+            self._server = (float(now), time.monotonic())
 
     @property
     def refusals(self) -> list[tuple[str, str]]:
@@ -138,7 +155,7 @@ class GatewayTransport:
         out = pushes[start:]
         # The single reader has consumed them: trim the buffer.
         self._pushes[var] = (base + len(pushes), [])
-        return DeltaBatch(out, (self._epoch, base + len(pushes)))
+        return DeltaBatch(out, (self._epoch, base + len(pushes)), self.server_time())
 
     async def publish(self, var: str, deltas: Sequence[tuple[Hashable, bytes]]) -> None:
         await self._request({"op": "flush", "var": var, "deltas": [[k, p] for k, p in deltas]})
@@ -188,6 +205,7 @@ class GatewayTransport:
                 await ws.close()
                 raise Offline(f"gateway {url} did not welcome us: {first!r:.120}")
             self._nonce = welcome["nonce"]
+            self._heard_time(welcome)
             self.gateway_id = welcome.get("gateway")
             self._seq = 0
             self._epoch += 1
@@ -251,6 +269,7 @@ class GatewayTransport:
                             now_ms - t for t in stamps.values() if type(t) is int
                         )
                     continue
+                self._heard_time(frame)
                 req = frame.get("req")
                 fut = self._waiting.get(req) if type(req) is int else None
                 if fut is not None and not fut.done():

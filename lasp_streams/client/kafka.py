@@ -24,6 +24,11 @@
   client keeps buffering meanwhile and so heals by itself at a later sync; nobody has to reset
   anything. ``online`` is False during an outage; setting it by hand is a separate switch that
   simulates one (False: every call refused until it is set True again).
+- Server time (edge windows): a flush to a delta topic whose timestamps are the broker's
+  (``message.timestamp.type=LogAppendTime``) returns the broker's clock in its produce result;
+  ``read_deltas`` reports it, aged by the time since (``DeltaBatch.server_time``), so the
+  device learns its clock offset at each sync. With CreateTime topics (the default) there is
+  nothing to learn and the offset stays 0.
 - A record on a state or delta topic that does not decode or join (garbage written by someone
   else) is skipped and counted in :attr:`KafkaTransport.skipped` (and the client counts what it
   cannot merge), so one bad record never stops a client's syncs.
@@ -98,6 +103,8 @@ class KafkaTransport:
         self._consumer: AIOKafkaConsumer | None = None
         self._assigned: set[TopicPartition] = set()
         self._cursor: dict[TopicPartition, int] = {}
+        #: (the broker's clock in the last LogAppendTime produce result, time.monotonic() then)
+        self._server: tuple[float, float] | None = None
         self.poll_ms = poll_ms
         self.seek_wait_ms = seek_wait_ms
         """How long a delta read waits for records when none are fetched yet (0: not at all)."""
@@ -138,10 +145,31 @@ class KafkaTransport:
                 )
                 for key, payload in deltas
             ]
-            await asyncio.gather(*futures)
+            sent = await asyncio.gather(*futures)
         except KafkaError as exc:
             raise self._failed(f"publishing to {topic!r}", exc) from exc
         self._healthy()
+        self._learn_time(sent)
+
+    def _learn_time(self, sent: Sequence[Any]) -> None:
+        """The broker's clock from a produce result: only a topic whose timestamps are the
+        broker's (``message.timestamp.type=LogAppendTime``, timestamp type 1) says it; with
+        the default CreateTime the timestamp is this device's own clock and teaches nothing."""
+        stamps = [
+            m.timestamp
+            for m in sent
+            if getattr(m, "timestamp_type", None) == 1 and isinstance(m.timestamp, int)
+        ]
+        if stamps and max(stamps) > 0:
+            self._server = (max(stamps) / 1000.0, time.monotonic())
+
+    def server_time(self) -> float | None:
+        """The broker's clock now, as the last LogAppendTime produce result said (None until
+        a flush went to such a topic); reported by ``read_deltas`` (``DeltaBatch``)."""
+        if self._server is None:
+            return None
+        said, at = self._server
+        return said + (time.monotonic() - at)
 
     async def read_state(self, var: str) -> Snapshot:
         self._check(f"read the state of {var!r}")
@@ -227,7 +255,7 @@ class KafkaTransport:
             if records:
                 new_position[tp.partition] = records[-1].offset + 1
                 self._cursor[tp] = records[-1].offset + 1
-        return DeltaBatch(out, new_position)
+        return DeltaBatch(out, new_position, self.server_time())
 
     # -- internals -----------------------------------------------------------------------------
     async def _committed(self, deltas: str, var: str) -> dict[int, int | None]:

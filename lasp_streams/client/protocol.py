@@ -23,14 +23,20 @@ Requests (``body``)::
 
 Gateway frames (msgpack maps, unsigned: the transport's TLS protects them)::
 
-    {"t": "welcome", "nonce": bytes, "gateway": id, "limits": {...}}
-    {"t": "snapshot", "req": seq, "var": V, "states": {K: state bytes}}
+    {"t": "welcome", "nonce": bytes, "gateway": id, "limits": {...}, "now": seconds}
+    {"t": "snapshot", "req": seq, "var": V, "states": {K: state bytes}, "now": seconds}
     {"t": "push", "var": V, "states": {K: state bytes}, "ts": {K: ms}}
                                       the latest states of keys that grew; ts: the Kafka
                                       timestamp of the counter record behind a state, if known
-    {"t": "ack", "req": seq}
+    {"t": "ack", "req": seq, "now": seconds}
     {"t": "refused", "req": seq | None, "code": C, "reason": text}
-    {"t": "pong", "req": seq}
+    {"t": "pong", "req": seq, "now": seconds}
+
+``now`` is the gateway's clock (seconds since the epoch, a float): the device's estimate of the
+server's time (:class:`~lasp_streams.client.windows.ServerClock`), learned at each sync. A flush
+of a windowed variable carries ``Windowed`` deltas (pane counts, event time, total) instead of
+GCounter totals; the gateway checks them (its own entries, event time and window range against
+its clock, counts capped) and writes them to the variable's delta topic.
 
 Refusal codes are :data:`REFUSAL_CODES`; the reason is a sentence for humans.
 """

@@ -7,24 +7,32 @@
     wrong clocks still put their impressions in the server's windows.
 
 :class:`WindowCounts`
-    This device's running count per (key, window) of one windowed GCounter variable: a local
-    :class:`~lasp_streams.dataflow.windows.Windowed` state per key holding only its own entries,
-    and, per key, the join of the deltas made since the last flush. A flush sends one Windowed
-    delta per key touched (the device's running totals of the windows it counted in, so a
-    re-sent, duplicated or reordered delta changes nothing at the server) whose event-time high
-    water mark is the device's clock at the flush: "everything I counted before this time is in
-    here", which is what the server's close policies read. Offline, the deltas keep joining;
-    the next successful flush carries them.
+    This device's running count per (key, pane) of one windowed GCounter variable (a pane is a
+    slide-sized bucket, :mod:`lasp_streams.lattices.windowed`): a local
+    :class:`~lasp_streams.dataflow.windows.Windowed` state per key holding only its own pane
+    entries, and, per key, the join of the deltas made since the last flush. A flush sends one
+    Windowed delta per key touched — the device's running counts of the panes it counted in
+    (one small int per pane: the server expands each pane into the ``size / slide`` windows
+    containing it), so a re-sent, duplicated or reordered delta changes nothing at the server —
+    whose event-time high water mark is the device's clock at the flush: "everything I counted
+    before this time is in here", which is what the server's close policies read. Offline, the
+    deltas keep joining; the next successful flush carries them.
+
+    ``total`` (:meth:`WindowCounts.record`, :meth:`WindowCounts.report_total`): the delta also
+    carries the device's running total of the key, so a topology that derives its total
+    counter from the windowed variable (``bind_to(..., via=window_totals)``) needs no record of
+    its own for it: one record per key and flush carries both.
 
     ``heartbeat``: also send, for a key with a window the device counted in that ended (on
-    its clock) since its last report, its entry for its newest window with the new high water
-    mark, even without new views — the device's report that lets a
+    its clock) since its last report, its newest pane count with the new high water mark, even
+    without new views — the device's report that lets a
     :class:`~lasp_streams.dataflow.windows.HoldOpen` server close the window without waiting
     for the timeout (at most one small delta per such key per slide: its cost).
 
 Windows older than ``keep`` (event-time units past their end) are dropped from the local state
-after they were sent. The window counts are not saved with the client's ``state_path`` (its
-totals are): a restarted device re-counts windows from its restart on, under a new actor id.
+after they were sent. :meth:`WindowCounts.panes` and :meth:`WindowCounts.restore` let the client
+save and reload the pane counts with its totals (``state_path``), so a restarted device goes on
+counting its panes from where it was.
 """
 
 from __future__ import annotations
@@ -101,18 +109,50 @@ class WindowCounts:
     def _bottom(self) -> Windowed:
         return Windowed(GCounter, self.spec.size, self.spec.slide)
 
-    def record(self, key: Hashable, event_time: int, n: int = 1) -> None:
-        """Count ``n`` views of ``key`` at ``event_time`` in every window containing it."""
+    def _state(self, key: Hashable) -> Windowed:
         state = self._states.get(key)
         if state is None:
             state = self._states[key] = self._bottom()
-        delta = state.record(self.actor, event_time, "increment", n)
+        return state
+
+    def _join(self, key: Hashable, delta: Windowed) -> None:
         pending = self._pending.get(key)
         if pending is None:
             self._pending[key] = delta
         else:
             pending.merge(delta)
+
+    def record(self, key: Hashable, event_time: int, n: int = 1, total: int | None = None) -> None:
+        """Count ``n`` views of ``key`` at ``event_time`` in its pane (and so in every window
+        containing it); ``total``: the device's running total of ``key``, carried too."""
+        self._join(key, self._state(key).count(self.actor, event_time, n))
+        if total is not None:
+            self.report_total(key, total)
         self._views[key] = self._views.get(key, 0) + n
+
+    def report_total(self, key: Hashable, total: int) -> None:
+        """Carry the device's running total ``total`` of ``key`` with its next flush."""
+        delta = self._state(key).report_total(self.actor, total)
+        if not delta.is_bottom():
+            self._join(key, delta)
+
+    def panes(self) -> dict[Hashable, dict[int, int]]:
+        """Per key, this device's count per pane start (what :meth:`restore` takes back)."""
+        out = {}
+        for key, state in self._states.items():
+            panes = state.panes_of(self.actor)
+            if panes:
+                out[key] = panes
+        return out
+
+    def restore(self, saved: dict[Hashable, dict[int, int]]) -> None:
+        """Reload pane counts saved by :meth:`panes` (a restarted device): they are counted
+        again locally and re-sent once (the server's per-entry max makes that harmless)."""
+        for key, panes in saved.items():
+            state = self._state(key)
+            delta = state.with_panes(self.actor, panes)
+            state.merge(delta)
+            self._join(key, delta)
 
     def unsent(self) -> int:
         """Views counted and not yet accepted by the transport."""
@@ -137,8 +177,9 @@ class WindowCounts:
                 last = self._reported.get(key)
                 if last is None or not any(last < s + size <= now for s in state.windows()):
                     continue
-                newest = max(state.windows())
-                beat, _ = state.split(newest.__ne__)
+                panes = state.panes_of(self.actor)
+                newest = max(panes)
+                beat = state.with_panes(self.actor, {newest: panes[newest]})
                 beat.merge(mark)
                 out.append((key, beat, 0))
         return out
@@ -152,7 +193,9 @@ class WindowCounts:
                 self._views[key] = left
             else:
                 self._views.pop(key, None)
-                self._pending.pop(key, None)
+                pending = self._pending.get(key)
+                if pending is not None and pending <= delta:
+                    del self._pending[key]
             top = delta.max_event_time
             if top is not None:
                 self._reported[key] = max(self._reported.get(key, top), top)
@@ -161,7 +204,7 @@ class WindowCounts:
             if key in self._pending:
                 continue
             kept, _ = self._states[key].split(lambda s: s < horizon)
-            if kept.windows():
+            if kept.windows() or not kept.totals().is_bottom():
                 self._states[key] = kept
             else:
                 del self._states[key]

@@ -145,7 +145,7 @@ class Propagation:
             return op.step, op.apply(pdelta)
         if kind == _BIND:
             assert isinstance(step, BindToStep)
-            return step.target, delta
+            return step.target, delta if step.via is None else step.via(delta)
         assert pdelta is not None and isinstance(step, BinaryStep)
         apply = op.left if kind == _LEFT else op.right
         return step.id, apply(pdelta, lookup(step.left, key), lookup(step.right, key))

@@ -121,7 +121,8 @@ def step_label(step: Step) -> str:
     if isinstance(step, FoldStep):
         return f"fold({step.source}, {describe_type(step.accumulator)}, {describe_fn(step.fn)})"
     if isinstance(step, BindToStep):
-        return f"bind_to({step.target} <- {step.source})"
+        via = "" if step.via is None else f" via {describe_fn(step.via)}"
+        return f"bind_to({step.target} <- {step.source}{via})"
     if isinstance(step, StreamStep):
         return f"stream({step.var}, {describe_fn(step.callback)})"
     threshold = (

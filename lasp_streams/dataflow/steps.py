@@ -138,12 +138,15 @@ class FoldStep:
 
 @dataclass(frozen=True, slots=True)
 class BindToStep:
-    """``bind_to``: ``target`` follows ``source`` for ever (every inflation is joined in)."""
+    """``bind_to``: ``target`` follows ``source`` for ever (every inflation is joined in);
+    with ``via``, ``via(delta)`` is joined in instead (a join-homomorphism from the source's
+    type to the target's, e.g. a windowed variable's totals)."""
 
     id: str
     target: str
     source: str
     kind: Literal["bind_to"] = "bind_to"
+    via: Callable[[Lattice], Lattice] | None = None
 
     @property
     def inputs(self) -> tuple[str, ...]:

@@ -245,8 +245,21 @@ class Topology:
         return self._add(step, Folded(proto), src.keyed, "derived")
 
     # -- building: bindings, streams, triggers -------------------------------------------------
-    def bind_to(self, id: str, target: Var, source: Var) -> None:
-        """``target`` follows ``source`` for ever (Lasp's ``bind_to(dst, src)``: target first)."""
+    def bind_to(
+        self,
+        id: str,
+        target: Var,
+        source: Var,
+        *,
+        via: Callable[[Lattice], Lattice] | None = None,
+    ) -> None:
+        """``target`` follows ``source`` for ever (Lasp's ``bind_to(dst, src)``: target first).
+
+        ``via``: join ``via(delta)`` instead of the delta itself, for a source of another type.
+        ``via`` must be a join-homomorphism (``via(a ⊔ b) == via(a) ⊔ via(b)``, bottom to
+        bottom), so applying it to deltas gives the same target as applying it to states;
+        e.g. :func:`~lasp_streams.lattices.windowed.window_totals` derives a total counter from
+        a windowed variable's totals."""
         self._check_new(id, "bind_to")
         dst = self._input(id, "bind_to", target)
         src = self._input(id, "bind_to", source)
@@ -255,7 +268,24 @@ class Topology:
                 f"bind_to step {id!r}: target {dst.id!r} is made by a step; "
                 "bind into a declared variable"
             )
-        if not dst.prototype.same_type(src.prototype) or dst.keyed != src.keyed:
+        if via is not None:
+            self._check_callable(id, "bind_to", via, "via")
+            try:
+                out = via(src.prototype.bottom())
+            except Exception as exc:
+                raise InvalidTopology(
+                    f"bind_to step {id!r}: via raised {exc!r} on {src.id!r}'s bottom"
+                ) from None
+            if not dst.prototype.same_type(out) or not out.is_bottom():
+                raise InvalidTopology(
+                    f"bind_to step {id!r}: via must map {src.id!r}'s bottom to {dst.id!r}'s "
+                    f"bottom ({dst.type_name}), got {out!r}"
+                )
+            if dst.keyed != src.keyed:
+                raise InvalidTopology(
+                    f"bind_to step {id!r}: {src.id!r} and {dst.id!r} must both be keyed or not"
+                )
+        elif not dst.prototype.same_type(src.prototype) or dst.keyed != src.keyed:
             raise InvalidTopology(
                 f"bind_to step {id!r}: {src.id!r} ({src.type_name}{', keyed' * src.keyed}) "
                 f"cannot feed {dst.id!r} ({dst.type_name}{', keyed' * dst.keyed}): declare the "
@@ -266,7 +296,7 @@ class Topology:
                 f"bind_to step {id!r}: binding {dst.id!r} to {src.id!r} closes a cycle "
                 f"({src.id!r} already depends on {dst.id!r})"
             )
-        self._add_step(BindToStep(id, dst.id, src.id))
+        self._add_step(BindToStep(id, dst.id, src.id, via=via))
 
     def stream(self, id: str, var: Var, callback: StreamCallback) -> None:
         """Call ``callback(update)`` with every strict inflation of ``var`` (see

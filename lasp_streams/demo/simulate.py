@@ -106,8 +106,19 @@ async def simulate(
             n = 1_000
         last = now
         if keys and n:
+            spare: list[Hashable] | None = None
             for key in rng.choices(keys, k=n):
-                view(key)
+                if view(key):
+                    continue
+                # An ad slot is filled by an ad the client may show now: a refused view (no
+                # rights left here in bounded mode, or the minimum reached) goes to another.
+                if spare is None:
+                    spare = [k for k in keys if client.allowance(k) > 0]
+                while spare:
+                    other = spare[rng.randrange(len(spare))]
+                    if view(other):
+                        break
+                    spare.remove(other)
         if now >= client.next_flush_at:
             if not sim.switched_off and cfg.offline_prob and rng.random() < cfg.offline_prob:
                 sim.transport.online = False

@@ -54,6 +54,9 @@ class WindowsConfig:
     skew: int = 20
     min_impressions: int = 1000
     windows: bool = True
+    #: Devices send one windowed record per ad and flush (pane counts + running total) and the
+    #: server derives the billing total from it (``windowed_ads.build(total_from_windows=)``).
+    total_from_windows: bool = True
     seed: int = 1
 
 
@@ -142,7 +145,11 @@ async def run_windows(cfg: WindowsConfig) -> WindowsRun:
 
     if cfg.windows:
         topo = windowed.build(
-            cfg.min_impressions, grace=cfg.grace, hold=hold, on_disable=on_disable
+            cfg.min_impressions,
+            grace=cfg.grace,
+            hold=hold,
+            on_disable=on_disable,
+            total_from_windows=cfg.total_from_windows,
         )
     else:
         topo = base.build(cfg.min_impressions, on_disable=on_disable)

@@ -101,6 +101,15 @@ def _keys_of(ref: str) -> Any:
     show_default=True,
     help="Largest running total one device may claim for one key.",
 )
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=1.0),
+    default=10.0,
+    show_default=True,
+    help="Seconds a graceful stop may take after SIGTERM (sessions told to reconnect "
+    "elsewhere, pending batches written) before the gateway exits anyway: safe, a device's "
+    "flush is acknowledged only after Kafka took it, so an unacknowledged one is sent again.",
+)
 def serve(
     topology_ref: str,
     kafka: KafkaFlags,
@@ -114,6 +123,7 @@ def serve(
     ledger_partitions: int,
     max_sessions: int,
     max_total: int,
+    shutdown_timeout: float,
 ) -> None:
     """Run a gateway for MODULE[:ATTR] until Ctrl-C/SIGTERM."""
     import resource
@@ -124,6 +134,7 @@ def serve(
     from lasp_streams.gateway.config import GatewayConfig
     from lasp_streams.gateway.metrics import GatewayMetrics
     from lasp_streams.gateway.server import Gateway
+    from lasp_streams.runtime.kafka.patience import ShutdownDeadline
     from lasp_streams.runtime.kafka.settings import KafkaSettings
     from lasp_streams.runtime.kafka.worker import load_topology
     from lasp_streams.server.devices import DevicePolicy
@@ -151,14 +162,22 @@ def serve(
             topology, settings, config, name=name, metrics=GatewayMetrics(CollectorRegistry())
         )
         await gw.start()
-        runner = web_runner(gw)
+        # aiohttp waits for open sockets' handlers when it shuts down (60 s by default, and
+        # thousands of sessions took longer): half the deadline, then they are cut.
+        runner = web_runner(gw, shutdown_timeout=shutdown_timeout / 2)
         await runner.setup()
         site = _site(runner, host, port)
         await site.start()
         click.echo(f"gateway {gw.id} listening on http://{host}:{port} for {gw.name}", err=True)
         await _until_signal()
+        deadline = ShutdownDeadline(shutdown_timeout, what=f"gateway {gw.id}")
+        deadline.arm()
+        click.echo(
+            f"gateway {gw.id}: stopping ({len(gw.sessions)} sessions told to reconnect)", err=True
+        )
         await gw.stop()
         await runner.cleanup()
+        deadline.disarm()
 
     try:
         asyncio.run(main())
@@ -166,10 +185,12 @@ def serve(
         raise click.ClickException(f"gateway: {exc}") from None
 
 
-def web_runner(gw: Any) -> Any:
+def web_runner(gw: Any, *, shutdown_timeout: float = 5.0) -> Any:
     from aiohttp import web
 
-    return web.AppRunner(gw.app, handle_signals=False, access_log=None)
+    return web.AppRunner(
+        gw.app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout
+    )
 
 
 def _site(runner: Any, host: str, port: int) -> Any:

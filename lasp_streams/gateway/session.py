@@ -10,7 +10,19 @@ in ``lasp_gateway_refused{code}``, and nothing reaches Kafka):
 3. the mac verifies with the device's derived secret and the session nonce (``bad_signature``:
    a forged frame, or one signed by another device);
 4. ``seq`` is above the session's last (``replay``);
-5. the request: a flush is checked by :func:`lasp_streams.server.devices.check_flush`.
+5. the request: a flush of totals is checked by :func:`lasp_streams.server.devices.check_flush`;
+   a flush of a windowed variable (a keyed ``Windowed(GCounter)`` of the topology: devices
+   count per pane, :mod:`lasp_streams.client.windows`) by
+   :func:`lasp_streams.server.validate.windowed_flush_problem` — its own entries only, event
+   time at most :data:`WINDOW_MAX_SKEW` ahead of the gateway's clock, windows at most
+   :data:`WINDOW_HORIZON` old, totals under the per-device cap and pane counts under the
+   view-rate cap (:data:`WINDOW_CAP`), keys the topology knows — and
+   written as it is to the variable's delta topic with the device's actor header (the window
+   gate closes windows and dead-letters late parts there).
+
+Every answer (``welcome``, ``snapshot``, ``ack``, ``pong``) carries the gateway's clock
+(``now``, seconds since the epoch): a device learns its clock offset at each sync and puts its
+views in the server's windows.
 
 A session that keeps sending refused frames (``max_refusals``) is closed. Pushes and answers go
 through a bounded queue drained by a writer task; a device that does not read fills it and is
@@ -28,15 +40,30 @@ import time
 from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
+from aiokafka.errors import KafkaError
 
 from lasp_streams.client.protocol import ProtocolError, mac, pack, unpack
+from lasp_streams.codec import ACTOR_HEADER, key_to_kafka
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.gateway.batcher import Batcher
 from lasp_streams.gateway.config import GatewayConfig
 from lasp_streams.gateway.hearing import Hearing
 from lasp_streams.gateway.keys import KeyRing
 from lasp_streams.gateway.metrics import GatewayMetrics
-from lasp_streams.server.devices import check_flush, check_identifier
+from lasp_streams.lattices.counters import GCounter
+from lasp_streams.lattices.windowed import Windowed
+from lasp_streams.runtime.kafka.topics import delta_topic
+from lasp_streams.server.devices import check_flush, check_identifier, flush_items
+from lasp_streams.server.ledger import ViewCap
+from lasp_streams.server.validate import windowed_flush_problem
+
+WINDOW_MAX_SKEW = 60.0
+"""Seconds a windowed flush's event time may be ahead of the gateway's clock."""
+WINDOW_HORIZON = 6 * 3600.0
+"""Seconds before the gateway's clock the oldest window of a windowed flush may start."""
+WINDOW_CAP = ViewCap()
+"""The view-rate cap a pane count is held to (the ledger's default: a pane of ``slide`` seconds
+holds at most ``views * slide / interval`` views of one device)."""
 
 
 class GatewaySide(Protocol):
@@ -44,6 +71,7 @@ class GatewaySide(Protocol):
     so that the gateway imports its sessions and not the other way round)."""
 
     id: str
+    name: str
     config: GatewayConfig
     metrics: GatewayMetrics
     keyring: KeyRing
@@ -172,6 +200,8 @@ class Session:
                 ws._req.transport.abort()  # a device that reads nothing cannot take a close
 
     def _send(self, obj: dict[str, Any]) -> None:
+        if obj.get("t") in ("welcome", "snapshot", "ack", "pong"):
+            obj["now"] = time.time()  # the gateway's clock: devices learn their offset
         self.push(pack(obj))
 
     def _refuse(self, req: int | None, code: str, reason: str) -> None:
@@ -252,7 +282,9 @@ class Session:
         gw = self.gateway
         op = request.get("op")
         gw.metrics.frames.labels(op if op in ("sub", "unsub", "flush", "ping") else "other").inc()
-        if op == "flush":
+        if op == "flush" and self._windowed(request.get("var")):
+            await self._windowed_flush(seq, request)
+        elif op == "flush":
             assert self.device is not None
             var, totals = check_flush(
                 self.device,
@@ -302,3 +334,72 @@ class Session:
             self._send({"t": "pong", "req": seq})
         else:
             raise ProtocolError("malformed", f"unknown op {op!r} (sub, unsub, flush, ping)")
+
+    # -- windowed flushes (module docstring, check 5) ------------------------------------------
+    def _windowed(self, var: object) -> bool:
+        """Whether ``var`` is a keyed windowed GCounter of the topology (devices count in it)."""
+        if type(var) is not str or var not in self.gateway.topology.variables:
+            return False
+        v = self.gateway.topology.var(var)
+        proto = v.prototype
+        return v.keyed and isinstance(proto, Windowed) and isinstance(proto.window(0), GCounter)
+
+    async def _windowed_flush(self, seq: int, request: dict[Any, Any]) -> None:
+        gw = self.gateway
+        device = self.device
+        assert device is not None
+        policy = gw.config.policy
+        var = str(request.get("var"))
+        proto = gw.topology.var(var).prototype
+        assert isinstance(proto, Windowed)
+        max_pane = -(-WINDOW_CAP.views * proto.spec.slide * 1000 // WINDOW_CAP.interval_ms)
+        now = time.time()
+        records: list[tuple[bytes | None, bytes]] = []
+        items = flush_items(
+            request.get("deltas"),
+            var,
+            policy=policy,
+            known=lambda _var, key: any(gw.hearing.known(w, key) for w in gw.config.writable),
+            expect=proto,
+        )
+        for key, payload, delta in items:
+            problem = windowed_flush_problem(
+                delta,
+                device,
+                now=now,
+                max_skew=WINDOW_MAX_SKEW,
+                horizon=WINDOW_HORIZON,
+                max_count=policy.max_total,
+                max_pane=max_pane,
+            )
+            if problem is not None:
+                code = "foreign_actor" if "other actors" in problem else "over_limit"
+                raise ProtocolError(code, f"flush: {var} delta of {key!r}: {problem}")
+            records.append((key_to_kafka(key), payload))
+        while len(self._in_flight) >= gw.config.max_in_flight:
+            await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.create_task(self._store_windowed(seq, var, records))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _store_windowed(
+        self, seq: int, var: str, records: list[tuple[bytes | None, bytes]]
+    ) -> None:
+        """Write the checked deltas as they are (acknowledged once Kafka has all of them)."""
+        gw = self.gateway
+        assert self.device is not None
+        headers = [(ACTOR_HEADER, self.device.encode())]
+        topic = delta_topic(gw.name, var)
+        started = time.perf_counter()
+        try:
+            sent = [
+                await gw.batcher.producer.send(topic, value=value, key=key, headers=headers)
+                for key, value in records
+            ]
+            await asyncio.gather(*sent)
+        except KafkaError as exc:
+            self._refuse(seq, "unavailable", f"flush not stored: Kafka did not take it: {exc!r}")
+            return
+        gw.metrics.deltas_accepted.labels(var).inc(len(records))
+        gw.metrics.flush_seconds.observe(time.perf_counter() - started)
+        self._send({"t": "ack", "req": seq})

@@ -19,17 +19,18 @@ The whole flush is refused on the first problem (an honest client never sends on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from lasp_streams.client.protocol import ProtocolError
 from lasp_streams.codec import decode
 from lasp_streams.errors import CodecError
+from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.counters import GCounter
 from lasp_streams.server.validate import client_delta_problem
 
-__all__ = ["DevicePolicy", "check_flush", "check_identifier"]
+__all__ = ["DevicePolicy", "check_flush", "check_identifier", "flush_items"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,23 +62,17 @@ def check_identifier(value: Any, what: str, policy: DevicePolicy) -> str:
     return value
 
 
-def check_flush(
-    device: str,
-    body: dict[Any, Any],
+def flush_items(
+    deltas: object,
+    var: str,
     *,
     policy: DevicePolicy,
-    writable: frozenset[str],
     known: Callable[[str, Hashable], bool],
-) -> tuple[str, list[tuple[str, int]]]:
-    """The variable and the ``(key, total)`` pairs of an acceptable flush from ``device``;
-    raises :class:`ProtocolError` otherwise (module docstring)."""
-    var = body.get("var")
-    if type(var) is not str or var not in writable:
-        raise ProtocolError(
-            "unknown_variable",
-            f"flush: variable {_short(var)} is not one devices may write ({sorted(writable)})",
-        )
-    deltas = body.get("deltas")
+    expect: Any,
+) -> Iterator[tuple[str, bytes, Lattice]]:
+    """The ``(key, delta bytes, decoded delta)`` items of a flush's ``deltas`` to ``var``, each
+    checked for shape, identifier, duplicates, a key the topology knows, size and a decodable
+    ``expect`` delta; raises :class:`ProtocolError` at the first that is not."""
     if type(deltas) is not list:
         raise ProtocolError("malformed", "flush: 'deltas' must be a list of [key, delta bytes]")
     if len(deltas) > policy.max_keys_per_flush:
@@ -85,7 +80,6 @@ def check_flush(
             "over_limit",
             f"flush of {len(deltas)} deltas: at most {policy.max_keys_per_flush} keys per flush",
         )
-    out: list[tuple[str, int]] = []
     seen: set[str] = set()
     for item in deltas:
         if type(item) is not list or len(item) != 2 or type(item[1]) is not bytes:
@@ -106,9 +100,32 @@ def check_flush(
                 f"{policy.max_delta_bytes})",
             )
         try:
-            delta = decode(payload, expect=GCounter)
+            delta = decode(payload, expect=expect)
         except CodecError as exc:
             raise ProtocolError("malformed", f"flush: delta of {key!r}: {exc}") from None
+        yield key, payload, delta
+
+
+def check_flush(
+    device: str,
+    body: dict[Any, Any],
+    *,
+    policy: DevicePolicy,
+    writable: frozenset[str],
+    known: Callable[[str, Hashable], bool],
+) -> tuple[str, list[tuple[str, int]]]:
+    """The variable and the ``(key, total)`` pairs of an acceptable flush from ``device``;
+    raises :class:`ProtocolError` otherwise (module docstring)."""
+    var = body.get("var")
+    if type(var) is not str or var not in writable:
+        raise ProtocolError(
+            "unknown_variable",
+            f"flush: variable {_short(var)} is not one devices may write ({sorted(writable)})",
+        )
+    out: list[tuple[str, int]] = []
+    for key, _payload, delta in flush_items(
+        body.get("deltas"), var, policy=policy, known=known, expect=GCounter
+    ):
         problem = client_delta_problem(delta, device)
         if problem is not None:
             raise ProtocolError("foreign_actor", f"flush: delta of {key!r}: {problem}")

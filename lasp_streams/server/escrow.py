@@ -427,7 +427,11 @@ class RightsEscrow:
             if bulk:
                 return bulk
 
-        tight = left <= self.tight_fraction * budget
+        # Hybrid: once the bulk is out, the reserve is escrowed as bounded mode escrows a whole
+        # budget (proactive refills), and only its own last part is coordinated tightly.
+        scope = self.reserves.get(key, budget) if self.hybrid else budget
+        edge = int(self.tight_fraction * scope)
+        tight = left <= edge
         lead = self.lead + self.delay
         wishes: dict[str, int] = {}
         for h in sorted(holders):
@@ -474,7 +478,7 @@ class RightsEscrow:
         else:
             # Wishes beyond the untight part of what is left are scaled down together, so the
             # split follows the rates; a first grant is at most a fair share.
-            room = max(1, left - int(self.tight_fraction * budget))
+            room = max(1, left - edge)
             fair = max(1, left // max(self.clients, len(holders)))
             for h in wishes:
                 if rates[h] <= 0:

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from lasp_streams.runtime.kafka.agent import VariableAgent
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import delta_topic, ensure_topics, plan_topics
 from lasp_streams.runtime.local import LocalRuntime
+from tests.benchmarks.redeliver import committed_through, deliver_again, first_records
 
 REPORT = Path(__file__).parent / "reports" / "client_kafka.md"
 
@@ -57,7 +59,17 @@ def _free_port() -> int:
         return port
 
 
-async def one_run(bootstrap: str, clients: int, seconds: float, flush: float) -> dict[str, Any]:
+async def one_run(
+    bootstrap: str,
+    clients: int,
+    seconds: float,
+    flush: float,
+    redeliver: int = 0,
+    measured: Callable[[str], Awaitable[None]] | None = None,
+) -> dict[str, Any]:
+    """One run (module docstring); with ``redeliver``, the first ``redeliver`` delta records
+    are then delivered a second time and the joined count after that is reported too
+    (``measured(delta topic)`` is awaited before, to measure the run without them)."""
     mod = ad_counter()
     name = f"bench-{uuid.uuid4().hex[:8]}"
     settings = KafkaSettings(bootstrap_servers=bootstrap, delta_partitions=6, poll_timeout_ms=50)
@@ -121,7 +133,7 @@ async def one_run(bootstrap: str, clients: int, seconds: float, flush: float) ->
             await asyncio.sleep(0.01)
         elapsed = time.perf_counter() - started
         joined = sum(s.value() for s in agent.states().values())
-        return {
+        out = {
             "increments": total,
             "joined": joined,
             "seconds": elapsed,
@@ -129,6 +141,16 @@ async def one_run(bootstrap: str, clients: int, seconds: float, flush: float) ->
             "bytes": sum(c.stats.bytes_sent for c in edge),
             "records": sum(c.stats.deltas_sent for c in edge),
         }
+        topic = delta_topic(name, "impressions")
+        if measured is not None:
+            await measured(topic)
+        if redeliver:
+            again = await first_records(bootstrap, topic, redeliver)
+            await deliver_again(bootstrap, topic, again)
+            await committed_through(bootstrap, agent.group_id, topic, 120)
+            out["redelivered_records"] = len(again)
+            out["extra_after_redelivery"] = sum(s.value() for s in agent.states().values()) - joined
+        return out
     finally:
         await asyncio.gather(*(t.stop() for t in transports))
         await agent.stop()

@@ -5,7 +5,8 @@ agents and sink (this driver): a gateway (``lasp-streams gateway``), the device 
 Run (a broker you started, not the shared default one)::
 
     .venv/bin/python -m tests.benchmarks.bench_gateway --bootstrap 127.0.0.1:19392 \\
-        [--runs 3] [--clients 32 256 1000] [--only state,ingest,overcount]
+        [--runs 3] [--clients 32 256 1000] [--only state,checks,ingest,memory,overcount]
+        [--report PATH]
 
 - ``state``: one ad's state after 1,000,000 distinct devices counted once each, through the
   ledger (3 partitions) against the per-device GCounter (today's path), encoded bytes.
@@ -265,6 +266,72 @@ async def bench_ingest(bootstrap: str, tmp: Path) -> dict[str, float]:
         await dep.stop()
 
 
+# -- memory ------------------------------------------------------------------------------------
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+async def bench_memory(bootstrap: str, tmp: Path, idle: int, sessions: int) -> dict[str, Any]:
+    """The gateway process's resident memory: started; with ``sessions`` signed-in devices
+    subscribed to every ad's counter; after they left; with ``idle`` open sockets that never
+    say hello (each is closed after the gateway's hello timeout); after they are gone."""
+    import aiohttp
+
+    from lasp_streams.client.gateway import GatewayTransport
+    from lasp_streams.client.protocol import PROTOCOL
+
+    dep = Deployment(bootstrap, tmp)
+    await dep.start(view_cap=10**9)
+    gw_pid = dep.procs[-1].pid
+    out: dict[str, Any] = {"idle": idle, "sessions": sessions, "start_kib": _rss_kib(gw_pid)}
+    try:
+        transports = [
+            GatewayTransport(dep.url, f"mem-{i}", dep.ring.secret(f"mem-{i}"), timeout=60)
+            for i in range(sessions)
+        ]
+
+        async def signed_in(t: GatewayTransport) -> None:
+            # The first signed frame must come within the gateway's hello timeout.
+            await t.start()
+            await t.read_state("impressions")
+
+        for i in range(0, sessions, 200):
+            await asyncio.gather(*(signed_in(t) for t in transports[i : i + 200]))
+        out["sessions_kib"] = _rss_kib(gw_pid)
+        for t in transports:
+            await t.stop()
+        out["after_sessions_kib"] = _rss_kib(gw_pid)
+
+        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        sockets = []
+        for i in range(0, idle, 500):
+            sockets += await asyncio.gather(
+                *(
+                    http.ws_connect(dep.url, protocols=(PROTOCOL,))
+                    for _ in range(min(500, idle - i))
+                )
+            )
+        out["idle_kib"] = _rss_kib(gw_pid)
+
+        async def until_closed(ws: aiohttp.ClientWebSocketResponse) -> None:
+            # welcome, then the refusal saying why, then the close
+            while not ws.closed:
+                msg = await ws.receive()
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                    return
+
+        await asyncio.wait_for(asyncio.gather(*(until_closed(ws) for ws in sockets)), 120)
+        out["idle_closed_by_gateway"] = sum(ws.closed for ws in sockets)
+        await http.close()
+        out["after_idle_kib"] = _rss_kib(gw_pid)
+        return out
+    finally:
+        await dep.stop()
+
+
 # -- overcount ---------------------------------------------------------------------------------
 async def bench_overcount(bootstrap: str, tmp: Path, devices: int) -> dict[str, Any]:
     dep = Deployment(bootstrap, tmp)
@@ -326,6 +393,11 @@ def main(argv: list[str] | None = None) -> int:
         help="runs per overcount point (default: --runs)",
     )
     parser.add_argument("--only", default="state,checks,ingest,overcount")
+    parser.add_argument("--idle", type=int, default=10_000, help="memory: idle sockets")
+    parser.add_argument("--sessions", type=int, default=2_000, help="memory: signed-in devices")
+    parser.add_argument(
+        "--report", type=Path, default=REPORTS / "gateway.md", help="where the report goes"
+    )
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     command = " ".join(
@@ -392,6 +464,43 @@ def main(argv: list[str] | None = None) -> int:
                 "",
             ]
             print(runs, flush=True)
+        if "memory" in only:
+            mem = [
+                asyncio.run(bench_memory(args.bootstrap, tmp, args.idle, args.sessions))
+                for _ in range(args.runs)
+            ]
+            print(mem, flush=True)
+
+            def mib(field: str) -> str:
+                return f"{statistics.median(m[field] for m in mem) / 1024:,.1f} MiB"
+
+            per_idle = statistics.median(
+                (m["idle_kib"] - m["after_sessions_kib"]) * 1024 / args.idle for m in mem
+            )
+            per_session = statistics.median(
+                (m["sessions_kib"] - m["start_kib"]) * 1024 / args.sessions for m in mem
+            )
+            lines += [
+                "## Gateway memory (resident set of the gateway process)",
+                "",
+                f"{args.sessions:,} signed-in devices subscribed to the counter of every ad, "
+                f"then {args.idle:,} sockets that connect and never sign in (the gateway closes "
+                "each after its hello timeout); medians over the runs. The memory a Python "
+                "process freed is kept for reuse, so 'after' rows show the high-water mark.",
+                "",
+                "| moment | RSS |",
+                "|---|---|",
+                f"| started, no socket | {mib('start_kib')} |",
+                f"| {args.sessions:,} signed-in, subscribed devices | {mib('sessions_kib')} |",
+                f"| after they left | {mib('after_sessions_kib')} |",
+                f"| {args.idle:,} idle sockets open | {mib('idle_kib')} |",
+                f"| after the gateway closed them | {mib('after_idle_kib')} |",
+                "",
+                f"Per idle socket: {per_idle:,.0f} bytes; per subscribed session: "
+                f"{per_session:,.0f} bytes. Idle sockets closed by the gateway: "
+                f"{[m['idle_closed_by_gateway'] for m in mem]} of {args.idle:,}.",
+                "",
+            ]
         if "overcount" in only:
             lines += [
                 "## Overcount on Kafka through the gateway",
@@ -416,8 +525,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{[round(r['overcount_pct'], 2) for r in runs]} |"
                 )
             lines.append("")
-    REPORTS.mkdir(exist_ok=True)
-    (REPORTS / "gateway.md").write_text("\n".join(lines))
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
 

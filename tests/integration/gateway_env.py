@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,3 +211,48 @@ class RawDevice:
 
 
 raw_pack = pack
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def gateway_process(
+    bootstrap: str, name: str, keys: Path, *extra: str
+) -> tuple[asyncio.subprocess.Process, str]:
+    """``lasp-streams gateway topologies.ad_counter`` as a process of its own, once it listens:
+    the process and its WebSocket URL (its stderr stays a pipe the caller may read)."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "lasp-streams"),
+        "gateway",
+        "topologies.ad_counter",
+        "--bootstrap",
+        bootstrap,
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--name",
+        name,
+        "--keys",
+        str(keys),
+        "--partitions",
+        "2",
+        "--ledger-partitions",
+        str(LEDGER_PARTITIONS),
+        *extra,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    try:
+        line = await asyncio.wait_for(proc.stderr.readline(), 60)
+        while b"listening" not in line:
+            assert line, "the gateway process exited before listening"
+            line = await asyncio.wait_for(proc.stderr.readline(), 60)
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc, f"http://127.0.0.1:{port}/v1/ws"

@@ -111,7 +111,8 @@ async def test_a_clean_demo_run_passes_with_no_difference(
         await admin.delete_records({tp: RecordsToDelete(before_offset=3)})
     finally:
         await admin.close()
-    code, out = await asyncio.to_thread(run, "audit", REF, *args, "--json", "-")
+    # In one process this time (the clean run above used the default: a process per core).
+    code, out = await asyncio.to_thread(run, "audit", REF, *args, "--jobs", "1", "--json", "-")
     report = json.loads(out)
     assert not report["complete"] and report["problems"] == [], report
     assert any(
@@ -209,3 +210,64 @@ async def test_dlq_show_decodes_each_dead_letter_with_reason_and_source(
     entries = [json.loads(line) for line in out.splitlines()]
     assert [e["reason"] for e in entries] == ["decode", "validation"]
     assert entries[0]["value"].startswith("<undecodable, 1 bytes: c1")
+
+
+async def test_a_split_replay_reports_what_one_process_reports(
+    bootstrap_servers: str, unique_topic: Callable[..., str]
+) -> None:
+    """The replay in forked processes (partitions dealt out) and in this one: the same states,
+    counts, refusals and crossings (dated at the same records) on a real broker; a client's
+    forged entry is refused by both."""
+    from lasp_streams.audit_kafka import run_audit
+    from lasp_streams.dataflow.topology import Topology
+    from lasp_streams.deploy import apply_plan, plan_deploy
+    from lasp_streams.lattices.threshold import Threshold
+
+    name = unique_topic("split")
+    topo = Topology(name)
+    views = topo.declare("views", GCounter, keyed=True)
+    topo.trigger("popular", views, Threshold.value(40), action=lambda _event: None)
+    settings = KafkaSettings(bootstrap_servers=bootstrap_servers, delta_partitions=3)
+    assert not (await apply_plan(plan_deploy(topo, settings), settings)).mismatches
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        sent = []
+        for i in range(600):  # 12 keys, 5 clients: running totals, each key reaches 50
+            actor = f"c{i % 5}"
+            delta = GCounter()
+            delta.increment(actor, i // 60 + 1)
+            sent.append(
+                await producer.send(
+                    delta_topic(name, "views"),
+                    key=f"ad-{i % 12}".encode(),
+                    value=codec.encode(delta),
+                    headers=[(codec.ACTOR_HEADER, actor.encode())],
+                )
+            )
+        forged = GCounter()
+        forged.increment("victim", 1_000)
+        sent.append(
+            await producer.send(
+                delta_topic(name, "views"),
+                key=b"ad-0",
+                value=codec.encode(forged),
+                headers=[(codec.ACTOR_HEADER, b"mallory")],
+            )
+        )
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+    reports = [await run_audit(topo, settings, jobs=jobs) for jobs in (1, 3)]
+    for report in reports:
+        assert report.deltas == 601
+        ((found, _),) = report.variables
+        assert (found.applied, found.refused) == (600, 1)
+        assert {k: s.value() for k, s in found.states.items()} == {
+            f"ad-{n}".encode(): 50 for n in range(12)
+        }
+        # No sink ran: every crossing is unbilled, and named.
+        assert sorted(p.kind for p in report.problems) == ["unbilled-crossing"] * 12
+    one, split = (r.as_json() for r in reports)
+    assert one["ads"] == split["ads"] and len(one["ads"]) == 12
+    assert all(ad["crossed_at_record"] is not None for ad in one["ads"])

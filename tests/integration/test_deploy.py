@@ -53,19 +53,19 @@ async def test_dry_run_creates_nothing_and_deploy_creates_exactly_the_plan(
     common = ("--bootstrap", bootstrap_servers, "--partitions", "2", "--name", name)
     code, out = await asyncio.to_thread(run, "deploy", REF, *common, "--dry-run")
     assert code == 0, out
-    assert "dry run: nothing created (17 topics planned)" in out
+    assert "dry run: nothing created (19 topics planned)" in out  # with the device ledger
     assert f"{name}.operators.unkeyed" in out and "broadcast" in out
     assert await topics_of(bootstrap_servers, name) == set()
 
     code, out = await asyncio.to_thread(run, "deploy", REF, *common)
     assert code == 0, out
-    plan = plan_deploy(build(), KafkaSettings(delta_partitions=2), name=name)
+    plan = plan_deploy(build(), KafkaSettings(delta_partitions=2), name=name, ledger_partitions=3)
     assert await topics_of(bootstrap_servers, name) == {t.name for t in plan.topics}
-    assert "17 topic(s) created" in out
+    assert "19 topic(s) created" in out
 
     code, out = await asyncio.to_thread(run, "deploy", REF, *common)
     assert code == 0, out
-    assert "0 topic(s) created, 17 already there and compatible" in out
+    assert "0 topic(s) created, 19 already there and compatible" in out
 
 
 async def test_an_incompatible_topic_is_reported_with_its_fix_and_nothing_is_created(
@@ -106,7 +106,7 @@ async def test_teardown_deletes_the_topics_and_the_groups(
 
     code, out = await asyncio.to_thread(run, "teardown", REF, *common, "--yes")
     assert code == 0, out
-    assert "deleted 17 topic(s) and 1 consumer group(s)" in out
+    assert "deleted 19 topic(s) and 1 consumer group(s)" in out
     assert await topics_of(bootstrap_servers, name) == set()
     assert await groups_of(bootstrap_servers, name) == set()
 

@@ -9,8 +9,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from lasp_streams.codec import encode
 from lasp_streams.demo.simulate import ad_ids
 from lasp_streams.lattices import GCounter
 from lasp_streams.lattices.threshold import Threshold
-from tests.integration.gateway_env import LEDGER_PARTITIONS, RawDevice, gateway_env
+from tests.integration.gateway_env import RawDevice, gateway_env, gateway_process
 from topologies.ad_counter import SERVER_ACTOR, Ad, Contract, ad_source
 
 pytestmark = pytest.mark.integration
@@ -74,44 +72,13 @@ async def test_reconnect_to_another_gateway_resumes_without_loss_or_double_count
         assert await env.count("riot-0") == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def test_a_gateway_killed_mid_batch_loses_no_acknowledged_total(
     bootstrap_servers: str, unique_topic: Callable[..., str], tmp_path: Path
 ) -> None:
     name = _name(unique_topic)
     async with gateway_env(bootstrap_servers, name, tmp_path) as env:
-        port = _free_port()
-        proc = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).parent / "lasp-streams"),
-            "gateway",
-            "topologies.ad_counter",
-            "--bootstrap",
-            bootstrap_servers,
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--name",
-            name,
-            "--keys",
-            str(env.keys),
-            "--partitions",
-            "2",
-            "--ledger-partitions",
-            str(LEDGER_PARTITIONS),
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert proc.stderr is not None
+        proc, url = await gateway_process(bootstrap_servers, name, env.keys)
         try:
-            line = await asyncio.wait_for(proc.stderr.readline(), 60)
-            while b"listening" not in line:
-                assert line, "the gateway process exited before listening"
-                line = await asyncio.wait_for(proc.stderr.readline(), 60)
-            url = f"http://127.0.0.1:{port}/v1/ws"
             devices = [f"dev-{i}" for i in range(20)]
             acked = dict.fromkeys(devices, 0)
             claimed = dict.fromkeys(devices, 0)

@@ -1,25 +1,30 @@
-"""The audit's pure core: replay by joins, re-derived crossings, live-vs-replay comparison and
-billing reconciliation, with no broker."""
+"""The audit's pure core: replay through the replica core, re-derived crossings, the replay
+split over processes, live-vs-replay comparison and billing reconciliation, with no broker."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lasp_streams import codec
+from lasp_streams import audit, codec
 from lasp_streams.audit import (
+    MAX_REFUSALS_KEPT,
     BilledRecord,
-    VariableReplay,
+    Replay,
+    Share,
     compare_states,
+    merge_results,
     reconcile_billing,
-    trigger_books,
+    split_replay,
 )
 from lasp_streams.audit_kafka import parse_bound
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.lattices.awset import AWSet
+from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.counters import GCounter
 from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.records import BillingEvent, Crossed
@@ -33,15 +38,18 @@ class Rec:
     timestamp: int
     key: bytes | None
     value: bytes | None
+    headers: Sequence[tuple[str, bytes]] = ()
 
 
-def counter_deltas(n: int, key: bytes = b"ad-1") -> list[Rec]:
+def counter_deltas(n: int, key: bytes = b"ad-1", partition: int = 0) -> list[Rec]:
     out = []
     for i in range(n):
         # Each actor's entry is its running total, as an edge client's flush carries it.
         delta = GCounter()
-        delta.increment(f"c{i % 3}", i // 3 + 1)
-        out.append(Rec("views", 0, i, 1_000 + i, key, codec.encode(delta)))
+        actor = f"c{i % 3}"
+        delta.increment(actor, i // 3 + 1)
+        header = ((codec.ACTOR_HEADER, actor.encode()),)
+        out.append(Rec("views", partition, i, 1_000 + i, key, codec.encode(delta), header))
     return out
 
 
@@ -53,35 +61,68 @@ def topo(threshold: int = 5) -> Topology:
     return t
 
 
-def replay_of(t: Topology, records: list[Rec]) -> VariableReplay:
-    replays: dict[str, VariableReplay] = {}
-    books = trigger_books(t, replays)
-    replays["views"] = VariableReplay("views", GCounter(), triggers=books["views"])
-    replays["views"].feed(records)
-    return replays["views"]
+def replay_of(t: Topology, records: list[Rec], *, batch: int = 1_000) -> Replay:
+    replay = Replay(t, checked=("views",))
+    for i in range(0, len(records), batch):
+        replay.feed("views", records[i : i + batch])
+    return replay
 
 
-def test_the_crossing_is_the_record_that_first_meets_the_threshold() -> None:
-    replay = replay_of(topo(5), counter_deltas(9))
+def views(replay: Replay) -> dict[bytes, GCounter]:
+    states = replay.result().variables["views"].states
+    assert all(isinstance(s, GCounter) for s in states.values())
+    return states  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("batch", [1, 4, 1_000])
+def test_the_crossing_is_the_record_that_first_meets_the_threshold(batch: int) -> None:
+    """The core checks triggers once per batch; the replay dates the firing at the record."""
+    replay = replay_of(topo(5), counter_deltas(9), batch=batch)
     found = replay.crossings[("popular", b"ad-1")]
     assert (found.offset, found.timestamp_ms, found.value) == (4, 1_004, 5)
-    assert replay.states[b"ad-1"].value() == 9
+    assert (found.topic, found.threshold) == ("views", Crossed("value", 5))
+    assert views(replay)[b"ad-1"].value() == 9
+
+
+@pytest.mark.parametrize("feed", [1, 2, 3, 100])
+def test_a_long_batch_is_joined_in_feeds_and_the_crossing_still_dated_exactly(
+    feed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit, "FEED", feed)
+    records = counter_deltas(9) + counter_deltas(7, b"ad-2")
+    replay = replay_of(topo(5), sorted(records, key=lambda r: r.timestamp), batch=len(records))
+    assert {k: c.offset for (_, k), c in replay.crossings.items()} == {b"ad-1": 4, b"ad-2": 4}
+    assert {k: s.value() for k, s in views(replay).items()} == {b"ad-1": 9, b"ad-2": 7}
 
 
 @given(st.permutations(range(12)), st.integers(0, 11))
 def test_replayed_state_ignores_order_and_duplicates(order: list[int], dup: int) -> None:
     records = counter_deltas(12)
     shuffled = [records[i] for i in order] + [records[dup]]
-    assert replay_of(topo(), shuffled).states == replay_of(topo(), records).states
+    assert views(replay_of(topo(), shuffled)) == views(replay_of(topo(), records))
 
 
 def test_undecodable_and_foreign_records_are_refused_not_joined() -> None:
+    """As the agents refuse them: not msgpack, another type, and a client writing another
+    client's entry (the attack the client check is for)."""
     records = counter_deltas(3)
     records.append(Rec("views", 0, 3, 0, b"ad-1", b"\xc1"))
     records.append(Rec("views", 0, 4, 0, b"ad-1", codec.encode(_awset())))
-    replay = replay_of(topo(), records)
-    assert replay.applied == 3 and len(replay.refused) == 2
-    assert replay.states[b"ad-1"].value() == 3
+    forged = GCounter()
+    forged.increment("victim", 1_000)
+    mallory = ((codec.ACTOR_HEADER, b"mallory"),)
+    records.append(Rec("views", 0, 5, 0, b"ad-1", codec.encode(forged), mallory))
+    found = replay_of(topo(), records).result().variables["views"]
+    assert (found.records, found.applied, found.refused) == (6, 3, 3)
+    assert [p.where for p in found.refusals] == ["0@3", "0@4", "0@5"]
+    assert "(validation)" in found.refusals[2].detail and "victim" in found.refusals[2].detail
+    assert found.states[b"ad-1"].value() == 3
+
+
+def test_a_flood_of_bad_records_is_counted_but_kept_bounded() -> None:
+    records = [Rec("views", 0, i, 0, b"ad-1", b"\xc1") for i in range(MAX_REFUSALS_KEPT * 5)]
+    found = replay_of(topo(), records).result().variables["views"]
+    assert found.refused == MAX_REFUSALS_KEPT * 5 and len(found.refusals) == MAX_REFUSALS_KEPT
 
 
 def _awset() -> AWSet:
@@ -91,18 +132,21 @@ def _awset() -> AWSet:
 
 
 def test_live_state_must_be_explained_by_the_replay() -> None:
-    replay = replay_of(topo(), counter_deltas(6))
-    same = {k: v.copy() for k, v in replay.states.items()}
-    assert compare_states(replay, same, complete=True).difference_pct == 0.0
+    replay = replay_of(topo(), counter_deltas(6)).result().variables["views"]
+    proto = GCounter()
+    same: dict[bytes, Lattice] = {k: v.copy() for k, v in replay.states.items()}
+    assert compare_states(replay, proto, same, complete=True).difference_pct == 0.0
     forged = {k: v.copy() for k, v in replay.states.items()}
     extra = GCounter()
     extra.increment("mallory", 1_000)
     forged[b"ad-1"].merge(extra)
-    cmp = compare_states(replay, forged, complete=True)
+    cmp = compare_states(replay, proto, forged, complete=True)
     assert [p.kind for p in cmp.problems] == ["unexplained-state"]
     # A lagging state topic (replay ahead) is a difference, not a mismatch.
-    behind = {k: v.copy() for k, v in replay_of(topo(), counter_deltas(3)).states.items()}
-    cmp = compare_states(replay, behind, complete=True)
+    behind: dict[bytes, Lattice] = {
+        k: v.copy() for k, v in views(replay_of(topo(), counter_deltas(3))).items()
+    }
+    cmp = compare_states(replay, proto, behind, complete=True)
     assert cmp.problems == [] and cmp.behind_live == 1 and cmp.difference_pct == 100.0
 
 
@@ -151,8 +195,6 @@ def test_a_threshold_function_reads_the_watched_variable_as_it_was_then() -> Non
     """The ad counter's shape: the minimum comes from a watched set; a contract signed after
     the counter passed it is a crossing at the contract's record (as the live recheck); views
     that arrive after their ad's entry was removed meet no threshold."""
-    from lasp_streams.audit import watchers
-
     t = Topology("shop")
     limits = t.declare("limits", AWSet)
     views = t.declare("views", GCounter, keyed=True)
@@ -162,25 +204,16 @@ def test_a_threshold_function_reads_the_watched_variable_as_it_was_then() -> Non
         return Threshold.value(min(found)) if found else None
 
     t.trigger("reached", views, limit, action=lambda _e: None, watch=(limits,))
-    t.freeze()
-    replays: dict[str, VariableReplay] = {}
-    books = trigger_books(t, replays)
-    replays["views"] = VariableReplay("views", GCounter(), triggers=books["views"])
-    replays["limits"] = VariableReplay("limits", AWSet())
-    again = watchers(t)
-
-    def feed(var: str, records: list[Rec]) -> None:
-        if replays[var].feed(records):
-            for trigger_var in again.get(var, ()):
-                replays[trigger_var].recheck(records[-1])
+    replay = Replay(t)
+    feed = replay.feed
 
     signed = AWSet()
     signed.add("server", ("ad-1", 4))
     feed("views", counter_deltas(6))  # 6 views of ad-1, no contract yet: no crossing
-    assert replays["views"].crossings == {}
+    assert replay.crossings == {}
     feed("limits", [Rec("limits", 0, 0, 5_000, None, codec.encode(signed))])
-    found = replays["views"].crossings[("reached", b"ad-1")]
-    assert (found.topic, found.offset, found.threshold) == ("limits", 0, Threshold.value(4))
+    found = replay.crossings[("reached", b"ad-1")]
+    assert (found.topic, found.offset, found.threshold) == ("limits", 0, Crossed("value", 4))
 
     later = AWSet()
     later.add("server", ("ad-2", 3))
@@ -190,4 +223,49 @@ def test_a_threshold_function_reads_the_watched_variable_as_it_was_then() -> Non
     delta = removal.remove("server", ("ad-2", 3))
     feed("limits", [Rec("limits", 0, 2, 7_000, None, codec.encode(delta))])
     feed("views", counter_deltas(5, b"ad-2"))  # ad-2's entry is gone by now
-    assert ("reached", b"ad-2") not in replays["views"].crossings
+    assert ("reached", b"ad-2") not in replay.crossings
+    result = replay.result()
+    assert result.thresholds == {("reached", b"ad-1"): Crossed("value", 4)}
+    assert set(result.crossings) == {("reached", b"ad-1")}
+
+
+def test_split_replay_deals_keyed_partitions_and_broadcasts_what_thresholds_watch() -> None:
+    t = Topology("shop")
+    limits = t.declare("limits", AWSet)
+    t.declare("tags", AWSet)
+    views = t.declare("views", GCounter, keyed=True)
+    t.trigger("reached", views, lambda _k, _v: None, action=lambda _e: None, watch=(limits,))
+    t.freeze()
+    shares = split_replay(t, {"limits": 2, "tags": 2, "views": 4}, jobs=2)
+    assert shares == [
+        Share({"limits": (0, 1), "views": (0, 2)}, frozenset({"limits", "views"})),
+        Share({"limits": (0, 1), "tags": (0, 1), "views": (1, 3)}, frozenset({"tags", "views"})),
+    ]
+    # More jobs than work: no idle share; one job: everything.
+    assert len(split_replay(t, {"limits": 1, "tags": 1, "views": 1}, jobs=8)) == 2
+    assert split_replay(t, {"limits": 1, "tags": 1, "views": 3}, jobs=1) == [
+        Share({"limits": (0,), "tags": (0,), "views": (0, 1, 2)}, frozenset(t.variables))
+    ]
+
+
+@given(st.integers(1, 4), st.integers(1, 30))
+def test_a_split_replay_finds_what_one_replay_finds(jobs: int, threshold: int) -> None:
+    """Shares replay disjoint partitions of a keyed variable; merged, their result is the
+    whole replay's: states, counts and crossings (dated at the same records)."""
+    records = [
+        r
+        for p in range(4)
+        for n, key in enumerate((f"ad-{p}".encode(), f"ad-{p + 4}".encode()))
+        for r in counter_deltas(10 + 5 * p + n, key, partition=p)
+    ]
+    whole = replay_of(topo(threshold), records).result()
+    parts = []
+    for share in split_replay(topo(threshold), {"views": 4}, jobs):
+        mine = [r for r in records if r.partition in share.reads["views"]]
+        part = Replay(topo(threshold), checked=("views",), reports=share.reports)
+        part.feed("views", mine)
+        parts.append(part.result())
+    merged = merge_results(parts)
+    assert merged.crossings == whole.crossings and merged.thresholds == whole.thresholds
+    assert merged.deltas == whole.deltas == len(records)
+    assert merged.variables["views"].states == whole.variables["views"].states

@@ -34,6 +34,7 @@ from lasp_streams.dataflow.windows import (
     WindowSpec,
 )
 from lasp_streams.lattices.base import Lattice
+from lasp_streams.lattices.windowed import pane_owner
 
 __all__ = ["WindowGate"]
 
@@ -187,8 +188,8 @@ class WindowGate:
 
 def _actors_of(state: Lattice) -> frozenset[str]:
     """The devices with entries in a window's state (none for types without per-actor
-    entries)."""
-    return state.actors() or frozenset()
+    entries); a pane entry ``"device@pane"`` is its device's."""
+    return frozenset(pane_owner(a)[0] for a in state.actors() or ())
 
 
 def _actors(delta: Windowed) -> set[str]:
