@@ -15,8 +15,11 @@ pane and their running total per ad in one record — and ``impressions`` is der
 ``bind_to(impressions, impressions_per_minute, via=window_totals)`` (a join-homomorphism), so the
 billing total needs no record of its own; a delta late for closed windows still carries its
 total (the impressions were shown and are billed; only the closed windows refuse them). The
-trigger on ``impressions`` is unchanged: billing stays exactly once. LocalRuntime only for now:
-the Kafka plan refuses a windowed variable that feeds another step, by name.
+trigger on ``impressions`` is unchanged: billing stays exactly once. On Kafka too: the window
+is then an operator input (its windows closed by the operator agent), the agent forwards the
+totals to ``impressions``' delta topic, and ``impressions`` joins only those forwarded records —
+a device writing it directly is dead-lettered (``validation``), and the ACLs give devices no
+write on it (:mod:`lasp_streams.runtime.kafka.plan`, :mod:`lasp_streams.runtime.kafka.acls`).
 
 Times are seconds (the devices' estimate of the server's clock).
 """

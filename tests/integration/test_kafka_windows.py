@@ -132,9 +132,14 @@ async def test_tumbling_windows_close_once_and_late_deltas_are_counted_not_merge
                 producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all")
                 await producer.start()
                 try:
-                    for delta in (late, first_delta):  # first_delta again: a duplicate
+                    # first_delta again: a duplicate. Windowed counters are checked by
+                    # default: each record carries its writer's actor header.
+                    for delta, actor in ((late, b"c2"), (first_delta, b"c1")):
                         await producer.send_and_wait(
-                            delta_topic(name, "per_ten"), key=b"ad", value=codec.encode(delta)
+                            delta_topic(name, "per_ten"),
+                            key=b"ad",
+                            value=codec.encode(delta),
+                            headers=[("lasp.actor", actor)],
                         )
                 finally:
                     await producer.stop()

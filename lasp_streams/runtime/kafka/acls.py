@@ -10,12 +10,14 @@ what its code does (the broker's StandardAuthorizer refuses the rest):
 role        may
 ==========  ===============================================================================
 device      write the delta topics of the variables clients write (the checked ones: counters
-            by default; their records still pass the per-actor check) and, for a gateway, the
+            and windowed counters by default; their records still pass the per-actor check;
+            not a total derived from a window, which the worker writes) and, for a gateway, the
             ledger's ``.devices`` topic; read every variable's delta and state topics;
             describe the groups that own them (a resync reads their committed offsets).
             Nothing else: no crossings, billing, state or source writes.
 worker      read every topic of the topology; write state, crossings, dead-letter and
-            closed-window topics and the deltas of derived variables; its agents' and operator
+            closed-window topics and the deltas of derived variables (and of totals derived
+            from a window); its agents' and operator
             agents' groups and transactional ids; the ledger stage's group, ``.ledger`` topic
             and the counter deltas it emits. Not billing, not source (ads, contracts) deltas.
 sink        read every topic; write billing, dead letters and the deltas of declared variables
@@ -181,7 +183,10 @@ def plan_acls(
     variables = list(plan.topic_variables)
     declared = [v for v, var in topology.variables.items() if var.kind in ("declared", "window")]
     derived = [v for v in variables if v not in declared]
-    written_by_devices = [v for v in plan.checked if v in declared]
+    # A total derived from a window (bind_to via) is written by the operator agent only: a
+    # device sends its total in the window's deltas.
+    derived_totals = plan.derived_totals
+    written_by_devices = [v for v in plan.checked if v in declared and v not in derived_totals]
     bindings: set[AclBinding] = set()
 
     def allow(role: str, kind: str, resource: str, pattern: str, *operations: str) -> None:
@@ -219,7 +224,7 @@ def plan_acls(
     allow("worker", "TOPIC", prefix, "PREFIXED", "READ", "DESCRIBE", "DESCRIBE_CONFIGS")
     for v in variables:
         topic("worker", state_topic(topo, v), "WRITE")
-    for v in derived:
+    for v in [*derived, *derived_totals]:
         topic("worker", delta_topic(topo, v), "WRITE")
     for v in plan.windowed:
         topic("worker", closed_topic(topo, v), "WRITE")

@@ -109,10 +109,13 @@ class SingleOwnerAssignor(RangePartitionAssignor):  # type: ignore[misc]  # unty
 
 
 def operator_sources(topology: Topology) -> list[str]:
-    """The declared variables an operator agent owns: those feeding an operator or binding."""
+    """The declared (and windowed) variables an operator agent owns: those feeding an operator
+    or binding."""
     prop = Propagation(topology)
     return [
-        v.id for v in topology.variables.values() if v.kind == "declared" and prop.has_outputs(v.id)
+        v.id
+        for v in topology.variables.values()
+        if v.kind in ("declared", "window") and prop.has_outputs(v.id)
     ]
 
 

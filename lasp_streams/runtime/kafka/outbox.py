@@ -31,7 +31,12 @@ from lasp_streams.runtime.kafka.topics import (
     state_topic,
 )
 
-__all__ = ["Out", "Outbox", "outbox"]
+__all__ = ["FORWARD_HEADER", "Out", "Outbox", "outbox"]
+
+FORWARD_HEADER = "lasp.forwarded"
+"""The header on a delta an agent forwards to a ``bind_to`` target owned elsewhere (value: the
+writer). The target's check trusts it where only workers may write the target's delta topic
+(a total derived from a window: :mod:`.plan`, :mod:`.acls`)."""
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +124,11 @@ def outbox(
         topic = delta_topic(name, var)
         for key, delta in per_key.items():
             box.second.append(Out(topic, key_bytes(key), codec.encode(delta), partition))
+    forwarded = [(FORWARD_HEADER, who.encode())]
     for var, key, delta in effects.forwards:
-        box.second.append(Out(delta_topic(name, var), key_bytes(key), codec.encode(delta)))
+        box.second.append(
+            Out(delta_topic(name, var), key_bytes(key), codec.encode(delta), None, forwarded)
+        )
     return box
 
 

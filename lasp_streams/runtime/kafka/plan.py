@@ -10,7 +10,16 @@ actions. Every agent runs its partitions (or slots) on the one engine,
 :class:`~lasp_streams.runtime.core.ReplicaCore`: triggers, windows and propagation are the
 LocalRuntime's. ``stream`` callbacks run where the sink runs (see :mod:`.streams`). Windowed
 variables run in their variable agents (event-time watermark; see :mod:`.windows`); a window
-with an injected clock, or one that feeds another step, is refused by name.
+with an injected clock, or one that feeds another step than a ``bind_to(..., via=fn)``, is
+refused by name.
+
+**A total derived from a window** (``bind_to(total, window, via=window_totals)``): the window
+is then an operator input — the operator agent closes its windows exactly as its variable
+agent would (the same core, the same gate) and forwards ``fn(delta)`` to the target's delta
+topic with the :data:`~.outbox.FORWARD_HEADER` header, as the trusted writer it is. The
+target's agent accepts those records without the per-actor check (they join many devices'
+entries) and refuses every other record: devices send their totals in the window's deltas,
+and the ACLs (:mod:`.acls`) give devices no write on the target's delta topic.
 """
 
 from __future__ import annotations
@@ -21,15 +30,17 @@ from typing import Any
 
 from lasp_streams.dataflow.events import StateView
 from lasp_streams.dataflow.propagation import Propagation
-from lasp_streams.dataflow.steps import StreamStep, TriggerStep, WindowStep
+from lasp_streams.dataflow.steps import BindToStep, StreamStep, TriggerStep, WindowStep
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.dataflow.windows import WindowSpec
 from lasp_streams.errors import InvalidTopology
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.threshold import Threshold
+from lasp_streams.lattices.windowed import Windowed
 from lasp_streams.metrics import Metrics
 from lasp_streams.runtime.core import RecordValidator
 from lasp_streams.runtime.kafka.agent import VariableAgent
+from lasp_streams.runtime.kafka.outbox import FORWARD_HEADER
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 
 __all__ = ["VariablePlan", "WorkerPlan", "plan_worker"]
@@ -46,6 +57,9 @@ class VariablePlan:
     checked: bool = False
     #: A windowed variable's geometry and grace (its agent closes windows: :mod:`.windows`).
     window: WindowSpec | None = None
+    #: ``(bind step, windowed source)`` when this variable is a total derived from a window
+    #: (module docstring): only the operator agent's forwarded records are joined.
+    derived_from: tuple[str, str] | None = None
 
     @property
     def per_key(self) -> bool:
@@ -78,7 +92,12 @@ class WorkerPlan:
     @property
     def windowed(self) -> list[str]:
         """The windowed variables (they also have a closed-windows topic)."""
-        return [v.id for v in self.variables if v.window is not None]
+        return [v.id for v in (*self.variables, *self.operator_inputs) if v.window is not None]
+
+    @property
+    def derived_totals(self) -> list[str]:
+        """The declared variables derived from a window (only operator agents write them)."""
+        return [v.id for v in (*self.variables, *self.operator_inputs) if v.derived_from]
 
     @property
     def topic_variables(self) -> list[str]:
@@ -117,7 +136,7 @@ class WorkerPlan:
                 v.id,
                 name=self.topology,
                 view=view,
-                validator=_chain(_client_check() if v.checked else None, extra.get(v.id)),
+                validator=_chain(_check_of(v), extra.get(v.id)),
                 metrics=metrics,
                 watch_version=watch_version if v.per_key else None,
             )
@@ -133,7 +152,7 @@ class WorkerPlan:
                     keyed=keyed,
                     name=self.topology,
                     view=view,
-                    validators={v.id: _client_check() for v in inputs if v.checked},
+                    validators={v.id: check for v in inputs if (check := _check_of(v)) is not None},
                     metrics=metrics,
                     watch_version=watch_version if any(v.per_key for v in inputs) else None,
                 )
@@ -155,7 +174,13 @@ class WorkerPlan:
                     else ""
                 )
                 + (f", triggers {trig}" if trig else "")
-                + (", client deltas checked" if v.checked else "")
+                + (", client deltas checked" if v.checked and not v.derived_from else "")
+                + (
+                    f", derived from {v.derived_from[1]} (bind_to {v.derived_from[0]!r}): "
+                    "only the operator agent's forwarded deltas are joined"
+                    if v.derived_from
+                    else ""
+                )
             )
         for keyed in self.operator_parts:
             ins = [v.id for v in self.operator_inputs if v.keyed == keyed]
@@ -169,6 +194,13 @@ class WorkerPlan:
             lines.append(
                 f"  operator agent ({'keyed' if keyed else 'non-keyed'}) inputs {ins}: {how}"
             )
+            for v in self.operator_inputs:
+                if v.keyed == keyed and v.window is not None:
+                    lines.append(
+                        f"    windowed input {v.id} (size {v.window.size}, slide "
+                        f"{v.window.slide}, grace {v.window.grace}): its windows close here"
+                        + (", client deltas checked" if v.checked else "")
+                    )
             for v in self.derived_triggers:
                 if v.keyed == keyed:
                     trig = [t.id for t in v.trigger_steps]
@@ -202,6 +234,29 @@ def _chain(*checks: RecordValidator | None) -> RecordValidator | None:
     return check
 
 
+def _check_of(v: VariablePlan) -> RecordValidator | None:
+    """The record check of ``v``'s agent: a derived total's, the client check, or none."""
+    if v.derived_from is not None:
+        return _derived_total_check(v.id, *v.derived_from)
+    return _client_check() if v.checked else None
+
+
+def _derived_total_check(var: str, step: str, source: str) -> RecordValidator:
+    """Accept the operator agent's forwarded deltas (:data:`FORWARD_HEADER`), refuse the rest:
+    a device's total travels in its windowed deltas (module docstring)."""
+
+    def check(key: Hashable, headers: Sequence[tuple[str, bytes]], delta: Lattice) -> str | None:
+        if any(name == FORWARD_HEADER for name, _ in headers or ()):
+            return None
+        return (
+            f"{var!r} is derived from the windowed variable {source!r} (bind_to step "
+            f"{step!r}): only the operator agent writes it; a device sends its total in its "
+            f"{source!r} deltas, so this direct write is refused"
+        )
+
+    return check
+
+
 def _client_check() -> RecordValidator:
     from lasp_streams.server.validate import record_delta_problem
 
@@ -225,13 +280,17 @@ def plan_worker(
     variables are broadcast) on declared variables and on derived ones (evaluated by the
     operator agent that joins the derived state) run on Kafka, and ``stream`` callbacks at
     the sink process (:mod:`.streams`, at least once). Event-time windows run in their
-    variable agents; a window with an injected clock, or one feeding another step, is refused
-    by name, so a topology never runs half on Kafka silently.
+    variable agents (in the operator agent when a ``bind_to(..., via=fn)`` reads them: a total
+    derived from a window, see the module docstring); a window with an injected clock, or one
+    feeding another kind of step, is refused by name, so a topology never runs half on Kafka
+    silently.
 
     ``checked``: the declared variables whose records must carry a client actor header and
     write only that actor's entries (:func:`~lasp_streams.server.validate.record_delta_problem`;
-    refused records go to the DLQ). Default: every declared counter-like variable (clients
-    write counters; the sets of a topology are written by the trusted server).
+    refused records go to the DLQ). Default: every declared counter-like variable and every
+    windowed variable of counters (clients write counters; the sets of a topology are written by
+    the trusted server). A total derived from a window gets its own check instead (module
+    docstring).
 
     ``name`` runs the topology under another name (its topics, groups and event ids): two
     deployments of one topology on one cluster, or tests.
@@ -256,10 +315,17 @@ def plan_worker(
                     f"window {step.id!r} (close policy HoldOpen: its device reports are not "
                     "recovered by a restarted agent yet; close at event time + grace)"
                 )
-            if prop.has_outputs(step.id):
+            readers = [
+                s.id
+                for s in topology.steps
+                if step.id in s.inputs
+                and not isinstance(s, (TriggerStep, StreamStep))
+                and not (isinstance(s, BindToStep) and s.via is not None)
+            ]
+            if readers:
                 unsupported.append(
-                    f"window {step.id!r} (feeds another step: windowed variables are "
-                    "terminal on Kafka)"
+                    f"window {step.id!r} (feeds {readers}: on Kafka a windowed variable feeds "
+                    "only bind_to(..., via=fn) steps)"
                 )
     unsupported += [
         f"dynamic variable {v!r} (node-local, never replicated: each LocalRuntime replica "
@@ -272,11 +338,22 @@ def plan_worker(
             f"topology {topology.name!r}: the Kafka runtime cannot run these steps yet: "
             f"{'; '.join(unsupported)}. Run it with the LocalRuntime, or remove them."
         )
+    window_ids = {s.id for s in topology.steps if isinstance(s, WindowStep)}
+    derived_from = {
+        s.target: (s.id, s.source)
+        for s in topology.steps
+        if isinstance(s, BindToStep) and s.via is not None and s.source in window_ids
+    }
     if checked is None:
         wanted = {
             v.id
             for v in topology.variables.values()
-            if v.kind == "declared" and type(v.prototype).__name__ in _CHECKABLE
+            if (v.kind == "declared" and type(v.prototype).__name__ in _CHECKABLE)
+            or (
+                v.kind == "window"
+                and isinstance(v.prototype, Windowed)
+                and type(v.prototype.window(0)).__name__ in _CHECKABLE
+            )
         }
     else:
         wanted = set(checked)
@@ -293,6 +370,7 @@ def plan_worker(
             tuple(trigger_steps.get(var.id, ())),
             var.id in wanted,
             windows.get(var.id),
+            derived_from.get(var.id),
         )
         (feeding if prop.has_outputs(var.id) else alone).append(plan)
     parts = tuple(sorted({v.keyed for v in feeding}))

@@ -189,6 +189,7 @@ def plan_topics(
     variables also get a closed-windows topic)."""
     retention = str(settings.delta_retention_ms)
     specs: list[TopicSpec] = []
+    windowed = list(windowed)
     for variable in windowed:
         specs.append(
             TopicSpec(
@@ -199,11 +200,17 @@ def plan_topics(
             )
         )
     for variable in variables:
+        deltas = {"cleanup.policy": "delete", "retention.ms": retention}
+        if variable in windowed:
+            # The broker stamps a windowed variable's deltas, so a device's flush returns the
+            # broker's clock (its server-time estimate: client.windows.ServerClock). Nothing
+            # reads these timestamps otherwise: the window gate uses the deltas' event times.
+            deltas["message.timestamp.type"] = "LogAppendTime"
         specs.append(
             TopicSpec(
                 delta_topic(topology, variable),
                 settings.delta_partitions,
-                {"cleanup.policy": "delete", "retention.ms": retention},
+                deltas,
                 f"deltas of variable {variable!r}",
             )
         )
