@@ -12,7 +12,9 @@ import asyncio
 import logging
 
 from lasp_streams.dataflow.topology import Topology
+from lasp_streams.errors import KafkaSetupError, KafkaUnreachable
 from lasp_streams.runtime.kafka import clients
+from lasp_streams.runtime.kafka.patience import unreachable
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import ensure_topics, plan_topics
 
@@ -48,6 +50,18 @@ def preflight(
     library.addHandler(silence)
     try:
         return asyncio.run(_declare(topology, settings, name))
+    except KafkaSetupError:
+        raise
+    except Exception as exc:
+        # A broker that goes away after the connection (killed during the declaration):
+        # aiokafka raises its own errors (NodeNotReadyError, ...), which mean "wait", not "fix
+        # your configuration".
+        if unreachable(exc):
+            raise KafkaUnreachable(
+                f"Kafka at {settings.bootstrap_servers} stopped answering while the topics "
+                f"were declared: {type(exc).__name__}: {exc}"
+            ) from exc
+        raise
     finally:
         library.removeHandler(silence)
         library.propagate = propagate

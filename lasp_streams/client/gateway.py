@@ -233,6 +233,10 @@ class GatewayTransport:
             raise Offline(f"gateway request {body.get('op')!r} failed: {exc!r}") from exc
         finally:
             self._waiting.pop(seq, None)
+            if fut.done() and not fut.cancelled():
+                # The reader may have failed it while the send was raising: mark the
+                # exception retrieved (asyncio logs "never retrieved" otherwise).
+                fut.exception()
         if answer.get("t") == "refused":
             code = str(answer.get("code"))
             if code == "unavailable":

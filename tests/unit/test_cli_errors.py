@@ -171,3 +171,31 @@ def test_acls_prints_the_plan_and_refuses_a_bad_principal() -> None:
     assert "crossings" not in result.output
     bad = run("acls", "topologies.ad_counter", "--principal", "pilot=User:x")
     assert bad.exit_code == 2 and "--principal" in bad.output
+
+
+def test_a_broker_lost_while_the_topics_are_declared_means_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seed 49 of the fault campaign: a broker killed during a new worker's pre-flight made
+    aiokafka raise NodeNotReadyError, and the worker exited 1 instead of waiting."""
+    from aiokafka.errors import NodeNotReadyError
+
+    import lasp_streams.cli_preflight as cli_preflight
+    from lasp_streams.errors import KafkaUnreachable
+    from lasp_streams.runtime.kafka.settings import KafkaSettings
+    from topologies.ad_counter import build
+
+    async def lost(*_args: Any, **_kwargs: Any) -> list[str]:
+        raise NodeNotReadyError("Attempt to send a request to node which is not ready (node id 1).")
+
+    monkeypatch.setattr(cli_preflight, "_declare", lost)
+    with pytest.raises(KafkaUnreachable, match="stopped answering while the topics") as info:
+        cli_preflight.preflight(build(), KafkaSettings(bootstrap_servers="127.0.0.1:1"))
+    assert isinstance(info.value.__cause__, NodeNotReadyError)
+
+    async def wrong(*_args: Any, **_kwargs: Any) -> list[str]:
+        raise ValueError("a bug, not an outage")
+
+    monkeypatch.setattr(cli_preflight, "_declare", wrong)
+    with pytest.raises(ValueError, match="a bug"):
+        cli_preflight.preflight(build(), KafkaSettings(bootstrap_servers="127.0.0.1:1"))
