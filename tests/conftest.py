@@ -17,7 +17,6 @@ import itertools
 import os
 import re
 import signal
-import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -30,6 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from lasp_streams.errors import KafkaSetupError
 from lasp_streams.localkafka import DEFAULT_VERSION, LocalKafka
+from tests.ports import free_port
 
 BOOTSTRAP_ENV = "LASP_STREAMS_BOOTSTRAP"
 _PORT_ATTEMPTS = 3
@@ -48,13 +48,6 @@ class KafkaUnderTest:
 _used: list[KafkaUnderTest] = []
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _logged_version(log_path: Path) -> str:
     """The version the broker printed ("Kafka version: 4.4.0"), proving which jar really ran."""
     try:
@@ -68,10 +61,10 @@ def _logged_version(log_path: Path) -> str:
 def _start_local(data_dir: Path) -> LocalKafka:
     """Start a broker on two free ports, retrying if another process grabbed one meanwhile."""
     for attempt in range(1, _PORT_ATTEMPTS + 1):
-        port = _free_port()
-        controller_port = _free_port()
+        port = free_port()
+        controller_port = free_port()
         while controller_port == port:
-            controller_port = _free_port()
+            controller_port = free_port()
         broker = LocalKafka(
             data_dir / f"attempt-{attempt}", port=port, controller_port=controller_port
         )

@@ -33,7 +33,6 @@ import platform
 import pstats
 import resource
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -53,6 +52,7 @@ from lasp_streams.lattices.counters import GCounter
 from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import delta_topic
+from tests.ports import free_port
 
 REPORT = Path(__file__).parent / "reports" / "audit.md"
 VARIABLE = "impressions"
@@ -329,13 +329,6 @@ def _load(avg: tuple[float, float, float]) -> str:
     return ", ".join(f"{x:.2f}" for x in avg)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bootstrap", help="an existing cluster; default: start a local one")
@@ -358,7 +351,7 @@ def main() -> None:
         if bootstrap is None:
             from lasp_streams.localkafka import LocalKafka
 
-            broker = LocalKafka(scratch / "kafka", port=_free_port(), controller_port=_free_port())
+            broker = LocalKafka(scratch / "kafka", port=free_port(), controller_port=free_port())
             broker.start()
             BROKER_PID.append(int(broker.pid_path.read_text().split()[0]))
             bootstrap = broker.bootstrap_servers

@@ -24,7 +24,6 @@ import asyncio
 import os
 import platform
 import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -48,15 +47,9 @@ from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import delta_topic, ensure_topics, plan_topics
 from lasp_streams.runtime.local import LocalRuntime
 from tests.benchmarks.redeliver import committed_through, deliver_again, first_records
+from tests.ports import free_port
 
 REPORT = Path(__file__).parent / "reports" / "client_kafka.md"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def one_run(
@@ -169,7 +162,7 @@ def main() -> None:
     tmp = None
     if args.bootstrap is None:
         tmp = tempfile.TemporaryDirectory(prefix="bench-client-kafka-")
-        broker = LocalKafka(Path(tmp.name), port=_free_port(), controller_port=_free_port())
+        broker = LocalKafka(Path(tmp.name), port=free_port(), controller_port=free_port())
         print("starting the local broker ...", file=sys.stderr, flush=True)
         broker.start()
         bootstrap = broker.bootstrap_servers

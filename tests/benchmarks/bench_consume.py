@@ -33,7 +33,6 @@ import logging
 import os
 import platform
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -53,6 +52,7 @@ from lasp_streams.runtime.kafka.agent import VariableAgent
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import delta_topic, ensure_topics, plan_topics
 from lasp_streams.runtime.kafka.worker import VariablePlan, WorkerPlan, build_faust_app
+from tests.ports import free_port
 
 REPORT = Path(__file__).parent / "reports" / "consume.md"
 VARIABLE = "impressions"
@@ -317,13 +317,6 @@ def write_report(args: argparse.Namespace, results: dict[str, list[float]], comm
     return text
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bootstrap", help="an existing cluster; default: start the local one")
@@ -343,7 +336,7 @@ def main() -> None:
         if bootstrap is None:
             from lasp_streams.localkafka import LocalKafka
 
-            broker = LocalKafka(scratch / "kafka", port=_free_port(), controller_port=_free_port())
+            broker = LocalKafka(scratch / "kafka", port=free_port(), controller_port=free_port())
             broker.start()
             bootstrap = broker.bootstrap_servers
         results = asyncio.run(main_async(args, bootstrap, scratch / "faust"))

@@ -30,7 +30,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import read_billing_events
 from lasp_streams.runtime.kafka.topics import billing_topic, ensure_topics
 from lasp_streams.server.ledger import LedgerPartition, ViewCap
+from tests.ports import free_port
 from topologies.ad_counter import COMPANIES, SERVER_ACTOR, Ad, Contract, ad_source, build
 
 REPORTS = Path(__file__).parent / "reports"
@@ -58,13 +58,6 @@ PARTITIONS = 3
 MINIMUM = 50_000
 ADS_PER_COMPANY = 10
 TOTAL_RATE = 64_000.0
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # -- state size ------------------------------------------------------------------------------
@@ -186,7 +179,7 @@ class Deployment:
                 stderr=subprocess.DEVNULL,
             )
         )
-        port = _port()
+        port = free_port()
         gw = subprocess.Popen(
             [
                 CLI,

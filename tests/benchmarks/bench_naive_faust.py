@@ -46,7 +46,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -63,17 +62,11 @@ from lasp_streams.localkafka import LocalKafka
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from tests.benchmarks.bench_client_kafka import one_run as lasp_run
 from tests.benchmarks.redeliver import committed_through, deliver_again, first_records
+from tests.ports import free_port
 
 REPORT = Path(__file__).parent / "reports" / "naive_faust.md"
 ADS = [f"{company}-{i}" for i in range(10) for company in ("rovio", "riot")]
 INTERNAL = ("__consumer_offsets", "__transaction_state", "__cluster_metadata")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def log_sizes(storage: Path) -> dict[str, int]:
@@ -343,7 +336,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     scratch = Path(tempfile.mkdtemp(prefix="bench-naive-faust-"))
-    broker = LocalKafka(scratch / "kafka", port=_free_port(), controller_port=_free_port())
+    broker = LocalKafka(scratch / "kafka", port=free_port(), controller_port=free_port())
     storage = scratch / "kafka" / "kraft"
     print("starting the local broker ...", file=sys.stderr, flush=True)
     load = os.getloadavg()

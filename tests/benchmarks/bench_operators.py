@@ -26,7 +26,6 @@ import asyncio
 import logging
 import platform
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from lasp_streams.runtime.core import ReplicaCore
 from lasp_streams.runtime.kafka.operators import OperatorAgent
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import delta_topic, ensure_topics, plan_topics
+from tests.ports import free_port
 
 REPORT = Path(__file__).parent / "reports" / "operators.md"
 
@@ -207,13 +207,6 @@ def write_report(args: argparse.Namespace, results: dict[str, list[float]], comm
     return text
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--bootstrap", help="an existing cluster; default: start a local one")
@@ -232,7 +225,7 @@ def main() -> None:
         if bootstrap is None:
             from lasp_streams.localkafka import LocalKafka
 
-            broker = LocalKafka(scratch / "kafka", port=_free_port(), controller_port=_free_port())
+            broker = LocalKafka(scratch / "kafka", port=free_port(), controller_port=free_port())
             broker.start()
             bootstrap = broker.bootstrap_servers
         results = asyncio.run(main_async(args, bootstrap))

@@ -10,32 +10,18 @@ brings every node back (and waits until all three brokers are live) before each 
 from __future__ import annotations
 
 import atexit
-import socket
 from collections.abc import Iterator
 
 import pytest
 
 from lasp_streams.localkafka.cluster import KafkaCluster
-
-
-def _free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports (held open together so none is handed out twice)."""
-    socks = []
-    try:
-        for _ in range(n):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from tests.ports import free_ports
 
 
 @pytest.fixture(scope="session")
 def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
     """A running 3-broker cluster for the session (replication 3, min ISR 2)."""
-    *ports, controller_port = _free_ports(4)
+    *ports, controller_port = free_ports(4)
     cluster = KafkaCluster(
         tmp_path_factory.mktemp("cluster"), brokers=3, ports=ports, controller_port=controller_port
     )

@@ -59,7 +59,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -99,6 +98,7 @@ from lasp_streams.runtime.kafka.topics import (  # noqa: E402
     ensure_topics,
     state_topic,
 )
+from tests.ports import free_ports  # noqa: E402
 from topologies.ad_counter import Ad, Contract, ad_source, build  # noqa: E402
 
 log = logging.getLogger("fault_campaign")
@@ -344,7 +344,7 @@ class Campaign:
     def _gateway_children(self, cli: str) -> None:
         """The gateway (on a port fixed for the run, so a restart listens where the devices
         reconnect) and the device ledger, with a fresh key ring."""
-        (port,) = _free_ports(1)
+        (port,) = free_ports(1)
         keys = self.workdir / "keys.json"
         self.ring = KeyRing.new()
         save_keyring(keys, self.ring)
@@ -848,19 +848,6 @@ async def check(bootstrap: str, name: str, counted: dict[str, int]) -> CheckResu
 
 
 # -- many seeds, with a summary ------------------------------------------------------------------
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def describe(o: Outcome) -> str:
     """A compact account of one run, for a failing test's message."""
     return (
@@ -945,7 +932,7 @@ async def _many(args: argparse.Namespace) -> int:
         tmp = args.workdir or stack.enter_context(
             tempfile.TemporaryDirectory(prefix="lasp-faults-")
         )
-        *ports, controller = _free_ports(4)
+        *ports, controller = free_ports(4)
         cluster = KafkaCluster(Path(tmp) / "cluster", ports=ports, controller_port=controller)
         started = time.monotonic()
         try:

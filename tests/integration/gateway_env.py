@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import ensure_topics
 from lasp_streams.server.ledger import ViewCap
+from tests.ports import free_port
 from topologies.ad_counter import SERVER_ACTOR, Ad, Contract, ad_source, build
 
 ADS = [Ad("rovio-0", "rovio"), Ad("riot-0", "riot")]
@@ -211,13 +211,6 @@ class RawDevice:
 
 
 raw_pack = pack
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def gateway_process(

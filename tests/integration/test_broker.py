@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from aiokafka.structs import ConsumerRecord
 
 from lasp_streams.localkafka import DEFAULT_VERSION, LocalKafka
 from lasp_streams.localkafka.broker import process_cmdline
+from tests.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -251,20 +251,13 @@ async def test_compacted_topic_keeps_latest_value_per_key(
     assert sorted(record.offset for record in records) == list(range(45, 50))
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_local_broker_lifecycle(tmp_path: Path, kafka_broker: object) -> None:
     """A second, private broker: start twice, status, stop, restart on the same storage, and a
     crashed broker's stale pid file. (``kafka_broker`` only orders this after the session
     broker fetched the jars.) The crash comes last: a restart right after one waits ~9 s for
     the controller to expire the dead broker's session (broker.session.timeout.ms)."""
     data = tmp_path / "kafka"
-    broker = LocalKafka(data, port=_free_port(), controller_port=_free_port())
+    broker = LocalKafka(data, port=free_port(), controller_port=free_port())
     try:
         first = broker.start()
         assert first.running and first.answering and first.pid is not None

@@ -15,7 +15,6 @@ import asyncio
 import gc
 import os
 import signal
-import socket
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -43,6 +42,7 @@ from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import read_billing_events
 from lasp_streams.runtime.kafka.topics import billing_topic, dlq_topic, ensure_topics, plan_topics
 from lasp_streams.runtime.kafka.worker import plan_worker
+from tests.ports import free_port
 from topologies.ad_counter import SERVER_ACTOR, Ad, Contract, ad_source, build
 
 pytestmark = pytest.mark.integration
@@ -51,13 +51,6 @@ ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "admin"
 PASSWORDS = {ADMIN: "admin-secret", **{f"lasp-{role}": f"{role}-secret" for role in ROLES}}
 TOPOLOGY = "secured_ads"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)
@@ -105,7 +98,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
         pki, tuple(ScramUser(name, password) for name, password in PASSWORDS.items()), admin=ADMIN
     )
     broker = LocalKafka(
-        root / "data", port=_free_port(), controller_port=_free_port(), security=security
+        root / "data", port=free_port(), controller_port=free_port(), security=security
     )
     try:
         broker.start()

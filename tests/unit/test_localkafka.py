@@ -44,6 +44,7 @@ from lasp_streams.localkafka.config import (
 from lasp_streams.localkafka.jars import build_manifest, render_pom
 from lasp_streams.localkafka.java import parse_java_major, require_java
 from lasp_streams.localkafka.probe import BrokerEndpoint, answers_metadata, metadata_brokers
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX process handling")
@@ -115,13 +116,6 @@ def listening_port() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         yield sock.getsockname()[1]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def alive(pid: int) -> bool:
