@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from pathlib import Path
 from typing import Any
@@ -134,7 +133,7 @@ def serve(
     from lasp_streams.gateway.config import GatewayConfig
     from lasp_streams.gateway.metrics import GatewayMetrics
     from lasp_streams.gateway.server import Gateway
-    from lasp_streams.runtime.kafka.patience import ShutdownDeadline
+    from lasp_streams.runtime.kafka.patience import ShutdownDeadline, keep_trying
     from lasp_streams.runtime.kafka.settings import KafkaSettings
     from lasp_streams.runtime.kafka.worker import load_topology
     from lasp_streams.server.devices import DevicePolicy
@@ -158,10 +157,29 @@ def serve(
     settings = kafka.settings(base=KafkaSettings(client_id="lasp-gateway"), partitions=partitions)
 
     async def main() -> None:
-        gw = Gateway(
-            topology, settings, config, name=name, metrics=GatewayMetrics(CollectorRegistry())
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        made: list[Gateway] = []
+
+        async def started() -> Gateway:
+            gw = Gateway(
+                topology, settings, config, name=name, metrics=GatewayMetrics(CollectorRegistry())
+            )
+            made.append(gw)
+            await gw.start()
+            return gw
+
+        async def discard() -> None:
+            await made[-1].stop()
+
+        # Started, or restarted, while a broker is down: wait for it, as workers do.
+        gw = await keep_trying(
+            started, what=f"gateway for {name or topology.name!r}", stop=stop, cleanup=discard
         )
-        await gw.start()
+        if gw is None:
+            return
         # aiohttp waits for open sockets' handlers when it shuts down (60 s by default, and
         # thousands of sessions took longer): half the deadline, then they are cut.
         runner = web_runner(gw, shutdown_timeout=shutdown_timeout / 2)
@@ -169,7 +187,7 @@ def serve(
         site = _site(runner, host, port)
         await site.start()
         click.echo(f"gateway {gw.id} listening on http://{host}:{port} for {gw.name}", err=True)
-        await _until_signal()
+        await stop.wait()
         deadline = ShutdownDeadline(shutdown_timeout, what=f"gateway {gw.id}")
         deadline.arm()
         click.echo(
@@ -199,14 +217,6 @@ def _site(runner: Any, host: str, port: int) -> Any:
     return web.TCPSite(runner, host, port, backlog=4096)
 
 
-async def _until_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-
-
 @gateway.command("ledger")
 @click.argument("topology_ref", metavar="MODULE[:ATTR]")
 @kafka_options
@@ -234,6 +244,7 @@ def ledger(
 ) -> None:
     """Run the device ledger stage (any number of processes share its partitions)."""
     from lasp_streams.runtime.kafka.ledger import LedgerAgent, ledger_topics
+    from lasp_streams.runtime.kafka.patience import keep_trying
     from lasp_streams.runtime.kafka.topics import ensure_topics
     from lasp_streams.runtime.kafka.worker import load_topology
     from lasp_streams.server.ledger import ViewCap
@@ -243,20 +254,41 @@ def ledger(
     settings = kafka.settings(partitions=partitions)
 
     async def main() -> None:
-        await ensure_topics(settings, ledger_topics(topic_name, settings, ledger_partitions))
-        agent = LedgerAgent(settings, topic_name, ViewCap(view_cap, int(cap_interval * 1000)))
-        click.echo(agent.describe(), err=True)
-        await agent.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        runner = asyncio.create_task(agent.run(stop))
-        await stop.wait()
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
-        await agent.stop()
+        what = f"device ledger of {topic_name!r}"
+        # Started, or restarted, while a broker is down: wait for it (patience.keep_trying),
+        # exit only on a signal or a configuration error.
+        await keep_trying(
+            lambda: ensure_topics(settings, ledger_topics(topic_name, settings, ledger_partitions)),
+            what=f"{what}: declaring topics",
+            stop=stop,
+        )
+        agents: list[LedgerAgent] = []
+
+        async def run_ledger() -> None:
+            agent = LedgerAgent(settings, topic_name, ViewCap(view_cap, int(cap_interval * 1000)))
+            if not agents:
+                click.echo(agent.describe(), err=True)
+            agents.append(agent)
+            runner: asyncio.Task[None] | None = None
+            try:
+                await agent.start()
+                runner = asyncio.create_task(agent.run(stop))
+                stopped = asyncio.create_task(stop.wait())
+                done, _ = await asyncio.wait({runner, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                stopped.cancel()
+                if runner in done:
+                    runner.result()  # a failed write: keep_trying decides (outage or not)
+            finally:
+                if runner is not None:
+                    runner.cancel()
+                    await asyncio.gather(runner, return_exceptions=True)
+                await agent.stop()
+
+        await keep_trying(run_ledger, what=what, stop=stop)
 
     asyncio.run(main())
 

@@ -159,3 +159,46 @@ async def test_a_faust_worker_started_while_the_broker_is_down_waits_and_stops_o
         status = await sigterm_while_paused(broker, worker)
     assert status == 0, worker.tail()
     assert "TypeError" not in worker.text()
+
+
+async def test_a_gateway_and_its_ledger_started_while_the_broker_is_down_wait_for_it(
+    private_broker: LocalKafka, unique_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """Seed 2 of the last fault campaign: a device ledger restarted while a broker was down
+    exited 1 (NodeNotReadyError) instead of waiting; the gateway started the same way."""
+    from tests.ports import free_port
+
+    broker = private_broker
+    await asyncio.to_thread(broker.stop)
+    cli = str(Path(sys.executable).with_name("lasp-streams"))
+    keys = tmp_path / "keys.json"
+    init = await asyncio.create_subprocess_exec(cli, "gateway", "keys", "init", "--keys", str(keys))
+    assert await init.wait() == 0
+    name = unique_topic("gwo").replace(".", "_")
+    common = ["--bootstrap", broker.bootstrap_servers, "--name", name, "--partitions", "2"]
+    ledger = Proc(
+        [cli, "gateway", "ledger", "topologies.ad_counter", *common], tmp_path / "ledger.log"
+    )
+    port = free_port()
+    gateway = Proc(
+        [cli, "gateway", "serve", "topologies.ad_counter", *common, "--keys", str(keys),
+         "--listen", f"127.0.0.1:{port}", "--shutdown-timeout", str(SHUTDOWN_S)],
+        tmp_path / "gateway.log",
+    )  # fmt: skip
+    async with cleanup(broker, ledger, gateway):
+        await ledger.start()
+        await gateway.start()
+        for p in (ledger, gateway):
+            await p.wait_for("Kafka unreachable", 60)  # waiting, not dead
+        await asyncio.to_thread(broker.start)
+        # The topology's own topics (the gateway follows its state topics).
+        deploy = await asyncio.create_subprocess_exec(
+            cli, "deploy", "topologies.ad_counter", *common, stdout=asyncio.subprocess.DEVNULL
+        )
+        assert await deploy.wait() == 0
+        await gateway.wait_for("listening on", 180)
+        await ledger.wait_for("Kafka is back", 180)
+        for p in (ledger, gateway):
+            assert p.proc is not None
+            p.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(p.proc.wait(), SHUTDOWN_S + 25) == 0, p.tail()
