@@ -72,7 +72,7 @@ async def read_all(
                     pending.discard(tp)
         return [record for p in sorted(by_partition) for record in by_partition[p]]
     finally:
-        await consumer.stop()
+        await _stop(consumer)
 
 
 async def end_offsets(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> dict[int, int]:
@@ -85,7 +85,7 @@ async def end_offsets(settings: KafkaSettings, topic: str, timeout: float = 30.0
         ends = await consumer.end_offsets(tps)
         return {tp.partition: offset for tp, offset in ends.items()}
     finally:
-        await consumer.stop()
+        await _stop(consumer)
 
 
 async def committed_offsets(
@@ -101,7 +101,7 @@ async def committed_offsets(
             result[p] = await consumer.committed(TopicPartition(topic, p))
         return result
     finally:
-        await consumer.stop()
+        await _stop(consumer)
 
 
 async def partitions_of(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> set[int]:
@@ -121,3 +121,16 @@ async def partitions_of(settings: KafkaSettings, topic: str, timeout: float = 30
             await asyncio.sleep(0.1)
     finally:
         await admin.close()
+
+
+async def _stop(consumer: Any) -> None:
+    """Stop a reader's consumer. aiokafka can raise a CancelledError out of ``stop()`` (its
+    fetch task cancelled in a retry backoff while the broker does not answer): that one is not
+    a cancellation of this task, and must not mask the error being handled (a timeout, which
+    callers such as KafkaTransport turn into "offline, retry at the next sync")."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
