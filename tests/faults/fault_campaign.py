@@ -925,7 +925,7 @@ def summary(
 
 
 async def _many(args: argparse.Namespace) -> int:
-    command = "nice -n 5 .venv/bin/python tests/faults/fault_campaign.py " + " ".join(sys.argv[1:])
+    command = ".venv/bin/python tests/faults/fault_campaign.py " + " ".join(sys.argv[1:])
     outcomes: list[Outcome] = []
     machine = [f"commit: {_commit()}", f"`uptime` at the start: {_uptime()}"]
     with contextlib.ExitStack() as stack:
