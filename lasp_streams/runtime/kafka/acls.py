@@ -242,7 +242,8 @@ def plan_acls(
     allow("worker", "GROUP", ledger, "LITERAL", "READ", "DESCRIBE")
     allow("worker", "TRANSACTIONAL_ID", f"{ledger}.", "PREFIXED", "WRITE", "DESCRIBE")
     # The faust App that hosts `lasp-streams worker`: its group and its leader-assignor topic,
-    # which faust creates at start (literal names: a prefix would reach other topologies).
+    # which the worker declares at start (literal names: a prefix would reach other
+    # topologies).
     allow("worker", "GROUP", faust_app_id(topo), "LITERAL", "READ", "DESCRIBE")
     topic("worker", faust_leader_topic(topo), "CREATE", "READ", "WRITE", "DESCRIBE")
 

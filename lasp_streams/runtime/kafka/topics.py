@@ -148,7 +148,8 @@ def faust_app_id(topology: str) -> str:
 
 
 def faust_leader_topic(topology: str) -> str:
-    """The topic faust's leader assignor creates for the App of :func:`faust_app_id`."""
+    """The topic faust's leader assignor reads for the App of :func:`faust_app_id` (the
+    worker declares it: faust declares no topic, see ``worker.worker_topics``)."""
     return f"{faust_app_id(topology)}-__assignor-__leader"
 
 

@@ -33,7 +33,13 @@ from lasp_streams.runtime.kafka.plan import VariablePlan, WorkerPlan, plan_worke
 from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import TrustedSink
-from lasp_streams.runtime.kafka.topics import ensure_topics, faust_app_id, plan_topics
+from lasp_streams.runtime.kafka.topics import (
+    TopicSpec,
+    ensure_topics,
+    faust_app_id,
+    faust_leader_topic,
+    plan_topics,
+)
 
 __all__ = [
     "SHUTDOWN_TIMEOUT_S",
@@ -73,7 +79,11 @@ def build_faust_app(
     import faust
     from mode import Service
 
-    options: dict[str, Any] = {"web_enabled": web_enabled}
+    # faust declares no topic itself: ensure_topics declares every topic of the worker
+    # (worker_topics, faust's leader-assignor topic included) under the worker's retries.
+    # faust's own declaration at start was a Kafka call outside them: a broker killed in that
+    # moment ended the worker with NodeNotReadyError (fault campaign, seeds 33 and 35).
+    options: dict[str, Any] = {"web_enabled": web_enabled, "topic_allow_declare": False}
     if datadir is not None:
         options["datadir"] = datadir
     from lasp_streams.runtime.kafka.clients import faust_options
@@ -97,12 +107,7 @@ def build_faust_app(
         async def on_start(self) -> None:
             async with declared:
                 if not done:
-                    await ensure_topics(
-                        settings,
-                        plan_topics(
-                            plan.topology, plan.topic_variables, settings, windowed=plan.windowed
-                        ),
-                    )
+                    await ensure_topics(settings, worker_topics(plan, settings))
                     done.append(True)
             await self.runner.start()
             self.add_future(self.runner.run())
@@ -214,6 +219,15 @@ def load_topology(ref: str) -> Topology:
     )
 
 
+def worker_topics(plan: WorkerPlan, settings: KafkaSettings) -> list[TopicSpec]:
+    """The plan's topics and the topic faust's leader assignor subscribes to (one partition,
+    faust's own shape), which faust no longer declares itself."""
+    return [
+        *plan_topics(plan.topology, plan.topic_variables, settings, windowed=plan.windowed),
+        TopicSpec(faust_leader_topic(plan.topology), 1, {}, "faust's leader assignor"),
+    ]
+
+
 async def _wait_for_kafka(plan: WorkerPlan, settings: KafkaSettings) -> bool:
     """Declare the plan's topics, waiting for the cluster while it cannot be reached; False
     when SIGTERM/SIGINT came first."""
@@ -224,10 +238,7 @@ async def _wait_for_kafka(plan: WorkerPlan, settings: KafkaSettings) -> bool:
         loop.add_signal_handler(sig, stop.set)
     try:
         await keep_trying(
-            lambda: ensure_topics(
-                settings,
-                plan_topics(plan.topology, plan.topic_variables, settings, windowed=plan.windowed),
-            ),
+            lambda: ensure_topics(settings, worker_topics(plan, settings)),
             what=f"worker of {plan.topology!r}",
             stop=stop,
         )
