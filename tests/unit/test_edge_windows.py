@@ -24,6 +24,7 @@ from lasp_streams.dataflow.windows import Windowed, WindowSpec
 from lasp_streams.errors import DecodeError, InvalidTopology
 from lasp_streams.lattices import GCounter
 from lasp_streams.runtime.core import WindowGate
+from lasp_streams.runtime.kafka.dlq import headers_of, late_by_window, parse_headers
 from lasp_streams.runtime.kafka.plan import plan_worker
 from lasp_streams.runtime.network import SimulatedNetwork
 from lasp_streams.server import LocalHub
@@ -157,6 +158,16 @@ async def test_close_at_grace_reports_offline_devices_impressions_late_per_windo
     assert late > 0
     dead = [d for d in hub.runtime.dead_letters if d.reason == "late"]
     assert dead and all(dict(d.extra).get("window.late") for d in dead)
+    # As a reader of the dead-letter topic sees them: the same windows late. A letter carries
+    # the device's counts in each window (a delta of running counts), so a device refused
+    # twice for one window is in two letters: the letters' sums bound the ledger's from above.
+    letters = [parse_headers(headers_of(d)) for d in hub.runtime.dead_letters]
+    per_window: Counter[int] = Counter()
+    for _var, _key, start, _value, n in ledger.rows():
+        per_window[start] += n
+    from_letters = late_by_window(letters)
+    assert set(from_letters) == set(+per_window)
+    assert all(from_letters[start] >= n for start, n in per_window.items())
 
 
 async def test_hold_open_waits_for_the_offline_devices_and_nothing_is_late() -> None:

@@ -35,11 +35,12 @@ The dead letters themselves are made by the replica core
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 
 from lasp_streams.runtime.core import DeadLetter
 
-__all__ = ["HEADER_PREFIX", "DeadLetter", "headers_of", "parse_headers"]
+__all__ = ["HEADER_PREFIX", "DeadLetter", "headers_of", "late_by_window", "parse_headers"]
 
 HEADER_PREFIX = "lasp."
 _MAX_ERROR = 2_000
@@ -65,3 +66,17 @@ def parse_headers(headers: Sequence[tuple[str, bytes]]) -> dict[str, str]:
         for name, value in headers
         if name.startswith(HEADER_PREFIX)
     }
+
+
+def late_by_window(letters: Iterable[Mapping[str, str]]) -> Counter[int]:
+    """Impressions reported late, per window start, over the ``late`` dead letters among
+    ``letters`` (:func:`parse_headers` of each): the sum of their ``window.late`` headers
+    (``"<start>:<count>,..."``, one pair per closed window the record reached)."""
+    late: Counter[int] = Counter()
+    for headers in letters:
+        if headers.get("reason") != "late":
+            continue
+        for part in filter(None, headers.get("window.late", "").split(",")):
+            start, count = part.split(":")
+            late[int(start)] += int(count)
+    return late
