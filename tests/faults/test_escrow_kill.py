@@ -37,6 +37,7 @@ from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import read_billing_events
 from lasp_streams.runtime.kafka.topics import billing_topic
+from tests.polling import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -82,14 +83,6 @@ class Escrow:
             await self.proc.wait()
             self.kills += 1
         self.proc = None
-
-
-async def until(what: str, check: Callable[[], bool], timeout: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, f"timed out after {timeout} s waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize("seed", range(RUNS))
@@ -154,6 +147,7 @@ async def test_sigkill_of_the_escrow_keeps_overcount_zero_and_loses_nothing(
                 "a grant by the escrow",
                 lambda before=before: granted() > before or granted() == MINIMUM * len(ads),
                 120,
+                every=0.05,
             )
             await asyncio.sleep(rng.uniform(0.0, 0.8))
             await escrow.kill()

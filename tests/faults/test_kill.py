@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -33,6 +32,7 @@ from lasp_streams.runtime.kafka.topics import (
     plan_topics,
     state_topic,
 )
+from tests.polling import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -100,15 +100,6 @@ async def running(*workers: Worker) -> AsyncIterator[None]:
     finally:
         for worker in workers:
             await worker.kill()
-
-
-async def until(what: str, check: Callable[[], Any], timeout: float) -> None:
-    """Poll the async ``check`` until it returns true (bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        assert loop.time() < deadline, f"timed out after {timeout} s waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 async def caught_up(settings: KafkaSettings, group: str, topic: str) -> bool:

@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -44,6 +43,7 @@ from lasp_streams.runtime.kafka.topics import closed_topic, delta_topic, dlq_top
 from lasp_streams.runtime.kafka.windows import read_closed_windows
 from lasp_streams.server.ledger import ViewCap
 from tests.integration.gateway_env import ADS, LEDGER_PARTITIONS, wait_known
+from tests.polling import until
 from topologies import ad_counter
 from topologies.ad_counter import SERVER_ACTOR, Contract, ad_source
 from topologies.windowed_ads import WINDOWED
@@ -60,15 +60,6 @@ def graph() -> Topology:
     topo = ad_counter.build(10**6, name="windowed_ads")
     topo.window(WINDOWED, GCounter, size=SPEC.size, slide=SPEC.slide, grace=SPEC.grace, keyed=True)
     return topo
-
-
-async def until(what: str, check: Callable[[], Any], timeout: float) -> None:
-    """Poll the async ``check`` until it returns true (bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        assert loop.time() < deadline, f"timed out after {timeout} s waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 def skewed(skew: float) -> float:
@@ -207,7 +198,7 @@ async def test_devices_through_a_gateway_offline_across_window_boundaries(
             async def late_reported() -> bool:
                 return any(h["reason"] == "late" for h in await late_letters())
 
-            await until("phone-2's late flush dead-lettered", late_reported, 60)
+            await until("phone-2's late flush dead-lettered", late_reported, 60, every=0.2)
             # The flushes carry the device's clock as their high water mark (now, far past
             # every simulated window): every window the views made has closed.
 
@@ -218,7 +209,7 @@ async def test_devices_through_a_gateway_offline_across_window_boundaries(
             async def all_closed() -> bool:
                 return want <= set(await closed())
 
-            await until("the windows closed", all_closed, 60)
+            await until("the windows closed", all_closed, 60, every=0.2)
             letters = await late_letters()
             assert all(h["reason"] == "late" for h in letters), letters
             late = late_by_window(letters)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -20,6 +19,7 @@ from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import read_billing_events
 from lasp_streams.runtime.kafka.topics import billing_topic
 from lasp_streams.runtime.kafka.worker import plan_worker
+from tests.polling import until
 
 
 def is_even(x: int) -> bool:
@@ -32,15 +32,6 @@ def graph(name: str, fired: list[TriggerEvent]) -> Topology:
     evens = t.filter("evens", numbers, is_even)
     t.trigger("three_evens", evens, Threshold.cardinality(3), action=fired.append)
     return t
-
-
-async def until(what: str, check: Callable[[], Any], timeout: float) -> None:
-    """Poll ``check`` until it returns true (bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, f"timed out after {timeout} s waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def test_the_plan_puts_derived_triggers_on_the_operator_agent() -> None:
@@ -73,7 +64,7 @@ async def test_a_trigger_on_filter_output_cardinality_fires_exactly_once(
             assert rt.query("evens") == want
             if run == 0:
                 # 2, 4, 6: crossed once, billed, acted on.
-                await until("the trigger action", lambda: len(fired) == 1, 60)
+                await until("the trigger action", lambda: len(fired) == 1, 60, every=0.05)
             else:
                 # The restarted operator agent re-publishes the crossing of its recovered
                 # state; the sink suppresses it (and the later growth crosses nothing new).
@@ -83,7 +74,7 @@ async def test_a_trigger_on_filter_output_cardinality_fires_exactly_once(
                     )
                     return bool(got)
 
-                await until("the duplicate crossing suppressed", suppressed, 60)
+                await until("the duplicate crossing suppressed", suppressed, 60, every=0.05)
         finally:
             stop.set()
             await asyncio.wait_for(worker, 60)
@@ -121,7 +112,7 @@ async def test_a_trigger_on_a_keyed_intersection_fires_once_per_key(
             # k0..k3 get two common elements (and later a third); k4, k5 only one.
             for n in (0, 1, 2) if key < "k4" else (0,):
                 await rt.update("b", "server", "add", n, key=key)
-        await until("one action per crossed key", lambda: len(fired) == 4, 60)
+        await until("one action per crossed key", lambda: len(fired) == 4, 60, every=0.05)
         for key in keys:
             await rt.read("both", Threshold.cardinality(3 if key < "k4" else 1), key=key)
     finally:

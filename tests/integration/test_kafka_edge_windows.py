@@ -11,7 +11,6 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
@@ -28,6 +27,7 @@ from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import closed_topic, dlq_topic
 from lasp_streams.runtime.kafka.windows import read_closed_windows
+from tests.polling import until
 
 pytestmark = pytest.mark.integration
 
@@ -48,15 +48,6 @@ def graph(name: str) -> Topology:
     t.declare("impressions", GCounter, keyed=True)
     t.window("per_minute", GCounter, size=SPEC.size, slide=SPEC.slide, grace=SPEC.grace, keyed=True)
     return t
-
-
-async def until(what: str, check: Callable[[], Any], timeout: float) -> None:
-    """Poll the async ``check`` until it returns true (bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        assert loop.time() < deadline, f"timed out after {timeout} s waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 async def test_devices_offline_across_window_boundaries_on_kafka(
@@ -124,14 +115,14 @@ async def test_devices_offline_across_window_boundaries_on_kafka(
         async def late_reported() -> bool:
             return any(h["reason"] == "late" for h in await late_letters())
 
-        await until("phone-2's late flush dead-lettered", late_reported, 60)
+        await until("phone-2's late flush dead-lettered", late_reported, 60, every=0.2)
         # Windows ending at or before base + 100 - 5 are closed by the last flushes' event time.
         want = {s for s in made if s + SPEC.size <= base + 95}
 
         async def all_closed() -> bool:
             return want <= set(await closed())
 
-        await until("the windows closed", all_closed, 60)
+        await until("the windows closed", all_closed, 60, every=0.2)
         letters = await late_letters()
         assert all(h["reason"] == "late" for h in letters), letters
         late = late_by_window(letters)
@@ -149,7 +140,7 @@ async def test_devices_offline_across_window_boundaries_on_kafka(
             state = snapshot.states.get("ad-1")
             return state is not None and decode(state).value() == total
 
-        await until("the total", total_counted, 60)
+        await until("the total", total_counted, 60, every=0.2)
     finally:
         for t in transports:
             await t.stop()

@@ -16,6 +16,7 @@ from lasp_streams.lattices.counters import GCounter
 from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.worker import plan_worker
+from tests.polling import until
 
 
 def is_even(x: int) -> bool:
@@ -32,15 +33,6 @@ def graph(name: str, seen: list[Update]) -> Topology:
     evens = t.filter("evens", numbers, is_even)
     t.stream("on_evens", evens, seen.append)
     return t
-
-
-async def until(what: str, check: Callable[[], Any], timeout: float) -> None:
-    """Poll ``check`` until it returns true (bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, f"timed out after {timeout} s waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def values(seen: list[Update], var: str, key: Any = None) -> list[Any]:
@@ -65,14 +57,14 @@ async def test_a_stream_callback_sees_1_then_2_and_again_after_a_restart(
     try:
         await asyncio.wait_for(ready.wait(), 60)
         await rt.update("counter", "c1", "increment", 1)
-        await until("1", lambda: values(seen, "counter") == [1], 60)
+        await until("1", lambda: values(seen, "counter") == [1], 60, every=0.05)
         await rt.update("counter", "c2", "increment", 1)
-        await until("1 then 2", lambda: values(seen, "counter") == [1, 2], 60)
+        await until("1 then 2", lambda: values(seen, "counter") == [1, 2], 60, every=0.05)
 
         for n in (1, 2, 3, 4):
             await rt.update("numbers", "server", "add", n)
             await rt.read("evens" if n % 2 == 0 else "numbers", _card(n // 2 or 1), timeout=60)
-        await until("{2, 4}", lambda: values(seen, "evens")[-1:] == [{2, 4}], 60)
+        await until("{2, 4}", lambda: values(seen, "evens")[-1:] == [{2, 4}], 60, every=0.05)
         evens = values(seen, "evens")
         # Each call is a strict inflation of the state; the value only grows (no removals here).
         assert next(e for e in evens if e) == {2} and all(
@@ -86,6 +78,7 @@ async def test_a_stream_callback_sees_1_then_2_and_again_after_a_restart(
             "3 hits per key",
             lambda: values(seen, "hits", "a")[-1:] == [3] == values(seen, "hits", "b")[-1:],
             60,
+            every=0.05,
         )
         for key in ("a", "b"):
             got = values(seen, "hits", key)
@@ -102,9 +95,12 @@ async def test_a_stream_callback_sees_1_then_2_and_again_after_a_restart(
     stop, ready = asyncio.Event(), asyncio.Event()
     worker = asyncio.create_task(rt.run(stop=stop, ready=ready))
     try:
-        await until("the replay", lambda: values(again, "counter")[-1:] == [2], 60)
+        await until("the replay", lambda: values(again, "counter")[-1:] == [2], 60, every=0.05)
         await until(
-            "the replay of a keyed variable", lambda: values(again, "hits", "b")[-1:] == [3], 60
+            "the replay of a keyed variable",
+            lambda: values(again, "hits", "b")[-1:] == [3],
+            60,
+            every=0.05,
         )
     finally:
         stop.set()

@@ -33,6 +33,7 @@ from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import read_billing_events
 from lasp_streams.runtime.kafka.topics import billing_topic, closed_topic, delta_topic, dlq_topic
 from lasp_streams.runtime.kafka.windows import read_closed_windows
+from tests.polling import until
 from topologies.ad_counter import SERVER_ACTOR, Ad, Contract, ad_source
 from topologies.windowed_ads import MINUTE, SLIDE, WINDOWED, build
 
@@ -65,15 +66,6 @@ class Recording:
     async def publish(self, var: str, deltas: Any) -> None:
         await self.inner.publish(var, deltas)
         self.published += [var for _ in deltas]
-
-
-async def until(what: str, check: Callable[[], Any], timeout: float) -> None:
-    """Poll the async ``check`` until it returns true (bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        assert loop.time() < deadline, f"timed out after {timeout} s waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 def ad_ids(pairs: Any) -> set[str]:
@@ -172,7 +164,9 @@ async def test_one_record_per_ad_and_flush_closes_windows_and_bills_the_derived_
             reasons = {h["reason"] for _, h in await letters()}
             return {"validation", "late"} <= reasons
 
-        await until("the forged write and the late flush dead-lettered", refused_and_late, 60)
+        await until(
+            "the forged write and the late flush dead-lettered", refused_and_late, 60, every=0.2
+        )
         refused = [h for _, h in await letters() if h["reason"] == "validation"]
         assert len(refused) == 1
         assert refused[0]["variable"] == "impressions"

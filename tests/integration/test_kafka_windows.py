@@ -27,6 +27,7 @@ from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import closed_topic, delta_topic, dlq_topic, state_topic
 from lasp_streams.runtime.kafka.windows import read_closed_windows
 from lasp_streams.runtime.kafka.worker import load_topology, plan_worker
+from tests.polling import until
 
 
 def graph(
@@ -37,15 +38,6 @@ def graph(
     t = Topology(name)
     t.window("per_ten", GCounter, size=10, grace=2, keyed=True, on_close=on_close, on_late=on_late)
     return t
-
-
-async def until(what: str, check: Callable[[], Any], timeout: float) -> None:
-    """Poll the async ``check`` until it returns true (bounded)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        assert loop.time() < deadline, f"timed out after {timeout} s waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 def test_the_gate_closes_by_event_time_and_splits_late_parts() -> None:
