@@ -26,7 +26,7 @@ from lasp_streams.codec import ACTOR_HEADER
 from lasp_streams.dataflow.windows import WindowSpec
 from lasp_streams.lattices import GCounter
 from lasp_streams.lattices.threshold import Threshold
-from lasp_streams.runtime.kafka.dlq import parse_headers
+from lasp_streams.runtime.kafka.dlq import late_by_window, parse_headers
 from lasp_streams.runtime.kafka.reader import read_all
 from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 from lasp_streams.runtime.kafka.settings import KafkaSettings
@@ -194,9 +194,8 @@ async def test_one_record_per_ad_and_flush_closes_windows_and_bills_the_derived_
         for key, h in await letters():
             if h["reason"] == "late":
                 assert key is not None
-                for part in h["window.late"].split(","):
-                    begins, n = part.split(":")
-                    late[(key.decode(), int(begins))] += int(n)
+                for start, n in late_by_window([h]).items():
+                    late[(key.decode(), start)] += n
         assert sum(late.values()) > 0
         values = await closed()
         for window, value in values.items():
