@@ -120,9 +120,9 @@ class KafkaTransport:
             # Agents write derived deltas in transactions: never show a client an aborted one.
             isolation_level="read_committed",
         )
-        await self._producer.start()
+        await clients.started(self._producer)
         try:
-            await self._consumer.start()
+            await clients.started(self._consumer)
         except BaseException:
             await self._producer.stop()
             raise

@@ -262,6 +262,7 @@ async def _run(
         # The first syncs (full-state reads) together: one after the other they take minutes
         # with many clients.
         await asyncio.gather(*(sim.client.sync() for sim in sims))
+        progress(f"{cfg.clients} clients synced; viewing for up to {cfg.timeout:g} s")
         start = clock()
         tasks = [asyncio.create_task(simulate(sim, cfg, stop, clock)) for sim in sims]
         tasks.append(asyncio.create_task(sampler()))

@@ -82,10 +82,16 @@ class LedgerTail:
             isolation_level="read_committed",
             fetch_max_wait_ms=50,
         )
-        await self._consumer.start()
-        tps = [TopicPartition(self.topic, p) for p in sorted(await partitions_of(s, self.topic))]
-        self._consumer.assign(tps)
-        await self._consumer.seek_to_end(*tps)
+        await clients.started(self._consumer)
+        try:
+            tps = [
+                TopicPartition(self.topic, p) for p in sorted(await partitions_of(s, self.topic))
+            ]
+            self._consumer.assign(tps)
+            await self._consumer.seek_to_end(*tps)
+        except BaseException:
+            await self.stop()
+            raise
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:

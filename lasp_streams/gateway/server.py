@@ -41,6 +41,7 @@ from lasp_streams.gateway.metrics import GatewayMetrics
 from lasp_streams.gateway.session import Session
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.threshold import threshold_met
+from lasp_streams.runtime.kafka import clients
 from lasp_streams.runtime.kafka.ledger import devices_topic, ledger_topics
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import ensure_topics
@@ -100,7 +101,7 @@ class Gateway:
         await ensure_topics(
             self.settings, ledger_topics(self.name, self.settings, self.config.ledger_partitions)
         )
-        await self._producer.start()
+        await clients.started(self._producer)
         self.batcher.start()
         await self.hearing.start()
         for step in self.topology.steps:

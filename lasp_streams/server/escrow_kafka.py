@@ -103,7 +103,7 @@ class KafkaLedger:
         self._producer = clients.transactional_producer(s, "escrow", self.transactional_id)
         # InitProducerId fences an older escrow and waits until its open transaction is
         # aborted: only then is the rights topic's end the end of every grant that counts.
-        await self._producer.start()
+        await clients.started(self._producer)
         for var, proto in self._protos.items():
             follower = VariableFollower(
                 s, self.name, var, proto, keyed=True, include_deltas=var != self.counter

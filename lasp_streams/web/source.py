@@ -259,9 +259,9 @@ class KafkaStatusSource:
             self._followers[var.id] = follower
         s = self.settings
         self._consumer = clients.consumer(s, "status", isolation_level="read_committed")
-        await self._consumer.start()
+        await clients.started(self._consumer)
         self._admin = clients.admin(s, "status")
-        await self._admin.start()
+        await clients.started(self._admin)
         tps = []
         for topic in (billing_topic(self.name), dlq_topic(self.name)):
             tps += [

@@ -9,7 +9,9 @@ request metrics tell the roles apart.
 :func:`start` starts a client and turns the ways a start fails (nobody listening, a refused
 password, a certificate the client does not trust, a missing ACL) into one
 :class:`~lasp_streams.errors.KafkaSetupError` line that names the cluster, the cause and what to
-do, instead of aiokafka's retries and tracebacks.
+do, instead of aiokafka's retries and tracebacks. :func:`started` is the plain form: start, and
+if that fails or is cancelled close the client before re-raising, so a failed start never leaves
+an unclosed aiokafka client behind (its background tasks retrying, a ResourceWarning later).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ __all__ = [
     "producer",
     "ssl_context",
     "start",
+    "started",
     "transactional_producer",
 ]
 
@@ -226,6 +229,25 @@ def describe_failure(
     return f"{what}: {where} failed: {text}"
 
 
+async def started(client: C) -> C:
+    """``await client.start()``; if that raises (a broker that does not answer, a cancellation)
+    the client is closed before the error propagates. aiokafka leaves a client whose start
+    failed open: its connections and tasks linger and it warns when collected."""
+    try:
+        await client.start()
+    except BaseException:
+        await _close_quietly(client)
+        raise
+    return client
+
+
+async def _close_quietly(client: Any) -> None:
+    closer = getattr(client, "stop", None) or getattr(client, "close", None)
+    if closer is not None:
+        with contextlib.suppress(KafkaError, OSError, asyncio.CancelledError):
+            await closer()
+
+
 async def start(client: C, settings: KafkaSettings, what: str) -> C:
     """``await client.start()``, waiting at most ``settings.connect_timeout_ms``; a failure
     raises :class:`KafkaSetupError` with one line from :func:`describe_failure` (the client is
@@ -235,12 +257,8 @@ async def start(client: C, settings: KafkaSettings, what: str) -> C:
     library.addHandler(capture)
     try:
         with quiet_aiokafka().passing():
-            await asyncio.wait_for(client.start(), settings.connect_timeout_ms / 1000)
+            await asyncio.wait_for(started(client), settings.connect_timeout_ms / 1000)
     except (TimeoutError, KafkaError, OSError, ssl.SSLError) as exc:
-        closer = getattr(client, "stop", None) or getattr(client, "close", None)
-        if closer is not None:
-            with contextlib.suppress(KafkaError, OSError):
-                await closer()
         message = describe_failure(settings, what, exc, capture.lines)
         # Only the "nobody answered" line says "cannot reach": waiting may cure that one.
         unreachable = " cannot reach Kafka at " in message

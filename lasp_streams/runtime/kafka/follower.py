@@ -84,6 +84,15 @@ class VariableFollower:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, timeout: float = 60.0) -> None:
+        """Connect and catch up with the variable's topics (``timeout`` seconds at most); a
+        failure closes what was opened before it propagates."""
+        try:
+            await self._start(timeout)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self, timeout: float) -> None:
         s = self.settings
         self._consumer = clients.consumer(
             s,
@@ -91,7 +100,7 @@ class VariableFollower:
             isolation_level="read_committed",
             max_partition_fetch_bytes=s.max_partition_fetch_bytes,
         )
-        await self._consumer.start()
+        await clients.started(self._consumer)
         tps = [
             TopicPartition(topic, p)
             for topic in self._topics

@@ -175,7 +175,7 @@ class PartitionHost(ABC, Generic[S, R]):
                 self._producer = clients.producer(
                     s, self.role, enable_idempotence=True, max_batch_size=_MiB
                 )
-                await self._producer.start()
+                await clients.started(self._producer)
             if self.assign is not None:
                 await self._assigned(fixed)
             self._consumer = clients.consumer(
@@ -365,7 +365,7 @@ class PartitionHost(ABC, Generic[S, R]):
                         self.transactional_id(slot),
                         max_batch_size=_MiB,
                     )
-                    await producers[slot].start()
+                    await clients.started(producers[slot])
             recovered = await self.recover(fresh)
             for slot in fresh:
                 state, box = recovered[slot]

@@ -43,7 +43,7 @@ async def read_all(
         max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
         fetch_max_bytes=settings.fetch_max_bytes,
     )
-    await consumer.start()
+    await clients.started(consumer)
     try:
         if partitions is None:
             partitions = await partitions_of(settings, topic, timeout)
@@ -78,7 +78,7 @@ async def read_all(
 async def end_offsets(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> dict[int, int]:
     """The high watermark of every partition of ``topic``."""
     consumer = clients.consumer(settings, "reader")
-    await consumer.start()
+    await clients.started(consumer)
     try:
         partitions = await partitions_of(settings, topic, timeout)
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
@@ -93,7 +93,7 @@ async def committed_offsets(
 ) -> dict[int, int | None]:
     """The offsets ``group_id`` has committed on each partition of ``topic`` (None: none)."""
     consumer = clients.consumer(settings, "reader", group_id=group_id)
-    await consumer.start()
+    await clients.started(consumer)
     try:
         partitions = await partitions_of(settings, topic, timeout)
         result: dict[int, int | None] = {}
@@ -108,7 +108,7 @@ async def partitions_of(settings: KafkaSettings, topic: str, timeout: float = 30
     """The partition numbers of ``topic``, waiting up to ``timeout`` for it to exist (a consumer
     only tracks the metadata of topics it reads, so this asks through an admin client)."""
     admin = clients.admin(settings, "admin")
-    await admin.start()
+    await clients.started(admin)
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -105,7 +105,7 @@ class KafkaRuntime:
             s, plan_topics(self.name, self.plan.topic_variables, s, windowed=self.plan.windowed)
         )
         self._producer = clients.producer(s, "runtime", enable_idempotence=True)
-        await self._producer.start()
+        await clients.started(self._producer)
         for var in self.topology.variables.values():
             if not var.keyed or var.id in self.plan.watched:
                 await self.follow(var)

@@ -64,16 +64,20 @@ class WindowCallbackRunner:
             isolation_level="read_committed",
             auto_offset_reset="earliest",
         )
-        await self._consumer.start()
-        topics = sorted(self._callbacks) + ([self._dlq] if self._late else [])
-        tps = [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in sorted(await partitions_of(s, topic))
-        ]
-        self._consumer.assign(tps)
-        if tps:
-            await self._consumer.seek_to_beginning(*tps)
+        await clients.started(self._consumer)
+        try:
+            topics = sorted(self._callbacks) + ([self._dlq] if self._late else [])
+            tps = [
+                TopicPartition(topic, p)
+                for topic in topics
+                for p in sorted(await partitions_of(s, topic))
+            ]
+            self._consumer.assign(tps)
+            if tps:
+                await self._consumer.seek_to_beginning(*tps)
+        except BaseException:
+            await self.stop()
+            raise
 
     async def run(self) -> None:
         consumer = self._consumer
