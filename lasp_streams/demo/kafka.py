@@ -288,9 +288,13 @@ async def _run(
         for sim in sims:
             for key, n in sim.client.counts().items():
                 made[str(key)] += n
-        for ad in ads:  # the agents have joined every flushed delta (or this times out)
+        # The agents have joined every flushed delta, or 30 s passed for all the ads together
+        # (one wait per ad made a run whose views went missing take minutes to report it).
+        joined_by = asyncio.get_running_loop().time() + 30.0
+        for ad in ads:
+            wait = max(0.1, joined_by - asyncio.get_running_loop().time())
             try:
-                await rt.read("impressions", Threshold.value(made[ad.id]), key=ad.id, timeout=30)
+                await rt.read("impressions", Threshold.value(made[ad.id]), key=ad.id, timeout=wait)
             except ReadTimeout as exc:
                 progress(f"warning: {exc}")
         sample()
