@@ -6,12 +6,19 @@ batcher takes whatever is pending (after at most ``linger`` seconds, or at once 
 with an idempotent ``acks=all`` producer, and resolves every flush of the batch once Kafka
 acknowledged all of its records — or fails them all (the devices keep their totals and send
 them again: totals are idempotent).
+
+Up to ``max_batches`` batches are in flight at once: the next batch is collected and sent
+while Kafka acknowledges the previous ones, so a flush waits for one linger and one round trip,
+not for the batches ahead of it. Records of one partition still reach Kafka in the order they
+were sent (one producer), and the ledger would not mind otherwise (a total not above the last
+one adds nothing).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +32,8 @@ from lasp_streams.server.ledger import encode_entries
 
 __all__ = ["Batcher"]
 
+log = logging.getLogger(__name__)
+
 
 class Batcher:
     """See the module docstring."""
@@ -37,6 +46,7 @@ class Batcher:
         *,
         linger: float = 0.005,
         max_entries: int = 10_000,
+        max_batches: int = 4,
         metrics: GatewayMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -45,6 +55,9 @@ class Batcher:
         self.partitions = partitions
         self.linger = linger
         self.max_entries = max_entries
+        if max_batches < 1:
+            raise ValueError(f"Batcher: max_batches must be >= 1, got {max_batches}")
+        self.max_batches = max_batches
         self.metrics = metrics
         self.clock = clock
         self._pending: list[tuple[str, str, list[tuple[str, int]], asyncio.Future[None]]] = []
@@ -52,6 +65,7 @@ class Batcher:
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -60,6 +74,9 @@ class Batcher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        for task in list(self._sending):
+            task.cancel()  # its flushes fail (see _send): the devices send their totals again
+        await asyncio.gather(*self._sending, return_exceptions=True)
         for *_, fut in self._pending:
             if not fut.done():
                 fut.set_exception(ConnectionError("the gateway is stopping"))
@@ -84,8 +101,13 @@ class Batcher:
             batch, self._pending, self._count = self._pending, [], 0
             self._wake.clear()
             self._full.clear()
-            if batch:
-                await self._send(batch)
+            if not batch:
+                continue
+            while len(self._sending) >= self.max_batches:
+                await asyncio.wait(self._sending, return_when=asyncio.FIRST_COMPLETED)
+            task = asyncio.create_task(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
 
     async def _send(
         self, batch: list[tuple[str, str, list[tuple[str, int]], asyncio.Future[None]]]
@@ -94,15 +116,30 @@ class Batcher:
         for device, var, totals, _ in batch:
             entries = by_partition.setdefault(device_partition(device, self.partitions), [])
             entries.extend((device, var, key, total) for key, total in totals)
-        error: BaseException | None = None
+        error: BaseException | None = ConnectionError("the gateway stopped before Kafka answered")
         try:
             futures: list[asyncio.Future[Any]] = [
                 await self.producer.send(self.topic, value=encode_entries(e), partition=p)
                 for p, e in by_partition.items()
             ]
             await asyncio.gather(*futures)
+            error = None
         except KafkaError as exc:
             error = ConnectionError(f"Kafka did not take the batch: {exc!r}")
+        except Exception as exc:  # a bug, not Kafka: fail this batch, keep batching
+            log.exception("gateway batcher: a batch of %d flushes failed", len(batch))
+            error = ConnectionError(f"the batch was not stored: {exc!r}")
+        finally:
+            self._settle(batch, error)
+        if error is None and self.metrics is not None:
+            self.metrics.batches.inc(len(by_partition))
+            self.metrics.batch_entries.observe(sum(len(e) for e in by_partition.values()))
+
+    @staticmethod
+    def _settle(
+        batch: list[tuple[str, str, list[tuple[str, int]], asyncio.Future[None]]],
+        error: BaseException | None,
+    ) -> None:
         for *_, fut in batch:
             if fut.done():
                 continue
@@ -110,6 +147,3 @@ class Batcher:
                 fut.set_result(None)
             else:
                 fut.set_exception(error)
-        if error is None and self.metrics is not None:
-            self.metrics.batches.inc(len(by_partition))
-            self.metrics.batch_entries.observe(sum(len(e) for e in by_partition.values()))
