@@ -205,6 +205,7 @@ async def flood(
         while time.monotonic() < deadline:
             totals[i] += 1
             payload = encode(GCounter().increment(t.actor, totals[i]))
+            sent = time.perf_counter()
             try:
                 if op == "ping":  # signed and checked, but nothing for Kafka: the baseline
                     await t.ping()
@@ -214,6 +215,7 @@ async def flood(
                 report.offline += 1
                 continue
             report.flushes += 1
+            report.latencies_ms.append((time.perf_counter() - sent) * 1000)
 
     await asyncio.gather(*(one(i) for i in range(devices) for _ in range(window)))
     report.seconds = time.monotonic() - started
