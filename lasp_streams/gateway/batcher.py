@@ -7,11 +7,11 @@ with an idempotent ``acks=all`` producer, and resolves every flush of the batch 
 acknowledged all of its records — or fails them all (the devices keep their totals and send
 them again: totals are idempotent).
 
-Up to ``max_batches`` batches are in flight at once: the next batch is collected and sent
-while Kafka acknowledges the previous ones, so a flush waits for one linger and one round trip,
-not for the batches ahead of it. Records of one partition still reach Kafka in the order they
-were sent (one producer), and the ledger would not mind otherwise (a total not above the last
-one adds nothing).
+One batch is in flight at a time; whatever arrives meanwhile is the next batch, so batches grow
+with Kafka's round trip and throughput keeps up (``max_entries`` per round trip). Sending the
+next batch before the previous one is acknowledged was measured and bought nothing
+(tests/benchmarks/reports/gateway.md, ingest): aiokafka's idempotent producer sends one request
+per broker at a time anyway.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ class Batcher:
         *,
         linger: float = 0.005,
         max_entries: int = 10_000,
-        max_batches: int = 4,
         metrics: GatewayMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -55,9 +54,6 @@ class Batcher:
         self.partitions = partitions
         self.linger = linger
         self.max_entries = max_entries
-        if max_batches < 1:
-            raise ValueError(f"Batcher: max_batches must be >= 1, got {max_batches}")
-        self.max_batches = max_batches
         self.metrics = metrics
         self.clock = clock
         self._pending: list[tuple[str, str, list[tuple[str, int]], asyncio.Future[None]]] = []
@@ -65,7 +61,6 @@ class Batcher:
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._sending: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -74,9 +69,6 @@ class Batcher:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for task in list(self._sending):
-            task.cancel()  # its flushes fail (see _send): the devices send their totals again
-        await asyncio.gather(*self._sending, return_exceptions=True)
         for *_, fut in self._pending:
             if not fut.done():
                 fut.set_exception(ConnectionError("the gateway is stopping"))
@@ -101,13 +93,9 @@ class Batcher:
             batch, self._pending, self._count = self._pending, [], 0
             self._wake.clear()
             self._full.clear()
-            if not batch:
-                continue
-            while len(self._sending) >= self.max_batches:
-                await asyncio.wait(self._sending, return_when=asyncio.FIRST_COMPLETED)
-            task = asyncio.create_task(self._send(batch))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            if batch:
+                # Cancelled here (stop): _send fails the batch's flushes on its way out.
+                await self._send(batch)
 
     async def _send(
         self, batch: list[tuple[str, str, list[tuple[str, int]], asyncio.Future[None]]]

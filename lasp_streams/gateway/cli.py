@@ -101,14 +101,6 @@ def _keys_of(ref: str) -> Any:
     help="Largest running total one device may claim for one key.",
 )
 @click.option(
-    "--batches-in-flight",
-    type=click.IntRange(1),
-    default=4,
-    show_default=True,
-    help="Batches of device flushes awaiting Kafka's acknowledgement at once (1: one batch "
-    "at a time, each flush waits for the batches ahead of it).",
-)
-@click.option(
     "--shutdown-timeout",
     type=click.FloatRange(min=1.0),
     default=10.0,
@@ -130,7 +122,6 @@ def serve(
     ledger_partitions: int,
     max_sessions: int,
     max_total: int,
-    batches_in_flight: int,
     shutdown_timeout: float,
 ) -> None:
     """Run a gateway for MODULE[:ATTR] until Ctrl-C/SIGTERM."""
@@ -162,7 +153,6 @@ def serve(
         policy=DevicePolicy(max_total=max_total),
         ledger_partitions=ledger_partitions,
         max_sessions=max_sessions,
-        batches_in_flight=batches_in_flight,
     )
     settings = kafka.settings(base=KafkaSettings(client_id="lasp-gateway"), partitions=partitions)
 

@@ -18,9 +18,7 @@ class GatewayConfig:
     GCounter variables devices may flush, each with its key source ``(variable, keys_of)``
     (the keys devices may write are those ever listed by ``keys_of(value of variable)``, or
     already counted). ``readable``: variables devices may subscribe to (None: every one).
-    ``ledger_partitions``: partitions of the ledger topics (fixed once created).
-    ``batches_in_flight``: batches of device totals awaiting Kafka's acknowledgement at once
-    (:class:`~lasp_streams.gateway.batcher.Batcher`)."""
+    ``ledger_partitions``: partitions of the ledger topics (fixed once created)."""
 
     keys: Path
     writable: dict[str, tuple[str, Callable[[Any], Iterable[Hashable]]]] = field(
@@ -38,17 +36,10 @@ class GatewayConfig:
     max_in_flight: int = 16
     batch_linger: float = 0.005
     batch_max_entries: int = 10_000
-    batches_in_flight: int = 4
     keyring_poll: float = 1.0
     max_http_keys: int = 10_000
 
     def __post_init__(self) -> None:
-        for name in (
-            "ledger_partitions",
-            "max_sessions",
-            "max_frame_bytes",
-            "send_queue",
-            "batches_in_flight",
-        ):
+        for name in ("ledger_partitions", "max_sessions", "max_frame_bytes", "send_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GatewayConfig.{name} must be >= 1, got {getattr(self, name)}")

@@ -87,7 +87,6 @@ class Gateway:
             config.ledger_partitions,
             linger=config.batch_linger,
             max_entries=config.batch_max_entries,
-            max_batches=config.batches_in_flight,
             metrics=metrics,
         )
         self._tasks: list[asyncio.Task[None]] = []

@@ -12,9 +12,8 @@ Run (a broker you started, not the shared default one)::
   ledger (3 partitions) against the per-device GCounter (today's path), encoded bytes.
 - ``ingest``: one gateway process, signed frames back to back from 200 devices (4 in flight
   each) for 10 s: flushes acknowledged per second (each acknowledged after Kafka acknowledged
-  its batch) against signed pings (the same authentication, no Kafka) in the same run, and
-  against flushes through a gateway sending one batch at a time (``--batches-in-flight 1``,
-  the behaviour before); per second, and per CPU second of the gateway process.
+  its batch) against signed pings (the same authentication, no Kafka) in the same run; per
+  second, and per CPU second of the gateway process.
 - ``overcount``: the ad counter at the demo's load (64,000 impressions/s over 20 ads, minimum
   50,000, flush 0.1 s ± 50%) split over N devices deciding locally, until every ad is
   disabled; overcount as Lasp reports it (mean over ads of (final - minimum) / minimum), lost
@@ -38,7 +37,6 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +145,7 @@ class Deployment:
     def _disabled(self, event: Any) -> None:
         self.disabled.setdefault(str(event.key), time.monotonic())
 
-    async def start(self, view_cap: int, gateway_args: Sequence[str] = ()) -> None:
+    async def start(self, view_cap: int) -> None:
         await self.rt.start()
         ready = asyncio.Event()
         self.tasks.append(asyncio.create_task(self.rt.run(stop=self.halt, ready=ready)))
@@ -193,7 +191,6 @@ class Deployment:
                 f"127.0.0.1:{port}",
                 "--keys",
                 str(self.keys),
-                *gateway_args,
             ],
             stderr=subprocess.PIPE,
         )
@@ -243,42 +240,30 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-INGEST_VARIANTS = (
-    # (name, gateway flags, op)
-    ("ping", ("--batches-in-flight", "4"), "ping"),
-    ("flush", ("--batches-in-flight", "4"), "flush"),
-    ("flush_one_batch", ("--batches-in-flight", "1"), "flush"),
-)
-
-
 async def bench_ingest(bootstrap: str, tmp: Path) -> dict[str, dict[str, float]]:
     """Per variant: frames acknowledged per second, and per CPU second of the gateway process
     (what one gateway does with a core of its own; here it shares 2 cores with the load
     generator, the broker, the ledger and the agents)."""
     out: dict[str, dict[str, float]] = {}
-    deployments: dict[tuple[str, ...], Deployment] = {}
+    dep = Deployment(bootstrap, tmp)
+    await dep.start(view_cap=10**9)
     try:
-        for name, flags, op in INGEST_VARIANTS:
-            dep = deployments.get(flags)
-            if dep is None:
-                dep = deployments[flags] = Deployment(bootstrap, tmp)
-                await dep.start(view_cap=10**9, gateway_args=flags)
+        for op in ("ping", "flush"):
             gateway_pid = dep.procs[-1].pid
             cpu = _cpu_seconds(gateway_pid)
             r = await dep.loadgen(
                 "--mode", "flood", "--op", op, "--devices", "200", "--window", "4",
-                "--seconds", "10", "--prefix", name,
+                "--seconds", "10", "--prefix", op,
             )  # fmt: skip
             used = _cpu_seconds(gateway_pid) - cpu
-            out[name] = {
+            out[op] = {
                 "per_s": r["flushes_per_s"],
                 "per_gateway_cpu_s": r["flushes"] / used if used else 0.0,
                 "flush_ms_p50": r["flush_ms_p50"] or 0.0,
             }
         return out
     finally:
-        for dep in deployments.values():
-            await dep.stop()
+        await dep.stop()
 
 
 # -- memory ------------------------------------------------------------------------------------
@@ -466,8 +451,7 @@ def main(argv: list[str] | None = None) -> int:
 
             labels = {
                 "ping": "signed pings (baseline: authentication only)",
-                "flush": "signed flushes, acknowledged after Kafka (4 batches in flight)",
-                "flush_one_batch": "signed flushes, one batch at a time (before)",
+                "flush": "signed flushes (acknowledged after Kafka)",
             }
             lines += [
                 "## Gateway ingest, one process, signature checks",
@@ -486,9 +470,8 @@ def main(argv: list[str] | None = None) -> int:
                     for v, label in labels.items()
                 ),
                 "",
-                "Ratios, same runs: flush / ping "
-                f"{med('flush', 'per_s') / med('ping', 'per_s'):.2f}; 4 batches in flight / "
-                f"one at a time {med('flush', 'per_s') / med('flush_one_batch', 'per_s'):.2f}.",
+                "Ratio flush / ping, same runs: "
+                f"{med('flush', 'per_s') / med('ping', 'per_s'):.2f}.",
                 "",
             ]
             print(runs, flush=True)

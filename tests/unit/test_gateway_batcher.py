@@ -1,5 +1,5 @@
-"""The gateway's batcher: one record per ledger partition per batch, several batches in flight,
-and every flush settled (acknowledged or failed) whatever Kafka or a stop does.
+"""The gateway's batcher: one record per ledger partition per batch, and every flush settled
+(acknowledged or failed) whatever Kafka or a stop does.
 
 The producer here is a stand-in whose acknowledgements the test releases by hand; the real
 producer against a real broker is exercised by tests/integration/test_gateway*.py."""
@@ -7,7 +7,6 @@ producer against a real broker is exercised by tests/integration/test_gateway*.p
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from aiokafka.errors import KafkaTimeoutError
@@ -35,8 +34,8 @@ class HeldProducer:
             await asyncio.wait_for(self.arrived.wait(), 5)
 
 
-def _batcher(producer: HeldProducer, **options: Any) -> Batcher:
-    return Batcher(producer, "t.devices", 3, linger=0.001, **options)  # type: ignore[arg-type]
+def _batcher(producer: HeldProducer) -> Batcher:
+    return Batcher(producer, "t.devices", 3, linger=0.001)  # type: ignore[arg-type]
 
 
 async def test_a_batch_is_one_record_per_partition_and_acks_wait_for_kafka() -> None:
@@ -57,29 +56,6 @@ async def test_a_batch_is_one_record_per_partition_and_acks_wait_for_kafka() -> 
         for *_, fut in producer.sent:
             fut.set_result(None)
         await asyncio.wait_for(asyncio.gather(*flushes), 5)
-    finally:
-        await batcher.stop()
-
-
-async def test_the_next_batch_goes_out_while_the_previous_waits_for_kafka() -> None:
-    producer = HeldProducer()
-    batcher = _batcher(producer, max_batches=2)
-    batcher.start()
-    try:
-        first = asyncio.create_task(batcher.submit("a", "impressions", [("ad", 1)]))
-        await producer.records(1)
-        second = asyncio.create_task(batcher.submit("a", "impressions", [("ad", 2)]))
-        await producer.records(2)  # sent although the first batch is not acknowledged
-        third = asyncio.create_task(batcher.submit("a", "impressions", [("ad", 3)]))
-        await asyncio.sleep(0.05)  # a bounded look for a send that must not happen
-        assert len(producer.sent) == 2, "at most max_batches batches in flight"
-        producer.sent[1][2].set_result(None)
-        await asyncio.wait_for(second, 5)
-        assert not first.done()
-        await producer.records(3)
-        producer.sent[0][2].set_result(None)
-        producer.sent[2][2].set_result(None)
-        await asyncio.wait_for(asyncio.gather(first, third), 5)
     finally:
         await batcher.stop()
 
@@ -111,8 +87,3 @@ async def test_stopping_fails_the_flushes_kafka_has_not_acknowledged() -> None:
     await batcher.stop()
     with pytest.raises(ConnectionError, match="stopped before Kafka answered"):
         await asyncio.wait_for(waiting, 5)
-
-
-def test_max_batches_below_one_is_refused() -> None:
-    with pytest.raises(ValueError, match="max_batches"):
-        _batcher(HeldProducer(), max_batches=0)
