@@ -101,6 +101,14 @@ def _keys_of(ref: str) -> Any:
     help="Largest running total one device may claim for one key.",
 )
 @click.option(
+    "--push-budget",
+    type=click.FloatRange(min=1.0, min_open=False),
+    default=2_500.0,
+    show_default=True,
+    help="Frames per second this gateway pushes to its devices in all, about: pushes go out "
+    "every 20 ms while few devices listen and less often as more do (at most every 250 ms).",
+)
+@click.option(
     "--shutdown-timeout",
     type=click.FloatRange(min=1.0),
     default=10.0,
@@ -122,6 +130,7 @@ def serve(
     ledger_partitions: int,
     max_sessions: int,
     max_total: int,
+    push_budget: float,
     shutdown_timeout: float,
 ) -> None:
     """Run a gateway for MODULE[:ATTR] until Ctrl-C/SIGTERM."""
@@ -153,6 +162,7 @@ def serve(
         policy=DevicePolicy(max_total=max_total),
         ledger_partitions=ledger_partitions,
         max_sessions=max_sessions,
+        push_budget=push_budget,
     )
     settings = kafka.settings(base=KafkaSettings(client_id="lasp-gateway"), partitions=partitions)
 

@@ -18,7 +18,9 @@ class GatewayConfig:
     GCounter variables devices may flush, each with its key source ``(variable, keys_of)``
     (the keys devices may write are those ever listed by ``keys_of(value of variable)``, or
     already counted). ``readable``: variables devices may subscribe to (None: every one).
-    ``ledger_partitions``: partitions of the ledger topics (fixed once created)."""
+    ``ledger_partitions``: partitions of the ledger topics (fixed once created).
+    ``push_budget``: frames per second the process pushes to its devices in all, about (the
+    push interval grows with the fan-out: :mod:`lasp_streams.gateway.hearing`)."""
 
     keys: Path
     writable: dict[str, tuple[str, Callable[[Any], Iterable[Hashable]]]] = field(
@@ -38,6 +40,7 @@ class GatewayConfig:
     batch_max_entries: int = 10_000
     keyring_poll: float = 1.0
     max_http_keys: int = 10_000
+    push_budget: float = 2_500.0
 
     def __post_init__(self) -> None:
         for name in ("ledger_partitions", "max_sessions", "max_frame_bytes", "send_queue"):

@@ -3,10 +3,17 @@
 A device subscribes to keys of a variable (or to all of it). The gateway follows each
 subscribed variable's compacted state topic once (a
 :class:`~lasp_streams.runtime.kafka.follower.VariableFollower`, no Kafka consumer per device)
-and, every ``tick`` (20 ms), encodes the latest state of each key that grew once and hands each
+and, every push interval, encodes the latest state of each key that grew once and hands each
 subscriber one frame holding the keys it subscribed to (:meth:`Subscriber.push`, non-blocking):
-a key growing a hundred times a second costs a socket at most 1/tick frames. A removal from a
-set is an inflation of the set's state, so it is pushed like any growth.
+a key growing a hundred times a second costs a socket at most one frame per interval. A removal
+from a set is an inflation of the set's state, so it is pushed like any growth.
+
+The push interval adapts to the fan-out: ``tick`` (20 ms) while the last round of pushes was
+small, longer when it was large, so that the process sends about ``push_budget`` frames per
+second in all (at most ``max_tick``). 32 devices subscribed to every ad get a frame every
+20 ms; 256 get one every 100 ms, 1,000 every 250 ms. A fixed 20 ms made a gateway with 256
+devices send 12,800 frames a second, and their acknowledgements waited behind the pushes
+(tests/benchmarks/reports/gateway.md).
 
 The same followers tell the gateway which keys exist (:meth:`Hearing.known`): a key of a
 writable variable is known when it was ever listed by the variable's key source (the ad counter:
@@ -52,7 +59,14 @@ class Hearing:
         key_sources: dict[str, KeySource],
         metrics: GatewayMetrics | None = None,
         tick: float = 0.02,
+        push_budget: float = 2_500.0,
+        max_tick: float = 0.25,
     ) -> None:
+        if not 0 < tick <= max_tick or push_budget <= 0:
+            raise ValueError(
+                f"Hearing: need 0 < tick <= max_tick and push_budget > 0, got tick={tick}, "
+                f"max_tick={max_tick}, push_budget={push_budget}"
+            )
         self.settings = settings
         self.name = name
         self.topology = topology
@@ -65,8 +79,13 @@ class Hearing:
         #: Keys ever listed by a key source, per writable variable.
         self._listed: dict[str, set[Hashable]] = {w: set() for w in key_sources}
         self._tails: list[LedgerTail] = []
-        #: Seconds between pushes of the keys that grew (their latest states, coalesced).
+        #: Seconds between pushes of the keys that grew (their latest states, coalesced), at
+        #: least; the interval grows with the fan-out (module docstring).
         self.tick = tick
+        self.max_tick = max_tick
+        self.push_budget = push_budget
+        #: Frames the last round of pushes sent.
+        self.last_round = 0
         self._dirty: dict[str, dict[Hashable, Lattice]] = {}
         self._flush: asyncio.TimerHandle | None = None
         self._stamps: dict[str, dict[Hashable, int]] = {}
@@ -165,7 +184,12 @@ class Hearing:
         # frame per subscriber; a key growing 100 times a second costs a socket 1/tick frames.
         self._dirty.setdefault(var, {})[key] = state
         if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_later(self.tick, self._push)
+            self._flush = asyncio.get_running_loop().call_later(self.interval(), self._push)
+
+    def interval(self) -> float:
+        """Seconds until the next round of pushes: ``tick``, or longer when the last round's
+        frames, sent that often, would exceed ``push_budget`` frames per second."""
+        return min(self.max_tick, max(self.tick, self.last_round / self.push_budget))
 
     def _stamp(self, var: str) -> Callable[[Hashable, int], None]:
         """Remember the Kafka timestamp of the newest ledger record of each key (sent with the
@@ -204,6 +228,7 @@ class Hearing:
             for sub, mine in some.items():
                 sub.push(pack({"t": "push", "var": var, "states": mine}))
             sent += len(some)
+        self.last_round = sent
         if self.metrics is not None and sent:
             self.metrics.pushes.inc(sent)
 

@@ -77,7 +77,14 @@ class Gateway:
         for var, (source, _) in config.writable.items():
             topology.var(var)
             topology.var(source)
-        self.hearing = Hearing(settings, self.name, topology, dict(config.writable), metrics)
+        self.hearing = Hearing(
+            settings,
+            self.name,
+            topology,
+            dict(config.writable),
+            metrics,
+            push_budget=config.push_budget,
+        )
         self.sessions: set[Session] = set()
         self._by_device: dict[str, set[Session]] = {}
         self._producer = batch_producer(settings, self.id)
