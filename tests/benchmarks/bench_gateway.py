@@ -6,6 +6,7 @@ Run (a broker you started, not the shared default one)::
 
     .venv/bin/python -m tests.benchmarks.bench_gateway --bootstrap 127.0.0.1:19392 \\
         [--runs 3] [--clients 32 256 1000] [--only state,checks,ingest,memory,overcount]
+        [--overcount-runs N] [--compare-push]
         [--report PATH]
 
 - ``state``: one ad's state after 1,000,000 distinct devices counted once each, through the
@@ -37,6 +38,7 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +147,7 @@ class Deployment:
     def _disabled(self, event: Any) -> None:
         self.disabled.setdefault(str(event.key), time.monotonic())
 
-    async def start(self, view_cap: int) -> None:
+    async def start(self, view_cap: int, gateway_args: Sequence[str] = ()) -> None:
         await self.rt.start()
         ready = asyncio.Event()
         self.tasks.append(asyncio.create_task(self.rt.run(stop=self.halt, ready=ready)))
@@ -191,6 +193,7 @@ class Deployment:
                 f"127.0.0.1:{port}",
                 "--keys",
                 str(self.keys),
+                *gateway_args,
             ],
             stderr=subprocess.PIPE,
         )
@@ -333,10 +336,17 @@ async def bench_memory(bootstrap: str, tmp: Path, idle: int, sessions: int) -> d
 
 
 # -- overcount ---------------------------------------------------------------------------------
-async def bench_overcount(bootstrap: str, tmp: Path, devices: int) -> dict[str, Any]:
+PUSH_BASELINE = ("--push-budget", "1e12")
+"""The gateway pushing every 20 ms whatever its fan-out (the behaviour before the adaptive push
+interval): the same-run baseline of ``--compare-push``."""
+
+
+async def bench_overcount(
+    bootstrap: str, tmp: Path, devices: int, gateway_args: Sequence[str] = ()
+) -> dict[str, Any]:
     dep = Deployment(bootstrap, tmp)
     rate = TOTAL_RATE / devices
-    await dep.start(view_cap=max(10_000, int(rate * 120)))
+    await dep.start(view_cap=max(10_000, int(rate * 120)), gateway_args=gateway_args)
     flush = "1.0" if devices >= 10_000 else "0.1"
     step = "0.01" if devices < 256 else "0.05"
     try:
@@ -393,6 +403,12 @@ def main(argv: list[str] | None = None) -> int:
         help="runs per overcount point (default: --runs)",
     )
     parser.add_argument("--only", default="state,checks,ingest,overcount")
+    parser.add_argument(
+        "--compare-push",
+        action="store_true",
+        help="overcount: also run each point with the gateway pushing every 20 ms (the "
+        "behaviour before the adaptive push interval), as a same-run baseline",
+    )
     parser.add_argument("--idle", type=int, default=10_000, help="memory: idle sockets")
     parser.add_argument("--sessions", type=int, default=2_000, help="memory: signed-in devices")
     parser.add_argument(
@@ -513,28 +529,43 @@ def main(argv: list[str] | None = None) -> int:
                 "",
             ]
         if "overcount" in only:
+            variants = [("adaptive (default)", ())]
+            if args.compare_push:
+                variants.append(("every 20 ms (before)", PUSH_BASELINE))
             lines += [
                 "## Overcount on Kafka through the gateway",
                 "",
-                "| devices | overcount % (median) | lost | billing events per ad | "
+                "Push interval: adaptive (the default: about 2,500 frames/s per gateway, every "
+                "20 to 250 ms)"
+                + (
+                    ", and every 20 ms whatever the fan-out (`--push-budget 1e12`, "
+                    "the behaviour before) in the same run"
+                    if args.compare_push
+                    else ""
+                )
+                + ".",
+                "",
+                "| devices | push | overcount % (median) | lost | billing events per ad | "
                 "flush p99 ms | push p50 / p99 ms | runs (overcount %) |",
-                "|---|---|---|---|---|---|---|",
+                "|---|---|---|---|---|---|---|---|",
             ]
             for n in args.clients:
-                runs = [
-                    asyncio.run(bench_overcount(args.bootstrap, tmp, n))
-                    for _ in range(args.overcount_runs or args.runs)
-                ]
-                print(runs, flush=True)
-                lines.append(
-                    f"| {n:,} | {statistics.median(r['overcount_pct'] for r in runs):.2f}% | "
-                    f"{max(r['lost'] for r in runs)} | "
-                    f"{sorted({b for r in runs for b in r['billing_per_ad']})} | "
-                    f"{statistics.median(r['flush_ms_p99'] or 0 for r in runs):.0f} | "
-                    f"{statistics.median(r['push_ms_p50'] or 0 for r in runs):.0f} / "
-                    f"{statistics.median(r['push_ms_p99'] or 0 for r in runs):.0f} | "
-                    f"{[round(r['overcount_pct'], 2) for r in runs]} |"
-                )
+                for label, gateway_args in variants:
+                    runs = [
+                        asyncio.run(bench_overcount(args.bootstrap, tmp, n, gateway_args))
+                        for _ in range(args.overcount_runs or args.runs)
+                    ]
+                    print(label, runs, flush=True)
+                    lines.append(
+                        f"| {n:,} | {label} | "
+                        f"{statistics.median(r['overcount_pct'] for r in runs):.2f}% | "
+                        f"{max(r['lost'] for r in runs)} | "
+                        f"{sorted({b for r in runs for b in r['billing_per_ad']})} | "
+                        f"{statistics.median(r['flush_ms_p99'] or 0 for r in runs):.0f} | "
+                        f"{statistics.median(r['push_ms_p50'] or 0 for r in runs):.0f} / "
+                        f"{statistics.median(r['push_ms_p99'] or 0 for r in runs):.0f} | "
+                        f"{[round(r['overcount_pct'], 2) for r in runs]} |"
+                    )
             lines.append("")
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text("\n".join(lines))
