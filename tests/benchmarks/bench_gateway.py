@@ -529,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
                 "",
             ]
         if "overcount" in only:
-            variants = [("adaptive (default)", ())]
+            variants: list[tuple[str, Sequence[str]]] = [("adaptive (default)", ())]
             if args.compare_push:
                 variants.append(("every 20 ms (before)", PUSH_BASELINE))
             lines += [
@@ -551,20 +551,20 @@ def main(argv: list[str] | None = None) -> int:
             ]
             for n in args.clients:
                 for label, gateway_args in variants:
-                    runs = [
+                    points = [
                         asyncio.run(bench_overcount(args.bootstrap, tmp, n, gateway_args))
                         for _ in range(args.overcount_runs or args.runs)
                     ]
-                    print(label, runs, flush=True)
+                    print(label, points, flush=True)
                     lines.append(
                         f"| {n:,} | {label} | "
-                        f"{statistics.median(r['overcount_pct'] for r in runs):.2f}% | "
-                        f"{max(r['lost'] for r in runs)} | "
-                        f"{sorted({b for r in runs for b in r['billing_per_ad']})} | "
-                        f"{statistics.median(r['flush_ms_p99'] or 0 for r in runs):.0f} | "
-                        f"{statistics.median(r['push_ms_p50'] or 0 for r in runs):.0f} / "
-                        f"{statistics.median(r['push_ms_p99'] or 0 for r in runs):.0f} | "
-                        f"{[round(r['overcount_pct'], 2) for r in runs]} |"
+                        f"{statistics.median(r['overcount_pct'] for r in points):.2f}% | "
+                        f"{max(r['lost'] for r in points)} | "
+                        f"{sorted({b for r in points for b in r['billing_per_ad']})} | "
+                        f"{statistics.median(r['flush_ms_p99'] or 0 for r in points):.0f} | "
+                        f"{statistics.median(r['push_ms_p50'] or 0 for r in points):.0f} / "
+                        f"{statistics.median(r['push_ms_p99'] or 0 for r in points):.0f} | "
+                        f"{[round(r['overcount_pct'], 2) for r in points]} |"
                     )
             lines.append("")
     args.report.parent.mkdir(parents=True, exist_ok=True)
