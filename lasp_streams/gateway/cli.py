@@ -102,7 +102,7 @@ def _keys_of(ref: str) -> Any:
 )
 @click.option(
     "--push-budget",
-    type=click.FloatRange(min=1.0, min_open=False),
+    type=click.FloatRange(min=1.0),
     default=2_500.0,
     show_default=True,
     help="Frames per second this gateway pushes to its devices in all, about: pushes go out "

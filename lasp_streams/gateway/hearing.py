@@ -180,8 +180,8 @@ class Hearing:
         self._list_keys(var, state)
         if not self._subs.get(var):
             return
-        # Coalesced: the latest state of each key that grew, sent every `tick` seconds, one
-        # frame per subscriber; a key growing 100 times a second costs a socket 1/tick frames.
+        # Coalesced: the latest state of each key that grew, sent once per push interval, one
+        # frame per subscriber, however often the key grew meanwhile.
         self._dirty.setdefault(var, {})[key] = state
         if self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(self.interval(), self._push)

@@ -236,16 +236,12 @@ async def started(client: C) -> C:
     try:
         await client.start()
     except BaseException:
-        await _close_quietly(client)
+        closer = getattr(client, "stop", None) or getattr(client, "close", None)
+        if closer is not None:
+            with contextlib.suppress(KafkaError, OSError, asyncio.CancelledError):
+                await closer()
         raise
     return client
-
-
-async def _close_quietly(client: Any) -> None:
-    closer = getattr(client, "stop", None) or getattr(client, "close", None)
-    if closer is not None:
-        with contextlib.suppress(KafkaError, OSError, asyncio.CancelledError):
-            await closer()
 
 
 async def start(client: C, settings: KafkaSettings, what: str) -> C:
