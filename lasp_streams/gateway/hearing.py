@@ -86,6 +86,8 @@ class Hearing:
         self.push_budget = push_budget
         #: Frames the last round of pushes sent.
         self.last_round = 0
+        if metrics is not None:
+            metrics.push_interval.set(tick)
         self._dirty: dict[str, dict[Hashable, Lattice]] = {}
         self._flush: asyncio.TimerHandle | None = None
         self._stamps: dict[str, dict[Hashable, int]] = {}
@@ -229,8 +231,10 @@ class Hearing:
                 sub.push(pack({"t": "push", "var": var, "states": mine}))
             sent += len(some)
         self.last_round = sent
-        if self.metrics is not None and sent:
-            self.metrics.pushes.inc(sent)
+        if self.metrics is not None:
+            self.metrics.push_interval.set(self.interval())
+            if sent:
+                self.metrics.pushes.inc(sent)
 
     def _list_keys(self, var: str, state: Lattice) -> None:
         for writable, (source, keys_of) in self.key_sources.items():

@@ -21,7 +21,8 @@ class GatewayMetrics:
     """``sessions`` (open WebSockets), ``frames`` (device frames read, by op), ``refused``
     (by code), ``deltas_accepted`` (device totals forwarded to the ledger), ``batches`` and
     ``batch_entries`` (Kafka batches: one record per partition), ``flush_seconds`` (a flush's
-    wait for Kafka's acknowledgement), ``pushes`` (frames pushed to subscribers) and
+    wait for Kafka's acknowledgement), ``pushes`` (frames pushed to subscribers),
+    ``push_interval`` (seconds until the next round of pushes: it grows with the fan-out) and
     ``slow_readers`` (sessions closed because they did not read their pushes)."""
 
     def __init__(self, registry: CollectorRegistry, *, namespace: str = "lasp_gateway") -> None:
@@ -60,6 +61,12 @@ class GatewayMetrics:
         )
         self.pushes = Counter(
             "pushes", "State frames pushed to subscribers.", namespace=ns, registry=registry
+        )
+        self.push_interval = Gauge(
+            "push_interval_seconds",
+            "Seconds between rounds of pushes: 20 ms, longer as more devices listen.",
+            namespace=ns,
+            registry=registry,
         )
         self.slow_readers = Counter(
             "slow_readers",

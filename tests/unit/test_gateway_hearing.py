@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from lasp_streams.gateway.hearing import Hearing
+from lasp_streams.gateway.metrics import GatewayMetrics
 from lasp_streams.lattices.counters import GCounter
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from topologies.ad_counter import build
 
 
-def _hearing(**options: float) -> Hearing:
-    return Hearing(KafkaSettings(), "t", build(50_000), {}, **options)
+def _hearing(metrics: GatewayMetrics | None = None, **options: float) -> Hearing:
+    return Hearing(KafkaSettings(), "t", build(50_000), {}, metrics, **options)
 
 
 class Device:
@@ -49,7 +51,10 @@ def test_bad_push_settings_are_refused(bad: dict[str, float]) -> None:
 
 
 async def test_a_round_of_pushes_sets_the_next_interval() -> None:
-    hearing = _hearing(push_budget=100.0, tick=0.001, max_tick=1.0)
+    metrics = GatewayMetrics(CollectorRegistry())
+    hearing = _hearing(metrics, push_budget=100.0, tick=0.001, max_tick=1.0)
+    gauge = "lasp_gateway_push_interval_seconds"
+    assert metrics.registry.get_sample_value(gauge) == pytest.approx(0.001)
     last = asyncio.Event()
     devices = [Device() for _ in range(49)] + [Device(last)]
     for d in devices:
@@ -59,3 +64,4 @@ async def test_a_round_of_pushes_sets_the_next_interval() -> None:
     assert all(len(d.frames) == 1 for d in devices)
     assert hearing.last_round == 50
     assert hearing.interval() == pytest.approx(0.5)  # 50 frames at 100 frames/s
+    assert metrics.registry.get_sample_value(gauge) == pytest.approx(0.5)  # what operators see
