@@ -5,6 +5,9 @@
   *selective hearing*) and returns the gateway's snapshot; from then on the gateway pushes each
   subscribed key's new state (or a set's removal) as it lands, into a bounded buffer.
 - ``read_deltas(var, position)`` returns the pushes received after ``position`` (no round trip).
+  ``buffered()`` says whether there are any, and the ``pushed`` event is set when one arrives,
+  so a device merges what it heard at once (:meth:`EdgeClient.hear
+  <lasp_streams.client.EdgeClient.hear>`) instead of at its next sync.
   A position from an earlier connection (or a buffer that overflowed) raises
   :class:`~lasp_streams.client.transport.DeltasExpired`: the client resyncs from a new
   snapshot — the *full resync* after a reconnect.
@@ -92,6 +95,9 @@ class GatewayTransport:
         #: var -> (base index, pushes [(key, state)]) of the current connection
         self._pushes: dict[str, tuple[int, list[tuple[Hashable, bytes]]]] = {}
         self._overflowed: set[str] = set()
+        #: Set when a push is buffered, cleared when read_deltas has returned every buffered one:
+        #: a device can wake on it and merge what it heard at once (:meth:`EdgeClient.hear`).
+        self.pushed = asyncio.Event()
         self._lock = asyncio.Lock()
         #: How long counter records took from Kafka to this socket (ms; the last 10,000).
         self.push_lag_ms: deque[float] = deque(maxlen=10_000)
@@ -138,6 +144,11 @@ class GatewayTransport:
         self._overflowed.discard(var)
         return Snapshot(dict(states), (self._epoch, base + len(pushes)))
 
+    def buffered(self) -> bool:
+        """True when pushes arrived that :meth:`read_deltas` has not returned yet (or the
+        connection changed, so a read would resync): reading them needs no round trip."""
+        return bool(self._overflowed) or any(pushes for _, pushes in self._pushes.values())
+
     async def read_deltas(self, var: str, position: Position) -> DeltaBatch:
         self._check(f"read the deltas of {var!r}")
         if (
@@ -155,6 +166,8 @@ class GatewayTransport:
         out = pushes[start:]
         # The single reader has consumed them: trim the buffer.
         self._pushes[var] = (base + len(pushes), [])
+        if not self.buffered():
+            self.pushed.clear()
         return DeltaBatch(out, (self._epoch, base + len(pushes)), self.server_time())
 
     async def publish(self, var: str, deltas: Sequence[tuple[Hashable, bytes]]) -> None:
@@ -264,8 +277,10 @@ class GatewayTransport:
                     if len(buffered[1]) + len(states) > self.max_buffered:
                         self._overflowed.add(str(var))
                         self._pushes[str(var)] = (buffered[0] + len(buffered[1]), [])
+                        self.pushed.set()
                         continue
                     buffered[1].extend(states.items())
+                    self.pushed.set()
                     stamps = frame.get("ts")
                     if type(stamps) is dict and stamps:
                         now_ms = time.time() * 1000

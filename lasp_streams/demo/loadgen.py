@@ -78,13 +78,22 @@ class LoadReport:
 class _Timed:
     """A transport wrapper timing each publish (flush to acknowledgement)."""
 
-    def __init__(self, inner: GatewayTransport, report: LoadReport) -> None:
+    def __init__(self, inner: GatewayTransport, report: LoadReport, hear: bool = True) -> None:
         self.inner = inner
         self.report = report
+        #: False: the device merges pushes only when it syncs (the behaviour before hear()).
+        self.hear = hear
 
     @property
     def online(self) -> bool:
         return self.inner.online
+
+    @property
+    def pushed(self) -> asyncio.Event:
+        return self.inner.pushed
+
+    def buffered(self) -> bool:
+        return self.inner.buffered() if self.hear else False
 
     async def read_state(self, var: str) -> Any:
         return await self.inner.read_state(var)
@@ -113,9 +122,11 @@ async def run_clients(
     prefix: str = "dev",
     seed: int = 1,
     step: float = 0.01,
+    hear: bool = True,
 ) -> LoadReport:
     """Run ``devices`` EdgeClients (module docstring) until every one shows nothing or
-    ``seconds`` pass."""
+    ``seconds`` pass. ``hear=False``: devices merge the gateway's pushes only when they sync
+    (a benchmark's baseline; real devices merge each push as it arrives)."""
     report = LoadReport(devices, 0.0)
     master = random.Random(seed)
     transports = [
@@ -125,7 +136,7 @@ async def run_clients(
     clients = [
         EdgeClient(
             t.actor,
-            _Timed(t, report),
+            _Timed(t, report, hear),
             topology,
             keys_of=ad_ids,
             flush_interval=flush_interval,
@@ -150,6 +161,7 @@ async def run_clients(
             n = int(due)
             carry = due - n
             last = now
+            await c.hear()
             keys = c.showing
             if not keys:
                 if c.stats.syncs > 1:

@@ -79,6 +79,12 @@ __all__ = ["loadgen"]
     show_default=True,
     help="clients: seconds between a device's wake-ups.",
 )
+@click.option(
+    "--hear-at-sync",
+    is_flag=True,
+    help="clients: merge the gateway's pushes only when a device syncs, not as they arrive "
+    "(a benchmark baseline: how devices behaved before EdgeClient.hear).",
+)
 def loadgen(
     urls: tuple[str, ...],
     keys_path: Path,
@@ -95,6 +101,7 @@ def loadgen(
     prefix: str,
     seed: int,
     step: float,
+    hear_at_sync: bool,
 ) -> None:
     """Simulated devices over real sockets; prints a JSON report on stdout."""
     import resource
@@ -136,6 +143,7 @@ def loadgen(
                 prefix=prefix,
                 seed=seed,
                 step=step,
+                hear=not hear_at_sync,
             )
         )
     click.echo(json.dumps(report.summary()))

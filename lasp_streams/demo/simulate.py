@@ -96,6 +96,8 @@ async def simulate(
         now = clock()
         if sim.switched_off and now >= sim.back_at:
             sim.switch_on()
+        # What the gateway pushed is merged before this step's views (nothing over Kafka).
+        await client.hear()
         if client.version != version:
             keys, version = client.showing, client.version
         if cfg.rate:

@@ -6,7 +6,7 @@ Run (a broker you started, not the shared default one)::
 
     .venv/bin/python -m tests.benchmarks.bench_gateway --bootstrap 127.0.0.1:19392 \\
         [--runs 3] [--clients 32 256 1000] [--only state,checks,ingest,memory,overcount]
-        [--overcount-runs N] [--compare-push]
+        [--overcount-runs N] [--compare-push] [--compare-hear]
         [--report PATH]
 
 - ``state``: one ad's state after 1,000,000 distinct devices counted once each, through the
@@ -336,13 +336,20 @@ async def bench_memory(bootstrap: str, tmp: Path, idle: int, sessions: int) -> d
 
 
 # -- overcount ---------------------------------------------------------------------------------
+HEAR_BASELINE = ("--hear-at-sync",)
+"""Load generator arguments: devices merge pushes only when they sync (the same-run baseline
+of ``--compare-hear``)."""
 PUSH_BASELINE = ("--push-budget", "1e12")
 """The gateway pushing every 20 ms whatever its fan-out (the behaviour before the adaptive push
 interval): the same-run baseline of ``--compare-push``."""
 
 
 async def bench_overcount(
-    bootstrap: str, tmp: Path, devices: int, gateway_args: Sequence[str] = ()
+    bootstrap: str,
+    tmp: Path,
+    devices: int,
+    gateway_args: Sequence[str] = (),
+    loadgen_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     dep = Deployment(bootstrap, tmp)
     rate = TOTAL_RATE / devices
@@ -364,6 +371,7 @@ async def bench_overcount(
             step,
             "--prefix",
             f"n{devices}",
+            *loadgen_args,
         )
         made: dict[str, int] = report["counted"]
         for ad in dep.ads:
@@ -403,6 +411,12 @@ def main(argv: list[str] | None = None) -> int:
         help="runs per overcount point (default: --runs)",
     )
     parser.add_argument("--only", default="state,checks,ingest,overcount")
+    parser.add_argument(
+        "--compare-hear",
+        action="store_true",
+        help="overcount: also run each point with devices merging the gateway's pushes only "
+        "when they sync (the behaviour before EdgeClient.hear), as a same-run baseline",
+    )
     parser.add_argument(
         "--compare-push",
         action="store_true",
@@ -529,33 +543,46 @@ def main(argv: list[str] | None = None) -> int:
                 "",
             ]
         if "overcount" in only:
-            variants: list[tuple[str, Sequence[str]]] = [("adaptive (default)", ())]
+            # (label, gateway arguments, load generator arguments)
+            variants: list[tuple[str, Sequence[str], Sequence[str]]] = [("default", (), ())]
             if args.compare_push:
-                variants.append(("every 20 ms (before)", PUSH_BASELINE))
+                variants.append(("push every 20 ms (before)", PUSH_BASELINE, ()))
+            if args.compare_hear:
+                variants.append(("pushes merged at sync (before)", (), HEAR_BASELINE))
             lines += [
                 "## Overcount on Kafka through the gateway",
                 "",
-                "Push interval: adaptive (the default: about 2,500 frames/s per gateway, every "
-                "20 to 250 ms)"
+                "Default: the adaptive push interval (about 2,500 frames/s per gateway, every "
+                "20 to 250 ms), and devices merge each push as it arrives (`EdgeClient.hear`)."
                 + (
-                    ", and every 20 ms whatever the fan-out (`--push-budget 1e12`, "
-                    "the behaviour before) in the same run"
+                    " Baseline: every 20 ms whatever the fan-out (`--push-budget 1e12`)."
                     if args.compare_push
                     else ""
                 )
-                + ".",
+                + (
+                    " Baseline: devices merge pushes only when they sync (`loadgen "
+                    "--hear-at-sync`)."
+                    if args.compare_hear
+                    else ""
+                )
+                + " Variants alternate run by run.",
                 "",
-                "| devices | push | overcount % (median) | lost | billing events per ad | "
+                "| devices | variant | overcount % (median) | lost | billing events per ad | "
                 "flush p99 ms | push p50 / p99 ms | runs (overcount %) |",
                 "|---|---|---|---|---|---|---|---|",
             ]
             for n in args.clients:
-                for label, gateway_args in variants:
-                    points = [
-                        asyncio.run(bench_overcount(args.bootstrap, tmp, n, gateway_args))
-                        for _ in range(args.overcount_runs or args.runs)
-                    ]
-                    print(label, points, flush=True)
+                by_variant: dict[str, list[dict[str, Any]]] = {v[0]: [] for v in variants}
+                for _ in range(args.overcount_runs or args.runs):
+                    for label, gateway_args, loadgen_args in variants:
+                        by_variant[label].append(
+                            asyncio.run(
+                                bench_overcount(args.bootstrap, tmp, n, gateway_args, loadgen_args)
+                            )
+                        )
+                        print(n, label, by_variant[label][-1], flush=True)
+                for label, _, _ in variants:
+                    points = by_variant[label]
                     lines.append(
                         f"| {n:,} | {label} | "
                         f"{statistics.median(r['overcount_pct'] for r in points):.2f}% | "

@@ -21,6 +21,7 @@ from lasp_streams.runtime.kafka.reader import end_offsets, read_all
 from lasp_streams.runtime.kafka.topics import dlq_topic
 from lasp_streams.server.ledger import ViewCap
 from tests.integration.gateway_env import RawDevice, gateway_env
+from tests.polling import within
 
 pytestmark = pytest.mark.integration
 
@@ -215,16 +216,16 @@ async def test_selective_hearing_and_queryable_state(
             )
             await env.wait_count("rovio-0", 3)
             heard: dict[object, int] = {}
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 10
             position = snap.position
             while heard.get("rovio-0") != 3:
-                assert loop.time() < deadline, heard
+                await within(f"a push of rovio-0 (heard {heard})", listener.pushed.wait(), 10)
+                assert listener.buffered()
                 batch = await listener.read_deltas("impressions", position)
                 position = batch.position
                 for key, payload in batch.deltas:
                     heard[key] = decode(payload).value()
-                await asyncio.sleep(0.02)
+                # Every push read: nothing buffered, the event waits for the next one.
+                assert not listener.buffered() and not listener.pushed.is_set()
             assert "riot-0" not in heard  # not subscribed: never pushed
 
             url = env.gateways[0].url.replace("/v1/ws", "")
@@ -249,6 +250,7 @@ async def test_selective_hearing_and_queryable_state(
             ads = await listener.read_state("ads_with_contracts")
             position = ads.position
             await writer.publish("impressions", [("rovio-0", total("writer", 12))])
+            loop = asyncio.get_running_loop()
             deadline = loop.time() + 30
             shown = {a.id for a, _ in decode(ads.states[None]).value()}
             while "rovio-0" in shown:
@@ -267,4 +269,43 @@ async def test_selective_hearing_and_queryable_state(
                 assert doc["thresholds"][0]["threshold"] is None
         finally:
             await listener.stop()
+            await writer.stop()
+
+
+async def test_a_device_decides_on_a_push_as_it_arrives_not_at_its_next_sync(
+    bootstrap_servers: str, unique_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """EdgeClient.hear: the counter pushed to a deciding device is merged at once; the device
+    stops showing the ad without a sync (before, it acted on pushes only when it synced)."""
+    from lasp_streams.client import EdgeClient
+    from lasp_streams.demo.gateway import contract_minimum
+    from lasp_streams.demo.simulate import ad_ids
+
+    name = unique_topic("gw").replace(".", "_")
+    async with gateway_env(bootstrap_servers, name, tmp_path, minimum=10) as env:
+        transport = env.transport("decider")
+        writer = env.transport("writer")
+        decider = EdgeClient(
+            "decider",
+            transport,
+            env.rt.topology,
+            keys_of=ad_ids,
+            flush_interval=3600.0,
+            minimum_of=contract_minimum(10),
+        )
+        try:
+            await decider.sync()
+            assert "rovio-0" in decider.showing
+            assert not await decider.hear()  # nothing pushed yet: a no-op
+            syncs = decider.stats.syncs
+            await writer.publish("impressions", [("rovio-0", total("writer", 10))])
+            while "rovio-0" in decider.showing:
+                await within("the counter's push", transport.pushed.wait(), 20)
+                assert await decider.hear()
+            assert not decider.view("rovio-0")
+            assert decider.query("impressions", "rovio-0") == 10
+            assert decider.stats.syncs == syncs  # decided without a sync
+            assert "riot-0" in decider.showing
+        finally:
+            await transport.stop()
             await writer.stop()

@@ -4,12 +4,14 @@ once when the view comes within ``near`` of the minimum (adaptive flush)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Hashable
 from typing import Any
 
 from lasp_streams.client import EdgeClient
 from lasp_streams.server import LocalHub
+from tests.polling import until, within
 from topologies.ad_counter import Ad, Contract, ad_source, build
 
 ADS = [Ad("rovio-0", "rovio"), Ad("riot-0", "riot")]
@@ -97,3 +99,102 @@ async def test_without_a_known_minimum_the_client_counts_freely() -> None:
     await c.sync()
     assert c.view("rovio-0", 500)
     assert not c.due()
+
+
+class Pushed:
+    """A hub transport that says when the server pushed (as the gateway's does): the test
+    plays the push by calling :meth:`arrive`."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.pushed = asyncio.Event()
+        self.reads = 0
+
+    @property
+    def online(self) -> bool:
+        return bool(self.inner.online)
+
+    def arrive(self) -> None:
+        self.pushed.set()
+
+    def buffered(self) -> bool:
+        return self.pushed.is_set()
+
+    async def read_state(self, var: str) -> Any:
+        return await self.inner.read_state(var)
+
+    async def read_deltas(self, var: str, position: Any) -> Any:
+        self.reads += 1
+        self.pushed.clear()
+        return await self.inner.read_deltas(var, position)
+
+    async def publish(self, var: str, deltas: Any) -> None:
+        await self.inner.publish(var, deltas)
+
+
+def deciding_over(
+    transport: Any, hub: LocalHub, clock: Any, actor: str, minimum: int
+) -> EdgeClient:
+    return EdgeClient(
+        actor,
+        transport,
+        hub.runtime.topology,
+        keys_of=ad_ids,
+        clock=clock,
+        rng=random.Random(1),
+        minimum_of=contract_minimum(minimum),
+        near=0.1,
+    )
+
+
+async def test_hear_merges_a_push_before_the_next_sync() -> None:
+    clock = Clock()
+    hub = await make_hub(clock, 100)
+    a = deciding(hub, clock, "a", 100)
+    pushed = Pushed(hub.connect("b"))
+    b = deciding_over(pushed, hub, clock, "b", 100)
+    await a.sync()
+    await b.sync()
+    assert a.view("rovio-0", 100)
+    await a.sync()  # the server counts 100
+    reads = pushed.reads
+    assert not await b.hear()  # nothing pushed: no read, b still shows the ad
+    assert pushed.reads == reads and "rovio-0" in b.showing
+    pushed.arrive()
+    assert await b.hear()
+    assert "rovio-0" not in b.showing
+    assert not b.view("rovio-0")
+    assert b.stats.syncs == 1
+
+
+async def test_hear_is_a_no_op_over_a_transport_that_is_not_pushed_to() -> None:
+    clock = Clock()
+    hub = await make_hub(clock, 100)
+    a, b = deciding(hub, clock, "a", 100), deciding(hub, clock, "b", 100)
+    await a.sync()
+    await b.sync()
+    assert a.view("rovio-0", 100)
+    await a.sync()
+    assert not await b.hear()
+    assert "rovio-0" in b.showing  # heard at its next sync only
+    await b.sync()
+    assert "rovio-0" not in b.showing
+
+
+async def test_run_merges_each_push_as_it_arrives() -> None:
+    clock = Clock()  # frozen: no flush falls due while run() waits
+    hub = await make_hub(clock, 100)
+    a = deciding(hub, clock, "a", 100)
+    pushed = Pushed(hub.connect("b"))
+    b = deciding_over(pushed, hub, clock, "b", 100)
+    await a.sync()
+    await b.sync()
+    stop = asyncio.Event()
+    running = asyncio.create_task(b.run(stop))
+    assert a.view("rovio-0", 100)
+    await a.sync()
+    pushed.arrive()
+    await until("b to merge the push", lambda: "rovio-0" not in b.showing, 5, every=0.01)
+    assert b.stats.syncs == 1  # merged by hear(), not by a sync
+    stop.set()
+    await within("run() to stop", running, 5)
