@@ -24,8 +24,9 @@ from lasp_streams.runtime.kafka.settings import (
     SECURITY_PROTOCOLS,
     KafkaSettings,
 )
+from lasp_streams.runtime.loops import LOOPS
 
-__all__ = ["KafkaFlags", "config", "kafka_options"]
+__all__ = ["KafkaFlags", "config", "kafka_options", "loop_option"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -103,6 +104,19 @@ def kafka_options(func: F) -> F:
         help=f"TOML file with a [kafka] table (flags > env > file > defaults). Env: {CONFIG_ENV}.",
     )(decorated)
     return decorated  # type: ignore[no-any-return]
+
+
+def loop_option(func: F) -> F:
+    """Add ``--loop`` (the event loop: :mod:`lasp_streams.runtime.loops`); the command receives
+    ``loop``, a name for :func:`lasp_streams.runtime.loops.run`."""
+    return click.option(
+        "--loop",
+        type=click.Choice(LOOPS),
+        default="auto",
+        show_default=True,
+        envvar="LASP_STREAMS_LOOP",
+        help="Event loop: uvloop when installed (auto), or asyncio's own. Env: LASP_STREAMS_LOOP.",
+    )(func)
 
 
 @click.group()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
 import click
+
+from lasp_streams.cli_config import loop_option
+from lasp_streams.runtime.loops import run as run_on
 
 __all__ = ["loadgen"]
 
@@ -85,6 +87,7 @@ __all__ = ["loadgen"]
     help="clients: merge the gateway's pushes only when a device syncs, not as they arrive "
     "(a benchmark baseline: how devices behaved before EdgeClient.hear).",
 )
+@loop_option
 def loadgen(
     urls: tuple[str, ...],
     keys_path: Path,
@@ -102,6 +105,7 @@ def loadgen(
     seed: int,
     step: float,
     hear_at_sync: bool,
+    loop: str,
 ) -> None:
     """Simulated devices over real sockets; prints a JSON report on stdout."""
     import resource
@@ -117,7 +121,7 @@ def loadgen(
     except KeyRingError as exc:
         raise click.ClickException(str(exc)) from None
     if mode == "flood":
-        report = asyncio.run(
+        report = run_on(
             flood(
                 urls,
                 ring,
@@ -127,10 +131,11 @@ def loadgen(
                 window=window,
                 prefix=prefix,
                 op=op,
-            )
+            ),
+            loop,
         )
     else:
-        report = asyncio.run(
+        report = run_on(
             run_clients(
                 urls,
                 ring,
@@ -144,6 +149,7 @@ def loadgen(
                 seed=seed,
                 step=step,
                 hear=not hear_at_sync,
-            )
+            ),
+            loop,
         )
     click.echo(json.dumps(report.summary()))

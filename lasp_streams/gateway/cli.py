@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from lasp_streams.cli_config import KafkaFlags, kafka_options
+from lasp_streams.cli_config import KafkaFlags, kafka_options, loop_option
+from lasp_streams.runtime.loops import run as run_on
 
 __all__ = ["gateway"]
 
@@ -117,6 +118,7 @@ def _keys_of(ref: str) -> Any:
     "elsewhere, pending batches written) before the gateway exits anyway: safe, a device's "
     "flush is acknowledged only after Kafka took it, so an unacknowledged one is sent again.",
 )
+@loop_option
 def serve(
     topology_ref: str,
     kafka: KafkaFlags,
@@ -132,6 +134,7 @@ def serve(
     max_total: int,
     push_budget: float,
     shutdown_timeout: float,
+    loop: str,
 ) -> None:
     """Run a gateway for MODULE[:ATTR] until Ctrl-C/SIGTERM."""
     import resource
@@ -208,7 +211,7 @@ def serve(
         deadline.disarm()
 
     try:
-        asyncio.run(main())
+        run_on(main(), loop)
     except OSError as exc:
         raise click.ClickException(f"gateway: {exc}") from None
 
@@ -243,6 +246,7 @@ def _site(runner: Any, host: str, port: int) -> Any:
 @click.option(
     "--cap-interval", type=click.FloatRange(0.001), default=60.0, show_default=True, help="Seconds."
 )
+@loop_option
 def ledger(
     topology_ref: str,
     kafka: KafkaFlags,
@@ -251,6 +255,7 @@ def ledger(
     ledger_partitions: int,
     view_cap: int,
     cap_interval: float,
+    loop: str,
 ) -> None:
     """Run the device ledger stage (any number of processes share its partitions)."""
     from lasp_streams.runtime.kafka.ledger import LedgerAgent, ledger_topics
@@ -300,7 +305,7 @@ def ledger(
 
         await keep_trying(run_ledger, what=what, stop=stop)
 
-    asyncio.run(main())
+    run_on(main(), loop)
 
 
 @gateway.group("keys")

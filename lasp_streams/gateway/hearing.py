@@ -15,6 +15,11 @@ second in all (at most ``max_tick``). 32 devices subscribed to every ad get a fr
 devices send 12,800 frames a second, and their acknowledgements waited behind the pushes
 (tests/benchmarks/reports/gateway.md).
 
+A key that has just met a threshold of a trigger on its variable (the ad counter: an ad's
+counter reaching its contract's minimum) is pushed at once, not at the end of the interval: a
+device deciding locally stops showing the ad on that frame, however long the interval has
+grown with the fan-out. Each (variable, key) is pushed early at most once.
+
 The same followers tell the gateway which keys exist (:meth:`Hearing.known`): a key of a
 writable variable is known when it was ever listed by the variable's key source (the ad counter:
 an ad of ``ads_with_contracts``) or already has a state (it was counted before).
@@ -29,10 +34,12 @@ from typing import Any, Protocol
 from lasp_streams.client.protocol import pack
 from lasp_streams.codec import encode
 from lasp_streams.codec import key_from_kafka as key_of
+from lasp_streams.dataflow.steps import TriggerStep
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.gateway.ledger_tail import LedgerTail
 from lasp_streams.gateway.metrics import GatewayMetrics
 from lasp_streams.lattices.base import Lattice
+from lasp_streams.lattices.threshold import threshold_met
 from lasp_streams.runtime.kafka.follower import VariableFollower
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 
@@ -89,7 +96,14 @@ class Hearing:
         if metrics is not None:
             metrics.push_interval.set(tick)
         self._dirty: dict[str, dict[Hashable, Lattice]] = {}
-        self._flush: asyncio.TimerHandle | None = None
+        #: The triggers on each variable, and the keys that met one (pushed early once).
+        self._triggers: dict[str, list[TriggerStep]] = {}
+        for step in topology.steps:
+            if isinstance(step, TriggerStep):
+                self._triggers.setdefault(step.var, []).append(step)
+        self._met: dict[str, set[Hashable]] = {var: set() for var in self._triggers}
+        self._view = _FollowerView(self)
+        self._flush: asyncio.Handle | None = None
         self._stamps: dict[str, dict[Hashable, int]] = {}
 
     async def start(self) -> None:
@@ -185,8 +199,44 @@ class Hearing:
         # Coalesced: the latest state of each key that grew, sent once per push interval, one
         # frame per subscriber, however often the key grew meanwhile.
         self._dirty.setdefault(var, {})[key] = state
-        if self._flush is None:
+        if self._newly_met(var, key, state):
+            # Pushed now: the round due later goes out at once (with the other keys that grew).
+            if self._flush is not None:
+                self._flush.cancel()
+            self._flush = asyncio.get_running_loop().call_soon(self._push)
+            if self.metrics is not None:
+                self.metrics.early_pushes.inc()
+        elif self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(self.interval(), self._push)
+
+    def thresholds(self, var: str, key: Hashable, state: Lattice) -> list[dict[str, Any]]:
+        """The status of each trigger's threshold on ``var``'s ``key`` at ``state``: trigger id,
+        threshold (repr; None when the trigger sets none for this key) and whether it is met;
+        or the error the threshold function raised (a user function: reported, never raised)."""
+        out: list[dict[str, Any]] = []
+        for step in self._triggers.get(var, ()):
+            try:
+                threshold = step.threshold_for(key, self._view)
+            except Exception as exc:
+                out.append({"trigger": step.id, "error": repr(exc)[:200]})
+                continue
+            out.append(
+                {
+                    "trigger": step.id,
+                    "threshold": None if threshold is None else repr(threshold),
+                    "met": threshold is not None and threshold_met(state, threshold),
+                }
+            )
+        return out
+
+    def _newly_met(self, var: str, key: Hashable, state: Lattice) -> bool:
+        met = self._met.get(var)
+        if met is None or key in met:
+            return False
+        if any(t.get("met") for t in self.thresholds(var, key, state)):
+            met.add(key)
+            return True
+        return False
 
     def interval(self) -> float:
         """Seconds until the next round of pushes: ``tick``, or longer when the last round's
@@ -250,3 +300,17 @@ def _raw(key: Hashable) -> bytes:
     if isinstance(key, bytes):
         return key
     return repr(key).encode()
+
+
+class _FollowerView:
+    """A StateView over a gateway's followers (threshold functions read watched variables)."""
+
+    def __init__(self, hearing: Hearing) -> None:
+        self._hearing = hearing
+
+    def query(self, var: Any, key: Hashable = None) -> Any:
+        name = var if isinstance(var, str) else var.id
+        follower = self._hearing.followers.get(name)
+        if follower is None:
+            raise LookupError(f"variable {name!r} is not followed by this gateway")
+        return follower.state(key).value()

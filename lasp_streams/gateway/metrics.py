@@ -22,7 +22,8 @@ class GatewayMetrics:
     (by code), ``deltas_accepted`` (device totals forwarded to the ledger), ``batches`` and
     ``batch_entries`` (Kafka batches: one record per partition), ``flush_seconds`` (a flush's
     wait for Kafka's acknowledgement), ``pushes`` (frames pushed to subscribers),
-    ``push_interval`` (seconds until the next round of pushes: it grows with the fan-out) and
+    ``push_interval`` (seconds until the next round of pushes: it grows with the fan-out),
+    ``early_pushes`` (rounds sent at once because a key met a trigger's threshold) and
     ``slow_readers`` (sessions closed because they did not read their pushes)."""
 
     def __init__(self, registry: CollectorRegistry, *, namespace: str = "lasp_gateway") -> None:
@@ -65,6 +66,12 @@ class GatewayMetrics:
         self.push_interval = Gauge(
             "push_interval_seconds",
             "Seconds between rounds of pushes: 20 ms, longer as more devices listen.",
+            namespace=ns,
+            registry=registry,
+        )
+        self.early_pushes = Counter(
+            "early_pushes",
+            "Rounds of pushes sent before the interval ended: a key met a trigger's threshold.",
             namespace=ns,
             registry=registry,
         )

@@ -39,8 +39,6 @@ from lasp_streams.gateway.kafka import batch_producer
 from lasp_streams.gateway.keys import KeyRing, load_keyring
 from lasp_streams.gateway.metrics import GatewayMetrics
 from lasp_streams.gateway.session import Session
-from lasp_streams.lattices.base import Lattice
-from lasp_streams.lattices.threshold import threshold_met
 from lasp_streams.runtime.kafka import clients
 from lasp_streams.runtime.kafka.ledger import devices_topic, ledger_topics
 from lasp_streams.runtime.kafka.settings import KafkaSettings
@@ -210,7 +208,7 @@ class Gateway:
                 {
                     "key": key,
                     "value": _plain(state.value()),
-                    "thresholds": self._thresholds(var, key, state),
+                    "thresholds": self.hearing.thresholds(var, key, state),
                 }
             )
         if raw_key is not None:
@@ -219,39 +217,6 @@ class Gateway:
             out["keys" if v.keyed else "state"] = entries if v.keyed else entries[0]
             out["truncated"] = truncated
         return web.json_response(out)
-
-    def _thresholds(self, var: str, key: Hashable, state: Lattice) -> list[dict[str, Any]]:
-        view = _FollowerView(self.hearing)
-        out: list[dict[str, Any]] = []
-        for step in self.topology.steps:
-            if isinstance(step, TriggerStep) and step.var == var:
-                try:
-                    threshold = step.threshold_for(key, view)
-                except Exception as exc:  # a user function: report, never fail the request
-                    out.append({"trigger": step.id, "error": repr(exc)[:200]})
-                    continue
-                out.append(
-                    {
-                        "trigger": step.id,
-                        "threshold": None if threshold is None else repr(threshold),
-                        "met": threshold is not None and threshold_met(state, threshold),
-                    }
-                )
-        return out
-
-
-class _FollowerView:
-    """A StateView over the gateway's followers (threshold functions read watched variables)."""
-
-    def __init__(self, hearing: Hearing) -> None:
-        self._hearing = hearing
-
-    def query(self, var: Any, key: Hashable = None) -> Any:
-        name = var if isinstance(var, str) else var.id
-        follower = self._hearing.followers.get(name)
-        if follower is None:
-            raise LookupError(f"variable {name!r} is not followed by this gateway")
-        return follower.state(key).value()
 
 
 def _plain(value: Any) -> Any:

@@ -6,7 +6,7 @@ Run (a broker you started, not the shared default one)::
 
     .venv/bin/python -m tests.benchmarks.bench_gateway --bootstrap 127.0.0.1:19392 \\
         [--runs 3] [--clients 32 256 1000] [--only state,checks,ingest,memory,overcount]
-        [--overcount-runs N] [--compare-push] [--compare-hear]
+        [--overcount-runs N] [--compare-push] [--compare-hear] [--compare-loop]
         [--report PATH]
 
 - ``state``: one ad's state after 1,000,000 distinct devices counted once each, through the
@@ -122,8 +122,10 @@ def bench_checks(frames: int = 50_000) -> dict[str, float]:
 class Deployment:
     """The topology's agents and sink in this process; gateway and ledger as processes."""
 
-    def __init__(self, bootstrap: str, tmp: Path) -> None:
+    def __init__(self, bootstrap: str, tmp: Path, loop: str = "auto") -> None:
         self.name = f"bench_gw_{int(time.time() * 1000)}"
+        #: The event loop of the ledger, gateway and load generator processes (``--loop``).
+        self.env = {**os.environ, "LASP_STREAMS_LOOP": loop}
         self.settings = KafkaSettings(
             bootstrap_servers=bootstrap,
             delta_partitions=PARTITIONS,
@@ -180,6 +182,7 @@ class Deployment:
                     str(view_cap),
                 ],
                 stderr=subprocess.DEVNULL,
+                env=self.env,
             )
         )
         port = free_port()
@@ -196,6 +199,7 @@ class Deployment:
                 *gateway_args,
             ],
             stderr=subprocess.PIPE,
+            env=self.env,
         )
         self.procs.append(gw)
         assert gw.stderr is not None
@@ -216,6 +220,7 @@ class Deployment:
             str(self.keys),
             *args,
             stdout=asyncio.subprocess.PIPE,
+            env=self.env,
         )
         out, _ = await proc.communicate()
         if proc.returncode != 0:
@@ -243,12 +248,14 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def bench_ingest(bootstrap: str, tmp: Path) -> dict[str, dict[str, float]]:
+async def bench_ingest(
+    bootstrap: str, tmp: Path, loop: str = "auto"
+) -> dict[str, dict[str, float]]:
     """Per variant: frames acknowledged per second, and per CPU second of the gateway process
     (what one gateway does with a core of its own; here it shares 2 cores with the load
     generator, the broker, the ledger and the agents)."""
     out: dict[str, dict[str, float]] = {}
-    dep = Deployment(bootstrap, tmp)
+    dep = Deployment(bootstrap, tmp, loop)
     await dep.start(view_cap=10**9)
     try:
         for op in ("ping", "flush"):
@@ -350,8 +357,9 @@ async def bench_overcount(
     devices: int,
     gateway_args: Sequence[str] = (),
     loadgen_args: Sequence[str] = (),
+    loop: str = "auto",
 ) -> dict[str, Any]:
-    dep = Deployment(bootstrap, tmp)
+    dep = Deployment(bootstrap, tmp, loop)
     rate = TOTAL_RATE / devices
     await dep.start(view_cap=max(10_000, int(rate * 120)), gateway_args=gateway_args)
     flush = "1.0" if devices >= 10_000 else "0.1"
@@ -411,6 +419,12 @@ def main(argv: list[str] | None = None) -> int:
         help="runs per overcount point (default: --runs)",
     )
     parser.add_argument("--only", default="state,checks,ingest,overcount")
+    parser.add_argument(
+        "--compare-loop",
+        action="store_true",
+        help="ingest and overcount: also run with the ledger, gateway and load generator on "
+        "asyncio's own loop (--loop asyncio), as a same-run baseline for uvloop",
+    )
     parser.add_argument(
         "--compare-hear",
         action="store_true",
@@ -474,7 +488,13 @@ def main(argv: list[str] | None = None) -> int:
             ]
             print(checks, flush=True)
         if "ingest" in only:
-            runs = [asyncio.run(bench_ingest(args.bootstrap, tmp)) for _ in range(args.runs)]
+            runs = []
+            for _ in range(args.runs):
+                run = asyncio.run(bench_ingest(args.bootstrap, tmp))
+                if args.compare_loop:  # alternating with the default, run by run
+                    before = asyncio.run(bench_ingest(args.bootstrap, tmp, "asyncio"))
+                    run.update({f"{op} asyncio": r for op, r in before.items()})
+                runs.append(run)
 
             def med(variant: str, field: str) -> float:
                 return statistics.median(r[variant][field] for r in runs)
@@ -483,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
                 "ping": "signed pings (baseline: authentication only)",
                 "flush": "signed flushes (acknowledged after Kafka)",
             }
+            if args.compare_loop:
+                labels["ping asyncio"] = "signed pings, asyncio's loop (before uvloop)"
+                labels["flush asyncio"] = "signed flushes, asyncio's loop (before uvloop)"
             lines += [
                 "## Gateway ingest, one process, signature checks",
                 "",
@@ -501,7 +524,14 @@ def main(argv: list[str] | None = None) -> int:
                 ),
                 "",
                 "Ratio flush / ping, same runs: "
-                f"{med('flush', 'per_s') / med('ping', 'per_s'):.2f}.",
+                f"{med('flush', 'per_s') / med('ping', 'per_s'):.2f}."
+                + (
+                    " Ratio uvloop / asyncio, same runs (alternating): flushes "
+                    f"{med('flush', 'per_s') / med('flush asyncio', 'per_s'):.2f}, pings "
+                    f"{med('ping', 'per_s') / med('ping asyncio', 'per_s'):.2f}."
+                    if args.compare_loop
+                    else ""
+                ),
                 "",
             ]
             print(runs, flush=True)
@@ -543,12 +573,16 @@ def main(argv: list[str] | None = None) -> int:
                 "",
             ]
         if "overcount" in only:
-            # (label, gateway arguments, load generator arguments)
-            variants: list[tuple[str, Sequence[str], Sequence[str]]] = [("default", (), ())]
+            # (label, gateway arguments, load generator arguments, event loop)
+            variants: list[tuple[str, Sequence[str], Sequence[str], str]] = [
+                ("default", (), (), "auto")
+            ]
             if args.compare_push:
-                variants.append(("push every 20 ms (before)", PUSH_BASELINE, ()))
+                variants.append(("push every 20 ms (before)", PUSH_BASELINE, (), "auto"))
             if args.compare_hear:
-                variants.append(("pushes merged at sync (before)", (), HEAR_BASELINE))
+                variants.append(("pushes merged at sync (before)", (), HEAR_BASELINE, "auto"))
+            if args.compare_loop:
+                variants.append(("asyncio's loop (before uvloop)", (), (), "asyncio"))
             lines += [
                 "## Overcount on Kafka through the gateway",
                 "",
@@ -565,6 +599,12 @@ def main(argv: list[str] | None = None) -> int:
                     if args.compare_hear
                     else ""
                 )
+                + (
+                    " Baseline: the ledger, gateway and load generator on asyncio's own loop "
+                    "(`--loop asyncio`)."
+                    if args.compare_loop
+                    else ""
+                )
                 + " Variants alternate run by run.",
                 "",
                 "| devices | variant | overcount % (median) | lost | billing events per ad | "
@@ -574,14 +614,16 @@ def main(argv: list[str] | None = None) -> int:
             for n in args.clients:
                 by_variant: dict[str, list[dict[str, Any]]] = {v[0]: [] for v in variants}
                 for _ in range(args.overcount_runs or args.runs):
-                    for label, gateway_args, loadgen_args in variants:
+                    for label, gateway_args, loadgen_args, loop in variants:
                         by_variant[label].append(
                             asyncio.run(
-                                bench_overcount(args.bootstrap, tmp, n, gateway_args, loadgen_args)
+                                bench_overcount(
+                                    args.bootstrap, tmp, n, gateway_args, loadgen_args, loop
+                                )
                             )
                         )
                         print(n, label, by_variant[label][-1], flush=True)
-                for label, _, _ in variants:
+                for label, *_ in variants:
                     points = by_variant[label]
                     lines.append(
                         f"| {n:,} | {label} | "

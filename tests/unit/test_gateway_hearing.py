@@ -1,18 +1,24 @@
 """The gateway's push interval grows with its fan-out (``Hearing.interval``): every 20 ms while
-a round of pushes is small, less often as more devices listen, never beyond ``max_tick``."""
+a round of pushes is small, less often as more devices listen, never beyond ``max_tick``; a key
+that meets a trigger's threshold is pushed at once."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Hashable
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from lasp_streams.client.protocol import unpack
+from lasp_streams.codec import encode
 from lasp_streams.gateway.hearing import Hearing
 from lasp_streams.gateway.metrics import GatewayMetrics
+from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.counters import GCounter
 from lasp_streams.runtime.kafka.settings import KafkaSettings
-from topologies.ad_counter import build
+from lasp_streams.runtime.local import LocalRuntime
+from topologies.ad_counter import Ad, Contract, ad_source, build
 
 
 def _hearing(metrics: GatewayMetrics | None = None, **options: float) -> Hearing:
@@ -65,3 +71,60 @@ async def test_a_round_of_pushes_sets_the_next_interval() -> None:
     assert hearing.last_round == 50
     assert hearing.interval() == pytest.approx(0.5)  # 50 frames at 100 frames/s
     assert metrics.registry.get_sample_value(gauge) == pytest.approx(0.5)  # what operators see
+
+
+class StateOf:
+    """A follower stand-in: the state of one variable of a local runtime."""
+
+    def __init__(self, rt: LocalRuntime, var: str) -> None:
+        self.rt, self.var = rt, var
+
+    def state(self, key: Hashable = None) -> Lattice:
+        return self.rt.state(self.var, key=key)
+
+    async def stop(self) -> None:
+        pass
+
+
+async def test_a_key_that_meets_its_threshold_is_pushed_at_once_not_at_the_interval() -> None:
+    metrics = GatewayMetrics(CollectorRegistry())
+    topology = build(100)
+    rt = LocalRuntime(topology)
+    ad = Ad("rovio-0", "rovio")
+    await rt.update(ad_source(ad), "admin", "add", ad)
+    await rt.update("contracts", "admin", "add", Contract(ad.id))
+    # An interval of an hour: only an early push can reach the device during this test.
+    hearing = Hearing(KafkaSettings(), "t", topology, {}, metrics, tick=3600.0, max_tick=3600.0)
+    hearing.followers["ads_with_contracts"] = StateOf(rt, "ads_with_contracts")  # type: ignore[assignment]
+    heard = asyncio.Event()
+    device = Device(heard)
+    hearing.subscribe("impressions", None, device)
+    hearing._inflated("impressions", "rovio-0", GCounter().increment("ledger-0", 99))
+    assert not device.frames  # below the minimum: waits for the (hour-long) interval
+    status = hearing.thresholds("impressions", "rovio-0", GCounter().increment("ledger-0", 99))
+    assert [(t["trigger"], t["met"]) for t in status] == [("disable_ad", False)]
+    hearing._inflated("impressions", "rovio-0", GCounter().increment("ledger-0", 100))
+    await asyncio.wait_for(heard.wait(), 5)
+    assert len(device.frames) == 1  # one round: both growths, the latest state
+    assert unpack(device.frames[0])["states"]["rovio-0"] == encode(
+        GCounter().increment("ledger-0", 100)
+    )
+    assert metrics.registry.get_sample_value("lasp_gateway_early_pushes_total") == 1
+    # Met once: later growth of the key waits for the interval again.
+    hearing._inflated("impressions", "rovio-0", GCounter().increment("ledger-0", 150))
+    assert isinstance(hearing._flush, asyncio.TimerHandle)  # at the end of the interval
+    assert len(device.frames) == 1
+    assert metrics.registry.get_sample_value("lasp_gateway_early_pushes_total") == 1
+    await hearing.stop()
+
+
+async def test_a_threshold_function_that_raises_is_reported_not_raised() -> None:
+    hearing = _hearing()
+    # No follower of ads_with_contracts: the ad counter's threshold function cannot read it.
+    status = hearing.thresholds("impressions", "rovio-0", GCounter().increment("ledger-0", 5))
+    assert status[0]["trigger"] == "disable_ad" and "ads_with_contracts" in status[0]["error"]
+    device = Device()
+    hearing.subscribe("impressions", None, device)
+    hearing._inflated("impressions", "rovio-0", GCounter().increment("ledger-0", 500))
+    assert isinstance(hearing._flush, asyncio.TimerHandle) and not device.frames  # a normal round
+    await hearing.stop()
