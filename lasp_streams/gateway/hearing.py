@@ -39,7 +39,7 @@ from lasp_streams.dataflow.topology import Topology
 from lasp_streams.gateway.ledger_tail import LedgerTail
 from lasp_streams.gateway.metrics import GatewayMetrics
 from lasp_streams.lattices.base import Lattice
-from lasp_streams.lattices.threshold import threshold_met
+from lasp_streams.lattices.threshold import Threshold, threshold_met
 from lasp_streams.runtime.kafka.follower import VariableFollower
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 
@@ -102,6 +102,10 @@ class Hearing:
             if isinstance(step, TriggerStep):
                 self._triggers.setdefault(step.var, []).append(step)
         self._met: dict[str, set[Hashable]] = {var: set() for var in self._triggers}
+        #: Thresholds per (variable, key), computed once: a threshold function reads only the
+        #: variables its trigger watches, so an inflation of one of those clears them.
+        self._watched = {w for steps in self._triggers.values() for t in steps for w in t.watch}
+        self._threshold_cache: dict[tuple[str, Hashable], list[tuple[str, Any]]] = {}
         self._view = _FollowerView(self)
         self._flush: asyncio.Handle | None = None
         self._stamps: dict[str, dict[Hashable, int]] = {}
@@ -194,6 +198,8 @@ class Hearing:
     # -- internals -----------------------------------------------------------------------------
     def _inflated(self, var: str, key: Hashable, state: Lattice) -> None:
         self._list_keys(var, state)
+        if var in self._watched:
+            self._threshold_cache.clear()
         if not self._subs.get(var):
             return
         # Coalesced: the latest state of each key that grew, sent once per push interval, one
@@ -214,28 +220,41 @@ class Hearing:
         threshold (repr; None when the trigger sets none for this key) and whether it is met;
         or the error the threshold function raised (a user function: reported, never raised)."""
         out: list[dict[str, Any]] = []
-        for step in self._triggers.get(var, ()):
-            try:
-                threshold = step.threshold_for(key, self._view)
-            except Exception as exc:
-                out.append({"trigger": step.id, "error": repr(exc)[:200]})
+        for trigger, threshold in self._thresholds_of(var, key):
+            if isinstance(threshold, Exception):
+                out.append({"trigger": trigger, "error": repr(threshold)[:200]})
                 continue
             out.append(
                 {
-                    "trigger": step.id,
+                    "trigger": trigger,
                     "threshold": None if threshold is None else repr(threshold),
                     "met": threshold is not None and threshold_met(state, threshold),
                 }
             )
         return out
 
+    def _thresholds_of(self, var: str, key: Hashable) -> list[tuple[str, Any]]:
+        """(trigger id, its threshold for ``key``: a Threshold, None or the exception the
+        threshold function raised), cached until a watched variable grows."""
+        found = self._threshold_cache.get((var, key))
+        if found is None:
+            found = []
+            for step in self._triggers.get(var, ()):
+                try:
+                    found.append((step.id, step.threshold_for(key, self._view)))
+                except Exception as exc:  # a user function: reported, never raised
+                    found.append((step.id, exc))
+            self._threshold_cache[(var, key)] = found
+        return found
+
     def _newly_met(self, var: str, key: Hashable, state: Lattice) -> bool:
         met = self._met.get(var)
         if met is None or key in met:
             return False
-        if any(t.get("met") for t in self.thresholds(var, key, state)):
-            met.add(key)
-            return True
+        for _trigger, threshold in self._thresholds_of(var, key):
+            if isinstance(threshold, Threshold) and threshold_met(state, threshold):
+                met.add(key)
+                return True
         return False
 
     def interval(self) -> float:

@@ -128,3 +128,23 @@ async def test_a_threshold_function_that_raises_is_reported_not_raised() -> None
     hearing._inflated("impressions", "rovio-0", GCounter().increment("ledger-0", 500))
     assert isinstance(hearing._flush, asyncio.TimerHandle) and not device.frames  # a normal round
     await hearing.stop()
+
+
+async def test_thresholds_are_computed_again_when_a_watched_variable_grows() -> None:
+    topology = build(100)
+    rt = LocalRuntime(topology)
+    ad = Ad("rovio-0", "rovio")
+    await rt.update(ad_source(ad), "admin", "add", ad)  # no contract yet: no threshold
+    hearing = Hearing(KafkaSettings(), "t", topology, {}, None, tick=3600.0, max_tick=3600.0)
+    hearing.followers["ads_with_contracts"] = StateOf(rt, "ads_with_contracts")  # type: ignore[assignment]
+    heard = asyncio.Event()
+    device = Device(heard)
+    hearing.subscribe("impressions", None, device)
+    hearing._inflated("impressions", "rovio-0", GCounter().increment("ledger-0", 150))
+    assert not device.frames  # no minimum known: nothing is met
+    await rt.update("contracts", "admin", "add", Contract(ad.id))
+    hearing._inflated("ads_with_contracts", None, rt.state("ads_with_contracts"))
+    hearing._inflated("impressions", "rovio-0", GCounter().increment("ledger-0", 151))
+    await asyncio.wait_for(heard.wait(), 5)
+    assert len(device.frames) == 1
+    await hearing.stop()
