@@ -112,16 +112,24 @@ def decode_entries(data: bytes) -> list[tuple[str, str, str, int]]:
     if type(doc) is not dict or doc.get("v") != _VERSION or type(doc.get("e")) is not list:
         raise ValueError(f"ledger batch is not a version-{_VERSION} {{'v', 'e'}} map")
     out: list[tuple[str, str, str, int]] = []
+    append = out.append
     for e in doc["e"]:
+        # Checked inline (no generator per entry): this loop runs once per device entry.
+        if type(e) is not list or len(e) != 4:
+            raise ValueError(f"ledger batch entry {e!r:.80} is not [device, var, key, total]")
+        device, var, key, total = e
         if (
-            type(e) is not list
-            or len(e) != 4
-            or not all(type(x) is str and x for x in e[:3])
-            or type(e[3]) is not int
-            or e[3] < 0
+            type(device) is not str
+            or type(var) is not str
+            or type(key) is not str
+            or type(total) is not int
+            or not device
+            or not var
+            or not key
+            or total < 0
         ):
             raise ValueError(f"ledger batch entry {e!r:.80} is not [device, var, key, total]")
-        out.append((e[0], e[1], e[2], e[3]))
+        append((device, var, key, total))
     return out
 
 
