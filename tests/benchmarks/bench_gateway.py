@@ -392,6 +392,8 @@ async def bench_overcount(
         return {
             "devices": devices,
             "overcount_pct": 100 * statistics.mean(per_ad),
+            "per_ad_pct": sorted(round(100 * p, 2) for p in per_ad),
+            "disabled_after_s": sorted(round(t - started, 2) for t in dep.disabled.values()),
             "lost": sum(made.values()) - sum(final.values()),
             "billing_per_ad": sorted(
                 {sum(1 for b in billed if b.key.decode() == a.id) for a in dep.ads}
