@@ -5,12 +5,15 @@ agents and sink (this driver): a gateway (``lasp-streams gateway``), the device 
 Run (a broker you started, not the shared default one)::
 
     .venv/bin/python -m tests.benchmarks.bench_gateway --bootstrap 127.0.0.1:19392 \\
-        [--runs 3] [--clients 32 256 1000] [--only state,checks,ingest,memory,overcount]
+        [--runs 3] [--clients 32 256 1000]
+        [--only state,checks,ledger,ingest,memory,overcount]
         [--overcount-runs N] [--compare-push] [--compare-hear] [--compare-loop]
         [--report PATH]
 
 - ``state``: one ad's state after 1,000,000 distinct devices counted once each, through the
   ledger (3 partitions) against the per-device GCounter (today's path), encoded bytes.
+- ``ledger``: the device ledger's own work per counter entry in memory (decode, totals into
+  increments, device state records), entries per CPU second.
 - ``ingest``: one gateway process, signed frames back to back from 200 devices (4 in flight
   each) for 10 s: flushes acknowledged per second (each acknowledged after Kafka acknowledged
   its batch) against signed pings (the same authentication, no Kafka) in the same run; per
@@ -32,6 +35,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -116,6 +120,45 @@ def bench_checks(frames: int = 50_000) -> dict[str, float]:
         )
     cpu = time.process_time() - started
     return {"frames_per_cpu_s": frames / cpu}
+
+
+def bench_ledger(
+    batches: int = 100, devices_per_batch: int = 200, keys: int = 20
+) -> dict[str, float]:
+    """The device ledger's own work per counter entry (a device's running total of one key),
+    in memory, one core: decode gateway batch records (``decode_entries``), turn totals into
+    increments (``LedgerPartition.apply``) and encode each changed device's state record, as
+    one ledger batch does before Kafka; entries per CPU second, each step and in all."""
+    from lasp_streams.server.ledger import decode_entries, encode_entries
+
+    rng = random.Random(7)
+    pool = [f"dev-{i}" for i in range(5 * devices_per_batch)]
+    ledger = LedgerPartition(0, ViewCap(10**9, 60_000))
+    totals: dict[tuple[str, int], int] = {}
+    records = []
+    for _ in range(batches):
+        entries = []
+        for d in rng.sample(pool, devices_per_batch):
+            for k in range(keys):
+                totals[(d, k)] = totals.get((d, k), 0) + rng.randint(1, 10)
+                entries.append((d, "impressions", f"ad-{k}", totals[(d, k)]))
+        records.append(encode_entries(entries))
+    entries_in_all = batches * devices_per_batch * keys
+    t0 = time.process_time()
+    decoded = [decode_entries(r) for r in records]
+    t1 = time.process_time()
+    changed = [ledger.apply(entries, 1_000 + i).devices for i, entries in enumerate(decoded)]
+    t2 = time.process_time()
+    for devices in changed:
+        for d in devices:
+            ledger.device_record(d)
+    t3 = time.process_time()
+    return {
+        "decode": entries_in_all / (t1 - t0),
+        "apply": entries_in_all / (t2 - t1),
+        "records": entries_in_all / (t3 - t2),
+        "all": entries_in_all / (t3 - t0),
+    }
 
 
 # -- a deployment ------------------------------------------------------------------------------
@@ -420,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="runs per overcount point (default: --runs)",
     )
-    parser.add_argument("--only", default="state,checks,ingest,overcount")
+    parser.add_argument("--only", default="state,checks,ledger,ingest,overcount")
     parser.add_argument(
         "--compare-loop",
         action="store_true",
@@ -489,6 +532,27 @@ def main(argv: list[str] | None = None) -> int:
                 "",
             ]
             print(checks, flush=True)
+        if "ledger" in only:
+            led = [bench_ledger() for _ in range(args.runs)]
+            lines += [
+                "## The device ledger's work per counter entry, in memory, one core",
+                "",
+                "Gateway batch records of 200 devices by 20 ads (4,000 entries each), 100 "
+                "records: decode them, turn totals into increments, encode each changed "
+                "device's state record (what one ledger batch does before Kafka). Entries per "
+                "CPU second (medians).",
+                "",
+                "| decode | apply | device records | all three |",
+                "|---|---|---|---|",
+                "| "
+                + " | ".join(
+                    f"{statistics.median(r[f] for r in led):,.0f}"
+                    for f in ("decode", "apply", "records", "all")
+                )
+                + " |",
+                "",
+            ]
+            print(led, flush=True)
         if "ingest" in only:
             runs = []
             for _ in range(args.runs):
