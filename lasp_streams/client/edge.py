@@ -43,9 +43,7 @@ contract); it stops showing a key itself once its merged view — the server's c
 unsent views — reaches the minimum ("any node can disable an advertisement given enough
 information"), without waiting for the server's removal. *Adaptive flush*: when the view comes
 within ``near`` (a fraction of the minimum) of it, the next sync is due at once instead of at
-the next tick, and (``near_flush="every_view"``, the default) again after every view of that key
-until it is decided, so the server hears the last views as they happen (``"once"``: only the
-first time). Views between syncs are counted
+the next tick, so the server hears the last views early. Views between syncs are counted
 against the allowance the last pull computed, so the client never shows a key past its own
 view of the minimum; other clients' unsent views are what is left of the overcount.
 
@@ -151,7 +149,6 @@ class EdgeClient:
         save_every: int | None = None,
         minimum_of: Callable[[Hashable, Any], int | None] | None = None,
         near: float = 0.05,
-        near_flush: str = "every_view",
         windows: str | None = None,
         heartbeat: bool = False,
         server_clock: ServerClock | None = None,
@@ -168,8 +165,6 @@ class EdgeClient:
             raise ValueError(f"save_every must be an int >= 1 or None, got {save_every!r}")
         if save_every is not None and state_path is None:
             raise ValueError("save_every needs a state_path to save to")
-        if near_flush not in ("every_view", "once"):
-            raise ValueError(f"near_flush must be 'every_view' or 'once', got {near_flush!r}")
         self.actor = actor
         self.transport = transport
         self.topology = topology
@@ -189,11 +184,7 @@ class EdgeClient:
         self.skipped = SkippedRecords(f"client {actor!r}")
         self.minimum_of = minimum_of if bounded is None else None
         self.near = near
-        self.near_flush = near_flush
         self._reserve: dict[Hashable, int] = {}
-        #: Keys whose view came within ``near`` of the minimum: each view of one makes a sync
-        #: due at once (``near_flush="every_view"``), until the key is decided or removed.
-        self._hot: set[Hashable] = set()
 
         self._types: dict[str, LatticeSpec] = {}
         self._check_var(reads, keyed=False)
@@ -277,8 +268,6 @@ class EdgeClient:
         allow[key] = left - n
         counts = self._counts
         counts[key] = counts.get(key, 0) + n
-        if key in self._hot:
-            self.next_flush_at = self.clock()
         if self.windows is not None:
             t = self.server_clock.now() if event_time is None else event_time
             self.windows.record(key, t, n, counts[key] if self._carry_total else None)
@@ -563,7 +552,6 @@ class EdgeClient:
                     del self._allow[key]
                     # Its reserve goes too: a key that is not shown any more is never counted.
                     self._reserve.pop(key, None)
-                    self._hot.discard(key)
             for key in shown:
                 if key not in self._allow:
                     self._allow[key] = self._allowance(key)
@@ -625,8 +613,6 @@ class EdgeClient:
         reserve = self._reserve.pop(key, 0)
         if reserve:
             self.next_flush_at = self.clock()
-            if self.near_flush == "every_view":
-                self._hot.add(key)
         return reserve
 
     def _drop_decided(self) -> None:
@@ -637,7 +623,6 @@ class EdgeClient:
         if shown != self._shown:
             self._shown = shown
             self.version += 1
-            self._hot.intersection_update(shown)
 
     def _ask_for_rights(self) -> None:
         bounded = self.bounded

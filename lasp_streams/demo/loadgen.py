@@ -123,12 +123,10 @@ async def run_clients(
     seed: int = 1,
     step: float = 0.01,
     hear: bool = True,
-    near_flush: str = "every_view",
 ) -> LoadReport:
     """Run ``devices`` EdgeClients (module docstring) until every one shows nothing or
     ``seconds`` pass. ``hear=False``: devices merge the gateway's pushes only when they sync
-    (a benchmark's baseline; real devices merge each push as it arrives). ``near_flush``: see
-    :class:`~lasp_streams.client.EdgeClient`."""
+    (a benchmark's baseline; real devices merge each push as it arrives)."""
     report = LoadReport(devices, 0.0)
     master = random.Random(seed)
     transports = [
@@ -145,7 +143,6 @@ async def run_clients(
             jitter=jitter,
             rng=random.Random(master.getrandbits(64)),
             minimum_of=contract_minimum(default_minimum),
-            near_flush=near_flush,
         )
         for t in transports
     ]

@@ -87,14 +87,6 @@ __all__ = ["loadgen"]
     help="clients: merge the gateway's pushes only when a device syncs, not as they arrive "
     "(a benchmark baseline: how devices behaved before EdgeClient.hear).",
 )
-@click.option(
-    "--near-flush",
-    type=click.Choice(["every_view", "once"]),
-    default="every_view",
-    show_default=True,
-    help="clients: near an ad's minimum, sync after every view of it, or only once "
-    "(a benchmark baseline: the behaviour before).",
-)
 @loop_option
 def loadgen(
     urls: tuple[str, ...],
@@ -113,7 +105,6 @@ def loadgen(
     seed: int,
     step: float,
     hear_at_sync: bool,
-    near_flush: str,
     loop: str,
 ) -> None:
     """Simulated devices over real sockets; prints a JSON report on stdout."""
@@ -158,7 +149,6 @@ def loadgen(
                 seed=seed,
                 step=step,
                 hear=not hear_at_sync,
-                near_flush=near_flush,
             ),
             loop,
         )

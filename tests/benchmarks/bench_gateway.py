@@ -8,7 +8,6 @@ Run (a broker you started, not the shared default one)::
         [--runs 3] [--clients 32 256 1000]
         [--only state,checks,ledger,ingest,memory,overcount]
         [--overcount-runs N] [--compare-push] [--compare-hear] [--compare-loop]
-        [--compare-near]
         [--report PATH]
 
 - ``state``: one ad's state after 1,000,000 distinct devices counted once each, through the
@@ -387,9 +386,6 @@ async def bench_memory(bootstrap: str, tmp: Path, idle: int, sessions: int) -> d
 
 
 # -- overcount ---------------------------------------------------------------------------------
-NEAR_BASELINE = ("--near-flush", "once")
-"""Load generator arguments: near a minimum a device syncs once at once, not after every view
-(the same-run baseline of ``--compare-near``)."""
 HEAR_BASELINE = ("--hear-at-sync",)
 """Load generator arguments: devices merge pushes only when they sync (the same-run baseline
 of ``--compare-hear``)."""
@@ -473,12 +469,6 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="ingest and overcount: also run with the ledger, gateway and load generator on "
         "asyncio's own loop (--loop asyncio), as a same-run baseline for uvloop",
-    )
-    parser.add_argument(
-        "--compare-near",
-        action="store_true",
-        help="overcount: also run each point with devices syncing only once when they come "
-        "near a minimum (the behaviour before), as a same-run baseline",
     )
     parser.add_argument(
         "--compare-hear",
@@ -659,8 +649,6 @@ def main(argv: list[str] | None = None) -> int:
                 variants.append(("pushes merged at sync (before)", (), HEAR_BASELINE, "auto"))
             if args.compare_loop:
                 variants.append(("asyncio's loop (before uvloop)", (), (), "asyncio"))
-            if args.compare_near:
-                variants.append(("near the minimum, one sync (before)", (), NEAR_BASELINE, "auto"))
             lines += [
                 "## Overcount on Kafka through the gateway",
                 "",
@@ -681,12 +669,6 @@ def main(argv: list[str] | None = None) -> int:
                     " Baseline: the ledger, gateway and load generator on asyncio's own loop "
                     "(`--loop asyncio`)."
                     if args.compare_loop
-                    else ""
-                )
-                + (
-                    " Baseline: near the minimum a device syncs at once only the first time, "
-                    "not after every view (`loadgen --near-flush once`)."
-                    if args.compare_near
                     else ""
                 )
                 + " Variants alternate run by run.",
