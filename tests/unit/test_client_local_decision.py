@@ -45,10 +45,12 @@ async def make_hub(clock: Clock, minimum: int) -> LocalHub:
     return hub
 
 
-def deciding(hub: LocalHub, clock: Clock, actor: str, minimum: int) -> EdgeClient:
+def deciding(
+    hub: LocalHub, clock: Clock, actor: str, minimum: int, transport: Any = None
+) -> EdgeClient:
     return EdgeClient(
         actor,
-        hub.connect(actor),
+        hub.connect(actor) if transport is None else transport,
         hub.runtime.topology,
         keys_of=ad_ids,
         clock=clock,
@@ -132,27 +134,12 @@ class Pushed:
         await self.inner.publish(var, deltas)
 
 
-def deciding_over(
-    transport: Any, hub: LocalHub, clock: Any, actor: str, minimum: int
-) -> EdgeClient:
-    return EdgeClient(
-        actor,
-        transport,
-        hub.runtime.topology,
-        keys_of=ad_ids,
-        clock=clock,
-        rng=random.Random(1),
-        minimum_of=contract_minimum(minimum),
-        near=0.1,
-    )
-
-
 async def test_hear_merges_a_push_before_the_next_sync() -> None:
     clock = Clock()
     hub = await make_hub(clock, 100)
     a = deciding(hub, clock, "a", 100)
     pushed = Pushed(hub.connect("b"))
-    b = deciding_over(pushed, hub, clock, "b", 100)
+    b = deciding(hub, clock, "b", 100, pushed)
     await a.sync()
     await b.sync()
     assert a.view("rovio-0", 100)
@@ -186,7 +173,7 @@ async def test_run_merges_each_push_as_it_arrives() -> None:
     hub = await make_hub(clock, 100)
     a = deciding(hub, clock, "a", 100)
     pushed = Pushed(hub.connect("b"))
-    b = deciding_over(pushed, hub, clock, "b", 100)
+    b = deciding(hub, clock, "b", 100, pushed)
     await a.sync()
     await b.sync()
     stop = asyncio.Event()

@@ -86,25 +86,35 @@ class StateOf:
         pass
 
 
-async def test_a_key_that_meets_its_threshold_is_pushed_at_once_not_at_the_interval() -> None:
-    metrics = GatewayMetrics(CollectorRegistry())
+async def ad_hearing(
+    metrics: GatewayMetrics | None = None, *, contract: bool = True
+) -> tuple[Hearing, LocalRuntime, Device]:
+    """A hearing of the ad counter (minimum 100) whose push interval is an hour, so only an
+    early push reaches its one device, subscribed to every ad's counter; ``rovio-0`` is listed,
+    with its contract unless ``contract`` is False."""
     topology = build(100)
     rt = LocalRuntime(topology)
     ad = Ad("rovio-0", "rovio")
     await rt.update(ad_source(ad), "admin", "add", ad)
-    await rt.update("contracts", "admin", "add", Contract(ad.id))
-    # An interval of an hour: only an early push can reach the device during this test.
+    if contract:
+        await rt.update("contracts", "admin", "add", Contract(ad.id))
     hearing = Hearing(KafkaSettings(), "t", topology, {}, metrics, tick=3600.0, max_tick=3600.0)
     hearing.followers["ads_with_contracts"] = StateOf(rt, "ads_with_contracts")  # type: ignore[assignment]
-    heard = asyncio.Event()
-    device = Device(heard)
+    device = Device(asyncio.Event())
     hearing.subscribe("impressions", None, device)
+    return hearing, rt, device
+
+
+async def test_a_key_that_meets_its_threshold_is_pushed_at_once_not_at_the_interval() -> None:
+    metrics = GatewayMetrics(CollectorRegistry())
+    hearing, _rt, device = await ad_hearing(metrics)
+    assert device.heard is not None
     hearing._inflated("impressions", "rovio-0", GCounter().increment("ledger-0", 99))
     assert not device.frames  # below the minimum: waits for the (hour-long) interval
     status = hearing.thresholds("impressions", "rovio-0", GCounter().increment("ledger-0", 99))
     assert [(t["trigger"], t["met"]) for t in status] == [("disable_ad", False)]
     hearing._inflated("impressions", "rovio-0", GCounter().increment("ledger-0", 100))
-    await asyncio.wait_for(heard.wait(), 5)
+    await asyncio.wait_for(device.heard.wait(), 5)
     assert len(device.frames) == 1  # one round: both growths, the latest state
     assert unpack(device.frames[0])["states"]["rovio-0"] == encode(
         GCounter().increment("ledger-0", 100)
@@ -131,20 +141,13 @@ async def test_a_threshold_function_that_raises_is_reported_not_raised() -> None
 
 
 async def test_thresholds_are_computed_again_when_a_watched_variable_grows() -> None:
-    topology = build(100)
-    rt = LocalRuntime(topology)
-    ad = Ad("rovio-0", "rovio")
-    await rt.update(ad_source(ad), "admin", "add", ad)  # no contract yet: no threshold
-    hearing = Hearing(KafkaSettings(), "t", topology, {}, None, tick=3600.0, max_tick=3600.0)
-    hearing.followers["ads_with_contracts"] = StateOf(rt, "ads_with_contracts")  # type: ignore[assignment]
-    heard = asyncio.Event()
-    device = Device(heard)
-    hearing.subscribe("impressions", None, device)
+    hearing, rt, device = await ad_hearing(contract=False)  # no contract yet: no threshold
+    assert device.heard is not None
     hearing._inflated("impressions", "rovio-0", GCounter().increment("ledger-0", 150))
     assert not device.frames  # no minimum known: nothing is met
-    await rt.update("contracts", "admin", "add", Contract(ad.id))
+    await rt.update("contracts", "admin", "add", Contract("rovio-0"))
     hearing._inflated("ads_with_contracts", None, rt.state("ads_with_contracts"))
     hearing._inflated("impressions", "rovio-0", GCounter().increment("ledger-0", 151))
-    await asyncio.wait_for(heard.wait(), 5)
+    await asyncio.wait_for(device.heard.wait(), 5)
     assert len(device.frames) == 1
     await hearing.stop()
