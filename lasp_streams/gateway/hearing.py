@@ -220,7 +220,8 @@ class Hearing:
         threshold (repr; None when the trigger sets none for this key) and whether it is met;
         or the error the threshold function raised (a user function: reported, never raised)."""
         out: list[dict[str, Any]] = []
-        for trigger, threshold in self._thresholds_of(var, key):
+        # Not cached: a query may name any key (the cache holds keys that have a state).
+        for trigger, threshold in self._thresholds_of(var, key, cache=False):
             if isinstance(threshold, Exception):
                 out.append({"trigger": trigger, "error": repr(threshold)[:200]})
                 continue
@@ -233,9 +234,11 @@ class Hearing:
             )
         return out
 
-    def _thresholds_of(self, var: str, key: Hashable) -> list[tuple[str, Any]]:
+    def _thresholds_of(
+        self, var: str, key: Hashable, *, cache: bool = True
+    ) -> list[tuple[str, Any]]:
         """(trigger id, its threshold for ``key``: a Threshold, None or the exception the
-        threshold function raised), cached until a watched variable grows."""
+        threshold function raised), with ``cache`` kept until a watched variable grows."""
         found = self._threshold_cache.get((var, key))
         if found is None:
             found = []
@@ -244,7 +247,8 @@ class Hearing:
                     found.append((step.id, step.threshold_for(key, self._view)))
                 except Exception as exc:  # a user function: reported, never raised
                     found.append((step.id, exc))
-            self._threshold_cache[(var, key)] = found
+            if cache:
+                self._threshold_cache[(var, key)] = found
         return found
 
     def _newly_met(self, var: str, key: Hashable, state: Lattice) -> bool:

@@ -151,3 +151,16 @@ async def test_thresholds_are_computed_again_when_a_watched_variable_grows() -> 
     await asyncio.wait_for(device.heard.wait(), 5)
     assert len(device.frames) == 1
     await hearing.stop()
+
+
+async def test_queried_keys_are_not_cached() -> None:
+    """Any key can be asked for over HTTP (GET /v1/impressions/<key>): answering thousands of
+    invented keys must not grow the threshold cache, which holds keys that have a state."""
+    hearing, _rt, _device = await ad_hearing()
+    for i in range(1_000):
+        status = hearing.thresholds("impressions", f"invented-{i}", GCounter())
+        assert status == [{"trigger": "disable_ad", "threshold": None, "met": False}]
+    assert not hearing._threshold_cache
+    hearing._inflated("impressions", "rovio-0", GCounter().increment("ledger-0", 5))
+    assert list(hearing._threshold_cache) == [("impressions", "rovio-0")]
+    await hearing.stop()
