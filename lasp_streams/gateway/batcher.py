@@ -76,13 +76,21 @@ class Batcher:
 
     async def submit(self, device: str, var: str, totals: Sequence[tuple[str, int]]) -> None:
         """Returns once Kafka acknowledged these totals (raises ConnectionError if it did not)."""
+        await self.enqueue(device, var, totals)
+
+    def enqueue(
+        self, device: str, var: str, totals: Sequence[tuple[str, int]]
+    ) -> asyncio.Future[None]:
+        """:meth:`submit` without a coroutine: the future is done once Kafka acknowledged these
+        totals (its exception a ConnectionError if it did not). A session acknowledges a flush
+        in the future's callback: no task per flush."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((device, var, list(totals), fut))
         self._count += len(totals)
         self._wake.set()
         if self._count >= self.max_entries:
             self._full.set()
-        await fut
+        return fut
 
     async def _run(self) -> None:
         while True:

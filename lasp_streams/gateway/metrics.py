@@ -7,9 +7,14 @@ request ops and variable names. Device ids and keys are never labels.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from lasp_streams.client.protocol import REFUSAL_CODES
+
+FRAME_OPS = ("sub", "unsub", "flush", "ping", "other")
+"""The ``op`` label values of ``lasp_gateway_frames_total``."""
 
 __all__ = ["GatewayMetrics"]
 
@@ -83,6 +88,23 @@ class GatewayMetrics:
         )
         for code in REFUSAL_CODES:
             self.refused.labels(code)
+        # Children looked up once: ``labels()`` takes a lock and builds a key on every call,
+        # and these two are counted once per device frame.
+        self._frames_by_op = {op: self.frames.labels(op) for op in FRAME_OPS}
+        self._accepted_by_var: dict[str, Any] = {}
+
+    def frame(self, op: object) -> None:
+        """Count one device frame asking ``op`` (anything else, hashable or not, counts as
+        ``other``: ``op`` comes from the device)."""
+        child = self._frames_by_op.get(op) if type(op) is str else None
+        (child if child is not None else self._frames_by_op["other"]).inc()
+
+    def accepted(self, var: str, n: int) -> None:
+        """Count ``n`` device totals of ``var`` forwarded to the ledger (or a delta topic)."""
+        child = self._accepted_by_var.get(var)
+        if child is None:
+            child = self._accepted_by_var[var] = self.deltas_accepted.labels(var)
+        child.inc(n)
 
     def refuse(self, code: str) -> None:
         self.refused.labels(code if code in REFUSAL_CODES else "malformed").inc()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import secrets
@@ -102,7 +103,8 @@ class Session:
         self.closing: str | None = None
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(gateway.config.send_queue)
         self._writer: asyncio.Task[None] | None = None
-        self._in_flight: set[asyncio.Task[None]] = set()
+        #: Flushes waiting for Kafka: the batcher's futures, and tasks of windowed flushes.
+        self._in_flight: set[asyncio.Future[None]] = set()
 
     # -- Subscriber ------------------------------------------------------------------------------
     def push(self, frame: bytes) -> None:
@@ -264,24 +266,27 @@ class Session:
             self._refuse(seq, exc.code, exc.reason)
         return True
 
-    async def _acknowledge(self, seq: int, var: str, totals: list[tuple[str, int]]) -> None:
+    def _acknowledge(
+        self, seq: int, var: str, n: int, started: float, stored: asyncio.Future[None]
+    ) -> None:
+        """The batcher's future of a flush is done: acknowledge it, or refuse it as not stored
+        (the device sends its totals again)."""
+        self._in_flight.discard(stored)
+        if stored.cancelled():
+            return
+        exc = stored.exception()
+        if exc is not None:
+            self._refuse(seq, "unavailable", f"flush not stored: {exc}")
+            return
         gw = self.gateway
-        started = time.perf_counter()
-        if totals:
-            assert self.device is not None
-            try:
-                await gw.batcher.submit(self.device, var, totals)
-            except ConnectionError as exc:
-                self._refuse(seq, "unavailable", f"flush not stored: {exc}")
-                return
-            gw.metrics.deltas_accepted.labels(var).inc(len(totals))
+        gw.metrics.accepted(var, n)
         gw.metrics.flush_seconds.observe(time.perf_counter() - started)
         self._send({"t": "ack", "req": seq})
 
     async def _request(self, seq: int, request: dict[Any, Any]) -> None:
         gw = self.gateway
         op = request.get("op")
-        gw.metrics.frames.labels(op if op in ("sub", "unsub", "flush", "ping") else "other").inc()
+        gw.metrics.frame(op)
         if op == "flush" and self._windowed(request.get("var")):
             await self._windowed_flush(seq, request)
         elif op == "flush":
@@ -298,9 +303,15 @@ class Session:
             # max_in_flight, then reading this socket waits (backpressure).
             while len(self._in_flight) >= gw.config.max_in_flight:
                 await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
-            task = asyncio.create_task(self._acknowledge(seq, var, totals))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            if not totals:  # nothing changed: nothing for Kafka
+                gw.metrics.flush_seconds.observe(0.0)
+                self._send({"t": "ack", "req": seq})
+                return
+            stored = gw.batcher.enqueue(self.device, var, totals)
+            self._in_flight.add(stored)
+            stored.add_done_callback(
+                functools.partial(self._acknowledge, seq, var, len(totals), time.perf_counter())
+            )
         elif op in ("sub", "unsub"):
             name = request.get("var")
             if (
@@ -400,6 +411,6 @@ class Session:
         except KafkaError as exc:
             self._refuse(seq, "unavailable", f"flush not stored: Kafka did not take it: {exc!r}")
             return
-        gw.metrics.deltas_accepted.labels(var).inc(len(records))
+        gw.metrics.accepted(var, len(records))
         gw.metrics.flush_seconds.observe(time.perf_counter() - started)
         self._send({"t": "ack", "req": seq})
