@@ -107,7 +107,17 @@ def _keys_of(ref: str) -> Any:
     default=2_500.0,
     show_default=True,
     help="Frames per second this gateway pushes to its devices in all, about: pushes go out "
-    "every 20 ms while few devices listen and less often as more do (at most every 250 ms).",
+    "every 20 ms while few devices listen and less often as more do (up to "
+    "--max-push-interval).",
+)
+@click.option(
+    "--max-push-interval",
+    type=click.FloatRange(min=0.02),
+    default=0.25,
+    show_default=True,
+    help="Seconds between pushes at most, however many devices listen (tens of thousands of "
+    "devices on one gateway need more than 0.25 to stay within --push-budget). A key that "
+    "meets a trigger's threshold is pushed at once whatever the interval.",
 )
 @click.option(
     "--shutdown-timeout",
@@ -133,6 +143,7 @@ def serve(
     max_sessions: int,
     max_total: int,
     push_budget: float,
+    max_push_interval: float,
     shutdown_timeout: float,
     loop: str,
 ) -> None:
@@ -166,6 +177,7 @@ def serve(
         ledger_partitions=ledger_partitions,
         max_sessions=max_sessions,
         push_budget=push_budget,
+        max_push_interval=max_push_interval,
     )
     settings = kafka.settings(base=KafkaSettings(client_id="lasp-gateway"), partitions=partitions)
 

@@ -20,7 +20,8 @@ class GatewayConfig:
     already counted). ``readable``: variables devices may subscribe to (None: every one).
     ``ledger_partitions``: partitions of the ledger topics (fixed once created).
     ``push_budget``: frames per second the process pushes to its devices in all, about (the
-    push interval grows with the fan-out: :mod:`lasp_streams.gateway.hearing`)."""
+    push interval grows with the fan-out: :mod:`lasp_streams.gateway.hearing`), up to
+    ``max_push_interval`` seconds."""
 
     keys: Path
     writable: dict[str, tuple[str, Callable[[Any], Iterable[Hashable]]]] = field(
@@ -41,6 +42,7 @@ class GatewayConfig:
     keyring_poll: float = 1.0
     max_http_keys: int = 10_000
     push_budget: float = 2_500.0
+    max_push_interval: float = 0.25
 
     def __post_init__(self) -> None:
         for name in ("ledger_partitions", "max_sessions", "max_frame_bytes", "send_queue"):

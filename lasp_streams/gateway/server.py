@@ -82,6 +82,7 @@ class Gateway:
             dict(config.writable),
             metrics,
             push_budget=config.push_budget,
+            max_tick=config.max_push_interval,
         )
         self.sessions: set[Session] = set()
         self._by_device: dict[str, set[Session]] = {}
