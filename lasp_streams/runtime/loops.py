@@ -2,7 +2,7 @@
 
 The gateway, the device ledger and the load generator spend their time in sockets: the same
 code on uvloop acknowledged 1.10x the flushes and 1.12x the signed pings per second of
-asyncio's loop in one gateway process (tests/benchmarks/reports/gateway.md, ``bench_gateway
+asyncio's loop in one gateway process (tests/benchmarks/reports/gateway_loop.md, ``bench_gateway
 --compare-loop``, medians of 3 alternating runs).
 ``--loop asyncio`` (or ``LASP_STREAMS_LOOP=asyncio``) keeps the standard loop, e.g. to
 compare, or where uvloop is not available (it is not on Windows).
