@@ -59,6 +59,10 @@ R = TypeVar("R")
 Batches = list[tuple[TopicPartition, list[Any]]]
 _MiB = 1024 * 1024
 
+ASSIGN_ATTEMPTS = 8
+"""Tries at taking newly assigned partitions (backoff 0.5 s doubling to 5 s: about 22 s in
+all) before the host gives up and its next batch raises why."""
+
 
 async def send_all(producer: AIOKafkaProducer, outs: Iterable[Out]) -> list[asyncio.Future[Any]]:
     """Produce ``outs`` without waiting for the acks; the futures of the sends."""
@@ -133,6 +137,8 @@ class PartitionHost(ABC, Generic[S, R]):
         self._stopping = asyncio.Event()
         self._running: asyncio.Task[None] | None = None
         self._assigned_once = asyncio.Event()
+        #: Why taking partitions failed for good (:meth:`_assigned`): raised by :meth:`step`.
+        self._assign_error: Exception | None = None
 
     # -- what a host supplies --------------------------------------------------------------------
     def slot_of(self, partition: int) -> int:
@@ -241,6 +247,8 @@ class PartitionHost(ABC, Generic[S, R]):
         consumer = self._consumer
         if consumer is None:
             raise RuntimeError(f"{self.role} ({self.group_id}) is not started")
+        if self._assign_error is not None:
+            raise self._assign_error
         s = self.settings
         data = await consumer.getmany(timeout_ms=s.poll_timeout_ms, max_records=s.max_batch_records)
         await self.between_batches()
@@ -351,27 +359,54 @@ class PartitionHost(ABC, Generic[S, R]):
                     await stop_quietly(held.producer)
 
     async def _assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """Take the new slots: start their writers, recover their state. A failure (the broker
+        paused or restarting while the group rebalanced: aiokafka then fails a producer's
+        start, even with an AssertionError) is tried again with a backoff; aiokafka would only
+        log a listener's error and go on consuming the partitions with no slot to apply them
+        to, so the host stalled for good (tests/faults/test_client_outage.py, once in CI).
+        After ``ASSIGN_ATTEMPTS`` the error is kept and the next :meth:`step` raises it."""
         slots = {self.slot_of(tp.partition) for tp in assigned if tp.topic in self.topics}
+        for attempt in range(1, ASSIGN_ATTEMPTS + 1):
+            try:
+                await self._take(slots)
+                break
+            except Exception as exc:
+                if attempt == ASSIGN_ATTEMPTS or self._stopping.is_set():
+                    self._assign_error = exc
+                    raise
+                delay = min(5.0, 0.25 * 2**attempt)
+                log.warning(
+                    "%s: taking partitions failed (%r); trying again in %.1f s (attempt %d of %d)",
+                    self.role, exc, delay, attempt + 1, ASSIGN_ATTEMPTS,
+                )  # fmt: skip
+                await asyncio.sleep(delay)  # a backoff, not a wait for an event
+        self._assigned_once.set()
+
+    async def _take(self, slots: set[int]) -> None:
         async with self._lock:
             fresh = sorted(slots - self._held.keys())
             producers: dict[int, AIOKafkaProducer] = {}
-            if self.transactional:
-                for slot in fresh:
-                    # Starting it fences the slot's former owner and aborts its open
-                    # transaction, before we read what that owner wrote.
-                    producers[slot] = clients.transactional_producer(
-                        self.settings,
-                        f"{self.role}-p{slot}",
-                        self.transactional_id(slot),
-                        max_batch_size=_MiB,
-                    )
-                    await clients.started(producers[slot])
-            recovered = await self.recover(fresh)
+            try:
+                if self.transactional:
+                    for slot in fresh:
+                        # Starting it fences the slot's former owner and aborts its open
+                        # transaction, before we read what that owner wrote.
+                        producers[slot] = clients.transactional_producer(
+                            self.settings,
+                            f"{self.role}-p{slot}",
+                            self.transactional_id(slot),
+                            max_batch_size=_MiB,
+                        )
+                        await clients.started(producers[slot])
+                recovered = await self.recover(fresh)
+            except BaseException:
+                for producer in producers.values():
+                    await stop_quietly(producer)
+                raise
             for slot in fresh:
                 state, box = recovered[slot]
                 self._held[slot] = _Held(state, producers.get(slot))
                 await self.write_aside(slot, box)
-        self._assigned_once.set()
 
 
 def _consume_error(fut: asyncio.Future[Any]) -> None:
