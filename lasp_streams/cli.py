@@ -343,7 +343,9 @@ def demo() -> None:
     default="gateway",
     show_default=True,
     help="Kafka mode: clients through a gateway (WebSocket, device ledger) or each with its "
-    "own Kafka producer and consumer (bounded mode always uses kafka).",
+    "own Kafka producer and consumer. Bounded and hybrid modes: through a gateway, the "
+    "gateway holds the rights and leases them to its devices; over kafka, each client holds "
+    "its own.",
 )
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option(

@@ -103,6 +103,9 @@ class GatewayTransport:
         self.push_lag_ms: deque[float] = deque(maxlen=10_000)
         #: (the gateway's clock in its last answer, time.monotonic() when it arrived)
         self._server: tuple[float, float] | None = None
+        #: Bounded mode: the signed lease of each key ([cap, version, tag], the highest cap
+        #: heard), sent with every flush so any gateway can check the totals against it.
+        self.leases: dict[Hashable, list[Any]] = {}
 
     def server_time(self) -> float | None:
         """The gateway's clock now, as its last answer said (None before any answer)."""
@@ -140,6 +143,7 @@ class GatewayTransport:
         states = answer.get("states")
         if type(states) is not dict:
             raise Offline(f"gateway answered a subscription to {var!r} without states")
+        self._heard_leases(answer)
         base, pushes = self._pushes.setdefault(var, (0, []))
         self._overflowed.discard(var)
         return Snapshot(dict(states), (self._epoch, base + len(pushes)))
@@ -171,7 +175,12 @@ class GatewayTransport:
         return DeltaBatch(out, (self._epoch, base + len(pushes)), self.server_time())
 
     async def publish(self, var: str, deltas: Sequence[tuple[Hashable, bytes]]) -> None:
-        await self._request({"op": "flush", "var": var, "deltas": [[k, p] for k, p in deltas]})
+        body: dict[str, Any] = {"op": "flush", "var": var, "deltas": [[k, p] for k, p in deltas]}
+        if self.leases:
+            leases = {k: self.leases[k] for k, _ in deltas if k in self.leases}
+            if leases:
+                body["leases"] = leases
+        await self._request(body)
 
     async def watch(self, var: str, keys: Sequence[str]) -> None:
         """Hear ``keys`` of ``var`` from now on as well (selective hearing grows)."""
@@ -188,6 +197,16 @@ class GatewayTransport:
         await self._request({"op": "ping"})
 
     # -- internals -----------------------------------------------------------------------------
+    def _heard_leases(self, frame: dict[str, Any]) -> None:
+        leases = frame.get("leases")
+        if type(leases) is not dict:
+            return
+        for key, token in leases.items():
+            if type(token) is list and token and type(token[0]) is int:
+                held = self.leases.get(key)
+                if held is None or token[0] > held[0]:
+                    self.leases[key] = token
+
     def _check(self, what: str) -> None:
         if not self.online:
             raise Offline(f"device {self.actor!r} is offline: cannot {what}")
@@ -274,6 +293,7 @@ class GatewayTransport:
                     states = frame.get("states")
                     if type(states) is not dict:
                         continue
+                    self._heard_leases(frame)
                     if len(buffered[1]) + len(states) > self.max_buffered:
                         self._overflowed.add(str(var))
                         self._pushes[str(var)] = (buffered[0] + len(buffered[1]), [])

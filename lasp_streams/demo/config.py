@@ -103,10 +103,22 @@ class DemoConfig:
         plus 0.2 s for the trip through the agents and the escrow's transaction."""
         return 2 * self.flush_interval * (1 + self.jitter) + 0.2
 
-    def escrow(self, server_actor: str) -> RightsEscrow:
-        """The escrow of bounded or hybrid mode, set up from this config."""
+    def escrow(self, server_actor: str, *, gateways: int = 0) -> RightsEscrow:
+        """The escrow of bounded or hybrid mode, set up from this config: clients hold the
+        rights, or (``gateways`` > 0) that many gateways hold them and lease them to their
+        devices (:mod:`lasp_streams.gateway.rights`)."""
         from lasp_streams.server.escrow import RightsEscrow
 
+        if gateways:
+            return RightsEscrow(
+                quota=self.grant_quota(),
+                clients=gateways,
+                server_actor=server_actor,
+                counter="rights_leased",
+                counter_deltas=True,
+                lead=self.lead,
+                hybrid=self.mode == "hybrid",
+            )
         return RightsEscrow(
             quota=self.grant_quota(),
             clients=self.clients,

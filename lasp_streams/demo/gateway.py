@@ -29,6 +29,7 @@ from lasp_streams.demo.simulate import ad_ids
 from lasp_streams.gateway.config import GatewayConfig
 from lasp_streams.gateway.keys import KeyRing, save_keyring
 from lasp_streams.gateway.metrics import GatewayMetrics
+from lasp_streams.gateway.rights import BoundedGateway
 from lasp_streams.gateway.server import Gateway
 from lasp_streams.runtime.kafka.ledger import LedgerAgent, ledger_topics
 from lasp_streams.runtime.kafka.settings import KafkaSettings
@@ -78,7 +79,13 @@ class GatewayStack:
 
 
 async def start_stack(
-    topology: Topology, settings: KafkaSettings, name: str, cfg: DemoConfig, *, partitions: int = 3
+    topology: Topology,
+    settings: KafkaSettings,
+    name: str,
+    cfg: DemoConfig,
+    *,
+    partitions: int = 3,
+    bounded: BoundedGateway | None = None,
 ) -> GatewayStack:
     """Start the ledger and a gateway for the demo's run ``name`` (module docstring)."""
     await ensure_topics(settings, ledger_topics(name, settings, partitions))
@@ -95,6 +102,7 @@ async def start_stack(
         writable={"impressions": ("ads_with_contracts", ad_ids)},
         ledger_partitions=partitions,
         max_sessions=max(1_000, 2 * cfg.clients),
+        bounded=bounded,
     )
     gateway = Gateway(
         topology, settings, config, name=name, metrics=GatewayMetrics(CollectorRegistry())

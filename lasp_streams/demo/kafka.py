@@ -45,6 +45,7 @@ from lasp_streams.demo.simulate import new_client, settle, simulate
 from lasp_streams.demo.summary import AdResult, BilledAd, RunSummary
 from lasp_streams.demo.topology import ad_counter
 from lasp_streams.errors import LaspError, ReadTimeout
+from lasp_streams.gateway.rights import BoundedGateway
 from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.runtime.kafka.reader import read_all
 from lasp_streams.runtime.kafka.runtime import KafkaRuntime
@@ -192,7 +193,7 @@ async def _run(
     service: KafkaEscrow | None = None
     checks: EscrowChecks | None = None
     if cfg.mode != "lasp":
-        escrow = cfg.escrow(mod.SERVER_ACTOR)
+        escrow = cfg.escrow(mod.SERVER_ACTOR, gateways=1 if via == "gateway" else 0)
         escrow.declare(topo)
         # The agents refuse overspending (dead-lettered with the reason); the audit stays.
         checks = EscrowChecks(escrow, settings, name)
@@ -227,9 +228,15 @@ async def _run(
         await rt.read("ads_with_contracts", Threshold.cardinality(len(ads)), timeout=60)
         progress(f"{len(ads)} ads with contracts; starting {cfg.clients} clients")
 
-        if via == "gateway" and escrow is None:
-            stack = await start_stack(topo, settings, name, cfg, partitions=partitions)
-            progress(f"clients connect to a gateway at {stack.url} (device ledger in process)")
+        if via == "gateway":
+            leases = None if escrow is None else BoundedGateway(counter="impressions")
+            stack = await start_stack(
+                topo, settings, name, cfg, partitions=partitions, bounded=leases
+            )
+            progress(
+                f"clients connect to a gateway at {stack.url} (device ledger in process"
+                + ("; the gateway holds rights and leases them to its devices)" if leases else ")")
+            )
         sims = []
         client_settings = settings
         if client_request_timeout_ms is not None:
@@ -242,7 +249,11 @@ async def _run(
             )
             await transport.start()
             transports.append(transport)
-            decide = contract_minimum(cfg.min_impressions) if stack is not None else None
+            decide = (
+                contract_minimum(cfg.min_impressions)
+                if stack is not None and escrow is None
+                else None
+            )
             sims.append(
                 new_client(transport.actor, transport, topo, cfg, escrow, master, clock, decide)
             )

@@ -4,6 +4,7 @@ ads at a rate, goes offline now and then, and syncs its EdgeClient when a flush 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Callable, Hashable
 from typing import Any, Protocol
@@ -61,16 +62,23 @@ def new_client(
 ) -> SimulatedClient:
     """One simulated client over ``transport``, its EdgeClient set up from ``cfg`` (bounded by
     ``escrow`` when given); both rngs are drawn from ``master``, the client's first."""
+    bounded = None
+    if escrow is not None and escrow.counter_deltas:
+        # Rights leased by a gateway: ask a sync ahead of running dry, and report the demand
+        # often (the gateway keeps each device's lease a second of its demand ahead).
+        per_key = cfg.rate / cfg.total_ads if cfg.rate else 100.0
+        ahead = max(1, math.ceil(per_key * cfg.flush_interval * (1 + cfg.jitter)))
+        bounded = Bounded(escrow.rights, escrow.requests, ahead, report_every=0.25)
+    elif escrow is not None:
+        # Ask again at half a quota left, so the next grant usually lands before the client
+        # runs dry (a grant takes one sync round to arrive).
+        bounded = Bounded(escrow.rights, escrow.requests, max(1, escrow.quota // 2))
     client = EdgeClient(
         actor,
         transport,
         topology,
         keys_of=ad_ids,
-        # Ask again at half a quota left, so the next grant usually lands before the client
-        # runs dry (a grant takes one sync round to arrive).
-        bounded=Bounded(escrow.rights, escrow.requests, max(1, escrow.quota // 2))
-        if escrow
-        else None,
+        bounded=bounded,
         flush_interval=cfg.flush_interval,
         jitter=cfg.jitter,
         rng=random.Random(master.getrandbits(64)),

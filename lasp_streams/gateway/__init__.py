@@ -11,6 +11,7 @@ Modules:
 - :mod:`.batcher` — accepted totals into Kafka, one record per ledger partition per batch;
 - :mod:`.hearing` — selective hearing: one follower per variable feeds every socket;
 - :mod:`.ledger_tail` — counters heard one hop early: the ledger's output from the delta topic;
+- :mod:`.rights` — bounded mode: the gateway holds escrowed rights and leases them to devices;
 - :mod:`.server` — the aiohttp application: sessions, queryable state, health, metrics;
 - :mod:`.config` — a gateway's settings;
 - :mod:`.kafka` — the gateway's Kafka clients, built in one place;

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lasp_streams.gateway.rights import BoundedGateway
 from lasp_streams.server.devices import DevicePolicy
 
 __all__ = ["GatewayConfig"]
@@ -21,7 +22,7 @@ class GatewayConfig:
     ``ledger_partitions``: partitions of the ledger topics (fixed once created).
     ``push_budget``: frames per second the process pushes to its devices in all, about (the
     push interval grows with the fan-out: :mod:`lasp_streams.gateway.hearing`), up to
-    ``max_push_interval`` seconds."""
+    ``max_push_interval`` seconds. ``bounded``: see below."""
 
     keys: Path
     writable: dict[str, tuple[str, Callable[[Any], Iterable[Hashable]]]] = field(
@@ -43,6 +44,9 @@ class GatewayConfig:
     max_http_keys: int = 10_000
     push_budget: float = 2_500.0
     max_push_interval: float = 0.25
+    bounded: BoundedGateway | None = None
+    """Bounded mode: this gateway holds rights and leases them to its devices
+    (:mod:`lasp_streams.gateway.rights`)."""
 
     def __post_init__(self) -> None:
         for name in ("ledger_partitions", "max_sessions", "max_frame_bytes", "send_queue"):

@@ -29,7 +29,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from lasp_streams.client.protocol import PROTOCOL
+from lasp_streams.client.protocol import PROTOCOL, pack
 from lasp_streams.dataflow.steps import TriggerStep
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.gateway.batcher import Batcher
@@ -38,6 +38,7 @@ from lasp_streams.gateway.hearing import Hearing
 from lasp_streams.gateway.kafka import batch_producer
 from lasp_streams.gateway.keys import KeyRing, load_keyring
 from lasp_streams.gateway.metrics import GatewayMetrics
+from lasp_streams.gateway.rights import LeaseBook, RightsDesk
 from lasp_streams.gateway.session import Session
 from lasp_streams.runtime.kafka import clients
 from lasp_streams.runtime.kafka.ledger import devices_topic, ledger_topics
@@ -95,6 +96,11 @@ class Gateway:
             max_entries=config.batch_max_entries,
             metrics=metrics,
         )
+        #: Bounded mode: this process holds rights (holder ``gw-<id>``) and leases them.
+        self.rights: RightsDesk | None = None
+        if config.bounded is not None:
+            book = LeaseBook(f"gw-{self.id}", lambda: self.keyring, config.bounded)
+            self.rights = RightsDesk(book, settings, self.name, self._producer, pack=pack)
         self._tasks: list[asyncio.Task[None]] = []
         self.app = web.Application(client_max_size=64 * 1024)
         self.app.router.add_get("/healthz", self._health)
@@ -110,6 +116,8 @@ class Gateway:
         await clients.started(self._producer)
         self.batcher.start()
         await self.hearing.start()
+        if self.rights is not None:
+            await self.rights.start()
         for step in self.topology.steps:
             if isinstance(step, TriggerStep):
                 for var in step.inputs:
@@ -123,6 +131,8 @@ class Gateway:
         for session in list(self.sessions):
             session.close_soon("unavailable", "the gateway is shutting down; reconnect")
         await self.batcher.stop()
+        if self.rights is not None:
+            await self.rights.stop()
         await self.hearing.stop()
         await self._producer.stop()
 
@@ -159,6 +169,8 @@ class Gateway:
                     mine.discard(session)
                     if not mine:
                         del self._by_device[session.device]
+                        if self.rights is not None:
+                            self.rights.book.forget(session.device)
         return ws
 
     async def _watch_keyring(self) -> None:

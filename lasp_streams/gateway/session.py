@@ -51,12 +51,13 @@ from lasp_streams.gateway.config import GatewayConfig
 from lasp_streams.gateway.hearing import Hearing
 from lasp_streams.gateway.keys import KeyRing
 from lasp_streams.gateway.metrics import GatewayMetrics
+from lasp_streams.gateway.rights import RightsDesk
 from lasp_streams.lattices.counters import GCounter
 from lasp_streams.lattices.windowed import Windowed
 from lasp_streams.runtime.kafka.topics import delta_topic
 from lasp_streams.server.devices import check_flush, check_identifier, flush_items
 from lasp_streams.server.ledger import ViewCap
-from lasp_streams.server.validate import windowed_flush_problem
+from lasp_streams.server.validate import client_delta_problem, windowed_flush_problem
 
 WINDOW_MAX_SKEW = 60.0
 """Seconds a windowed flush's event time may be ahead of the gateway's clock."""
@@ -80,6 +81,7 @@ class GatewaySide(Protocol):
     batcher: Batcher
     topology: Topology
     readable: frozenset[str]
+    rights: RightsDesk | None
 
     def bind(self, session: Session) -> None: ...
 
@@ -176,6 +178,8 @@ class Session:
                 # Acknowledge what Kafka takes; a device gone meanwhile re-sends its totals.
                 await asyncio.wait(self._in_flight, timeout=5.0)
             self.gateway.hearing.drop(self)
+            if self.gateway.rights is not None:
+                self.gateway.rights.drop(self)
             if self.closing is None:
                 self.closing = "session ended"
                 self._queue.put_nowait(None)
@@ -287,8 +291,12 @@ class Session:
         gw = self.gateway
         op = request.get("op")
         gw.metrics.frame(op)
+        desk = gw.rights
         if op == "flush" and self._windowed(request.get("var")):
             await self._windowed_flush(seq, request)
+        elif op == "flush" and desk is not None and request.get("var") == desk.config.requests:
+            self._ask_for_rights(desk, request)
+            self._send({"t": "ack", "req": seq})
         elif op == "flush":
             assert self.device is not None
             var, totals = check_flush(
@@ -298,6 +306,10 @@ class Session:
                 writable=frozenset(gw.config.writable),
                 known=gw.hearing.known,
             )
+            if desk is not None and var == desk.config.counter:
+                leases = self._leases(request)
+                for key, total in totals:
+                    desk.book.check_total(self.device, key, total, leases.get(key))
             # The acknowledgement waits for Kafka in its own task, so a device may have several
             # flushes in flight (order does not matter: totals are idempotent); at most
             # max_in_flight, then reading this socket waits (backpressure).
@@ -332,6 +344,23 @@ class Session:
                         f"{gw.config.policy.max_keys_per_flush}",
                     )
                 keys = [check_identifier(k, f"{op}: key", gw.config.policy) for k in keys]
+            if desk is not None and var == desk.config.rights:
+                # Bounded mode: a device hears its own leases, not the holders' grants.
+                if op == "sub":
+                    assert self.device is not None
+                    states, leases = desk.snapshot(self.device, keys)
+                    self._send(
+                        {
+                            "t": "snapshot",
+                            "req": seq,
+                            "var": var,
+                            "states": states,
+                            "leases": leases,
+                        }
+                    )
+                else:
+                    self._send({"t": "ack", "req": seq})
+                return
             if op == "unsub":
                 gw.hearing.unsubscribe(var, keys, self)
                 self._send({"t": "ack", "req": seq})
@@ -345,6 +374,51 @@ class Session:
             self._send({"t": "pong", "req": seq})
         else:
             raise ProtocolError("malformed", f"unknown op {op!r} (sub, unsub, flush, ping)")
+
+    # -- bounded mode (:mod:`lasp_streams.gateway.rights`) ----------------------------------------
+    def _leases(self, request: dict[Any, Any]) -> dict[Any, Any]:
+        """The leases a flush carries (``{key: [cap, version, tag]}``), bounded."""
+        leases = request.get("leases")
+        if leases is None:
+            return {}
+        if type(leases) is not dict or len(leases) > self.gateway.config.policy.max_keys_per_flush:
+            raise ProtocolError(
+                "malformed",
+                "flush: leases must be a map of at most "
+                f"{self.gateway.config.policy.max_keys_per_flush} keys to [cap, version, tag]",
+            )
+        return leases
+
+    def _ask_for_rights(self, desk: RightsDesk, request: dict[Any, Any]) -> None:
+        """A flush of the device's demand (its ``requests`` entry): raise its leases."""
+        gw = self.gateway
+        device = self.device
+        assert device is not None
+        var = desk.config.requests
+        leases = self._leases(request)
+        asks: list[tuple[Any, int]] = []
+        for key, _payload, delta in flush_items(
+            request.get("deltas"),
+            var,
+            policy=gw.config.policy,
+            known=lambda _var, key: gw.hearing.known(desk.config.counter, key),
+            expect=GCounter,
+        ):
+            problem = client_delta_problem(delta, device)
+            if problem is not None:
+                raise ProtocolError("foreign_actor", f"flush: {var} delta of {key!r}: {problem}")
+            assert isinstance(delta, GCounter)
+            demand = delta.value()
+            if demand > gw.config.policy.max_total:
+                raise ProtocolError(
+                    "over_limit",
+                    f"flush: {var} {key!r} demand {demand} is above the per-device maximum "
+                    f"{gw.config.policy.max_total}",
+                )
+            asks.append((key, demand))
+        for key, demand in asks:  # every key checked before any is acted on
+            desk.ask(self, key, demand, leases.get(key))
+        gw.metrics.accepted(var, len(asks))
 
     # -- windowed flushes (module docstring, check 5) ------------------------------------------
     def _windowed(self, var: object) -> bool:

@@ -206,6 +206,12 @@ class RightsEscrow:
     seconds a refill takes to reach a holder and be spent from (refill round trip + flush
     interval + report lag). ``tight_fraction``: the tail coordinated tightly. ``interval``:
     seconds between ticks in :meth:`run`.
+
+    ``counter``: the keyed GCounter whose entries are the holders' spending. Clients holding
+    rights spend in the impressions counter itself; gateways holding rights
+    (:mod:`lasp_streams.gateway.rights`) spend what they lease to their devices, in
+    ``rights_leased``, read from its delta topic as well (``counter_deltas``: a few records per
+    gateway and report, so a refill follows each report at once).
     """
 
     def __init__(
@@ -223,6 +229,7 @@ class RightsEscrow:
         interval: float = 0.05,
         rate_window: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        counter_deltas: bool = False,
     ) -> None:
         if type(quota) is not int or quota < 1:
             raise ValueError(f"quota must be an int >= 1, got {quota!r}")
@@ -239,6 +246,7 @@ class RightsEscrow:
         self.rights = rights
         self.requests = requests
         self.counter = counter
+        self.counter_deltas = counter_deltas
         self.lead = lead
         self.tight_fraction = tight_fraction
         self.hybrid = hybrid
@@ -266,11 +274,13 @@ class RightsEscrow:
 
     # -- set-up ---------------------------------------------------------------------------------
     def declare(self, topology: Topology) -> None:
-        """Declare ``rights`` (keyed BCounter) and ``requests`` (keyed GCounter) if missing."""
+        """Declare ``rights`` (keyed BCounter), ``requests`` and ``counter`` (keyed GCounters)
+        if missing."""
         if self.rights not in topology.variables:
             topology.declare(self.rights, BCounter, keyed=True)
-        if self.requests not in topology.variables:
-            topology.declare(self.requests, GCounter, keyed=True)
+        for var in (self.requests, self.counter):
+            if var not in topology.variables:
+                topology.declare(var, GCounter, keyed=True)
 
     def install(self, topology: Topology) -> None:
         """:meth:`declare`, and answer requests at once with a stream step (LocalRuntime)."""

@@ -77,9 +77,11 @@ class KafkaLedger:
         rights: str = "rights",
         requests: str = "rights_requests",
         counter: str = "impressions",
+        counter_deltas: bool = False,
     ) -> None:
         self.settings = settings
         self.name = name
+        self.counter_deltas = counter_deltas
         self.server_actor = server_actor
         self.rights = rights
         self.counter = counter
@@ -106,7 +108,12 @@ class KafkaLedger:
         await clients.started(self._producer)
         for var, proto in self._protos.items():
             follower = VariableFollower(
-                s, self.name, var, proto, keyed=True, include_deltas=var != self.counter
+                s,
+                self.name,
+                var,
+                proto,
+                keyed=True,
+                include_deltas=var != self.counter or self.counter_deltas,
             )
             await follower.start()
             self._followers[var] = follower
@@ -183,6 +190,7 @@ class KafkaEscrow:
             rights=escrow.rights,
             requests=escrow.requests,
             counter=escrow.counter,
+            counter_deltas=escrow.counter_deltas,
         )
         self._queue: dict[Hashable, Lattice] = {}
         self._queued = asyncio.Event()

@@ -28,6 +28,8 @@ from lasp_streams.runtime.kafka.ledger import LedgerAgent, ledger_topics
 from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.topics import ensure_topics
+from lasp_streams.server.escrow import RightsEscrow
+from lasp_streams.server.escrow_kafka import KafkaEscrow
 from lasp_streams.server.ledger import ViewCap
 from tests.ports import free_port
 from topologies.ad_counter import SERVER_ACTOR, Ad, Contract, ad_source, build
@@ -53,6 +55,7 @@ class GatewayEnv:
     ring: KeyRing
     gateways: list[Served] = field(default_factory=list)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    escrow: KafkaEscrow | None = None
 
     def transport(
         self, device: str, gateway: int | Sequence[int] = 0, **kw: Any
@@ -103,8 +106,11 @@ async def gateway_env(
     minimum: int = 1_000_000,
     cap: ViewCap | None = None,
     gateways: int = 1,
+    escrow: RightsEscrow | None = None,
     **config: Any,
 ) -> AsyncIterator[GatewayEnv]:
+    """``escrow``: bounded mode (declared on the topology, run as a KafkaEscrow funding every
+    ad with ``minimum``); pass ``bounded=BoundedGateway()`` for the gateways too."""
     settings = KafkaSettings(
         bootstrap_servers=bootstrap,
         delta_partitions=2,
@@ -112,7 +118,10 @@ async def gateway_env(
         linger_ms=1,
         client_id=f"t-{name}"[:60],
     )
-    rt = KafkaRuntime(build(minimum), settings, name=name)
+    topology = build(minimum)
+    if escrow is not None:
+        escrow.declare(topology)
+    rt = KafkaRuntime(topology, settings, name=name)
     await rt.start()
     await ensure_topics(settings, ledger_topics(name, settings, LEDGER_PARTITIONS))
     ledger = LedgerAgent(settings, name, cap or ViewCap())
@@ -132,6 +141,12 @@ async def gateway_env(
             await rt.update(ad_source(ad), SERVER_ACTOR, "add", ad)
             await rt.update("contracts", SERVER_ACTOR, "add", Contract(ad.id))
         await rt.read("ads_with_contracts", Threshold.cardinality(len(ADS)), timeout=60)
+        if escrow is not None:
+            env.escrow = KafkaEscrow(escrow, settings, name)
+            await env.escrow.start()
+            for ad in ADS:
+                await env.escrow.fund(ad.id, minimum)
+            env.tasks.append(asyncio.create_task(env.escrow.run(halt)))
         for _ in range(gateways):
             await env.add_gateway(**config)
         for served in env.gateways:
@@ -143,6 +158,8 @@ async def gateway_env(
             await served.gateway.stop()
         halt.set()
         results = await asyncio.gather(*env.tasks, return_exceptions=True)
+        if env.escrow is not None:
+            await env.escrow.stop()
         await ledger.stop()
         await rt.stop()
         for result in results:
