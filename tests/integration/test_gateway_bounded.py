@@ -170,7 +170,11 @@ async def test_overspending_forged_and_borrowed_leases_are_refused(
             await dev.signed(mine, "mallory", 4, flush(cap + 50, [cap + 50, token[1], token[2]]))
             await expect(dev, "bad_signature", "does not verify")
             # Demand for an ad that does not exist, or in another device's entry: refused.
-            bad = {"op": "flush", "var": "rights_requests", "deltas": [["fake", total("mallory", 1)]]}
+            bad = {
+                "op": "flush",
+                "var": "rights_requests",
+                "deltas": [["fake", total("mallory", 1)]],
+            }
             await dev.signed(mine, "mallory", 5, bad)
             await expect(dev, "unknown_key", "fake")
             bad = {"op": "flush", "var": "rights_requests", "deltas": [["rovio-0", total("v", 1)]]}
