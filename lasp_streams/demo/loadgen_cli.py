@@ -87,6 +87,13 @@ __all__ = ["loadgen"]
     help="clients: merge the gateway's pushes only when a device syncs, not as they arrive "
     "(a benchmark baseline: how devices behaved before EdgeClient.hear).",
 )
+@click.option(
+    "--bounded",
+    is_flag=True,
+    help="clients: count only with rights the gateway leases (the gateway runs with "
+    "--bounded, an escrow grants it rights); a view refused for want of rights goes to "
+    "another ad the device holds rights for.",
+)
 @loop_option
 def loadgen(
     urls: tuple[str, ...],
@@ -105,6 +112,7 @@ def loadgen(
     seed: int,
     step: float,
     hear_at_sync: bool,
+    bounded: bool,
     loop: str,
 ) -> None:
     """Simulated devices over real sockets; prints a JSON report on stdout."""
@@ -149,6 +157,7 @@ def loadgen(
                 seed=seed,
                 step=step,
                 hear=not hear_at_sync,
+                bounded=bounded,
             ),
             loop,
         )

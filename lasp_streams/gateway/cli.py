@@ -128,6 +128,21 @@ def _keys_of(ref: str) -> Any:
     "elsewhere, pending batches written) before the gateway exits anyway: safe, a device's "
     "flush is acknowledged only after Kafka took it, so an unacknowledged one is sent again.",
 )
+@click.option(
+    "--bounded",
+    is_flag=True,
+    help="Bounded and hybrid modes: this gateway asks the escrow for impression rights and "
+    "leases them to its devices (signed caps on their totals; a total beyond its lease is "
+    "refused). Run the escrow with counter rights_leased (python -m "
+    "lasp_streams.server.escrow_kafka --leases).",
+)
+@click.option(
+    "--lease-seconds",
+    type=click.FloatRange(min=0.01),
+    default=1.0,
+    show_default=True,
+    help="--bounded: a device's lease covers that many seconds of its demand rate.",
+)
 @loop_option
 def serve(
     topology_ref: str,
@@ -145,6 +160,8 @@ def serve(
     push_budget: float,
     max_push_interval: float,
     shutdown_timeout: float,
+    bounded: bool,
+    lease_seconds: float,
     loop: str,
 ) -> None:
     """Run a gateway for MODULE[:ATTR] until Ctrl-C/SIGTERM."""
@@ -170,6 +187,14 @@ def serve(
     except InvalidTopology as exc:
         raise click.ClickException(str(exc)) from None
     fn = _keys_of(keys_of)
+    leases = None
+    if bounded:
+        from lasp_streams.gateway.rights import BoundedGateway
+
+        if len(writes) != 1:
+            raise click.UsageError("--bounded: devices write exactly one counter (--writes)")
+        leases = BoundedGateway(counter=writes[0], lease_seconds=lease_seconds)
+        leases.declare(topology)
     config = GatewayConfig(
         keys=keys_path,
         writable={w: (keys_from, fn) for w in writes},
@@ -178,6 +203,7 @@ def serve(
         max_sessions=max_sessions,
         push_budget=push_budget,
         max_push_interval=max_push_interval,
+        bounded=leases,
     )
     settings = kafka.settings(base=KafkaSettings(client_id="lasp-gateway"), partitions=partitions)
 

@@ -50,6 +50,7 @@ from aiokafka import AIOKafkaProducer
 
 from lasp_streams.client.protocol import ProtocolError
 from lasp_streams.codec import ACTOR_HEADER, encode, key_from_kafka, key_to_kafka
+from lasp_streams.dataflow.topology import Topology
 from lasp_streams.gateway.keys import KeyRing
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.counters import BCounter, GCounter
@@ -87,6 +88,16 @@ class BoundedGateway:
             raise ValueError(f"BoundedGateway needs lease_seconds, report_every > 0: {self}")
         if type(self.first_lease) is not int or self.first_lease < 1:
             raise ValueError(f"BoundedGateway.first_lease must be an int >= 1: {self}")
+
+    def declare(self, topology: Topology) -> None:
+        """Declare the rights variables on ``topology`` where missing (as the escrow does:
+        ``rights`` a keyed BCounter, ``requests`` and ``leased`` keyed GCounters), so a
+        gateway or a device loading the plain topology module can take part."""
+        if self.rights not in topology.variables:
+            topology.declare(self.rights, BCounter, keyed=True)
+        for var in (self.requests, self.leased):
+            if var not in topology.variables:
+                topology.declare(var, GCounter, keyed=True)
 
 
 def lease_state(device: str, cap: int) -> BCounter:

@@ -24,7 +24,8 @@ minimum), so the caller funds again after a restart without harm.
 As a process (the unit the fault tests SIGKILL)::
 
     python -m lasp_streams.server.escrow_kafka --bootstrap HOST:PORT --topology T \\
-        --fund KEY=N [--fund KEY=N ...] [--quota Q] [--clients C] [--lead S] [--hybrid]
+        --fund KEY=N [--fund KEY=N ...] [--quota Q] [--clients C] [--lead S] [--hybrid] \\
+        [--leases]
 
 prints ``ready`` once it has fenced, recovered and funded, then grants until SIGTERM/SIGINT.
 """
@@ -310,6 +311,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=int, default=1, help="holders expected")
     p.add_argument("--lead", type=float, default=0.5, help="refill lead time, seconds")
     p.add_argument("--hybrid", action="store_true")
+    p.add_argument(
+        "--leases",
+        action="store_true",
+        help="the holders are gateways leasing to their devices (lasp-streams gateway "
+        "--bounded): their spending is what they leased, in rights_leased",
+    )
     p.add_argument("--server-actor", default="server")
     return p
 
@@ -332,6 +339,8 @@ async def _main(args: argparse.Namespace) -> int:
         lead=args.lead,
         hybrid=args.hybrid,
         server_actor=args.server_actor,
+        counter="rights_leased" if args.leases else "impressions",
+        counter_deltas=args.leases,
     )
     service = KafkaEscrow(escrow, settings, args.topology)
     stop = asyncio.Event()

@@ -56,6 +56,8 @@ from lasp_streams.runtime.kafka.runtime import KafkaRuntime
 from lasp_streams.runtime.kafka.settings import KafkaSettings
 from lasp_streams.runtime.kafka.sink import read_billing_events
 from lasp_streams.runtime.kafka.topics import billing_topic, ensure_topics
+from lasp_streams.server.escrow import RightsEscrow
+from lasp_streams.server.escrow_kafka import EscrowChecks, KafkaEscrow
 from lasp_streams.server.ledger import LedgerPartition, ViewCap
 from tests.ports import free_port
 from topologies.ad_counter import COMPANIES, SERVER_ACTOR, Ad, Contract, ad_source, build
@@ -166,8 +168,11 @@ def bench_ledger(
 class Deployment:
     """The topology's agents and sink in this process; gateway and ledger as processes."""
 
-    def __init__(self, bootstrap: str, tmp: Path, loop: str = "auto") -> None:
+    def __init__(self, bootstrap: str, tmp: Path, loop: str = "auto", mode: str = "lasp") -> None:
         self.name = f"bench_gw_{int(time.time() * 1000)}"
+        #: lasp, or bounded/hybrid: an escrow in this process grants rights to the gateway,
+        #: which leases them to its devices (lasp_streams.gateway.rights).
+        self.mode = mode
         #: The event loop of the ledger, gateway and load generator processes (``--loop``).
         self.env = {**os.environ, "LASP_STREAMS_LOOP": loop}
         self.settings = KafkaSettings(
@@ -182,8 +187,27 @@ class Deployment:
         save_keyring(self.keys, self.ring)
         self.disabled: dict[str, float] = {}
         self.ads = [Ad(f"{c}-{i}", c) for c in COMPANIES for i in range(ADS_PER_COMPANY)]
+        topology = build(MINIMUM, on_disable=self._disabled)
+        self.escrow: RightsEscrow | None = None
+        self.checks: EscrowChecks | None = None
+        self.service: KafkaEscrow | None = None
+        if mode != "lasp":
+            self.escrow = RightsEscrow(
+                quota=MINIMUM // 20,
+                clients=1,
+                server_actor=SERVER_ACTOR,
+                counter="rights_leased",
+                counter_deltas=True,
+                lead=0.5,
+                hybrid=mode == "hybrid",
+            )
+            self.escrow.declare(topology)
+            self.checks = EscrowChecks(self.escrow, self.settings, self.name)
         self.rt = KafkaRuntime(
-            build(MINIMUM, on_disable=self._disabled), self.settings, name=self.name
+            topology,
+            self.settings,
+            name=self.name,
+            validators=None if self.checks is None else self.checks.validators,
         )
         self.procs: list[subprocess.Popen[bytes]] = []
         self.halt = asyncio.Event()
@@ -195,6 +219,8 @@ class Deployment:
 
     async def start(self, view_cap: int, gateway_args: Sequence[str] = ()) -> None:
         await self.rt.start()
+        if self.checks is not None:
+            await self.checks.start()
         ready = asyncio.Event()
         self.tasks.append(asyncio.create_task(self.rt.run(stop=self.halt, ready=ready)))
         await asyncio.wait_for(ready.wait(), 120)
@@ -203,6 +229,13 @@ class Deployment:
             await self.rt.update(ad_source(ad), SERVER_ACTOR, "add", ad)
             await self.rt.update("contracts", SERVER_ACTOR, "add", Contract(ad.id))
         await self.rt.read("ads_with_contracts", Threshold.cardinality(len(self.ads)), timeout=60)
+        if self.escrow is not None:
+            self.service = KafkaEscrow(self.escrow, self.settings, self.name)
+            await self.service.start()
+            for ad in self.ads:
+                await self.service.fund(ad.id, MINIMUM)
+            self.tasks.append(asyncio.create_task(self.service.run(self.halt)))
+            gateway_args = ("--bounded", *gateway_args)
         await ensure_topics(self.settings, ledger_topics(self.name, self.settings, PARTITIONS))
         common = [
             "--bootstrap",
@@ -282,6 +315,10 @@ class Deployment:
                 p.kill()
         self.halt.set()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.service is not None:
+            await self.service.stop()
+        if self.checks is not None:
+            await self.checks.stop()
         await self.rt.stop()
 
 
@@ -402,8 +439,11 @@ async def bench_overcount(
     gateway_args: Sequence[str] = (),
     loadgen_args: Sequence[str] = (),
     loop: str = "auto",
+    mode: str = "lasp",
 ) -> dict[str, Any]:
-    dep = Deployment(bootstrap, tmp, loop)
+    dep = Deployment(bootstrap, tmp, loop, mode)
+    if mode != "lasp":
+        loadgen_args = ("--bounded", *loadgen_args)
     rate = TOTAL_RATE / devices
     huge = devices >= 10_000
     if huge:
@@ -453,6 +493,12 @@ async def bench_overcount(
             ),
             "disabled": len(dep.disabled),
             "seconds": round(time.monotonic() - started, 1),
+            # From the devices' first view to the last ad's removal (the throughput's clock).
+            "until_disabled": round(
+                max(dep.disabled.values(), default=float("nan")) - report["started_monotonic"], 3
+            )
+            if len(dep.disabled) == len(dep.ads)
+            else None,
             "flush_ms_p99": report["flush_ms_p99"],
             "push_ms_p50": report["push_ms_p50"],
             "push_ms_p99": report["push_ms_p99"],
