@@ -476,6 +476,11 @@ async def bench_overcount(
                 "impressions", Threshold.value(made.get(ad.id, 0)), key=ad.id, timeout=120
             )
         final = {ad.id: int(dep.rt.query("impressions", ad.id)) for ad in dep.ads}
+        # The trigger's action (the removal, then the hook that stamps the time) runs after
+        # the sink committed the billing event: wait for it rather than read a run half done.
+        deadline = time.monotonic() + 60
+        while len(dep.disabled) < len(dep.ads) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
         billed = await read_billing_events(dep.settings, billing_topic(dep.name))
         per_ad = [(final[a.id] - MINIMUM) / MINIMUM for a in dep.ads]
         return {

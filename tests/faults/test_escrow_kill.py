@@ -2,7 +2,9 @@
 
 The escrow runs as a real process (``python -m lasp_streams.server.escrow_kafka``) against the
 session's broker; the ad-counter topology's agents and sink run in the test (a KafkaRuntime), with
-bounded edge clients over KafkaTransport showing the ads at full speed. The test SIGKILLs the
+bounded edge clients showing the ads at full speed: each over its own KafkaTransport (the
+clients hold the rights), or over WebSockets to a gateway that holds them and leases them to its
+devices (``--leases``: the escrow's holder is the gateway). The test SIGKILLs the
 escrow at seeded random moments (its grants in flight, an open transaction left behind) and
 starts it again with the same funding; each restart fences the dead one, recovers the ledger from
 the rights topics and carries on. At the end every ad's counter is exactly its minimum (no right
@@ -30,8 +32,10 @@ import pytest
 
 from lasp_streams.client.kafka import KafkaTransport
 from lasp_streams.demo import DemoConfig
+from lasp_streams.demo.gateway import GatewayStack, start_stack
 from lasp_streams.demo.simulate import new_client, simulate
 from lasp_streams.demo.topology import ad_counter
+from lasp_streams.gateway.rights import BoundedGateway
 from lasp_streams.lattices.counters import BCounter
 from lasp_streams.lattices.threshold import Threshold
 from lasp_streams.runtime.kafka.runtime import KafkaRuntime
@@ -51,12 +55,19 @@ KILLS = 3
 class Escrow:
     """The escrow process; ``start`` returns once it printed ``ready``."""
 
-    def __init__(self, bootstrap: str, topology: str, funds: dict[str, int], clients: int) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topology: str,
+        funds: dict[str, int],
+        clients: int,
+        *extra: str,
+    ) -> None:
         self.args = [
             sys.executable, "-m", "lasp_streams.server.escrow_kafka",
             "--bootstrap", bootstrap, "--topology", topology,
             "--partitions", str(PARTITIONS), "--quota", "100", "--clients", str(clients),
-            *(a for key, n in funds.items() for a in ("--fund", f"{key}={n}")),
+            *(a for key, n in funds.items() for a in ("--fund", f"{key}={n}")), *extra,
         ]  # fmt: skip
         self.proc: asyncio.subprocess.Process | None = None
         self.kills = 0
@@ -86,10 +97,13 @@ class Escrow:
         self.proc = None
 
 
+@pytest.mark.parametrize("via", ["kafka", "gateway"])
 @pytest.mark.parametrize("seed", range(RUNS))
 async def test_sigkill_of_the_escrow_keeps_overcount_zero_and_loses_nothing(
-    bootstrap_servers: str, unique_topic: Callable[..., str], seed: int
+    bootstrap_servers: str, unique_topic: Callable[..., str], seed: int, via: str
 ) -> None:
+    """``via`` kafka: each client holds rights over its own KafkaTransport; gateway: a gateway
+    holds them (the escrow's holder) and leases them to its devices over WebSockets."""
     rng = random.Random(seed)
     mod = ad_counter()
     name = unique_topic(f"escrowkill{seed}")
@@ -103,14 +117,21 @@ async def test_sigkill_of_the_escrow_keeps_overcount_zero_and_loses_nothing(
     cfg = DemoConfig(ads=1, clients=4, rate=500.0, offline_prob=0.0, mode="bounded", seed=seed)
     ads = [mod.Ad(f"{company}-0", company) for company in mod.COMPANIES]
     topo = mod.build(MINIMUM)
-    escrow_cfg = cfg.escrow(mod.SERVER_ACTOR)
+    leases = via == "gateway"
+    escrow_cfg = cfg.escrow(mod.SERVER_ACTOR, gateways=1 if leases else 0)
     escrow_cfg.declare(topo)
     rt = KafkaRuntime(topo, settings, name=name)
     await rt.start()
     halt, ready = asyncio.Event(), asyncio.Event()
     worker = asyncio.create_task(rt.run(stop=halt, ready=ready))
-    escrow = Escrow(bootstrap_servers, name, {ad.id: MINIMUM for ad in ads}, cfg.clients)
-    transports: list[KafkaTransport] = []
+    funds = {ad.id: MINIMUM for ad in ads}
+    escrow = (
+        Escrow(bootstrap_servers, name, funds, 1, "--leases")
+        if leases
+        else Escrow(bootstrap_servers, name, funds, cfg.clients)
+    )
+    transports: list[Any] = []
+    stack: GatewayStack | None = None
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -122,9 +143,17 @@ async def test_sigkill_of_the_escrow_keeps_overcount_zero_and_loses_nothing(
         rights = await rt.follow("rights")
         await rt.follow("impressions")
         await escrow.start()
+        if leases:
+            stack = await start_stack(
+                topo, settings, name, cfg, partitions=PARTITIONS, bounded=BoundedGateway()
+            )
         sims = []
         for i in range(cfg.clients):
-            transport = KafkaTransport(settings, name, f"client-{i}")
+            transport = (
+                stack.transport(f"client-{i}")
+                if stack is not None
+                else KafkaTransport(settings, name, f"client-{i}")
+            )
             await transport.start()
             transports.append(transport)
             sims.append(
@@ -198,4 +227,6 @@ async def test_sigkill_of_the_escrow_keeps_overcount_zero_and_loses_nothing(
             await worker
         for transport in transports:
             await transport.stop()
+        if stack is not None:
+            await stack.stop()
         await rt.stop()
