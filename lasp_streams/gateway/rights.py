@@ -73,7 +73,8 @@ class BoundedGateway:
     """The gateway's part in bounded mode: the variables (``counter``: the keyed GCounter
     devices count in; ``rights``, ``requests``, ``leased`` as the escrow names them),
     ``lease_seconds`` of a device's demand rate per lease, ``first_lease`` before the rate is
-    known, ``report_every`` seconds between reports of demand and leases to Kafka."""
+    known, ``report_every`` seconds between reports of demand and leases to Kafka, ``max_rate``
+    the most a device is believed to want."""
 
     counter: str = "impressions"
     rights: str = "rights"
@@ -82,9 +83,13 @@ class BoundedGateway:
     lease_seconds: float = 1.0
     first_lease: int = 8
     report_every: float = 0.05
+    max_rate: float = 1_000.0
+    """Views per second one device may want of one key, at most: what a device claims beyond
+    it is not believed (its lease, and the demand the gateway reports, grow no faster), so a
+    device cannot drain the pool into its own lease."""
 
     def __post_init__(self) -> None:
-        if not self.lease_seconds > 0 or not self.report_every > 0:
+        if not self.lease_seconds > 0 or not self.report_every > 0 or not self.max_rate > 0:
             raise ValueError(f"BoundedGateway needs lease_seconds, report_every > 0: {self}")
         if type(self.first_lease) is not int or self.first_lease < 1:
             raise ValueError(f"BoundedGateway.first_lease must be an int >= 1: {self}")
@@ -116,6 +121,10 @@ class _Device:
     demand: int = 0
     at: float = 0.0
     rate: float = 0.0
+    first: float = 0.0
+    """When this process first heard the device ask for the key, and its cap then: its cap
+    grows no faster than ``max_rate`` from there."""
+    base: int = 0
 
 
 @dataclass
@@ -189,14 +198,19 @@ class LeaseBook:
             slot = slots[key] = _Device()
         slot.cap = max(slot.cap, self.verified_cap(device, key, token))
         now = self.clock()
+        if not slot.first:
+            slot.first, slot.base = now, slot.cap
         grew = demand - slot.demand
         if grew > 0:
-            self.demand[key] = self.demand.get(key, 0) + grew
-            if slot.at:
-                took = now - slot.at
-                if took > 0:
-                    measured = grew / took
-                    slot.rate = measured if not slot.rate else 0.5 * (slot.rate + measured)
+            cfg = self.config
+            # Believed: at most max_rate views a second since the last report (a first report,
+            # at most a first lease's worth), for the rate and the demand reported onwards.
+            took = now - slot.at if slot.at else 0.0
+            believed = min(grew, max(cfg.first_lease, math.ceil(cfg.max_rate * took)))
+            self.demand[key] = self.demand.get(key, 0) + believed
+            if took > 0:
+                measured = believed / took
+                slot.rate = measured if not slot.rate else 0.5 * (slot.rate + measured)
             slot.demand, slot.at = demand, now
         return self.raise_cap(device, key)
 
@@ -208,10 +222,16 @@ class LeaseBook:
             return None
         cfg = self.config
         want = math.ceil(slot.rate * cfg.lease_seconds) if slot.rate > 0 else cfg.first_lease
+        # What it may have used: its demand, as far as its cap allowed (a claimed demand above
+        # the cap raises the cap by one lease, never by the claim).
+        used = min(slot.demand, slot.cap)
         # Ahead by half a lease at least: a device whose cap covers that does not need more yet.
-        if slot.cap - slot.demand >= max(1, want // 2):
+        if slot.cap - used >= max(1, want // 2):
             return None
-        amount = slot.demand + max(1, want) - slot.cap
+        amount = used + max(1, want) - slot.cap
+        # And never faster than max_rate since this process first heard it ask.
+        limit = slot.base + cfg.first_lease + want + cfg.max_rate * (self.clock() - slot.first)
+        amount = min(amount, int(limit) - slot.cap)
         pool = self.pool(key)
         if pool < 4 * amount:  # the tail of the pool: spread it over the devices asking
             amount = min(amount, max(1, pool // 4))

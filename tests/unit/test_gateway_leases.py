@@ -32,13 +32,13 @@ def test_a_lease_raises_the_cap_out_of_the_pool_and_is_charged() -> None:
     b, _ = book(KeyRing.new(), first_lease=8)
     assert b.ask("phone", "ad", 1, None) is None  # nothing granted yet
     b.granted["ad"] = 100
-    assert b.ask("phone", "ad", 1, None) == 9  # demand 1 + a first lease of 8
-    assert b.leased == {"ad": 9}
-    assert b.pool("ad") == 91
+    assert b.ask("phone", "ad", 1, None) == 8  # a first lease
+    assert b.leased == {"ad": 8}
+    assert b.pool("ad") == 92
     assert b.demand == {"ad": 1}
     # Its cap is well ahead of its demand: nothing more yet.
     assert b.ask("phone", "ad", 2, None) is None
-    assert b.leased == {"ad": 9}
+    assert b.leased == {"ad": 8}
 
 
 def test_the_lease_follows_the_measured_demand_rate() -> None:
@@ -47,7 +47,9 @@ def test_the_lease_follows_the_measured_demand_rate() -> None:
     b.ask("phone", "ad", 1, None)
     clock.t += 0.5
     cap = b.ask("phone", "ad", 101, None)  # 100 views wanted in 0.5 s: 200/s
-    assert cap == 101 + 200
+    # It may have used its whole cap (4; the rest of its demand was refused): a lease of a
+    # second of its rate on top of that.
+    assert cap == 4 + 200
 
 
 def test_the_pool_is_never_exceeded_and_its_tail_is_spread() -> None:
@@ -156,3 +158,30 @@ def test_accepted_totals_never_exceed_what_was_granted(ops: list[tuple[str, int,
             accepted[device] = claim
         assert b.leased.get("ad", 0) <= b.granted.get("ad", 0)
         assert sum(accepted.values()) <= b.leased.get("ad", 0)
+
+
+def test_a_device_claiming_a_huge_demand_cannot_drain_the_pool() -> None:
+    b, clock = book(KeyRing.new(), first_lease=8, lease_seconds=1.0, max_rate=100.0)
+    b.granted["ad"] = 1_000_000
+    first = b.ask("mallory", "ad", 10**9, None)
+    assert first is not None and first <= 16  # a first lease's worth believed, no more
+    clock.t += 1.0
+    second = b.ask("mallory", "ad", 2 * 10**9, None)
+    assert second is not None
+    # One second at max_rate believed, and a lease of max_rate x lease_seconds on top.
+    assert second <= 8 + 100 + 100 + 100
+    assert b.demand["ad"] <= 8 + 100
+    assert b.leased["ad"] == second
+
+
+def test_asking_again_and_again_does_not_grow_a_lease_faster_than_max_rate() -> None:
+    b, clock = book(KeyRing.new(), first_lease=8, lease_seconds=1.0, max_rate=100.0)
+    b.granted["ad"] = 1_000_000
+    for i in range(1_000):  # a thousand demand flushes in no time at all
+        b.ask("mallory", "ad", 10**6 + i, None)
+    assert b.cap("mallory", "ad") <= 2 * 8
+    clock.t += 10.0
+    for i in range(1_000):
+        b.ask("mallory", "ad", 2 * 10**6 + i, None)
+    # Ten seconds at 100 views/s, a first lease and one lease ahead, at most.
+    assert b.cap("mallory", "ad") <= 8 + 100 + 10 * 100 + 8
