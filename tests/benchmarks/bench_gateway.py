@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -186,6 +187,7 @@ class Deployment:
         self.ring = KeyRing.new()
         save_keyring(self.keys, self.ring)
         self.disabled: dict[str, float] = {}
+        self.all_disabled = asyncio.Event()
         self.ads = [Ad(f"{c}-{i}", c) for c in COMPANIES for i in range(ADS_PER_COMPANY)]
         topology = build(MINIMUM, on_disable=self._disabled)
         self.escrow: RightsEscrow | None = None
@@ -216,6 +218,8 @@ class Deployment:
 
     def _disabled(self, event: Any) -> None:
         self.disabled.setdefault(str(event.key), time.monotonic())
+        if len(self.disabled) == len(self.ads):
+            self.all_disabled.set()
 
     async def start(self, view_cap: int, gateway_args: Sequence[str] = ()) -> None:
         await self.rt.start()
@@ -478,9 +482,8 @@ async def bench_overcount(
         final = {ad.id: int(dep.rt.query("impressions", ad.id)) for ad in dep.ads}
         # The trigger's action (the removal, then the hook that stamps the time) runs after
         # the sink committed the billing event: wait for it rather than read a run half done.
-        deadline = time.monotonic() + 60
-        while len(dep.disabled) < len(dep.ads) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(dep.all_disabled.wait(), 60)
         billed = await read_billing_events(dep.settings, billing_topic(dep.name))
         per_ad = [(final[a.id] - MINIMUM) / MINIMUM for a in dep.ads]
         return {
