@@ -116,6 +116,7 @@ class DemoConfig:
                 server_actor=server_actor,
                 counter="rights_leased",
                 counter_deltas=True,
+                reclaim_after=5.0,
                 lead=self.lead,
                 hybrid=self.mode == "hybrid",
             )

@@ -47,16 +47,21 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
 
 from lasp_streams.client.protocol import ProtocolError
-from lasp_streams.codec import ACTOR_HEADER, encode, key_from_kafka, key_to_kafka
+from lasp_streams.codec import encode, key_from_kafka
 from lasp_streams.dataflow.topology import Topology
 from lasp_streams.gateway.keys import KeyRing
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.counters import BCounter, GCounter
+from lasp_streams.runtime.kafka import clients
+from lasp_streams.runtime.kafka.fencing import close_fenced, stop_quietly
 from lasp_streams.runtime.kafka.follower import VariableFollower
+from lasp_streams.runtime.kafka.host import transact
+from lasp_streams.runtime.kafka.outbox import Out, delta_out
 from lasp_streams.runtime.kafka.settings import KafkaSettings
-from lasp_streams.runtime.kafka.topics import delta_topic
+from lasp_streams.runtime.kafka.topics import holder_transactional_id
 
 __all__ = ["LEASE_ACTOR", "BoundedGateway", "LeaseBook", "RightsDesk", "lease_state"]
 
@@ -280,23 +285,33 @@ class LeaseTaker(Protocol):
 class RightsDesk:
     """The Kafka side of :class:`LeaseBook`: follows the ``rights`` grants of this holder
     (state and delta topics, ``read_committed``), reports demand and leases, and serves devices
-    that waited for an empty pool as soon as a grant lands."""
+    that waited for an empty pool as soon as a grant lands.
+
+    **Leases are durable before a device sees them.** A raised lease is pushed only after the
+    transaction that reports it (this holder's ``rights_leased`` entry, with its demand) has
+    committed, through a transactional producer of its own
+    (:func:`~lasp_streams.runtime.kafka.topics.holder_transactional_id`). So what the log says
+    this holder leased is never less than what its devices hold, and the escrow can take back
+    a silent holder's unleased rights safely: it fences this id first (a fenced gateway pushes
+    nothing more) and reads the log to its end. A fenced gateway (or one whose rights were
+    taken back) carries on as a new holder with a new id."""
 
     def __init__(
         self,
         book: LeaseBook,
         settings: KafkaSettings,
         name: str,
-        producer: AIOKafkaProducer,
         *,
         pack: Callable[[dict[str, Any]], bytes],
+        new_holder: Callable[[], str],
     ) -> None:
         self.book = book
         self.config = book.config
         self.settings = settings
         self.name = name
-        self._producer = producer
         self._pack = pack
+        self._new_holder = new_holder
+        self._producer: AIOKafkaProducer | None = None
         self._follower = VariableFollower(
             settings,
             name,
@@ -308,18 +323,31 @@ class RightsDesk:
         )
         #: key -> device -> session: devices whose cap could not be raised (empty pool)
         self.waiting: dict[Hashable, dict[str, LeaseTaker]] = {}
-        self._reported: dict[str, dict[Hashable, int]] = {
-            book.config.requests: {},
-            book.config.leased: {},
-        }
+        #: Raised leases waiting for the next report's commit: (session, device) -> key -> cap
+        self._unsent: dict[tuple[int, str], tuple[LeaseTaker, dict[Hashable, int]]] = {}
+        self._reported: dict[str, dict[Hashable, int]] = {}
+        self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.reports = 0
+        self.fenced = 0
+        """Times this gateway found its holder id fenced and became a new holder."""
 
     async def start(self) -> None:
         await self._follower.start()
+        await self._open()
+        self._task = asyncio.create_task(self._report_loop())
+
+    async def _open(self) -> None:
+        """Start the producer of the current holder id (fencing any older owner of it)."""
+        self._producer = clients.transactional_producer(
+            self.settings,
+            "gateway-rights",
+            holder_transactional_id(self.name, self.book.holder),
+        )
+        await clients.started(self._producer)
+        self._reported = {self.config.requests: {}, self.config.leased: {}}
         for key, state in self._follower.states.items():
             self._set_granted(key, state)
-        self._task = asyncio.create_task(self._report_loop())
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -328,11 +356,15 @@ class RightsDesk:
             self._task = None
         with contextlib.suppress(Exception):
             await self.report()  # the last demand and leases
+        if self._producer is not None:
+            await stop_quietly(self._producer)
+            self._producer = None
         await self._follower.stop()
 
     # -- sessions --------------------------------------------------------------------------------
     def ask(self, session: LeaseTaker, key: Hashable, demand: int, token: Any) -> None:
-        """A device's demand report: push it a raised lease, or remember it until a grant."""
+        """A device's demand report: raise its lease (pushed once the next report commits), or
+        remember it until a grant."""
         device = session.device
         assert device is not None
         cap = self.book.ask(device, key, demand, token)
@@ -341,7 +373,16 @@ class RightsDesk:
                 self.waiting.setdefault(key, {})[device] = session
             return
         self.waiting.get(key, {}).pop(device, None)
-        session.push(self.lease_frame(device, {key: cap}))
+        self._queue(session, device, key, cap)
+
+    def _queue(self, session: LeaseTaker, device: str, key: Hashable, cap: int) -> None:
+        slot = (id(session), device)
+        found = self._unsent.get(slot)
+        if found is None:
+            self._unsent[slot] = (session, {key: cap})
+        else:
+            found[1][key] = cap
+        self._kick.set()
 
     def lease_frame(self, device: str, caps: dict[Hashable, int]) -> bytes:
         """A push of ``device``'s leases (its ``rights`` states and the signed caps)."""
@@ -357,11 +398,13 @@ class RightsDesk:
     def snapshot(
         self, device: str, keys: list[Any] | None
     ) -> tuple[dict[Any, bytes], dict[Any, list[Any]]]:
-        """The ``rights`` states and leases this process gave ``device`` (a subscription)."""
+        """The ``rights`` states and leases this process gave ``device`` (a subscription); a
+        lease not yet reported is not among them (it is pushed once it is)."""
+        unsent = {k for (_, d), (_, caps) in self._unsent.items() if d == device for k in caps}
         caps = {
             k: s.cap
             for k, s in self.book.devices.get(device, {}).items()
-            if s.cap > 0 and (keys is None or k in keys)
+            if s.cap > 0 and (keys is None or k in keys) and k not in unsent
         }
         states = {k: encode(lease_state(device, c)) for k, c in caps.items()}
         return states, {k: self.book.token(device, k, c) for k, c in caps.items()}
@@ -394,39 +437,70 @@ class RightsDesk:
                     break
                 continue
             del waiting[device]
-            session.push(self.lease_frame(device, {key: cap}))
+            self._queue(session, device, key, cap)
 
     async def _report_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.report_every)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.config.report_every)
+            self._kick.clear()
             try:
                 await self.report()
+            except (ProducerFenced, InvalidProducerEpoch):
+                await self._refenced()
             except Exception as exc:  # Kafka down for a moment: report again next round
                 log.warning("gateway rights: report failed, retrying: %r", exc)
 
     async def report(self) -> None:
-        """Write the demand and leased entries that changed since the last report."""
+        """Commit the demand and leased entries that changed since the last report, then push
+        the leases they cover."""
+        if self._producer is None:
+            return
         holder = self.book.holder
-        headers = [(ACTOR_HEADER, holder.encode())]
-        sends = []
-        pending: list[tuple[dict[Hashable, int], Hashable, int]] = []
+        outs: list[Out] = []
+        changed: list[tuple[dict[Hashable, int], Hashable, int]] = []
         for var, totals in (
             (self.config.requests, self.book.demand),
             (self.config.leased, self.book.leased),
         ):
             done = self._reported[var]
-            topic = delta_topic(self.name, var)
             for key, total in list(totals.items()):
                 if total != done.get(key) and total > 0:
-                    value = encode(GCounter().increment(holder, total))
-                    sends.append(
-                        await self._producer.send(
-                            topic, value=value, key=key_to_kafka(key), headers=headers
-                        )
-                    )
-                    pending.append((done, key, total))
-        if sends:
-            await asyncio.gather(*sends)
-            for done, key, total in pending:
+                    delta = GCounter().increment(holder, total)
+                    outs.append(delta_out(self.name, var, key, delta, holder))
+                    changed.append((done, key, total))
+        unsent, self._unsent = self._unsent, {}
+        if outs:
+            try:
+                await transact(self._producer, outs)
+            except BaseException:
+                # Not reported: nothing is pushed; the next round reports them again.
+                for slot, (session, caps) in unsent.items():
+                    self._unsent.setdefault(slot, (session, {}))[1].update(caps)
+                raise
+            for done, key, total in changed:
                 done[key] = max(total, done.get(key, 0))
             self.reports += 1
+        for (_, device), (session, caps) in unsent.items():
+            session.push(self.lease_frame(device, caps))
+
+    async def _refenced(self) -> None:
+        """Another producer took this holder's id (the escrow, taking its unleased rights
+        back): become a new holder. Leases already pushed stay valid (they were reported);
+        the unsent ones are dropped (their devices ask again)."""
+        old = self.book.holder
+        self.fenced += 1
+        if self._producer is not None:
+            await close_fenced(self._producer)
+        self._unsent.clear()
+        self.book.holder = self._new_holder()
+        self.book.granted.clear()
+        self.book.leased.clear()
+        self.book.demand.clear()
+        log.warning(
+            "gateway rights: holder %s was fenced (its unleased rights taken back); "
+            "carrying on as %s",
+            old,
+            self.book.holder,
+        )
+        await self._open()

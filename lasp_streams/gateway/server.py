@@ -99,8 +99,8 @@ class Gateway:
         #: Bounded mode: this process holds rights (holder ``gw-<id>``) and leases them.
         self.rights: RightsDesk | None = None
         if config.bounded is not None:
-            book = LeaseBook(f"gw-{self.id}", lambda: self.keyring, config.bounded)
-            self.rights = RightsDesk(book, settings, self.name, self._producer, pack=pack)
+            book = LeaseBook(self._holder(), lambda: self.keyring, config.bounded)
+            self.rights = RightsDesk(book, settings, self.name, pack=pack, new_holder=self._holder)
         self._tasks: list[asyncio.Task[None]] = []
         self.app = web.Application(client_max_size=64 * 1024)
         self.app.router.add_get("/healthz", self._health)
@@ -135,6 +135,10 @@ class Gateway:
             await self.rights.stop()
         await self.hearing.stop()
         await self._producer.stop()
+
+    def _holder(self) -> str:
+        """A rights holder id of this process, never used before (``gw-<id>-<random>``)."""
+        return f"gw-{self.id}-{secrets.token_hex(3)}"
 
     # -- sessions ------------------------------------------------------------------------------
     def bind(self, session: Session) -> None:

@@ -212,6 +212,11 @@ class RightsEscrow:
     (:mod:`lasp_streams.gateway.rights`) spend what they lease to their devices, in
     ``rights_leased``, read from its delta topic as well (``counter_deltas``: a few records per
     gateway and report, so a refill follows each report at once).
+
+    ``reclaim_after``: seconds after which a holder whose demand and spending stopped changing
+    is *silent* (:meth:`silent_holders`) and its unspent rights may be taken back — only for
+    holders that can be fenced first (gateways: their leases are reported before devices see
+    them, through a transactional id the escrow can take over), never for clients.
     """
 
     def __init__(
@@ -230,6 +235,7 @@ class RightsEscrow:
         rate_window: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
         counter_deltas: bool = False,
+        reclaim_after: float | None = None,
     ) -> None:
         if type(quota) is not int or quota < 1:
             raise ValueError(f"quota must be an int >= 1, got {quota!r}")
@@ -247,6 +253,15 @@ class RightsEscrow:
         self.requests = requests
         self.counter = counter
         self.counter_deltas = counter_deltas
+        if reclaim_after is not None and not reclaim_after > 0:
+            raise ValueError(f"reclaim_after must be > 0 seconds or None, got {reclaim_after!r}")
+        self.reclaim_after = reclaim_after
+        #: (key, holder) -> (its demand, its spending) when last looked at; holder -> when
+        #: either last changed (or it was first seen)
+        self._activity: dict[tuple[Hashable, str], tuple[int, int]] = {}
+        self._seen: dict[str, float] = {}
+        self.reclaimed: dict[str, int] = {}
+        """Rights taken back per silent holder (:meth:`silent_holders`)."""
         self.lead = lead
         self.tight_fraction = tight_fraction
         self.hybrid = hybrid
@@ -543,6 +558,52 @@ class RightsEscrow:
         del spent, rights
         return plan
 
+    # -- taking back a silent holder's rights ------------------------------------------------------
+    def silent_holders(self, now: float | None = None) -> list[str]:
+        """Holders that still hold unspent rights of some key but whose demand and spending
+        have not changed for ``reclaim_after`` seconds (none when ``reclaim_after`` is None).
+        The caller fences such a holder, reads the ledger to its end, then moves
+        :meth:`unspent` back (:meth:`~.escrow_kafka.KafkaEscrow.reclaim`)."""
+        if self.reclaim_after is None or self.runtime is None:
+            return []
+        now = self.clock() if now is None else now
+        holding: set[str] = set()
+        for key in self.budgets:
+            spent_state = self.runtime.state(self.counter, key=key)
+            spent = spent_state.counts() if isinstance(spent_state, GCounter) else {}
+            req_state = self.runtime.state(self.requests, key=key)
+            asked = req_state.counts() if isinstance(req_state, GCounter) else {}
+            for holder, unspent in self._unspent_of(key, spent).items():
+                if holder in self.cut_off:
+                    continue
+                seen = (asked.get(holder, 0), spent.get(holder, 0))
+                if self._activity.get((key, holder)) != seen:
+                    self._activity[(key, holder)] = seen
+                    self._seen[holder] = now
+                self._seen.setdefault(holder, now)
+                if unspent > 0:
+                    holding.add(holder)
+        return sorted(h for h in holding if now - self._seen[h] >= self.reclaim_after)
+
+    def unspent(self, key: Hashable, holder: str) -> int:
+        """Rights of ``key`` the server moved to ``holder`` (less any moved back) that its
+        spending has not used."""
+        spent_state = self.runtime.state(self.counter, key=key)
+        spent = spent_state.counts() if isinstance(spent_state, GCounter) else {}
+        return self._unspent_of(key, spent).get(holder, 0)
+
+    def _unspent_of(self, key: Hashable, spent: dict[str, int]) -> dict[str, int]:
+        rights = self.runtime.state(self.rights, key=key)
+        if not isinstance(rights, BCounter):
+            return {}
+        granted: dict[str, int] = {}
+        for (src, dst), n in rights.transfers().items():
+            if src == self.server_actor:
+                granted[dst] = granted.get(dst, 0) + n
+            elif dst == self.server_actor:
+                granted[src] = granted.get(src, 0) - n
+        return {h: g - spent.get(h, 0) for h, g in granted.items() if h != self.server_actor}
+
     # -- the audit (second line) ----------------------------------------------------------------
     def audit(self) -> list[str]:
         """Check the ledger's joined states: every holder's impressions entry within its
@@ -560,7 +621,13 @@ class RightsEscrow:
             state = rt.state(self.rights, key=key)
             if not isinstance(state, BCounter):
                 continue
-            writers = state.actors() - {self.server_actor}
+            # A transfer back to the server is the escrow taking a silent holder's rights back
+            # (a holder moving its own rights back could only lose them): not a violation.
+            p, n, transfers = state.to_wire()
+            writers = (
+                set(p) | set(n) | {src for src, dst, _ in transfers if dst != self.server_actor}
+            )
+            writers.discard(self.server_actor)
             for actor in sorted(writers):
                 why = f"client {actor!r} wrote {self.rights!r} of {key!r}: only the server grants"
                 self._flag(self.rights, key, actor, why, found)

@@ -48,12 +48,17 @@ from lasp_streams.errors import LaspError, MutatorError
 from lasp_streams.lattices.base import Lattice
 from lasp_streams.lattices.counters import BCounter, GCounter
 from lasp_streams.runtime.kafka import clients
-from lasp_streams.runtime.kafka.fencing import close_fenced
+from lasp_streams.runtime.kafka.fencing import close_fenced, stop_quietly
 from lasp_streams.runtime.kafka.follower import VariableFollower
 from lasp_streams.runtime.kafka.host import transact
 from lasp_streams.runtime.kafka.outbox import delta_out
 from lasp_streams.runtime.kafka.settings import KafkaSettings
-from lasp_streams.runtime.kafka.topics import ensure_topics, escrow_transactional_id, plan_topics
+from lasp_streams.runtime.kafka.topics import (
+    ensure_topics,
+    escrow_transactional_id,
+    holder_transactional_id,
+    plan_topics,
+)
 from lasp_streams.server.escrow import (
     RightsEscrow,
     rights_writer_validator,
@@ -242,17 +247,64 @@ class KafkaEscrow:
             if stop.is_set() and not self._queue:
                 return
 
+    async def reclaim(self, holder: str) -> int:
+        """Take a silent holder's unspent rights back (holders that lease, i.e. gateways:
+        :mod:`lasp_streams.gateway.rights`): grant it nothing more, fence its transactional id
+        (its open transaction is aborted, and it can commit no lease again), read the ledger to
+        its end, then move what it was granted and did not lease back to the server, through
+        the same queue as the grants. Returns how many rights came back."""
+        escrow, ledger = self.escrow, self.ledger
+        escrow.cut_off.add(holder)
+        fence = clients.transactional_producer(
+            ledger.settings, "escrow-fence", holder_transactional_id(ledger.name, holder)
+        )
+        await clients.started(fence)
+        await stop_quietly(fence)
+        for var in (escrow.counter, escrow.rights):
+            await ledger.follower(var).caught_up()
+        rights = ledger.follower(escrow.rights)
+        total = 0
+        for key in list(escrow.budgets):
+            amount = escrow.unspent(key, holder)
+            if amount <= 0:
+                continue
+            state = rights.state(key).copy()
+            assert isinstance(state, BCounter)
+            delta = state.move(holder, amount, escrow.server_actor)
+            await rights.join_local(key, delta)
+            queued = self._queue.get(key)
+            if queued is None:
+                self._queue[key] = delta
+            else:
+                queued.merge(delta)
+            total += amount
+        self._queued.set()
+        escrow.reclaimed[holder] = escrow.reclaimed.get(holder, 0) + total
+        log.warning(
+            "escrow: holder %s silent for %s s: fenced, %d unspent rights taken back",
+            holder,
+            escrow.reclaim_after,
+            total,
+        )
+        return total
+
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until ``stop`` is set: at once when a request arrives, else every interval;
-        commit what the last ticks granted before returning."""
+        commit what the last ticks granted before returning. With ``reclaim_after``, silent
+        holders are looked for every second and their unspent rights taken back."""
         requests = self.ledger.follower(self.escrow.requests)
         committer = asyncio.create_task(self._committer(stop))
+        looked = time.monotonic()
         try:
             while not stop.is_set():
                 if committer.done():
                     committer.result()  # a failed commit (fenced: another escrow) stops us
                 seen = requests.version
                 await self.tick()
+                if self.escrow.reclaim_after is not None and time.monotonic() - looked >= 1.0:
+                    looked = time.monotonic()
+                    for holder in self.escrow.silent_holders():
+                        await self.reclaim(holder)
                 if stop.is_set():
                     break
 
@@ -317,6 +369,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the holders are gateways leasing to their devices (lasp-streams gateway "
         "--bounded): their spending is what they leased, in rights_leased",
     )
+    p.add_argument(
+        "--reclaim-after",
+        type=float,
+        default=5.0,
+        help="--leases: seconds of silence after which a gateway's unleased rights are taken "
+        "back (it is fenced first)",
+    )
     p.add_argument("--server-actor", default="server")
     return p
 
@@ -341,6 +400,7 @@ async def _main(args: argparse.Namespace) -> int:
         server_actor=args.server_actor,
         counter="rights_leased" if args.leases else "impressions",
         counter_deltas=args.leases,
+        reclaim_after=args.reclaim_after if args.leases else None,
     )
     service = KafkaEscrow(escrow, settings, args.topology)
     stop = asyncio.Event()

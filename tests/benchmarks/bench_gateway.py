@@ -200,6 +200,7 @@ class Deployment:
                 server_actor=SERVER_ACTOR,
                 counter="rights_leased",
                 counter_deltas=True,
+                reclaim_after=5.0,
                 lead=0.5,
                 hybrid=mode == "hybrid",
             )

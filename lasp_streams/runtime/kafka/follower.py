@@ -19,6 +19,7 @@ here (logged at debug level): it is not the follower's to judge.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Hashable, Mapping
 from types import MappingProxyType
@@ -172,6 +173,24 @@ class VariableFollower:
     def states(self) -> Mapping[Hashable, Lattice]:
         """The followed states by variable key (None for an unkeyed variable), read-only."""
         return MappingProxyType(self._states)
+
+    async def caught_up(self, timeout: float = 30.0) -> None:
+        """Return once this follower has read everything committed to its topics up to now
+        (their end offsets as of the call, ``read_committed``)."""
+        consumer = self._consumer
+        if consumer is None:
+            raise RuntimeError(f"follower of {self.variable!r}: start() first")
+        tps = list(consumer.assignment())
+        ends = await consumer.end_offsets(tps)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for tp in tps:
+            while await consumer.position(tp) < ends[tp]:
+                if loop.time() > deadline:
+                    raise TimeoutError(f"following {self.variable!r}: not caught up in {timeout} s")
+                # The follow task polls; an inflation (or 50 ms) is the next look.
+                with contextlib.suppress(TimeoutError):
+                    await self.wait(lambda: False, 0.05)
 
     async def wait(self, predicate: Callable[[], bool], timeout: float) -> None:
         """Return once ``predicate()`` holds (checked now and after every inflation)."""

@@ -142,6 +142,13 @@ def escrow_transactional_id(topology: str) -> str:
     return f"{_check_part('topology', topology)}.escrow"
 
 
+def holder_transactional_id(topology: str, holder: str) -> str:
+    """``<topology>.holder.<holder>``: a gateway holding rights reports what it leased through
+    this producer; the escrow starts one with the same id to fence a silent holder before it
+    takes its unleased rights back."""
+    return f"{_check_part('topology', topology)}.holder.{holder}"
+
+
 def faust_app_id(topology: str) -> str:
     """``<topology>-worker``: the faust App hosting a worker (faust's own consumer group)."""
     return f"{_check_part('topology', topology)}-worker"
