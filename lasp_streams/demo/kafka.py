@@ -14,9 +14,11 @@ Bounded and hybrid modes (``cfg.mode``): a :class:`~lasp_streams.server.RightsEs
 the ``rights`` and ``rights_requests`` variables; a durable
 :class:`~lasp_streams.server.escrow_kafka.KafkaEscrow` (fenced transactional grants, its ledger
 on the rights topics) funds each ad with its minimum and grants proactively in this process,
-next to the sink; each client is a bounded :class:`~lasp_streams.client.EdgeClient` that reads
-its grants through its KafkaTransport. What the escrow's audit finds counts as refused deltas in
-the summary.
+next to the sink. Through the gateway (``via="gateway"``, the default) the gateway is the
+escrow's one holder and leases the rights to its devices (:mod:`lasp_streams.gateway.rights`;
+the escrow's counter is then ``rights_leased``); over ``via="kafka"`` each client is a bounded
+:class:`~lasp_streams.client.EdgeClient` holding its own grants, read through its
+KafkaTransport. What the escrow's audit finds counts as refused deltas in the summary.
 
 Billing events in the summary are the ones a ``read_committed`` reader finds on the billing
 topic at the end (one per ad, by the sink's construction), with the time their action ran.
