@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", type=Path, default=REPORTS / "bounded.md")
     args = p.parse_args(argv)
     command = "python -m tests.benchmarks.bench_bounded " + " ".join(
-        a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("127.")
+        "HOST:PORT" if a.startswith("127.") else a
+        for a in (argv if argv is not None else sys.argv[1:])
     )
     load = os.getloadavg()[0]
     results: dict[tuple[int, str], list[dict[str, Any]]] = {}
@@ -60,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Bounded and hybrid modes through a gateway, against Lasp mode",
         "",
-        f"Command: `.venv/bin/python -m {command.removeprefix('python -m ')}` (broker "
-        f"address omitted). {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
+        f"Command: `.venv/bin/python -m {command.removeprefix('python -m ')}` (HOST:PORT: "
+        f"the broker). {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}; load average "
         f"{load:.2f} at the start.",
         "",
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         "its holder the gateway: counter `rights_leased`); as processes of their own the "
         "device ledger, one gateway (`--bounded` in the escrowed modes: it holds the rights "
         "the escrow grants it and leases them to its devices as signed caps on their totals, "
-        "no Kafka round trip) and the load generator (N devices over real WebSockets; Lasp "
+        "each pushed once the gateway's own report of it committed: no escrow round trip) "
+        "and the load generator (N devices over real WebSockets; Lasp "
         f"mode: each device decides locally, as in the gateway benchmark). Load: "
         f"{TOTAL_RATE:,.0f} impressions/s over {ADS} ads in all, minimum {MINIMUM:,} per ad, "
         "flush every 0.1 s ± 50%. Increments/s: impressions counted / seconds from the "
