@@ -19,14 +19,21 @@ from lasp_streams.demo.summary import render
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 
+@pytest.mark.parametrize("via", ["gateway", "kafka"])
 @pytest.mark.parametrize("mode", ["bounded", "hybrid"])
 async def test_escrowed_modes_at_the_demo_defaults_count_exactly_the_minimum(
-    bootstrap_servers: str, unique_topic: Callable[..., str], mode: str
+    bootstrap_servers: str, unique_topic: Callable[..., str], mode: str, via: str
 ) -> None:
+    """Through a gateway (it holds the rights) and with each client its own Kafka transport
+    (each holds its own)."""
     cfg = DemoConfig(mode=mode, min_impressions=5_000, timeout=240.0)  # type: ignore[arg-type]
     assert (cfg.total_ads, cfg.clients, cfg.rate) == (20, 32, 2_000.0)  # the defaults
     summary = await run_kafka(
-        cfg, bootstrap=bootstrap_servers, name=unique_topic(mode), progress=lambda _: None
+        cfg,
+        bootstrap=bootstrap_servers,
+        name=unique_topic(mode),
+        progress=lambda _: None,
+        via=via,
     )
     text = render(summary)
     assert not summary.timed_out, text
