@@ -219,19 +219,22 @@ class KafkaEscrow:
         before its commit was never seen by anyone (clients read committed records only), and a
         restarted escrow plans from what was committed."""
         ledger = self.ledger
-        follower = ledger.follower(self.escrow.rights)
 
         async def collect(key: Hashable, plan: dict[str, int]) -> None:
-            delta = await ledger.grant(key, plan)
-            await follower.join_local(key, delta)
-            queued = self._queue.get(key)
-            if queued is None:
-                self._queue[key] = delta
-            else:
-                queued.merge(delta)
-            self._queued.set()
+            await self._enqueue(key, await ledger.grant(key, plan))
 
         return await self.escrow.tick(grant=collect)
+
+    async def _enqueue(self, key: Hashable, delta: BCounter) -> None:
+        """Join a rights delta into the ledger at once (the next plan builds on it) and queue
+        it for the committer."""
+        await self.ledger.follower(self.escrow.rights).join_local(key, delta)
+        queued = self._queue.get(key)
+        if queued is None:
+            self._queue[key] = delta
+        else:
+            queued.merge(delta)
+        self._queued.set()
 
     async def _committer(self, stop: asyncio.Event) -> None:
         while True:
@@ -270,15 +273,8 @@ class KafkaEscrow:
                 continue
             state = rights.state(key).copy()
             assert isinstance(state, BCounter)
-            delta = state.move(holder, amount, escrow.server_actor)
-            await rights.join_local(key, delta)
-            queued = self._queue.get(key)
-            if queued is None:
-                self._queue[key] = delta
-            else:
-                queued.merge(delta)
+            await self._enqueue(key, state.move(holder, amount, escrow.server_actor))
             total += amount
-        self._queued.set()
         escrow.reclaimed[holder] = escrow.reclaimed.get(holder, 0) + total
         log.warning(
             "escrow: holder %s silent for %s s: fenced, %d unspent rights taken back",
