@@ -32,6 +32,15 @@ Gateway frames (msgpack maps, unsigned: the transport's TLS protects them)::
     {"t": "refused", "req": seq | None, "code": C, "reason": text}
     {"t": "pong", "req": seq, "now": seconds}
 
+**Bounded mode** (a gateway started with ``--bounded``, :mod:`lasp_streams.gateway.rights`):
+a device asks for rights by flushing its ``rights_requests`` entry (its demand); the gateway
+answers with an ``ack`` and, once it has reported the raise to Kafka, a ``push`` of ``rights``
+whose state gives the device its cap, with ``"leases": {K: [cap, key version, tag]}`` beside it
+(a ``sub`` to ``rights`` is answered with the device's own leases the same way). Every flush of
+the counter carries the leases of its keys (``"leases": {K: [cap, version, tag]}``); a total
+above its verified cap is refused (``over_limit``), a lease that does not verify for this device
+too (``bad_signature``).
+
 ``now`` is the gateway's clock (seconds since the epoch, a float): the device's estimate of the
 server's time (:class:`~lasp_streams.client.windows.ServerClock`), learned at each sync. A flush
 of a windowed variable carries ``Windowed`` deltas (pane counts, event time, total) instead of

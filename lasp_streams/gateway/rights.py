@@ -325,6 +325,8 @@ class RightsDesk:
         self.waiting: dict[Hashable, dict[str, LeaseTaker]] = {}
         #: Raised leases waiting for the next report's commit: (session, device) -> key -> cap
         self._unsent: dict[tuple[int, str], tuple[LeaseTaker, dict[Hashable, int]]] = {}
+        #: The raised leases of the report being committed (pushed once it is).
+        self._committing: dict[tuple[int, str], tuple[LeaseTaker, dict[Hashable, int]]] = {}
         self._reported: dict[str, dict[Hashable, int]] = {}
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -400,7 +402,13 @@ class RightsDesk:
     ) -> tuple[dict[Any, bytes], dict[Any, list[Any]]]:
         """The ``rights`` states and leases this process gave ``device`` (a subscription); a
         lease not yet reported is not among them (it is pushed once it is)."""
-        unsent = {k for (_, d), (_, caps) in self._unsent.items() if d == device for k in caps}
+        unsent = {
+            k
+            for pending in (self._unsent, self._committing)
+            for (_, d), (_, caps) in pending.items()
+            if d == device
+            for k in caps
+        }
         caps = {
             k: s.cap
             for k, s in self.book.devices.get(device, {}).items()
@@ -471,6 +479,7 @@ class RightsDesk:
                     changed.append((done, key, total))
         unsent, self._unsent = self._unsent, {}
         if outs:
+            self._committing = unsent
             try:
                 await transact(self._producer, outs)
             except BaseException:
@@ -478,6 +487,8 @@ class RightsDesk:
                 for slot, (session, caps) in unsent.items():
                     self._unsent.setdefault(slot, (session, {}))[1].update(caps)
                 raise
+            finally:
+                self._committing = {}
             for done, key, total in changed:
                 done[key] = max(total, done.get(key, 0))
             self.reports += 1
