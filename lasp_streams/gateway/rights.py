@@ -248,9 +248,11 @@ class LeaseBook:
         return slot.cap
 
     def check_total(self, device: str, key: Hashable, total: int, token: Any) -> None:
-        """Refuse (``over_limit``) a flushed total of ``key`` above ``device``'s lease."""
-        slot = self.devices.get(device, {}).get(key)
-        cap = max(0 if slot is None else slot.cap, self.verified_cap(device, key, token))
+        """Refuse (``over_limit``) a flushed total of ``key`` above the lease ``device``
+        presents. Only a presented lease counts, not a raise this process made: a raise is
+        pushed (signed) only once it is reported, and a device must not count on one that may
+        never be."""
+        cap = self.verified_cap(device, key, token)
         if total > cap:
             self.refused += 1
             raise ProtocolError(

@@ -67,12 +67,16 @@ def test_a_total_above_the_lease_is_refused() -> None:
     b.granted["ad"] = 100
     cap = b.ask("phone", "ad", 1, None)
     assert cap is not None
-    b.check_total("phone", "ad", cap, None)
+    token = b.token("phone", "ad", cap)
+    b.check_total("phone", "ad", cap, token)
     with pytest.raises(ProtocolError) as err:
-        b.check_total("phone", "ad", cap + 1, None)
+        b.check_total("phone", "ad", cap + 1, token)
     assert err.value.code == "over_limit"
     assert "leased" in err.value.reason
-    assert b.refused == 1
+    # A raise the device was not pushed (no lease presented) counts for nothing.
+    with pytest.raises(ProtocolError):
+        b.check_total("phone", "ad", 1, None)
+    assert b.refused == 2
 
 
 def test_another_gateway_verifies_a_lease_and_a_forged_one_is_refused() -> None:
@@ -152,7 +156,7 @@ def test_accepted_totals_never_exceed_what_was_granted(ops: list[tuple[str, int,
         else:
             claim = accepted.get(device, 0) + n
             try:
-                b.check_total(device, "ad", claim, None)
+                b.check_total(device, "ad", claim, b.token(device, "ad", b.cap(device, "ad")))
             except ProtocolError:
                 continue
             accepted[device] = claim
