@@ -21,11 +21,16 @@ nothing and a restarted one never grants a right twice:
 Funding is idempotent (:meth:`~.escrow.RightsEscrow.fund` raises the server's entry *to* the
 minimum), so the caller funds again after a restart without harm.
 
+When the holders are gateways (:mod:`lasp_streams.gateway.rights`; ``--leases``: the escrow's
+counter is ``rights_leased``, read from its delta topic too), a gateway that falls silent while
+holding unleased rights has them taken back after ``--reclaim-after`` seconds
+(:meth:`KafkaEscrow.reclaim`: fence its transactional id, read to the end, move them back).
+
 As a process (the unit the fault tests SIGKILL)::
 
     python -m lasp_streams.server.escrow_kafka --bootstrap HOST:PORT --topology T \\
         --fund KEY=N [--fund KEY=N ...] [--quota Q] [--clients C] [--lead S] [--hybrid] \\
-        [--leases]
+        [--leases [--reclaim-after S]]
 
 prints ``ready`` once it has fenced, recovered and funded, then grants until SIGTERM/SIGINT.
 """
