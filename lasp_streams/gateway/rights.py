@@ -332,9 +332,6 @@ class RightsDesk:
         self._reported: dict[str, dict[Hashable, int]] = {}
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.reports = 0
-        self.fenced = 0
-        """Times this gateway found its holder id fenced and became a new holder."""
 
     async def start(self) -> None:
         await self._follower.start()
@@ -493,7 +490,6 @@ class RightsDesk:
                 self._committing = {}
             for done, key, total in changed:
                 done[key] = max(total, done.get(key, 0))
-            self.reports += 1
         for (_, device), (session, caps) in unsent.items():
             session.push(self.lease_frame(device, caps))
 
@@ -502,7 +498,6 @@ class RightsDesk:
         back): become a new holder. Leases already pushed stay valid (they were reported);
         the unsent ones are dropped (their devices ask again)."""
         old = self.book.holder
-        self.fenced += 1
         if self._producer is not None:
             await close_fenced(self._producer)
         self._unsent.clear()
