@@ -81,7 +81,7 @@ from lasp_streams.lattices.base import Lattice, LatticeSpec
 from lasp_streams.lattices.counters import BCounter, GCounter
 from lasp_streams.lattices.windowed import Windowed
 
-__all__ = ["Bounded", "ClientStats", "EdgeClient"]
+__all__ = ["Bounded", "ClientStats", "EdgeClient", "SharedDecodes"]
 
 UNLIMITED: Final = 1 << 62
 """The allowance of a shown key when counting is not bounded (never runs out in practice)."""
@@ -114,6 +114,37 @@ class ClientStats:
     refused_views: int = 0
     skipped_records: int = 0
     saves: int = 0
+
+
+class SharedDecodes:
+    """Decoded states shared by the EdgeClients of one process, by variable and payload bytes.
+
+    A load generator simulates thousands of devices in one process, and each hears the same
+    pushed bytes: decoding them once instead of once per device is what lets one process drive
+    a thousand devices without its own CPU becoming the latency being measured. A client given
+    one never mutates a decoded state (it merges it into a replica of its own). At most
+    ``size`` payloads are kept; the memo starts again when full.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        if size < 1:
+            raise ValueError(f"SharedDecodes needs size >= 1, got {size}")
+        self.size = size
+        self._memo: dict[tuple[str, bytes], Lattice] = {}
+        self.hits = 0
+
+    def decode(self, var: str, payload: bytes, expect: LatticeSpec) -> Lattice:
+        """``decode(payload, expect=expect)`` of ``var``, shared; raises as decode does."""
+        memo_key = (var, bytes(payload))
+        state = self._memo.get(memo_key)
+        if state is not None:
+            self.hits += 1
+            return state
+        state = decode(payload, expect=expect)
+        if len(self._memo) >= self.size:
+            self._memo.clear()
+        self._memo[memo_key] = state
+        return state
 
 
 class EdgeClient:
@@ -152,6 +183,7 @@ class EdgeClient:
         windows: str | None = None,
         heartbeat: bool = False,
         server_clock: ServerClock | None = None,
+        decodes: SharedDecodes | None = None,
     ) -> None:
         if type(actor) is not str or not actor:
             raise ValueError(f"actor must be a non-empty str, got {actor!r}")
@@ -185,6 +217,9 @@ class EdgeClient:
         self.minimum_of = minimum_of if bounded is None else None
         self.near = near
         self._reserve: dict[Hashable, int] = {}
+        #: ``minimum_of`` per key, asked once per change of ``reads`` (the contracts).
+        self._minimums: dict[Hashable, int | None] = {}
+        self._decodes = decodes
 
         self._types: dict[str, LatticeSpec] = {}
         self._check_var(reads, keyed=False)
@@ -537,16 +572,24 @@ class EdgeClient:
     def _merge(self, var: str, key: Hashable, payload: bytes) -> bool:
         """Join a received delta into the replica; True when the caller must look at the key
         again (it grew in a way that can matter to this client)."""
-        delta = decode(payload, expect=self._types[var])
+        if self._decodes is None:
+            delta = decode(payload, expect=self._types[var])
+        else:
+            delta = self._decodes.decode(var, payload, self._types[var])
         replica = self._replicas[var]
         state = replica.get(key)
         if state is None:
-            replica[key] = delta
+            if self._decodes is not None:  # shared with other clients: merge into our own
+                state = replica[key] = self._bottom(var)
+                state.merge(delta)
+            else:
+                replica[key] = delta
             return not delta.is_bottom()
         return state.merge(delta) and self._touches_me(var, delta)
 
     def _changed(self, var: str, keys: set[Hashable]) -> None:
         if var == self.reads:
+            self._minimums.clear()  # contracts may have changed: minimums are asked again
             shown = set(self.keys_of(self.query(var)))
             for key in list(self._allow):
                 if key not in shown:
@@ -554,7 +597,8 @@ class EdgeClient:
                     # Its reserve goes too: a key that is not shown any more is never counted.
                     self._reserve.pop(key, None)
             for key in shown:
-                if key not in self._allow:
+                if key not in self._allow or self.minimum_of is not None:
+                    # A new key; or a contract that changed may have moved a key's minimum.
                     self._allow[key] = self._allowance(key)
             self._shown = tuple(sorted(shown, key=repr))
             self.version += 1
@@ -598,7 +642,10 @@ class EdgeClient:
         """Views left before ``key``'s minimum in this client's merged view, less the last
         ``near`` part, which is kept in reserve: using it schedules a flush at once."""
         assert self.minimum_of is not None
-        minimum = self.minimum_of(key, self.query(self.reads))
+        if key in self._minimums:
+            minimum = self._minimums[key]
+        else:
+            minimum = self._minimums[key] = self.minimum_of(key, self.query(self.reads))
         if minimum is None:
             return UNLIMITED
         server = self._replicas[self.counter].get(key)

@@ -95,6 +95,8 @@ class GatewayTransport:
         #: var -> (base index, pushes [(key, state)]) of the current connection
         self._pushes: dict[str, tuple[int, list[tuple[Hashable, bytes]]]] = {}
         self._overflowed: set[str] = set()
+        #: Pushes buffered in ``_pushes`` (all variables): :meth:`buffered` without a scan.
+        self._unread = 0
         #: Set when a push is buffered, cleared when read_deltas has returned every buffered one:
         #: a device can wake on it and merge what it heard at once (:meth:`EdgeClient.hear`).
         self.pushed = asyncio.Event()
@@ -151,7 +153,7 @@ class GatewayTransport:
     def buffered(self) -> bool:
         """True when pushes arrived that :meth:`read_deltas` has not returned yet (or the
         connection changed, so a read would resync): reading them needs no round trip."""
-        return bool(self._overflowed) or any(pushes for _, pushes in self._pushes.values())
+        return self._unread > 0 or bool(self._overflowed)
 
     async def read_deltas(self, var: str, position: Position) -> DeltaBatch:
         self._check(f"read the deltas of {var!r}")
@@ -170,6 +172,7 @@ class GatewayTransport:
         out = pushes[start:]
         # The single reader has consumed them: trim the buffer.
         self._pushes[var] = (base + len(pushes), [])
+        self._unread -= len(pushes)
         if not self.buffered():
             self.pushed.clear()
         return DeltaBatch(out, (self._epoch, base + len(pushes)), self.server_time())
@@ -191,7 +194,9 @@ class GatewayTransport:
         if self._ws is not None and var in self._pushes:
             answer = await self._request({"op": "sub", "var": var, "keys": list(keys)})
             _base, pushes = self._pushes[var]
-            pushes.extend(answer.get("states", {}).items())
+            states = answer.get("states", {}).items()
+            pushes.extend(states)
+            self._unread += len(states)
 
     async def ping(self) -> None:
         await self._request({"op": "ping"})
@@ -242,6 +247,7 @@ class GatewayTransport:
             self._seq = 0
             self._epoch += 1
             self._pushes = {}
+            self._unread = 0
             self._overflowed = set()
             self._ws = ws
             self.connects += 1
@@ -259,7 +265,8 @@ class GatewayTransport:
             await ws.send_bytes(
                 sign(self.secret, self._nonce, self.actor, self.key_version, seq, body)
             )
-            answer = await asyncio.wait_for(fut, self.timeout)
+            async with asyncio.timeout(self.timeout):
+                answer = await fut
         except (ConnectionError, aiohttp.ClientError, RuntimeError, TimeoutError) as exc:
             await self._drop()
             raise Offline(f"gateway request {body.get('op')!r} failed: {exc!r}") from exc
@@ -296,17 +303,20 @@ class GatewayTransport:
                     self._heard_leases(frame)
                     if len(buffered[1]) + len(states) > self.max_buffered:
                         self._overflowed.add(str(var))
+                        self._unread -= len(buffered[1])
                         self._pushes[str(var)] = (buffered[0] + len(buffered[1]), [])
                         self.pushed.set()
                         continue
                     buffered[1].extend(states.items())
+                    self._unread += len(states)
                     self.pushed.set()
                     stamps = frame.get("ts")
                     if type(stamps) is dict and stamps:
                         now_ms = time.time() * 1000
-                        self.push_lag_ms.extend(
-                            now_ms - t for t in stamps.values() if type(t) is int
-                        )
+                        lags = self.push_lag_ms
+                        for t in stamps.values():
+                            if type(t) is int:
+                                lags.append(now_ms - t)
                     continue
                 self._heard_time(frame)
                 req = frame.get("req")
