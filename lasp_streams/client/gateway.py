@@ -156,7 +156,8 @@ class GatewayTransport:
         return self._unread > 0 or bool(self._overflowed)
 
     async def read_deltas(self, var: str, position: Position) -> DeltaBatch:
-        self._check(f"read the deltas of {var!r}")
+        if not self.online:
+            self._check(f"read the deltas of {var!r}")
         if (
             type(position) is not tuple
             or position[0] != self._epoch
@@ -178,7 +179,8 @@ class GatewayTransport:
         return DeltaBatch(out, (self._epoch, base + len(pushes)), self.server_time())
 
     async def publish(self, var: str, deltas: Sequence[tuple[Hashable, bytes]]) -> None:
-        body: dict[str, Any] = {"op": "flush", "var": var, "deltas": [[k, p] for k, p in deltas]}
+        # msgpack packs the (key, bytes) tuples as the [key, bytes] pairs of the protocol.
+        body: dict[str, Any] = {"op": "flush", "var": var, "deltas": deltas}
         if self.leases:
             leases = {k: self.leases[k] for k, _ in deltas if k in self.leases}
             if leases:
@@ -255,7 +257,8 @@ class GatewayTransport:
             return ws
 
     async def _request(self, body: dict[str, Any]) -> dict[str, Any]:
-        self._check(f"send {body.get('op')}")
+        if not self.online:
+            self._check(f"send {body.get('op')}")
         ws = await self._connected()
         self._seq += 1
         seq = self._seq
