@@ -411,32 +411,32 @@ class EdgeClient:
 
     async def flush(self) -> int:
         """Publish one delta per key whose total changed since the last flush; returns how
-        many deltas went out (raises Offline, keeping the buffer, when it cannot)."""
+        many deltas went out (raises Offline, keeping the buffer, when it cannot). A transport
+        with ``publish_totals`` (the gateway's) takes the counter's totals as they are, with no
+        GCounter delta encoded per key (the gateway knows the device: its entry is implied)."""
         sent_out = 0
         actor = self.actor
+        publish_totals = getattr(self.transport, "publish_totals", None)
         for var, totals in self._own_totals():
             if var == self.counter and self._carry_total:
                 continue  # carried by the windowed deltas (_flush_windows)
             sent = self._sent[var]
-            deltas: list[tuple[Hashable, bytes]] = []
-            size = 0
-            for key, total in totals.items():
-                if total != sent.get(key):
-                    g = GCounter()
-                    payload = encode(g.increment(actor, total))
-                    deltas.append((key, payload))
-                    size += len(payload)
-            if not deltas:
-                continue
             # What goes out is fixed now: views counted while the publish is awaited change
             # ``totals`` and must stay unsent until a later flush carries them.
-            published = {key: totals[key] for key, _ in deltas}
-            await self.transport.publish(var, deltas)
-            for key, total in published.items():
+            changed = [(key, total) for key, total in totals.items() if total != sent.get(key)]
+            if not changed:
+                continue
+            if publish_totals is not None and var == self.counter:
+                size: int = await publish_totals(var, changed)
+            else:
+                deltas = [(key, encode(GCounter().increment(actor, n))) for key, n in changed]
+                size = sum(len(payload) for _, payload in deltas)
+                await self.transport.publish(var, deltas)
+            for key, total in changed:
                 if total > sent.get(key, 0):
                     sent[key] = total
-            sent_out += len(deltas)
-            self.stats.deltas_sent += len(deltas)
+            sent_out += len(changed)
+            self.stats.deltas_sent += len(changed)
             self.stats.bytes_sent += size
         if self.windows is not None:
             sent_out += await self._flush_windows(self.windows)

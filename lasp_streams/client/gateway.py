@@ -15,7 +15,10 @@
   i.e. when Kafka has it. A lost connection raises
   :class:`~lasp_streams.client.transport.Offline` (the client keeps its totals and re-sends
   them: harmless, they are running totals); a refusal raises :class:`GatewayRefused` with the
-  gateway's code and reason.
+  gateway's code and reason. ``publish_totals(var, totals)`` does the same with a counter's
+  running totals as they are (``[[key, total], ...]``): :meth:`EdgeClient.flush
+  <lasp_streams.client.EdgeClient.flush>` uses it for its counter, so no GCounter delta is
+  encoded per key on the device nor decoded on the gateway.
 - Reconnect: any call while disconnected connects again, to the next of ``urls`` (gateways are
   stateless, any one will do); each connection gets a fresh nonce, and ``seq`` restarts.
 - ``online`` can be set to False by hand to simulate an outage (calls raise Offline).
@@ -108,6 +111,8 @@ class GatewayTransport:
         #: Bounded mode: the signed lease of each key ([cap, version, tag], the highest cap
         #: heard), sent with every flush so any gateway can check the totals against it.
         self.leases: dict[Hashable, list[Any]] = {}
+        #: Bytes of the signed frames sent.
+        self.bytes_sent = 0
 
     def server_time(self) -> float | None:
         """The gateway's clock now, as its last answer said (None before any answer)."""
@@ -187,6 +192,19 @@ class GatewayTransport:
                 body["leases"] = leases
         await self._request(body)
 
+    async def publish_totals(self, var: str, totals: Sequence[tuple[Hashable, int]]) -> int:
+        """Send the device's running totals of counter ``var`` (``[[key, total], ...]``; the
+        device's own entries, so no GCounter delta per key) and return when the gateway
+        acknowledged them; returns the bytes of the signed frame."""
+        body: dict[str, Any] = {"op": "flush", "var": var, "totals": totals}
+        if self.leases:
+            leases = {k: self.leases[k] for k, _ in totals if k in self.leases}
+            if leases:
+                body["leases"] = leases
+        before = self.bytes_sent
+        await self._request(body)
+        return self.bytes_sent - before
+
     async def watch(self, var: str, keys: Sequence[str]) -> None:
         """Hear ``keys`` of ``var`` from now on as well (selective hearing grows)."""
         known = self.keys.get(var, [])
@@ -265,9 +283,9 @@ class GatewayTransport:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[seq] = fut
         try:
-            await ws.send_bytes(
-                sign(self.secret, self._nonce, self.actor, self.key_version, seq, body)
-            )
+            frame = sign(self.secret, self._nonce, self.actor, self.key_version, seq, body)
+            self.bytes_sent += len(frame)
+            await ws.send_bytes(frame)
             async with asyncio.timeout(self.timeout):
                 answer = await fut
         except (ConnectionError, aiohttp.ClientError, RuntimeError, TimeoutError) as exc:

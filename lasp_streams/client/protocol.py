@@ -19,6 +19,9 @@ Requests (``body``)::
     {"op": "unsub", "var": V, "keys": [K, ...] | None}
     {"op": "flush", "var": V, "deltas": [[K, delta bytes], ...]}
                                                         answered by "ack" once Kafka has it
+    {"op": "flush", "var": V, "totals": [[K, n], ...]}  the same for a counter: the device's
+                                                        running totals (its own entries,
+                                                        implied by who signed the frame)
     {"op": "ping"}                                      answered by "pong"
 
 Gateway frames (msgpack maps, unsigned: the transport's TLS protects them)::

@@ -13,6 +13,10 @@ from an authenticated device ``D`` is accepted only when
   refused here; the ledger additionally caps views per key per interval, with state the
   stateless gateway does not have).
 
+A flush may instead carry the device's running totals as they are, ``{"var": V, "totals":
+[[K, n], ...]}``: the entry is ``D``'s by construction (no delta to decode, no other actor to
+name); shape, identifiers, duplicates, known keys and ``max_total`` are checked the same way.
+
 The whole flush is refused on the first problem (an honest client never sends one), with a
 :class:`~lasp_streams.client.protocol.ProtocolError` naming the code and the offending item.
 """
@@ -122,6 +126,8 @@ def check_flush(
             "unknown_variable",
             f"flush: variable {_short(var)} is not one devices may write ({sorted(writable)})",
         )
+    if "totals" in body:
+        return var, _checked_totals(body["totals"], var, policy=policy, known=known)
     out: list[tuple[str, int]] = []
     for key, _payload, delta in flush_items(
         body.get("deltas"), var, policy=policy, known=known, expect=GCounter
@@ -139,6 +145,47 @@ def check_flush(
         if total:
             out.append((key, total))
     return var, out
+
+
+def _checked_totals(
+    totals: object,
+    var: str,
+    *,
+    policy: DevicePolicy,
+    known: Callable[[str, Hashable], bool],
+) -> list[tuple[str, int]]:
+    """The non-zero ``(key, total)`` pairs of a flush's ``totals``, each checked for shape,
+    identifier, duplicates, a key the topology knows and ``max_total``."""
+    if type(totals) is not list:
+        raise ProtocolError("malformed", "flush: 'totals' must be a list of [key, total]")
+    if len(totals) > policy.max_keys_per_flush:
+        raise ProtocolError(
+            "over_limit",
+            f"flush of {len(totals)} totals: at most {policy.max_keys_per_flush} keys per flush",
+        )
+    out: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for item in totals:
+        if type(item) is not list or len(item) != 2 or type(item[1]) is not int:
+            raise ProtocolError("malformed", f"flush: {_short(item)} is not [key, total]")
+        key = check_identifier(item[0], "flush: key", policy)
+        if key in seen:
+            raise ProtocolError("malformed", f"flush: key {key!r} appears twice")
+        seen.add(key)
+        if not known(var, key):
+            raise ProtocolError(
+                "unknown_key", f"flush: {var} key {key!r} is not known to the topology"
+            )
+        total: int = item[1]
+        if not 0 <= total <= policy.max_total:
+            raise ProtocolError(
+                "over_limit",
+                f"flush: {key!r} total {total} is outside 0..{policy.max_total} (the "
+                "per-device maximum)",
+            )
+        if total:
+            out.append((key, total))
+    return out
 
 
 def _short(value: object) -> str:

@@ -112,6 +112,47 @@ def test_an_honest_flush_gives_the_totals() -> None:
     )
 
 
+def totals(*items: object, var: str = "impressions") -> dict[str, object]:
+    return {"op": "flush", "var": var, "totals": list(items)}
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (totals(["ad-1", 10**18]), "over_limit"),
+        (totals(["ad-1", -5]), "over_limit"),
+        (totals(["ad-1", True]), "malformed"),
+        (totals(["ad-1", 1.5]), "malformed"),
+        (totals(["ad-1", "7"]), "malformed"),
+        (totals(["ad-1"]), "malformed"),
+        (totals(("ad-1", 1)), "malformed"),
+        (totals(["fake-1", 1]), "unknown_key"),
+        (totals(*[[f"fake-{i}", 1] for i in range(20_000)]), "over_limit"),
+        (totals(["ad-1", 1], var="contracts"), "unknown_variable"),
+        (totals(["x" * 200, 1]), "over_limit"),
+        (totals(["ad\x00", 1]), "malformed"),
+        (totals([7, 1]), "malformed"),
+        (totals(["ad-1", 1], ["ad-1", 2]), "malformed"),
+        ({"op": "flush", "var": "impressions", "totals": {"ad-1": 1}}, "malformed"),
+    ],
+)
+def test_each_attack_on_a_flush_of_totals_is_refused_with_its_code(
+    body: dict[str, object], code: str
+) -> None:
+    with pytest.raises(ProtocolError) as err:
+        check("d", body)
+    assert err.value.code == code
+    assert err.value.reason
+
+
+def test_an_honest_flush_of_totals_gives_them_without_zeros() -> None:
+    assert check("d", totals(["ad-1", 5], ["ad-2", 1_000])) == (
+        "impressions",
+        [("ad-1", 5), ("ad-2", 1_000)],
+    )
+    assert check("d", totals(["ad-1", 0])) == ("impressions", [])
+
+
 def test_only_the_ledgers_own_records_are_heard_early() -> None:
     from lasp_streams.gateway.ledger_tail import ledger_delta
 
