@@ -375,8 +375,9 @@ class EdgeClient:
 
         Merging at once instead of at the next sync is what deciding locally needs: a device
         that merged pushes only when it synced acted on a view up to a flush interval old
-        (tests/benchmarks/reports/gateway.md: overcount at 256 devices 7.05% -> 2.01%, at
-        1,000 devices 16.31% -> 3.50%, medians of 3)."""
+        (tests/benchmarks/reports/gateway.md as of commit 241e8f3, ``--compare-hear``:
+        overcount at 256 devices 7.05% -> 2.01%, at 1,000 devices 16.31% -> 3.50%, medians
+        of 3)."""
         buffered = getattr(self.transport, "buffered", None)
         if buffered is None or not buffered():
             return False

@@ -9,9 +9,9 @@ them again: totals are idempotent).
 
 One batch is in flight at a time; whatever arrives meanwhile is the next batch, so batches grow
 with Kafka's round trip and throughput keeps up (``max_entries`` per round trip). Sending the
-next batch before the previous one is acknowledged was measured and bought nothing
-(tests/benchmarks/reports/gateway.md, ingest): aiokafka's idempotent producer sends one request
-per broker at a time anyway.
+next batch before the previous one is acknowledged was measured with the ingest benchmark
+(``tests.benchmarks.bench_gateway --only ingest``) when this was written, and bought nothing:
+aiokafka's idempotent producer sends one request per broker at a time anyway.
 """
 
 from __future__ import annotations

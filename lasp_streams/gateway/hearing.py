@@ -13,7 +13,7 @@ small, longer when it was large, so that the process sends about ``push_budget``
 second in all (at most ``max_tick``). 32 devices subscribed to every ad get a frame every
 20 ms; 256 get one every 100 ms, 1,000 every 250 ms. A fixed 20 ms made a gateway with 256
 devices send 12,800 frames a second, and their acknowledgements waited behind the pushes
-(tests/benchmarks/reports/gateway.md).
+(tests/benchmarks/reports/gateway.md as of commit 5245014, ``--compare-push``).
 
 A key that has just met a threshold of a trigger on its variable (the ad counter: an ad's
 counter reaching its contract's minimum) is pushed at once, not at the end of the interval: a
