@@ -158,7 +158,8 @@ class EdgeClient:
     seconds (monotonic). ``horizon``: after that many seconds without a successful pull, the
     next pull reads full state instead of deltas (set it to the delta topic's retention).
     ``state_path``: where the totals are saved (module docstring, "Restarts"); ``save_every``:
-    also save after every that many views (None: at syncs and on close only).
+    also save after every that many views (None: at syncs and on close only). ``decodes``: a
+    :class:`SharedDecodes` shared with the other clients of this process (a load generator's).
     """
 
     def __init__(
