@@ -156,30 +156,34 @@ class LedgerPartition:
         added to ``into`` (one host batch of many records) or a new :class:`LedgerBatch`."""
         out = LedgerBatch() if into is None else into
         cap, interval = self.cap.views, self.cap.interval_ms
+        ledger, sums, out_sums = self.devices, self.sums, out.sums
+        changed = out.devices.add
+        n = noops = 0
         for device, var, key, total in entries:
-            out.entries += 1
-            slots = self.devices.get(device)
+            n += 1
+            slots = ledger.get(device)
             if slots is None:
-                slots = self.devices[device] = {}
-            slot = slots.get((var, key))
+                slots = ledger[device] = {}
+            k = (var, key)
+            slot = slots.get(k)
             if slot is None:
-                slot = slots[(var, key)] = [0, ts_ms, 0]
+                slot = slots[k] = [0, ts_ms, 0]
             last, start, counted = slot
             claimed = total - last
             if claimed <= 0:
-                out.noops += 1  # a duplicate, reordered or replayed total
+                noops += 1  # a duplicate, reordered or replayed total
                 continue
             if ts_ms >= start + interval:
                 start, counted = ts_ms, 0
             allowed = min(claimed, cap - counted)
             slot[0], slot[1], slot[2] = total, start, counted + allowed
-            out.devices.add(device)
+            changed(device)
             if allowed < claimed:
                 out.clamped.append(Clamped(device, var, key, claimed, allowed))
             if allowed > 0:
-                k = (var, key)
-                self.sums[k] = s = self.sums.get(k, 0) + allowed
-                out.sums[k] = s
+                sums[k] = out_sums[k] = sums.get(k, 0) + allowed
+        out.entries += n
+        out.noops += noops
         return out
 
     # -- persistence ---------------------------------------------------------------------------

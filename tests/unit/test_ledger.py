@@ -101,3 +101,38 @@ def test_batch_records_round_trip_and_malformed_ones_are_refused() -> None:
 
     with pytest.raises(ValueError, match="not \\[device"):
         decode_entries(msgpack.packb({"v": 1, "e": [["d", "v", "k", -1]]}))
+
+
+_good_entry = st.tuples(
+    st.text(min_size=1, max_size=4),
+    st.sampled_from(["impressions"]),
+    st.text(min_size=1),
+    st.integers(0, 10**12),
+)
+_bad_entry = st.one_of(
+    st.tuples(st.just(""), st.just("v"), st.just("k"), st.just(1)),
+    st.tuples(st.just("d"), st.just("v"), st.just("k"), st.integers(-(2**63), -1)),
+    st.tuples(st.just("d"), st.just("v"), st.just("k"), st.booleans()),
+    st.tuples(st.just("d"), st.integers(0, 2**63), st.just("k"), st.just(1)),
+    st.tuples(st.just("d"), st.just("v"), st.just("k")),
+    st.tuples(st.just("d"), st.just("v"), st.just("k"), st.just(1), st.just(2)),
+    st.just("d"),
+)
+
+
+@given(st.lists(_good_entry, max_size=30), st.lists(_bad_entry, max_size=3), st.randoms())
+@settings(max_examples=200, deadline=None)
+def test_a_batch_decodes_to_its_entries_or_is_refused_naming_a_bad_one(
+    good: list[tuple[str, str, str, int]], bad: list[object], rnd: random.Random
+) -> None:
+    import msgpack
+
+    items: list[object] = [list(e) for e in good]
+    for b in bad:
+        items.insert(rnd.randint(0, len(items)), list(b) if isinstance(b, tuple) else b)
+    data = msgpack.packb({"v": 1, "e": items})
+    if not bad:
+        assert decode_entries(data) == good
+        return
+    with pytest.raises(ValueError, match="is not \\[device, var, key, total\\]"):
+        decode_entries(data)
