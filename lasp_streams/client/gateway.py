@@ -39,7 +39,7 @@ from typing import Any
 
 import aiohttp
 
-from lasp_streams.client.protocol import PROTOCOL, ProtocolError, sign, unpack
+from lasp_streams.client.protocol import PROTOCOL, ProtocolError, pack, sign, unpack
 from lasp_streams.client.transport import DeltaBatch, DeltasExpired, Offline, Position, Snapshot
 from lasp_streams.errors import LaspError
 
@@ -111,8 +111,6 @@ class GatewayTransport:
         #: Bounded mode: the signed lease of each key ([cap, version, tag], the highest cap
         #: heard), sent with every flush so any gateway can check the totals against it.
         self.leases: dict[Hashable, list[Any]] = {}
-        #: Bytes of the signed frames sent.
-        self.bytes_sent = 0
 
     def server_time(self) -> float | None:
         """The gateway's clock now, as its last answer said (None before any answer)."""
@@ -195,15 +193,15 @@ class GatewayTransport:
     async def publish_totals(self, var: str, totals: Sequence[tuple[Hashable, int]]) -> int:
         """Send the device's running totals of counter ``var`` (``[[key, total], ...]``; the
         device's own entries, so no GCounter delta per key) and return when the gateway
-        acknowledged them; returns the bytes of the signed frame."""
+        acknowledged them; returns the bytes of the totals as sent (msgpack, without the
+        frame's envelope and signature: what a flush of deltas counts as its delta bytes)."""
         body: dict[str, Any] = {"op": "flush", "var": var, "totals": totals}
         if self.leases:
             leases = {k: self.leases[k] for k, _ in totals if k in self.leases}
             if leases:
                 body["leases"] = leases
-        before = self.bytes_sent
         await self._request(body)
-        return self.bytes_sent - before
+        return len(pack(totals))
 
     async def watch(self, var: str, keys: Sequence[str]) -> None:
         """Hear ``keys`` of ``var`` from now on as well (selective hearing grows)."""
@@ -283,9 +281,9 @@ class GatewayTransport:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[seq] = fut
         try:
-            frame = sign(self.secret, self._nonce, self.actor, self.key_version, seq, body)
-            self.bytes_sent += len(frame)
-            await ws.send_bytes(frame)
+            await ws.send_bytes(
+                sign(self.secret, self._nonce, self.actor, self.key_version, seq, body)
+            )
             async with asyncio.timeout(self.timeout):
                 answer = await fut
         except (ConnectionError, aiohttp.ClientError, RuntimeError, TimeoutError) as exc:
