@@ -182,26 +182,24 @@ class GatewayTransport:
         return DeltaBatch(out, (self._epoch, base + len(pushes)), self.server_time())
 
     async def publish(self, var: str, deltas: Sequence[tuple[Hashable, bytes]]) -> None:
-        # msgpack packs the (key, bytes) tuples as the [key, bytes] pairs of the protocol.
-        body: dict[str, Any] = {"op": "flush", "var": var, "deltas": deltas}
-        if self.leases:
-            leases = {k: self.leases[k] for k, _ in deltas if k in self.leases}
-            if leases:
-                body["leases"] = leases
-        await self._request(body)
+        await self._flush(var, "deltas", deltas)
 
     async def publish_totals(self, var: str, totals: Sequence[tuple[Hashable, int]]) -> int:
         """Send the device's running totals of counter ``var`` (``[[key, total], ...]``; the
         device's own entries, so no GCounter delta per key) and return when the gateway
         acknowledged them; returns the bytes of the totals as sent (msgpack, without the
         frame's envelope and signature: what a flush of deltas counts as its delta bytes)."""
-        body: dict[str, Any] = {"op": "flush", "var": var, "totals": totals}
+        await self._flush(var, "totals", totals)
+        return len(pack(totals))
+
+    async def _flush(self, var: str, field: str, items: Sequence[tuple[Hashable, Any]]) -> None:
+        # msgpack packs the (key, value) tuples as the [key, value] pairs of the protocol.
+        body: dict[str, Any] = {"op": "flush", "var": var, field: items}
         if self.leases:
-            leases = {k: self.leases[k] for k, _ in totals if k in self.leases}
+            leases = {k: self.leases[k] for k, _ in items if k in self.leases}
             if leases:
                 body["leases"] = leases
         await self._request(body)
-        return len(pack(totals))
 
     async def watch(self, var: str, keys: Sequence[str]) -> None:
         """Hear ``keys`` of ``var`` from now on as well (selective hearing grows)."""

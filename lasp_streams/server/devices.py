@@ -77,26 +77,9 @@ def flush_items(
     """The ``(key, delta bytes, decoded delta)`` items of a flush's ``deltas`` to ``var``, each
     checked for shape, identifier, duplicates, a key the topology knows, size and a decodable
     ``expect`` delta; raises :class:`ProtocolError` at the first that is not."""
-    if type(deltas) is not list:
-        raise ProtocolError("malformed", "flush: 'deltas' must be a list of [key, delta bytes]")
-    if len(deltas) > policy.max_keys_per_flush:
-        raise ProtocolError(
-            "over_limit",
-            f"flush of {len(deltas)} deltas: at most {policy.max_keys_per_flush} keys per flush",
-        )
-    seen: set[str] = set()
-    for item in deltas:
-        if type(item) is not list or len(item) != 2 or type(item[1]) is not bytes:
-            raise ProtocolError("malformed", f"flush: {_short(item)} is not [key, delta bytes]")
-        key = check_identifier(item[0], "flush: key", policy)
-        if key in seen:
-            raise ProtocolError("malformed", f"flush: key {key!r} appears twice")
-        seen.add(key)
-        if not known(var, key):
-            raise ProtocolError(
-                "unknown_key", f"flush: {var} key {key!r} is not known to the topology"
-            )
-        payload: bytes = item[1]
+    for key, payload in _keyed_items(
+        deltas, var, "deltas", "[key, delta bytes]", bytes, policy=policy, known=known
+    ):
         if len(payload) > policy.max_delta_bytes:
             raise ProtocolError(
                 "over_limit",
@@ -156,27 +139,10 @@ def _checked_totals(
 ) -> list[tuple[str, int]]:
     """The non-zero ``(key, total)`` pairs of a flush's ``totals``, each checked for shape,
     identifier, duplicates, a key the topology knows and ``max_total``."""
-    if type(totals) is not list:
-        raise ProtocolError("malformed", "flush: 'totals' must be a list of [key, total]")
-    if len(totals) > policy.max_keys_per_flush:
-        raise ProtocolError(
-            "over_limit",
-            f"flush of {len(totals)} totals: at most {policy.max_keys_per_flush} keys per flush",
-        )
     out: list[tuple[str, int]] = []
-    seen: set[str] = set()
-    for item in totals:
-        if type(item) is not list or len(item) != 2 or type(item[1]) is not int:
-            raise ProtocolError("malformed", f"flush: {_short(item)} is not [key, total]")
-        key = check_identifier(item[0], "flush: key", policy)
-        if key in seen:
-            raise ProtocolError("malformed", f"flush: key {key!r} appears twice")
-        seen.add(key)
-        if not known(var, key):
-            raise ProtocolError(
-                "unknown_key", f"flush: {var} key {key!r} is not known to the topology"
-            )
-        total: int = item[1]
+    for key, total in _keyed_items(
+        totals, var, "totals", "[key, total]", int, policy=policy, known=known
+    ):
         if not 0 <= total <= policy.max_total:
             raise ProtocolError(
                 "over_limit",
@@ -186,6 +152,41 @@ def _checked_totals(
         if total:
             out.append((key, total))
     return out
+
+
+def _keyed_items(
+    items: object,
+    var: str,
+    field: str,
+    shape: str,
+    value_type: type,
+    *,
+    policy: DevicePolicy,
+    known: Callable[[str, Hashable], bool],
+) -> Iterator[tuple[str, Any]]:
+    """The ``(key, value)`` pairs of a flush's ``field`` (a list of ``[key, value]``), each
+    checked for shape, the value's exact type, identifier, duplicates and a key the topology
+    knows; raises :class:`ProtocolError` at the first that is not."""
+    if type(items) is not list:
+        raise ProtocolError("malformed", f"flush: '{field}' must be a list of {shape}")
+    if len(items) > policy.max_keys_per_flush:
+        raise ProtocolError(
+            "over_limit",
+            f"flush of {len(items)} {field}: at most {policy.max_keys_per_flush} keys per flush",
+        )
+    seen: set[str] = set()
+    for item in items:
+        if type(item) is not list or len(item) != 2 or type(item[1]) is not value_type:
+            raise ProtocolError("malformed", f"flush: {_short(item)} is not {shape}")
+        key = check_identifier(item[0], "flush: key", policy)
+        if key in seen:
+            raise ProtocolError("malformed", f"flush: key {key!r} appears twice")
+        seen.add(key)
+        if not known(var, key):
+            raise ProtocolError(
+                "unknown_key", f"flush: {var} key {key!r} is not known to the topology"
+            )
+        yield key, item[1]
 
 
 def _short(value: object) -> str:
