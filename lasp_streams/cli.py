@@ -322,6 +322,15 @@ def demo() -> None:
     help="Bounded mode: rights per grant [default: minimum / (4 x clients)].",
 )
 @click.option(
+    "--pace",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Lasp mode through the gateway: a client shows an ad within 5% of its minimum in only "
+    "this fraction of its slots (1: no pacing). Lower: less overcount, each ad's last 5% "
+    "filled more slowly.",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(0, min_open=True),
     default=110.0,
@@ -371,6 +380,7 @@ def ad_counter(
     min_impressions: int,
     mode: str,
     quota: int | None,
+    pace: float,
     timeout: float,
     plot_path: Path,
     no_plot: bool,
@@ -388,6 +398,11 @@ def ad_counter(
 
     from lasp_streams.demo import DemoConfig, plot, render, run_local
 
+    if pace < 1 and (local or mode != "lasp" or transport != "gateway"):
+        raise click.UsageError(
+            "--pace paces the clients that decide locally: Lasp mode (--mode lasp) through "
+            "the gateway (--transport gateway), not --local"
+        )
     config = DemoConfig(
         ads=ads,
         clients=clients,
@@ -401,6 +416,7 @@ def ad_counter(
         quota=quota,
         seed=seed,
         timeout=timeout,
+        pace=pace,
     )
     resolved = kafka.resolve()
     # An address from a flag, the environment or --config names an existing cluster (with its

@@ -47,6 +47,14 @@ the next tick, so the server hears the last views early. Views between syncs are
 against the allowance the last pull computed, so the client never shows a key past its own
 view of the minimum; other clients' unsent views are what is left of the overcount.
 
+*Pacing* (``pace < 1``, deciding locally only): within ``near`` of a key's minimum, :meth:`view`
+counts the key only with probability ``pace`` and otherwise refuses it (``False``; counted in
+:attr:`ClientStats.paced_views`), so the caller fills the slot with a key that is not paced
+(:meth:`paced`), or with none when every key it shows is. What the other clients have counted
+but not yet sent is what overshoots the minimum, and pacing slows exactly that part down: the
+overcount shrinks about in proportion to ``pace``, and the last ``near`` part of each key's
+minimum takes about ``1 / pace`` times as long to fill (what ad servers call pacing).
+
 Bounded mode (``bounded=Bounded(...)``): the client may only count a key while it holds impression
 rights for it. Rights are granted by the server as B-Counter transfers (``rights`` variable,
 one BCounter per key); the client's count for the key is what it spent, so its allowance is
@@ -112,6 +120,7 @@ class ClientStats:
     resyncs: int = 0
     deltas_read: int = 0
     refused_views: int = 0
+    paced_views: int = 0
     skipped_records: int = 0
     saves: int = 0
 
@@ -160,6 +169,8 @@ class EdgeClient:
     ``state_path``: where the totals are saved (module docstring, "Restarts"); ``save_every``:
     also save after every that many views (None: at syncs and on close only). ``decodes``: a
     :class:`SharedDecodes` shared with the other clients of this process (a load generator's).
+    ``near`` and ``pace``: the adaptive flush and pacing of a key near its minimum (module
+    docstring; deciding locally only).
     """
 
     def __init__(
@@ -181,6 +192,7 @@ class EdgeClient:
         save_every: int | None = None,
         minimum_of: Callable[[Hashable, Any], int | None] | None = None,
         near: float = 0.05,
+        pace: float = 1.0,
         windows: str | None = None,
         heartbeat: bool = False,
         server_clock: ServerClock | None = None,
@@ -198,6 +210,15 @@ class EdgeClient:
             raise ValueError(f"save_every must be an int >= 1 or None, got {save_every!r}")
         if save_every is not None and state_path is None:
             raise ValueError("save_every needs a state_path to save to")
+        if not 0 <= near < 1:
+            raise ValueError(f"near must be in [0, 1) (a fraction of the minimum), got {near!r}")
+        if not 0 < pace <= 1:
+            raise ValueError(f"pace must be in (0, 1] (a probability), got {pace!r}")
+        if pace < 1 and (minimum_of is None or bounded is not None or not near > 0):
+            raise ValueError(
+                "pace < 1 paces the views of a key near its minimum: it needs minimum_of "
+                "(deciding locally), near > 0, and no bounded mode (rights bound the views there)"
+            )
         self.actor = actor
         self.transport = transport
         self.topology = topology
@@ -217,6 +238,9 @@ class EdgeClient:
         self.skipped = SkippedRecords(f"client {actor!r}")
         self.minimum_of = minimum_of if bounded is None else None
         self.near = near
+        self.pace = pace
+        #: Keys within ``near`` of their minimum whose views are paced (``pace < 1``).
+        self._paced: set[Hashable] = set()
         self._reserve: dict[Hashable, int] = {}
         #: ``minimum_of`` per key, asked once per change of ``reads`` (the contracts).
         self._minimums: dict[Hashable, int | None] = {}
@@ -301,6 +325,11 @@ class EdgeClient:
                 if key in allow:  # shown, but no rights left: unmet demand (bounded mode)
                     self._wanted[key] = self._wanted.get(key, 0) + n
                 return False
+        paced = self._paced
+        if paced and key in paced and self.rng.random() >= self.pace:
+            allow[key] = left
+            self.stats.paced_views += 1
+            return False
         allow[key] = left - n
         counts = self._counts
         counts[key] = counts.get(key, 0) + n
@@ -321,6 +350,11 @@ class EdgeClient:
     def counts(self) -> dict[Hashable, int]:
         """This client's total count per key (everything it counted, sent or not)."""
         return dict(self._counts)
+
+    def paced(self, key: Hashable) -> bool:
+        """True while the views of ``key`` are paced (``pace < 1`` and this client's view of
+        it within ``near`` of its minimum: module docstring)."""
+        return key in self._paced
 
     def allowance(self, key: Hashable) -> int:
         """How many more impressions of ``key`` may be counted now (bounded mode), 0 if not
@@ -598,6 +632,7 @@ class EdgeClient:
                     del self._allow[key]
                     # Its reserve goes too: a key that is not shown any more is never counted.
                     self._reserve.pop(key, None)
+                    self._paced.discard(key)
             for key in shown:
                 if key not in self._allow or self.minimum_of is not None:
                     # A new key; or a contract that changed may have moved a key's minimum.
@@ -655,6 +690,8 @@ class EdgeClient:
         left = max(0, minimum - (server.value() if server is not None else 0) - unsent)
         margin = min(left, int(minimum * self.near))
         self._reserve[key] = margin
+        if left > margin:
+            self._paced.discard(key)  # not near (any more): a contract's minimum was raised
         return left - margin
 
     def _near_minimum(self, key: Hashable) -> int:
@@ -663,6 +700,8 @@ class EdgeClient:
         reserve = self._reserve.pop(key, 0)
         if reserve:
             self.next_flush_at = self.clock()
+            if self.pace < 1:
+                self._paced.add(key)
         return reserve
 
     def _drop_decided(self) -> None:

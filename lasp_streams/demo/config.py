@@ -27,7 +27,9 @@ class DemoConfig:
     rights, granted proactively: overcount 0) or ``hybrid`` (the bulk of each budget handed out
     at once in proportion to the measured rates, only a reserve escrowed: overcount 0);
     ``quota``: a holder's first grant (default: minimum / (4 * clients)). ``timeout``: the run
-    stops then even if ads are still active.
+    stops then even if ads are still active. ``pace``: clients that decide locally (Kafka mode
+    through the gateway) show an ad within 5% of its minimum in only this fraction of their
+    slots (:class:`~lasp_streams.client.EdgeClient` pacing; 1: none).
     ``retention`` / ``horizon``: the delta log's retention and the clients' resync horizon
     (seconds, None: unbounded). ``price``: billed per impression of the contract's minimum.
     """
@@ -50,6 +52,7 @@ class DemoConfig:
     price: float = 0.002
     sample_interval: float = 0.1
     step: float = 0.01
+    pace: float = 1.0
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -80,6 +83,7 @@ class DemoConfig:
         need(self.quota is None or self.quota >= 1, f"quota must be >= 1, got {self.quota}")
         need(self.timeout > 0, f"timeout must be > 0 s, got {self.timeout}")
         need(self.step > 0 and self.sample_interval > 0, "step and sample_interval must be > 0")
+        need(0 < self.pace <= 1, f"pace must be in (0, 1], got {self.pace}")
 
     @property
     def total_ads(self) -> int:

@@ -23,7 +23,7 @@ import gc
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,7 @@ class LoadReport:
     push_lag_ms: list[float] = field(default_factory=list)
     offline: int = 0
     refused_views: int = 0
+    paced_views: int = 0
     started: float = 0.0
     """time.monotonic() when the devices started viewing (after connecting): a driver on the
     same machine times the run from it (CLOCK_MONOTONIC is one clock for every process)."""
@@ -77,6 +78,7 @@ class LoadReport:
             "pushes_timed": len(lag),
             "offline_syncs": self.offline,
             "refused_views": self.refused_views,
+            "paced_views": self.paced_views,
             "started_monotonic": self.started,
         }
 
@@ -139,12 +141,16 @@ async def run_clients(
     step: float = 0.01,
     hear: bool = True,
     bounded: bool = False,
+    near: float = 0.05,
+    pace: float = 1.0,
 ) -> LoadReport:
     """Run ``devices`` EdgeClients (module docstring) until every one shows nothing or
     ``seconds`` pass. ``hear=False``: devices merge the gateway's pushes only when they sync
     (a benchmark's baseline; real devices merge each push as it arrives). ``bounded``: devices
     count only with rights their gateway leased them (``lasp-streams gateway --bounded``); a
-    view refused for want of rights goes to another ad the device holds rights for."""
+    view refused for want of rights goes to another ad the device holds rights for. ``near``,
+    ``pace``: each device's adaptive flush and pacing near an ad's minimum (EdgeClient); a slot
+    refused as paced goes to an ad the device shows that is not paced, or to none."""
     limits: Bounded | None = None
     if bounded:
         leases = BoundedGateway()
@@ -174,6 +180,8 @@ async def run_clients(
             rng=random.Random(master.getrandbits(64)),
             minimum_of=None if bounded else contract_minimum(default_minimum),
             bounded=limits,
+            near=near,
+            pace=pace,
             decodes=decodes,
         )
         for t in transports
@@ -199,12 +207,21 @@ async def run_clients(
                 if c.stats.syncs > 1:
                     return
             elif n:
+                spare: list[Hashable] | None = None
                 for key in rng.choices(keys, k=n):
-                    if not c.view(key) and bounded:
+                    if c.view(key):
+                        continue
+                    if bounded:
                         # No rights left for it: the slot goes to an ad it holds rights for.
                         for other in keys:
                             if c.allowance(other) > 0 and c.view(other):
                                 break
+                    elif c.paced(key):
+                        # Paced: the slot goes to an ad that is not, if the device shows one.
+                        if spare is None:
+                            spare = [k for k in keys if not c.paced(k)]
+                        if spare:
+                            c.view(rng.choice(spare))
             if c.due():
                 await c.sync()
             await asyncio.sleep(step)
@@ -229,6 +246,7 @@ async def run_clients(
             report.counted[str(key)] = report.counted.get(str(key), 0) + n
         report.offline += c.stats.offline_syncs
         report.refused_views += c.stats.refused_views
+        report.paced_views += c.stats.paced_views
     for t in transports:
         report.push_lag_ms.extend(t.push_lag_ms)
         await t.stop()

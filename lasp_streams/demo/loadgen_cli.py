@@ -94,6 +94,23 @@ __all__ = ["loadgen"]
     "--bounded, an escrow grants it rights); a view refused for want of rights goes to "
     "another ad the device holds rights for.",
 )
+@click.option(
+    "--near",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.05,
+    show_default=True,
+    help="clients: the last part of an ad's minimum (a fraction) in which a device flushes "
+    "at once, and paces its views with --pace.",
+)
+@click.option(
+    "--pace",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="clients: within --near of an ad's minimum, a device shows the ad in only this "
+    "fraction of the slots it would (the other slots go to ads not that near, or to none); "
+    "1: no pacing. Lower: less overcount, the last part of each minimum filled more slowly.",
+)
 @loop_option
 def loadgen(
     urls: tuple[str, ...],
@@ -113,9 +130,16 @@ def loadgen(
     step: float,
     hear_at_sync: bool,
     bounded: bool,
+    near: float,
+    pace: float,
     loop: str,
 ) -> None:
     """Simulated devices over real sockets; prints a JSON report on stdout."""
+    if pace < 1 and (bounded or not near > 0):
+        raise click.UsageError(
+            "--pace below 1 paces the views near an ad's minimum: it needs --near above 0 and "
+            "no --bounded (leased rights bound the views there)"
+        )
     import resource
 
     from lasp_streams.demo.loadgen import flood, run_clients
@@ -158,6 +182,8 @@ def loadgen(
                 step=step,
                 hear=not hear_at_sync,
                 bounded=bounded,
+                near=near,
+                pace=pace,
             ),
             loop,
         )

@@ -85,6 +85,7 @@ def new_client(
         clock=clock,
         horizon=cfg.horizon,
         minimum_of=minimum_of,
+        pace=cfg.pace if minimum_of is not None and bounded is None else 1.0,
     )
     return SimulatedClient(client, transport, random.Random(master.getrandbits(64)))
 
@@ -121,9 +122,10 @@ async def simulate(
                 if view(key):
                     continue
                 # An ad slot is filled by an ad the client may show now: a refused view (no
-                # rights left here in bounded mode, or the minimum reached) goes to another.
+                # rights left here in bounded mode, the minimum reached, or paced near it)
+                # goes to another, not paced.
                 if spare is None:
-                    spare = [k for k in keys if client.allowance(k) > 0]
+                    spare = [k for k in keys if client.allowance(k) > 0 and not client.paced(k)]
                 while spare:
                     other = spare[rng.randrange(len(spare))]
                     if view(other):

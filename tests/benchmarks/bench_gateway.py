@@ -8,7 +8,7 @@ Run (a broker you started, not the shared default one)::
         [--runs 3] [--clients 32 256 1000]
         [--only state,checks,ledger,ingest,memory,overcount]
         [--overcount-runs N] [--compare-push] [--compare-hear] [--compare-loop]
-        [--report PATH]
+        [--pace PACE[:NEAR] ...] [--report PATH]
 
 - ``state``: one ad's state after 1,000,000 distinct devices counted once each, through the
   ledger (3 partitions) against the per-device GCounter (today's path), encoded bytes.
@@ -25,6 +25,8 @@ Run (a broker you started, not the shared default one)::
   impressions (made - counted) and billing events per ad; flush p99 (a device's flush to its
   acknowledgement) and push p50/p99: from the Kafka timestamp of the ledger's counter record
   to the device's socket (same clock), over every counter push the devices received.
+  ``--pace``: also run each device pacing its views of an ad within NEAR (default 0.05) of its
+  minimum (``loadgen --pace PACE --near NEAR``); the last ad's removal shows what it costs.
 
 Medians over ``--runs``. Writes ``tests/benchmarks/reports/gateway.md``.
 """
@@ -579,6 +581,12 @@ async def bench_overcount(
         await dep.stop()
 
 
+def _median_or_dash(values: Any) -> str:
+    """The median of the values, or a dash when a run did not disable every ad."""
+    got = list(values)
+    return "-" if any(v is None for v in got) else f"{statistics.median(got):.1f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bootstrap", required=True)
@@ -596,6 +604,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="ingest and overcount: also run with the ledger, gateway and load generator on "
         "asyncio's own loop (--loop asyncio), as a same-run baseline for uvloop",
+    )
+    parser.add_argument(
+        "--pace",
+        nargs="+",
+        default=[],
+        metavar="PACE[:NEAR]",
+        help="overcount: also run devices pacing their views within NEAR (default 0.05) of "
+        "an ad's minimum, at PACE (loadgen --pace --near); one variant each",
     )
     parser.add_argument(
         "--compare-hear",
@@ -776,6 +792,17 @@ def main(argv: list[str] | None = None) -> int:
                 variants.append(("pushes merged at sync (before)", (), HEAR_BASELINE, "auto"))
             if args.compare_loop:
                 variants.append(("asyncio's loop (before uvloop)", (), (), "asyncio"))
+            for spec in args.pace:
+                pace, _, near = spec.partition(":")
+                near = near or "0.05"
+                variants.append(
+                    (
+                        f"paced {float(pace):g} within {float(near):.0%}",
+                        (),
+                        ("--pace", pace, "--near", near),
+                        "auto",
+                    )
+                )
             lines += [
                 "## Overcount on Kafka through the gateway",
                 "",
@@ -798,11 +825,19 @@ def main(argv: list[str] | None = None) -> int:
                     if args.compare_loop
                     else ""
                 )
-                + " Variants alternate run by run.",
+                + (
+                    " Paced: within NEAR of an ad's minimum, each device shows the ad in only "
+                    "PACE of the slots it would; the other slots go to ads not that near, or to "
+                    "none (`loadgen --pace PACE --near NEAR`)."
+                    if args.pace
+                    else ""
+                )
+                + " Last ad disabled: seconds from the devices' first view to the last ad's "
+                "removal. Variants alternate run by run.",
                 "",
                 "| devices | variant | overcount % (median) | lost | billing events per ad | "
-                "flush p99 ms | push p50 / p99 ms | runs (overcount %) |",
-                "|---|---|---|---|---|---|---|---|",
+                "flush p99 ms | push p50 / p99 ms | last ad disabled s | runs (overcount %) |",
+                "|---|---|---|---|---|---|---|---|---|",
             ]
             cpu_rows: list[str] = []
             for n in args.clients:
@@ -827,6 +862,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{statistics.median(r['flush_ms_p99'] or 0 for r in points):.0f} | "
                         f"{statistics.median(r['push_ms_p50'] or 0 for r in points):.0f} / "
                         f"{statistics.median(r['push_ms_p99'] or 0 for r in points):.0f} | "
+                        f"{_median_or_dash(r['until_disabled'] for r in points)} | "
                         f"{[round(r['overcount_pct'], 2) for r in points]} |"
                     )
                     cpu_rows.append(
