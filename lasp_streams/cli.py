@@ -13,7 +13,7 @@ import click
 
 from lasp_streams import cli_audit, cli_deploy
 from lasp_streams.cli_acls import acls as acls_command
-from lasp_streams.cli_config import KafkaFlags, kafka_options
+from lasp_streams.cli_config import KafkaFlags, given, kafka_options
 from lasp_streams.cli_config import config as config_group
 from lasp_streams.cli_errors import ReadableErrors
 from lasp_streams.cli_preflight import preflight
@@ -324,7 +324,7 @@ def demo() -> None:
 @click.option(
     "--pace",
     type=click.FloatRange(0, 1, min_open=True),
-    default=1.0,
+    default=0.1,
     show_default=True,
     help="Lasp mode through the gateway: a client shows an ad within 5% of its minimum in only "
     "this fraction of its slots (1: no pacing). Lower: less overcount, each ad's last 5% "
@@ -398,11 +398,13 @@ def ad_counter(
 
     from lasp_streams.demo import DemoConfig, plot, render, run_local
 
-    if pace < 1 and (local or mode != "lasp" or transport != "gateway"):
-        raise click.UsageError(
-            "--pace paces the clients that decide locally: Lasp mode (--mode lasp) through "
-            "the gateway (--transport gateway), not --local"
-        )
+    if local or mode != "lasp" or transport != "gateway":
+        if pace < 1 and given("pace"):
+            raise click.UsageError(
+                "--pace paces the clients that decide locally: Lasp mode (--mode lasp) "
+                "through the gateway (--transport gateway), not --local"
+            )
+        pace = 1.0
     config = DemoConfig(
         ads=ads,
         clients=clients,

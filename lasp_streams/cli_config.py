@@ -26,7 +26,7 @@ from lasp_streams.runtime.kafka.settings import (
 )
 from lasp_streams.runtime.loops import LOOPS
 
-__all__ = ["KafkaFlags", "config", "kafka_options", "loop_option"]
+__all__ = ["KafkaFlags", "config", "given", "kafka_options", "loop_option"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,6 +50,13 @@ _FLAGS: tuple[tuple[str, str, str], ...] = (
     ("--ssl-keyfile", "ssl_keyfile", "PEM key of the client certificate."),
     ("--client-id", "client_id", "Prefix of the client ids the broker sees."),
 )
+
+
+def given(name: str) -> bool:
+    """True when the running command's parameter ``name`` was given (on the command line or in
+    the environment), not left at its default."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, click.core.ParameterSource.DEFAULT)
 
 
 def _param(flag: str) -> str:

@@ -52,7 +52,7 @@ class DemoConfig:
     price: float = 0.002
     sample_interval: float = 0.1
     step: float = 0.01
-    pace: float = 1.0
+    pace: float = 0.1
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:

@@ -376,6 +376,7 @@ async def _run(
         offline_episodes=sum(s.offline_episodes for s in sims),
         timed_out=timed_out,
         refused_views=sum(s.refused_views for s in stats),
+        paced_views=sum(s.paced_views for s in stats),
         offline_syncs=sum(s.offline_syncs for s in stats),
         samples=samples,
     )

@@ -142,7 +142,7 @@ async def run_clients(
     hear: bool = True,
     bounded: bool = False,
     near: float = 0.05,
-    pace: float = 1.0,
+    pace: float = 0.1,
 ) -> LoadReport:
     """Run ``devices`` EdgeClients (module docstring) until every one shows nothing or
     ``seconds`` pass. ``hear=False``: devices merge the gateway's pushes only when they sync
@@ -181,7 +181,7 @@ async def run_clients(
             minimum_of=None if bounded else contract_minimum(default_minimum),
             bounded=limits,
             near=near,
-            pace=pace,
+            pace=1.0 if bounded else pace,
             decodes=decodes,
         )
         for t in transports

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from lasp_streams.cli_config import loop_option
+from lasp_streams.cli_config import given, loop_option
 from lasp_streams.runtime.loops import run as run_on
 
 __all__ = ["loadgen"]
@@ -105,7 +105,7 @@ __all__ = ["loadgen"]
 @click.option(
     "--pace",
     type=click.FloatRange(0, 1, min_open=True),
-    default=1.0,
+    default=0.1,
     show_default=True,
     help="clients: within --near of an ad's minimum, a device shows the ad in only this "
     "fraction of the slots it would (the other slots go to ads not that near, or to none); "
@@ -135,10 +135,17 @@ def loadgen(
     loop: str,
 ) -> None:
     """Simulated devices over real sockets; prints a JSON report on stdout."""
-    if pace < 1 and (bounded or not near > 0):
+    if bounded:
+        if pace < 1 and given("pace"):
+            raise click.UsageError(
+                "--pace paces devices that decide locally: not with --bounded (leased rights "
+                "bound a bounded device's views)"
+            )
+        pace = 1.0
+    if pace < 1 and not near > 0:
         raise click.UsageError(
-            "--pace below 1 paces the views near an ad's minimum: it needs --near above 0 and "
-            "no --bounded (leased rights bound the views there)"
+            "--pace below 1 paces the views near an ad's minimum: it needs --near above 0 "
+            "(--pace 1: no pacing)"
         )
     import resource
 

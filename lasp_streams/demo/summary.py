@@ -66,6 +66,8 @@ class RunSummary:
     offline_episodes: int
     timed_out: bool
     refused_views: int = 0
+    #: Views a client refused as paced (near the ad's minimum; ``DemoConfig.pace``).
+    paced_views: int = 0
     #: Syncs that found the transport offline (simulated or real outages; healed by itself).
     offline_syncs: int = 0
     samples: list[tuple[float, dict[str, int]]] = field(default_factory=list, repr=False)
@@ -157,4 +159,9 @@ def render(summary: RunSummary) -> str:
         f"reads, {s.refused_deltas} deltas refused by the server, {s.refused_views:,} views "
         "refused (ad no longer shown, or no rights left in bounded mode)",
     ]
+    if s.paced_views:
+        lines.append(
+            f"pacing                {s.paced_views:,} views held back near an ad's minimum (the "
+            "slot went to an ad further from its own, or to none)"
+        )
     return "\n".join(lines)
