@@ -133,3 +133,40 @@ async def test_pacing_never_counts_past_the_view_of_the_minimum(
         assert after <= 200
         if c.due():
             await c.sync()
+
+
+async def test_the_pacing_distance_follows_the_measured_rate_and_staleness() -> None:
+    """A client that has measured the key's growth (100 views/s in its view) and how stale its
+    view gets (0.1 s between syncs, 0.1 s between merges) paces only the last
+    2 x 100 x 0.2 = 40 views, not the whole ``near`` part (500 of 1,000)."""
+    clock = Clock()
+    hub = await make_hub(clock, 1_000)
+    other = EdgeClient("o", hub.connect("o"), hub.runtime.topology, keys_of=ad_ids, clock=clock)
+    c = EdgeClient(
+        "c",
+        hub.connect("c"),
+        hub.runtime.topology,
+        keys_of=ad_ids,
+        clock=clock,
+        rng=random.Random(5),
+        minimum_of=contract_minimum(1_000),
+        near=0.5,
+        pace=0.5,
+    )
+    await other.sync()
+    await c.sync()
+    paced_at: list[int] = []
+    for _ in range(100):
+        clock.now += 0.1
+        assert other.view("rovio-0", 10)
+        await other.sync()
+        await c.sync()
+        left = 1_000 - hub.runtime.query("impressions", key="rovio-0")
+        if c.paced("rovio-0"):
+            paced_at.append(left)
+        if left <= 0:
+            break
+    # Inside the near part (left <= 500) for a long while before pacing began.
+    assert paced_at, "never paced"
+    assert max(paced_at) <= 40
+    assert c.stats.paced_views == 0  # c itself viewed nothing
