@@ -326,9 +326,9 @@ def demo() -> None:
     type=click.FloatRange(0, 1, min_open=True),
     default=0.1,
     show_default=True,
-    help="Lasp mode through the gateway: a client shows an ad close to its minimum (the views "
-    "it expects under way unseen, at most 5%) in only this fraction of its slots (1: no "
-    "pacing). Lower: less overcount, each ad's last views filled more slowly.",
+    help="Lasp mode through the gateway: a client shows an ad within 5% of its minimum in only "
+    "this fraction of its slots (1: no pacing). Lower: less overcount, each ad's last 5% "
+    "filled more slowly.",
 )
 @click.option(
     "--timeout",

@@ -47,17 +47,13 @@ the next tick, so the server hears the last views early. Views between syncs are
 against the allowance the last pull computed, so the client never shows a key past its own
 view of the minimum; other clients' unsent views are what is left of the overcount.
 
-*Pacing* (``pace < 1``, deciding locally only): close to a key's minimum, :meth:`view` counts
-the key only with probability ``pace`` and otherwise refuses it (``False``; counted in
+*Pacing* (``pace < 1``, deciding locally only): within ``near`` of a key's minimum, :meth:`view`
+counts the key only with probability ``pace`` and otherwise refuses it (``False``; counted in
 :attr:`ClientStats.paced_views`), so the caller fills the slot with a key that is not paced
 (:meth:`paced`), or with none when every key it shows is. What the other clients have counted
 but not yet sent is what overshoots the minimum, and pacing slows exactly that part down: the
-overcount shrinks about in proportion to ``pace``, and the paced part of each key's minimum
-takes about ``1 / pace`` times as long to fill (what ad servers call pacing). How close is
-"close": twice the views this client expects to be under way unseen, the key's growth rate in
-its view times how stale that view gets (the time between its syncs plus between the merges of
-what it hears), and never more than ``near``; the whole ``near`` part until it has measured
-those.
+overcount shrinks about in proportion to ``pace``, and the last ``near`` part of each key's
+minimum takes about ``1 / pace`` times as long to fill (what ad servers call pacing).
 
 Bounded mode (``bounded=Bounded(...)``): the client may only count a key while it holds impression
 rights for it. Rights are granted by the server as B-Counter transfers (``rights`` variable,
@@ -160,11 +156,6 @@ class SharedDecodes:
         return state
 
 
-def _smoothed(old: float | None, sample: float, weight: float = 0.3) -> float:
-    """An exponentially weighted moving average: ``sample`` when there is no ``old`` yet."""
-    return sample if old is None else old + weight * (sample - old)
-
-
 class EdgeClient:
     """An edge client of ``topology`` talking through ``transport`` (see the module docstring).
 
@@ -248,16 +239,8 @@ class EdgeClient:
         self.minimum_of = minimum_of if bounded is None else None
         self.near = near
         self.pace = pace
-        #: Keys close to their minimum whose views are paced (``pace < 1``; module docstring).
+        #: Keys within ``near`` of their minimum whose views are paced (``pace < 1``).
         self._paced: set[Hashable] = set()
-        #: Pacing's estimates: (time, value) of each key's last change in this client's view
-        #: and its growth rate (views/s); the smoothed seconds between syncs and between merges.
-        self._seen: dict[Hashable, tuple[float, int]] = {}
-        self._rate: dict[Hashable, float] = {}
-        self._sync_gap: float | None = None
-        self._merge_gap: float | None = None
-        self._synced_at: float | None = None
-        self._merged_at: float | None = None
         self._reserve: dict[Hashable, int] = {}
         #: ``minimum_of`` per key, asked once per change of ``reads`` (the contracts).
         self._minimums: dict[Hashable, int | None] = {}
@@ -370,7 +353,7 @@ class EdgeClient:
 
     def paced(self, key: Hashable) -> bool:
         """True while the views of ``key`` are paced (``pace < 1`` and this client's view of
-        it close to its minimum: module docstring)."""
+        it within ``near`` of its minimum: module docstring)."""
         return key in self._paced
 
     def allowance(self, key: Hashable) -> int:
@@ -416,11 +399,6 @@ class EdgeClient:
             self._ask_for_rights()
             self._persist_if_dirty()
             return False
-        if self.pace < 1:
-            now = self.clock()
-            if self._synced_at is not None:
-                self._sync_gap = _smoothed(self._sync_gap, now - self._synced_at)
-            self._synced_at = now
         return True
 
     async def hear(self) -> bool:
@@ -663,11 +641,6 @@ class EdgeClient:
             self.version += 1
             self._drop_decided()
         elif var == self.counter and self.minimum_of is not None:
-            if self.pace < 1:
-                now = self.clock()
-                if self._merged_at is not None:
-                    self._merge_gap = _smoothed(self._merge_gap, now - self._merged_at)
-                self._merged_at = now
             for key in keys:
                 if key in self._allow:
                     self._allow[key] = self._allowance(key)
@@ -713,38 +686,13 @@ class EdgeClient:
         if minimum is None:
             return UNLIMITED
         server = self._replicas[self.counter].get(key)
-        heard = server.value() if server is not None else 0
         unsent = self._counts.get(key, 0) - self._sent[self.counter].get(key, 0)
-        left = max(0, minimum - heard - unsent)
+        left = max(0, minimum - (server.value() if server is not None else 0) - unsent)
         margin = min(left, int(minimum * self.near))
         self._reserve[key] = margin
-        if self.pace < 1:
-            self._estimate_rate(key, heard)
-            self._pace_if_close(key, left, minimum)
+        if left > margin:
+            self._paced.discard(key)  # not near (any more): a contract's minimum was raised
         return left - margin
-
-    def _estimate_rate(self, key: Hashable, heard: int) -> None:
-        """Update ``key``'s growth rate from a change of its count in this client's view."""
-        seen = self._seen.get(key)
-        if seen is not None and heard == seen[1]:
-            return
-        now = self.clock()
-        if seen is not None and now > seen[0]:
-            rate = (heard - seen[1]) / (now - seen[0])
-            self._rate[key] = _smoothed(self._rate.get(key), max(0.0, rate))
-        self._seen[key] = (now, heard)
-
-    def _pace_if_close(self, key: Hashable, left: int, minimum: int) -> None:
-        """Pace ``key`` when ``left`` views to its minimum are within the pacing distance
-        (module docstring); stop pacing it when they are not (a raised minimum)."""
-        close = minimum * self.near
-        rate = self._rate.get(key)
-        if rate is not None and self._sync_gap is not None and self._merge_gap is not None:
-            close = min(close, 2 * rate * (self._sync_gap + self._merge_gap))
-        if left <= close:
-            self._paced.add(key)
-        else:
-            self._paced.discard(key)
 
     def _near_minimum(self, key: Hashable) -> int:
         """The reserve of ``key`` when its view is near the minimum: handed out once, with a
@@ -752,10 +700,8 @@ class EdgeClient:
         reserve = self._reserve.pop(key, 0)
         if reserve:
             self.next_flush_at = self.clock()
-            if self.pace < 1 and self.minimum_of is not None:
-                minimum = self._minimums.get(key)
-                if minimum is not None:
-                    self._pace_if_close(key, reserve, minimum)
+            if self.pace < 1:
+                self._paced.add(key)
         return reserve
 
     def _drop_decided(self) -> None:

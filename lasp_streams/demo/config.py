@@ -28,8 +28,8 @@ class DemoConfig:
     at once in proportion to the measured rates, only a reserve escrowed: overcount 0);
     ``quota``: a holder's first grant (default: minimum / (4 * clients)). ``timeout``: the run
     stops then even if ads are still active. ``pace``: clients that decide locally (Kafka mode
-    through the gateway) show an ad close to its minimum in only this fraction of their slots
-    (:class:`~lasp_streams.client.EdgeClient` pacing, ``near`` 5%; 1: none).
+    through the gateway) show an ad within 5% of its minimum in only this fraction of their
+    slots (:class:`~lasp_streams.client.EdgeClient` pacing; 1: none).
     ``retention`` / ``horizon``: the delta log's retention and the clients' resync horizon
     (seconds, None: unbounded). ``price``: billed per impression of the contract's minimum.
     """

@@ -100,17 +100,16 @@ __all__ = ["loadgen"]
     default=0.05,
     show_default=True,
     help="clients: the last part of an ad's minimum (a fraction) in which a device flushes "
-    "at once; also the most of it that a device paces (--pace).",
+    "at once, and paces its views with --pace.",
 )
 @click.option(
     "--pace",
     type=click.FloatRange(0, 1, min_open=True),
     default=0.1,
     show_default=True,
-    help="clients: close to an ad's minimum (twice the views a device expects under way "
-    "unseen, at most --near), a device shows the ad in only this fraction of the slots it "
-    "would (the other slots go to ads not that close, or to none); 1: no pacing. Lower: less "
-    "overcount, the last views of each minimum filled more slowly.",
+    help="clients: within --near of an ad's minimum, a device shows the ad in only this "
+    "fraction of the slots it would (the other slots go to ads not that near, or to none); "
+    "1: no pacing. Lower: less overcount, the last part of each minimum filled more slowly.",
 )
 @loop_option
 def loadgen(

@@ -25,10 +25,9 @@ Run (a broker you started, not the shared default one)::
   impressions (made - counted) and billing events per ad; flush p99 (a device's flush to its
   acknowledgement) and push p50/p99: from the Kafka timestamp of the ledger's counter record
   to the device's socket (same clock), over every counter push the devices received.
-  Devices pace their views of an ad close to its minimum at 0.1, at most its last 5% (the load
-  generator's defaults); ``--pace PACE[:NEAR]`` adds variants (``loadgen --pace PACE --near
-  NEAR``; ``1``: no pacing, the same-run baseline). The last ad's removal shows what pacing
-  costs.
+  Devices pace their views of an ad within 5% of its minimum at 0.1 (the load generator's
+  defaults); ``--pace PACE[:NEAR]`` adds variants (``loadgen --pace PACE --near NEAR``; ``1``:
+  no pacing, the same-run baseline). The last ad's removal shows what pacing costs.
 
 Medians over ``--runs``. Writes ``tests/benchmarks/reports/gateway.md``.
 """
@@ -801,7 +800,7 @@ def main(argv: list[str] | None = None) -> int:
                     (
                         "not paced (`--pace 1`)"
                         if float(pace) == 1
-                        else f"paced {float(pace):g}, at most {float(near):.0%}",
+                        else f"paced {float(pace):g} within {float(near):.0%}",
                         (),
                         ("--pace", pace, "--near", near),
                         "auto",
@@ -812,10 +811,8 @@ def main(argv: list[str] | None = None) -> int:
                 "",
                 "Default: the adaptive push interval (about 2,500 frames/s per gateway, every "
                 "20 to 250 ms), devices merge each push as it arrives (`EdgeClient.hear`), and "
-                "close to an ad's minimum each device shows it in a tenth of the slots it "
-                "would: within twice the views it expects under way unseen (the ad's growth in "
-                "its view times the seconds between its syncs plus between its merges), at "
-                "most 5% of the minimum (`loadgen --pace 0.1 --near 0.05`, the defaults)."
+                "within 5% of an ad's minimum each device shows it in a tenth of the slots it "
+                "would (`loadgen --pace 0.1 --near 0.05`, the defaults)."
                 + (
                     " Baseline: every 20 ms whatever the fan-out (`--push-budget 1e12`)."
                     if args.compare_push
@@ -834,9 +831,9 @@ def main(argv: list[str] | None = None) -> int:
                     else ""
                 )
                 + (
-                    " Variants `--pace PACE --near NEAR`: the same with PACE of the slots, at "
-                    "most NEAR of the minimum; the other slots go to ads not that close, or to "
-                    "none (`--pace 1`: no pacing)."
+                    " Variants `--pace PACE --near NEAR`: within NEAR of an ad's minimum, each "
+                    "device shows the ad in only PACE of the slots it would; the other slots go "
+                    "to ads not that near, or to none (`--pace 1`: no pacing)."
                     if args.pace
                     else ""
                 )
