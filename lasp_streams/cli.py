@@ -400,9 +400,12 @@ def ad_counter(
 
     if local or mode != "lasp" or transport != "gateway":
         if pace < 1 and given("pace"):
+            this = (
+                "--local" if local else f"--mode {mode}" if mode != "lasp" else "--transport kafka"
+            )
             raise click.UsageError(
                 "--pace paces the clients that decide locally: Lasp mode (--mode lasp) "
-                "through the gateway (--transport gateway), not --local"
+                f"through the gateway (--transport gateway, not --local); this run is {this}"
             )
         pace = 1.0
     config = DemoConfig(

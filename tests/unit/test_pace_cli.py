@@ -12,17 +12,19 @@ from lasp_streams.cli import main
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "this"),
     [
-        ["demo", "ad-counter", "--local", "--pace", "0.5"],
-        ["demo", "ad-counter", "--mode", "bounded", "--pace", "0.5"],
-        ["demo", "ad-counter", "--transport", "kafka", "--pace", "0.5"],
+        (["--local"], "--local"),
+        (["--mode", "bounded"], "--mode bounded"),
+        (["--mode", "hybrid"], "--mode hybrid"),
+        (["--transport", "kafka"], "--transport kafka"),
     ],
 )
-def test_the_demo_refuses_a_pace_it_cannot_apply(args: list[str]) -> None:
-    result = CliRunner().invoke(main, args)
+def test_the_demo_refuses_a_pace_it_cannot_apply(args: list[str], this: str) -> None:
+    result = CliRunner().invoke(main, ["demo", "ad-counter", *args, "--pace", "0.5"])
     assert result.exit_code == 2, result.output
     assert "--pace paces the clients that decide locally" in result.output
+    assert f"this run is {this}" in result.output
 
 
 def test_the_demo_refuses_a_pace_out_of_range() -> None:
